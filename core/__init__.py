@@ -1,0 +1,51 @@
+"""transferkit: transfer learning on images with Keras 3, as a pluggy plugin host.
+
+Public names for plugins: :data:`hookimpl`, the specs (:class:`BackboneSpec`, ...), and
+:class:`Backbone`. The jobs (:func:`extract`, :func:`train`, :func:`spotcheck`, :func:`stream`,
+:func:`finetune`, :func:`predict`) load lazily from :mod:`transferkit.api`, so importing this
+package never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import TransferkitError, UsageError, WeightsUnavailableError
+from .hookspecs import hookimpl
+from .specs import (
+    Backbone,
+    BackboneSpec,
+    ClassifierSpec,
+    DatasetSpec,
+    HeadSpec,
+    StoreSpec,
+    StrategySpec,
+)
+
+__version__ = "0.1.0"
+
+_API = ("extract", "train", "spotcheck", "stream", "finetune", "predict", "demo")
+
+__all__ = [
+    "Backbone",
+    "BackboneSpec",
+    "ClassifierSpec",
+    "DatasetSpec",
+    "HeadSpec",
+    "StoreSpec",
+    "StrategySpec",
+    "TransferkitError",
+    "UsageError",
+    "WeightsUnavailableError",
+    "__version__",
+    "hookimpl",
+    *_API,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'transferkit' has no attribute {name!r}")

@@ -1,0 +1,226 @@
+"""The ``transferkit`` command line: thin click commands over :mod:`transferkit.api`.
+
+Exit codes: 0 success, 1 a failed job, 2 a usage error. Human output goes to stdout, JSON with
+``--json``, diagnostics to stderr. Plugins add commands through the ``register_commands`` hook.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import click
+
+from . import __version__, plugin_manager, registry
+from .errors import TransferkitError, UsageError
+
+
+class TransferkitGroup(click.Group):
+    """A click group that turns transferkit errors into clean messages and exit codes."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UsageError as exc:
+            raise click.UsageError(str(exc), ctx=None) from exc
+        except TransferkitError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=TransferkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="transferkit")
+def cli() -> None:
+    """transferkit: transfer learning on images with Keras 3, everything pluggable.
+
+    Extract features from a folder of images with a pretrained backbone into an HDF5 or Zarr
+    store, train and spot-check classifiers on them, learn incrementally from large stores,
+    fine-tune backbones, and predict on new images.
+
+    \b
+    Example:
+      transferkit demo
+      transferkit backbones
+    """
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    """Print ``rows`` as an aligned text table with the given columns."""
+    cells = [[str(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for r in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
+# --------------------------------------------------------------------------- plugins
+
+
+@cli.command("plugins")
+@click.option("--all", "include_all", is_flag=True, help="Include the built-in plugins.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def plugins_command(include_all: bool, as_json: bool) -> None:
+    """List installed plugins: name, version, hooks they implement, and failures.
+
+    \b
+    Example:
+      transferkit plugins --all --json
+    """
+    rows = plugin_manager.list_plugins(include_builtin=include_all)
+    if as_json:
+        echo_json(rows)
+        return
+    if not rows:
+        click.echo("No third-party plugins installed (use --all to include the built-ins).")
+        return
+    table = [
+        {
+            **r,
+            "hooks": ", ".join(r["hooks"]) if r["status"] == "loaded" else r.get("error", ""),
+        }
+        for r in rows
+    ]
+    print_table(table, ["name", "version", "status", "hooks"])
+
+
+def _pip(action: str, packages: Iterable[str]) -> None:
+    command = [sys.executable, "-m", "pip", action, *(["-y"] if action == "uninstall" else [])]
+    command += list(packages)
+    click.echo("$ " + " ".join(command), err=True)
+    result = subprocess.run(command, check=False)
+    if result.returncode != 0:
+        raise TransferkitError(f"pip {action} failed with exit code {result.returncode}")
+
+
+def _registered_by_plugin() -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for kind in registry.HOOKS:
+        for spec in registry.all_specs(kind).values():
+            found.setdefault(spec.plugin, []).append(f"{kind} {spec.name}")
+    return found
+
+
+@cli.command("install", context_settings={"ignore_unknown_options": True})
+@click.argument("packages", nargs=-1, required=True)
+def install_command(packages: tuple[str, ...]) -> None:
+    """Install plugin packages with pip into this Python, then show what they registered.
+
+    Arguments are passed to `pip install` as they are.
+
+    \b
+    Example:
+      transferkit install -e ./my-plugin
+    """
+    before = {r["name"] for r in plugin_manager.list_plugins()}
+    _pip("install", packages)
+    plugin_manager.reset()
+    rows = [r for r in plugin_manager.list_plugins() if r["name"] not in before]
+    registered = _registered_by_plugin()
+    if not rows:
+        click.echo("No new transferkit plugin was found in what was installed.")
+    for row in rows:
+        if row["status"] == "failed":
+            click.echo(f"{row['name']}: failed to load: {row['error']}")
+            continue
+        items = registered.get(row["name"], [])
+        click.echo(f"{row['name']} {row['version']}: " + (", ".join(items) or "no items"))
+
+
+@cli.command("uninstall")
+@click.argument("packages", nargs=-1, required=True)
+def uninstall_command(packages: tuple[str, ...]) -> None:
+    """Uninstall plugin packages with pip (no confirmation prompt).
+
+    \b
+    Example:
+      transferkit uninstall my-plugin
+    """
+    _pip("uninstall", packages)
+    plugin_manager.reset()
+    click.echo(
+        "Plugins now installed: "
+        + (", ".join(r["name"] for r in plugin_manager.list_plugins()) or "none")
+    )
+
+
+# --------------------------------------------------------------------------- listings
+
+LISTINGS: dict[str, tuple[str, list[str], str]] = {
+    "backbones": (
+        "backbone",
+        ["name", "input_size", "feature_dims", "weights", "plugin"],
+        "Backbones",
+    ),
+    "classifiers": (
+        "classifier",
+        ["name", "incremental", "groups", "plugin", "description"],
+        "Classifiers",
+    ),
+    "stores": ("store", ["name", "suffixes", "plugin", "description"], "Feature stores"),
+    "strategies": ("strategy", ["name", "plugin", "description"], "Fine-tune strategies"),
+    "datasets": (
+        "dataset",
+        ["name", "transform", "plugin", "description"],
+        "Image sources and tasks",
+    ),
+    "heads": ("head", ["name", "plugin", "description"], "Classification heads"),
+}
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, dict):
+        return " ".join(f"{k}={v}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return (
+            ",".join(str(v) for v in value)
+            if value and not isinstance(value[0], int)
+            else "x".join(str(v) for v in value)
+        )
+    return str(value)
+
+
+def _make_listing(command_name: str, kind: str, columns: list[str], title: str) -> None:
+    @cli.command(command_name)
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+    def listing(as_json: bool) -> None:
+        specs = registry.all_specs(kind)
+        rows = [spec.describe() for spec in sorted(specs.values(), key=lambda s: s.name)]
+        if as_json:
+            echo_json(rows)
+            return
+        click.echo(f"{title}: {len(rows)}")
+        print_table([{c: _short(r.get(c, "")) for c in columns} for r in rows], columns)
+
+    listing.__doc__ = (
+        f"List the registered {title.lower()}, with their metadata and providing plugin.\n\n"
+        f"\b\nExample:\n  transferkit {command_name} --json"
+    )
+    listing.help = listing.__doc__
+
+
+for _name, (_kind, _columns, _title) in LISTINGS.items():
+    _make_listing(_name, _kind, _columns, _title)
+
+
+# --------------------------------------------------------------------------- entry point
+
+_commands_registered = False
+
+
+def build_cli() -> click.Group:
+    """The root group with the commands of every loaded plugin added (once)."""
+    global _commands_registered
+    if not _commands_registered:
+        _commands_registered = True
+        plugin_manager.call_lifecycle("register_commands", cli=cli)
+    return cli
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    build_cli().main(args=list(argv) if argv is not None else None, prog_name="transferkit")

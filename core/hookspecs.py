@@ -1,0 +1,150 @@
+"""The whole plugin API of transferkit, in one file.
+
+Every hook is called with keyword arguments only; an implementation may accept any subset of a
+hook's arguments (pluggy's opt-in arguments), so new arguments can be added later without breaking
+plugins. Heavy types are imported only for type checking: reading this file never imports
+TensorFlow.
+
+Hooks are grouped by phase:
+
+* registration: ``register_*`` hooks hand the plugin a ``register`` callback, called once per item;
+* extraction: ``on_extract_start``, ``on_extract_batch``, ``on_extract_end``;
+* training: ``on_fit_start``, ``on_epoch_end``, ``on_fit_end``;
+* reporting: ``on_spotcheck_result``;
+* errors: ``on_exception``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover
+    import click
+
+    from .specs import BackboneSpec, ClassifierSpec, DatasetSpec, HeadSpec, StoreSpec, StrategySpec
+
+PROJECT = "transferkit"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# --------------------------------------------------------------------------- registration
+
+
+@hookspec
+def register_backbones(register: Callable[[BackboneSpec], None]) -> None:
+    """Register feature-extraction backbones.
+
+    Called once when the registry is first used. Call ``register(BackboneSpec(...))`` for each
+    backbone the plugin offers; the return value is ignored.
+    """
+
+
+@hookspec
+def register_feature_stores(register: Callable[[StoreSpec], None]) -> None:
+    """Register feature store formats (``StoreSpec``), each with the file suffixes it handles."""
+
+
+@hookspec
+def register_classifiers(register: Callable[[ClassifierSpec], None]) -> None:
+    """Register classifiers on feature vectors (``ClassifierSpec``).
+
+    Set ``incremental=True`` for estimators that learn batch by batch and ``groups`` for the
+    spot-check groups (``classic``, ``fast``, ...) the classifier belongs to.
+    """
+
+
+@hookspec
+def register_finetune_strategies(register: Callable[[StrategySpec], None]) -> None:
+    """Register fine-tune strategies (``StrategySpec``) for the Trainer."""
+
+
+@hookspec
+def register_datasets(register: Callable[[DatasetSpec], None]) -> None:
+    """Register image sources and task transforms (``DatasetSpec``), e.g. ``image-folder`` or the
+    ``rotation`` task."""
+
+
+@hookspec
+def register_heads(register: Callable[[HeadSpec], None]) -> None:
+    """Register classification heads (``HeadSpec``) that fine-tuning can put on a backbone."""
+
+
+@hookspec
+def register_commands(cli: click.Group) -> None:
+    """Add commands to the ``transferkit`` command line.
+
+    ``cli`` is the root ``click.Group``; decorate new commands with ``@cli.command()``.
+    """
+
+
+# --------------------------------------------------------------------------- extraction
+
+
+@hookspec
+def on_extract_start(backbone: str, total: int, output: str, config: Mapping[str, Any]) -> None:
+    """Called before the first image is read.
+
+    ``backbone`` is the backbone name, ``total`` the number of images to process (after resume),
+    ``output`` the store path and ``config`` the full extraction settings.
+    """
+
+
+@hookspec
+def on_extract_batch(rows_written: int, total: int, batch_size: int, skipped: int) -> None:
+    """Called after each batch is written to the store.
+
+    ``rows_written`` counts rows in the store so far, ``skipped`` the files skipped so far.
+    """
+
+
+@hookspec
+def on_extract_end(output: str, summary: Mapping[str, Any]) -> None:
+    """Called once the store is complete; ``summary`` is what ``transferkit.extract`` returns."""
+
+
+# --------------------------------------------------------------------------- training
+
+
+@hookspec
+def on_fit_start(trainer: Any, model: Any, phase: str) -> None:
+    """Called when the Trainer starts fitting a phase (``phase`` is the strategy's phase name)."""
+
+
+@hookspec
+def on_epoch_end(trainer: Any, epoch: int, logs: Mapping[str, float], phase: str) -> None:
+    """Called at the end of each training epoch with Keras' ``logs`` (loss, metrics)."""
+
+
+@hookspec
+def on_fit_end(trainer: Any, model: Any, history: Mapping[str, Any]) -> None:
+    """Called after the last phase, with the whole training history."""
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+@hookspec
+def on_spotcheck_result(row: Mapping[str, Any]) -> None:
+    """Called once for each (backbone x classifier) row of a spot-check as soon as it is known.
+
+    ``row`` has ``backbone``, ``classifier``, ``status`` (``ok``/``failed``/``timeout``),
+    ``accuracy``, ``macro_f1``, ``balanced_accuracy``, ``fit_seconds``, ``predict_seconds`` and
+    ``error``.
+    """
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@hookspec
+def on_exception(exception: BaseException, where: str, context: Mapping[str, Any]) -> None:
+    """Called when a job fails, before the exception propagates.
+
+    ``where`` names the job (``extract``, ``fit``, ``spotcheck``...), ``context`` holds what it was
+    doing. Implementations must not raise.
+    """

@@ -1,0 +1,158 @@
+"""Looks registered items up by name across all plugins, with "did you mean" errors."""
+
+from __future__ import annotations
+
+import difflib
+import sys
+import threading
+from typing import Any, TypeVar
+
+from . import plugin_manager as plugins
+from .errors import UsageError
+from .specs import (
+    BackboneSpec,
+    ClassifierSpec,
+    DatasetSpec,
+    HeadSpec,
+    Spec,
+    StoreSpec,
+    StrategySpec,
+)
+
+S = TypeVar("S", bound=Spec)
+
+# kind -> (hook name, spec class)
+HOOKS: dict[str, tuple[str, type[Spec]]] = {
+    "backbone": ("register_backbones", BackboneSpec),
+    "store": ("register_feature_stores", StoreSpec),
+    "classifier": ("register_classifiers", ClassifierSpec),
+    "strategy": ("register_finetune_strategies", StrategySpec),
+    "dataset": ("register_datasets", DatasetSpec),
+    "head": ("register_heads", HeadSpec),
+}
+
+_lock = threading.RLock()
+_cache: dict[str, dict[str, Spec]] = {}
+
+
+class DuplicateNameError(ValueError):
+    """Two plugins registered the same name."""
+
+
+def clear_cache() -> None:
+    with _lock:
+        _cache.clear()
+
+
+def _collect(kind: str) -> dict[str, Spec]:
+    hook_name, spec_cls = HOOKS[kind]
+    pm = plugins.get_plugin_manager()
+    caller = getattr(pm.hook, hook_name)
+    items: dict[str, Spec] = {}
+    # Hook implementations run last-registered first; reverse so built-ins register first and a
+    # duplicate error names the built-in as the earlier provider.
+    for impl in reversed(caller.get_hookimpls()):
+        plugin_name = impl.plugin_name
+
+        def register(spec: Spec, _plugin: str = plugin_name) -> None:
+            if not isinstance(spec, spec_cls):
+                raise TypeError(
+                    f"plugin {_plugin!r} registered {type(spec).__name__} with {hook_name}; "
+                    f"expected {spec_cls.__name__}"
+                )
+            spec.validate()
+            if spec.name in items:
+                other = items[spec.name].plugin
+                raise DuplicateNameError(
+                    f"{kind} {spec.name!r} is registered by two plugins: {other!r} and "
+                    f"{_plugin!r}; uninstall one of them or rename the {kind}"
+                )
+            object.__setattr__(spec, "plugin", _plugin)
+            items[spec.name] = spec
+
+        kwargs = {"register": register}
+        try:
+            impl.function(*[kwargs[arg] for arg in impl.argnames])
+        except DuplicateNameError:
+            raise
+        except Exception as exc:
+            if plugins._strict():
+                raise
+            print(
+                f'transferkit: plugin "{plugin_name}" failed in {hook_name}: '
+                f"{type(exc).__name__}: {exc}",
+                file=sys.stderr,
+            )
+    return items
+
+
+def all_specs(kind: str) -> dict[str, Spec]:
+    """Every registered item of ``kind`` (backbone, store, classifier, strategy, dataset, head)."""
+    if kind not in HOOKS:
+        raise ValueError(f"unknown kind {kind!r}; allowed: {sorted(HOOKS)}")
+    with _lock:
+        if kind not in _cache:
+            _cache[kind] = _collect(kind)
+        return dict(_cache[kind])
+
+
+def get(kind: str, name: str) -> Any:
+    """The spec called ``name``; an unknown name raises a ``UsageError`` with suggestions."""
+    specs = all_specs(kind)
+    if name in specs:
+        return specs[name]
+    close = difflib.get_close_matches(name, list(specs), n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise UsageError(
+        f"unknown {kind} {name!r}.{hint} Run `transferkit {kind}s` to list the "
+        f"{len(specs)} available."
+        if kind != "strategy"
+        else f"unknown strategy {name!r}.{hint} Run `transferkit strategies` to list them."
+    )
+
+
+def backbone(name: str) -> BackboneSpec:
+    spec: BackboneSpec = get("backbone", name)
+    return spec
+
+
+def classifier(name: str) -> ClassifierSpec:
+    spec: ClassifierSpec = get("classifier", name)
+    return spec
+
+
+def strategy(name: str) -> StrategySpec:
+    spec: StrategySpec = get("strategy", name)
+    return spec
+
+
+def dataset(name: str) -> DatasetSpec:
+    spec: DatasetSpec = get("dataset", name)
+    return spec
+
+
+def head(name: str) -> HeadSpec:
+    spec: HeadSpec = get("head", name)
+    return spec
+
+
+def store(name: str) -> StoreSpec:
+    spec: StoreSpec = get("store", name)
+    return spec
+
+
+def store_for_path(path: str, store_name: str | None = None) -> StoreSpec:
+    """The store format for ``path``: ``store_name`` if given, else the one owning its suffix."""
+    if store_name:
+        return store(store_name)
+    lowered = str(path).rstrip("/").lower()
+    specs = all_specs("store")
+    for spec in specs.values():
+        assert isinstance(spec, StoreSpec)
+        if any(lowered.endswith(suffix) for suffix in spec.suffixes):
+            return spec
+    known = sorted(s for spec in specs.values() for s in spec.suffixes)  # type: ignore[attr-defined]
+    raise UsageError(
+        f"cannot tell the store format of {path!r} from its suffix; use one of {known} "
+        f"or pass --store NAME"
+    )

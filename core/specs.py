@@ -1,0 +1,195 @@
+"""The small typed records a plugin registers, and the objects their factories return.
+
+This module is the bottom floor of transferkit: it imports nothing heavy (no TensorFlow, no
+NumPy at module level), so listing plugins and reading ``--help`` stay fast.
+
+A plugin registers a spec through a ``register`` callback handed to its registration hook::
+
+    @hookimpl
+    def register_backbones(register):
+        register(BackboneSpec(name="tiny-cnn", description="...", factory=build_tiny, ...))
+
+The host fills in :attr:`plugin` (the name of the plugin that registered the spec) and refuses a
+second spec with the same name, naming both plugins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+POOLINGS = ("avg", "max", "flatten")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Fields every registered item has."""
+
+    name: str
+    description: str
+    factory: Callable[..., Any]
+    plugin: str = ""
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    kind = "item"
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming what is wrong with this spec."""
+        if not self.name or not isinstance(self.name, str):
+            raise ValueError(f"a {self.kind} needs a non-empty string name, got {self.name!r}")
+        if any(c.isspace() for c in self.name):
+            raise ValueError(f"{self.kind} name {self.name!r} must not contain spaces")
+        if not callable(self.factory):
+            raise ValueError(f"{self.kind} {self.name!r}: factory must be callable")
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready description (the factory is shown by its qualified name)."""
+        data = {k: v for k, v in asdict(self).items() if k != "factory"}
+        data["factory"] = _qualname(self.factory)
+        data["kind"] = self.kind
+        return _jsonable(data)
+
+
+@dataclass(frozen=True)
+class BackboneSpec(Spec):
+    """A pretrained network that turns images into feature vectors.
+
+    ``factory(weights="default", input_size=None, pooling="avg")`` returns a :class:`Backbone`.
+    ``weights`` is ``"default"`` (the spec's own pretrained weights), ``None`` (random
+    initialisation) or a path to a local weights file.
+    """
+
+    input_size: tuple[int, int] = (224, 224)
+    preprocessing: str = ""
+    feature_dims: Mapping[str, int] = field(default_factory=dict)
+    weights: str = ""
+    kind = "backbone"
+
+    def validate(self) -> None:
+        super().validate()
+        if len(self.input_size) != 2 or min(self.input_size) <= 0:
+            raise ValueError(f"backbone {self.name!r}: input_size must be (height, width)")
+        unknown = set(self.feature_dims) - set(POOLINGS)
+        if unknown:
+            raise ValueError(
+                f"backbone {self.name!r}: unknown pooling {sorted(unknown)}; allowed: {POOLINGS}"
+            )
+
+
+@dataclass(frozen=True)
+class StoreSpec(Spec):
+    """A feature store format. ``factory()`` returns the store class (a ``FeatureStore``)."""
+
+    suffixes: tuple[str, ...] = ()
+    kind = "store"
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.suffixes or not all(s.startswith(".") for s in self.suffixes):
+            raise ValueError(f"store {self.name!r}: suffixes must be like ('.h5',)")
+
+
+@dataclass(frozen=True)
+class ClassifierSpec(Spec):
+    """A classifier on feature vectors. ``factory(**params)`` returns an unfitted estimator.
+
+    ``incremental`` says that the estimator learns batch by batch (``partial_fit`` or river's
+    ``learn_many``/``learn_one``); ``groups`` names the spot-check groups it belongs to.
+    """
+
+    incremental: bool = False
+    library: str = "scikit-learn"
+    groups: tuple[str, ...] = ()
+    kind = "classifier"
+
+
+@dataclass(frozen=True)
+class StrategySpec(Spec):
+    """A fine-tune strategy. ``factory(**options)`` returns a ``FinetuneStrategy``."""
+
+    kind = "strategy"
+
+
+@dataclass(frozen=True)
+class DatasetSpec(Spec):
+    """An image source or a task transform over one.
+
+    For a source (``transform=False``) ``factory(location, **options)`` returns an image source;
+    for a transform (``transform=True``, e.g. the rotation task) ``factory(source, **options)``
+    wraps another source.
+    """
+
+    transform: bool = False
+    kind = "dataset"
+
+
+@dataclass(frozen=True)
+class HeadSpec(Spec):
+    """A classification head for fine-tuning. ``factory(num_classes, **options)`` returns a Keras
+    layer or model mapping backbone outputs to class probabilities."""
+
+    kind = "head"
+
+
+SPEC_KINDS: dict[str, type[Spec]] = {
+    "backbone": BackboneSpec,
+    "store": StoreSpec,
+    "classifier": ClassifierSpec,
+    "strategy": StrategySpec,
+    "dataset": DatasetSpec,
+    "head": HeadSpec,
+}
+
+
+@dataclass
+class Backbone:
+    """What a backbone factory returns: a feature extractor and the preprocessing it expects.
+
+    ``model`` maps a batch of *preprocessed* images ``(N, H, W, 3)`` to features ``(N, D)``.
+    ``preprocess`` maps a float32 RGB batch with values in 0..255 to the model's input; it must be
+    a TensorFlow-traceable function so that the input pipeline can run it in parallel.
+    """
+
+    name: str
+    model: Any
+    preprocess: Callable[[Any], Any]
+    input_size: tuple[int, int]
+    pooling: str
+    feature_dim: int
+    weights_source: str
+    preprocessing: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def param_count(self) -> int:
+        return int(self.model.count_params())
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "input_size": list(self.input_size),
+            "pooling": self.pooling,
+            "feature_dim": self.feature_dim,
+            "param_count": self.param_count,
+            "weights_source": self.weights_source,
+            "preprocessing": self.preprocessing,
+        }
+
+
+def _qualname(obj: Any) -> str:
+    module = getattr(obj, "__module__", None) or ""
+    name = getattr(obj, "__qualname__", None) or type(obj).__name__
+    return f"{module}.{name}" if module else name
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if callable(value):
+        return _qualname(value)
+    return str(value)

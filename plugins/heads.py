@@ -1,0 +1,64 @@
+"""Built-in classification heads for fine-tuning."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transferkit import HeadSpec, hookimpl
+
+
+def classic_head(num_classes: int, units: int = 256, dropout: float = 0.5) -> Any:
+    """Flatten, Dense(units), ReLU, BatchNorm, Dropout, Dense(classes), Softmax: the classic
+    fine-tuning recipe's head, to put on an unpooled convolutional base."""
+    import keras
+
+    return keras.Sequential(
+        [
+            keras.layers.Flatten(),
+            keras.layers.Dense(units),
+            keras.layers.Activation("relu"),
+            keras.layers.BatchNormalization(),
+            keras.layers.Dropout(dropout),
+            keras.layers.Dense(num_classes),
+            keras.layers.Activation("softmax", dtype="float32"),
+        ],
+        name="classic_head",
+    )
+
+
+def linear_head(num_classes: int, dropout: float = 0.2) -> Any:
+    """Global average pooling (when the input is a feature map), Dropout, Dense + Softmax."""
+    import keras
+
+    class _PoolIfMap(keras.layers.Layer):
+        def call(self, x: Any) -> Any:
+            if len(x.shape) == 4:
+                return keras.ops.mean(x, axis=(1, 2))
+            return x
+
+    return keras.Sequential(
+        [
+            _PoolIfMap(),
+            keras.layers.Dropout(dropout),
+            keras.layers.Dense(num_classes, activation="softmax", dtype="float32"),
+        ],
+        name="linear_head",
+    )
+
+
+@hookimpl
+def register_heads(register: Any) -> None:
+    register(
+        HeadSpec(
+            name="classic",
+            description="Flatten, Dense 256, ReLU, BatchNorm, Dropout 0.5, Dense, Softmax",
+            factory=classic_head,
+        )
+    )
+    register(
+        HeadSpec(
+            name="linear",
+            description="Global average pooling, Dropout 0.2, Dense + Softmax",
+            factory=linear_head,
+        )
+    )
