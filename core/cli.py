@@ -214,10 +214,16 @@ _commands_registered = False
 
 
 def build_cli() -> click.Group:
-    """The root group with the commands of every loaded plugin added (once)."""
+    """The root group with the job commands and those of every loaded plugin added (once)."""
     global _commands_registered
     if not _commands_registered:
         _commands_registered = True
+        import importlib
+
+        from .commands import COMMAND_MODULES
+
+        for module_name in COMMAND_MODULES:
+            importlib.import_module(module_name).register(cli)
         plugin_manager.call_lifecycle("register_commands", cli=cli)
     return cli
 

@@ -1,0 +1,9 @@
+"""Click commands of the jobs, one module each, added to the root group by ``transferkit.cli``.
+
+Each module defines ``register(cli)`` adding its commands; modules never import TensorFlow at
+module level (``--help`` must stay fast).
+"""
+
+from __future__ import annotations
+
+COMMAND_MODULES: tuple[str, ...] = ()

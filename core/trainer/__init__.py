@@ -1,0 +1,1 @@
+"""The Lightning-style Trainer for fine-tuning: trainer, data module, callbacks."""

@@ -1,0 +1,48 @@
+"""Shared fixtures. Entry-point plugins never autoload in tests: whatever is installed on a machine
+cannot leak into a test. Tests register plugin objects through ``register_plugin``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_plugins(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    from transferkit import plugin_manager
+
+    monkeypatch.setenv("TRANSFERKIT_LOAD_PLUGINS", "")
+    monkeypatch.delenv("TRANSFERKIT_STRICT_PLUGINS", raising=False)
+    plugin_manager.reset()
+    yield
+    plugin_manager.reset()
+
+
+@pytest.fixture
+def register_plugin() -> Iterator[Callable[[Any, str], Any]]:
+    """Register a plugin object (module, class instance) for one test; unregistered after it."""
+    from transferkit import plugin_manager, registry
+
+    pm = plugin_manager.get_plugin_manager()
+    added: list[Any] = []
+
+    def register(plugin: Any, name: str) -> Any:
+        pm.register(plugin, name=name)
+        pm.check_pending()
+        added.append(plugin)
+        registry.clear_cache()
+        return plugin
+
+    try:
+        yield register
+    finally:
+        for plugin in added:
+            if pm.is_registered(plugin):
+                pm.unregister(plugin)
+        registry.clear_cache()
