@@ -24,7 +24,7 @@ def _option_params(command: click.Command) -> dict[str, click.Parameter]:
     return {
         p.name: p
         for p in command.params
-        if p.name and p.name not in CONFIG_PARAMS and p.expose_value
+        if isinstance(p, click.Option) and p.name and p.name not in CONFIG_PARAMS and p.expose_value
     }
 
 
