@@ -1,0 +1,42 @@
+"""Tests of the example plugin: what it registers, and that its backbone really works."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import transferkit_example
+from transferkit import plugin_manager, registry
+
+
+@pytest.fixture
+def plugin():
+    plugin_manager.reset()
+    pm = plugin_manager.get_plugin_manager()
+    if pm.get_plugin("example") is None:  # not installed: register the module by hand
+        pm.register(transferkit_example, name="example")
+    registry.clear_cache()
+    yield
+    plugin_manager.reset()
+
+
+def test_registered(plugin) -> None:
+    spec = registry.backbone("example-cnn")
+    assert spec.plugin == "example"
+    assert registry.classifier("example-centroid").groups == ("example",)
+
+
+@pytest.mark.parametrize("pooling", ["avg", "max", "flatten"])
+def test_backbone_feature_width_matches_metadata(plugin, pooling: str) -> None:
+    spec = registry.backbone("example-cnn")
+    backbone = spec.factory(pooling=pooling)
+    images = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    features = np.asarray(backbone.model(backbone.preprocess(images)))
+    assert features.shape == (2, spec.feature_dims[pooling]) == (2, backbone.feature_dim)
+
+
+def test_classifier_fits(plugin) -> None:
+    clf = registry.classifier("example-centroid").factory()
+    X = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0]])
+    clf.fit(X, [0, 0, 1, 1])
+    assert list(clf.predict([[0.05, 0.0], [5.0, 5.1]])) == [0, 1]
