@@ -26,7 +26,11 @@ import pluggy
 
 from . import hookspecs
 
-DEFAULT_PLUGINS: tuple[str, ...] = ("transferkit.plugins.heads",)
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "transferkit.plugins.heads",
+    "transferkit.plugins.sklearn_classifiers",
+    "transferkit.plugins.river_classifiers",
+)
 
 ENTRY_POINT_GROUP = "transferkit"
 STRICT_ENV = "TRANSFERKIT_STRICT_PLUGINS"
