@@ -30,6 +30,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "transferkit.plugins.heads",
     "transferkit.plugins.sklearn_classifiers",
     "transferkit.plugins.river_classifiers",
+    "transferkit.plugins.stores",
 )
 
 ENTRY_POINT_GROUP = "transferkit"

@@ -1,0 +1,641 @@
+"""Feature stores: one schema, one base class, thin backends (HDF5, Zarr) registered as plugins.
+
+Schema on disk, the same for every format::
+
+    features     (N, D) float32, chunked along rows, optional compression
+    labels       (N,)   int64
+    label_names  (K,)   strings
+    paths        (N,)   strings
+    attributes   metadata (JSON-encoded where not scalar), ``skipped`` (JSON list of
+                 [path, reason]), ``rows`` (rows committed to disk), ``complete``
+
+All the logic (buffering, resume, the guard against overwriting, the lock against two writers,
+metadata, skipped records, range reads) lives in :class:`FeatureStore`; a backend only opens its
+container and creates arrays. ``features``/``labels``/``paths`` are written first and the ``rows``
+attribute last, so a process killed at any moment leaves a store whose first ``rows`` rows are
+whole; a resumed writer truncates anything past them.
+
+A "classic" store (HDF5 with only ``features``, ``labels``, ``label_names``, as the Keras
+features recipe writes it with h5py) opens with the same reader.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .errors import TransferkitError, UsageError
+
+MODES = ("create", "overwrite", "resume")
+SCHEMA_VERSION = 1
+_RESERVED_ATTRS = ("rows", "complete", "skipped", "schema_version", "feature_dim")
+_READ_WINDOW = 4096  # rows read at once by read_rows when picking scattered indices
+
+
+class StoreExistsError(UsageError):
+    """The output store already exists and neither overwrite nor resume was asked for."""
+
+
+class StoreLockedError(TransferkitError):
+    """Another live process is writing the store."""
+
+
+def _encode_attr(value: Any) -> Any:
+    if isinstance(value, bool | int | float | str) and not isinstance(value, np.generic):
+        return value
+    return "json:" + json.dumps(value, default=_json_default)
+
+
+def _decode_attr(value: Any) -> Any:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8")
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, str) and value.startswith("json:"):
+        return json.loads(value[5:])
+    return value
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, _dt.datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def _to_str_list(values: Any) -> list[str]:
+    out = []
+    for v in np.asarray(values).tolist():
+        out.append(v.decode("utf-8") if isinstance(v, bytes) else str(v))
+    return out
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class FeatureStore:
+    """Base class of every store format. Subclasses implement the ``_backend`` hooks only.
+
+    Use :func:`create_store` and :func:`open_store` rather than this class directly.
+    """
+
+    name: ClassVar[str] = ""
+    suffixes: ClassVar[tuple[str, ...]] = ()
+
+    # ------------------------------------------------------------------ backend hooks (thin)
+
+    @classmethod
+    def _backend_open(cls, path: str, mode: str) -> Any:
+        """Open the container: ``mode`` is ``"r"`` (read), ``"a"`` (read/write) or ``"w"`` (new)."""
+        raise NotImplementedError
+
+    @classmethod
+    def _backend_create_array(
+        cls,
+        root: Any,
+        name: str,
+        shape: tuple[int, ...],
+        dtype: str,
+        chunks: tuple[int, ...],
+        compression: str | None,
+    ) -> Any:
+        """Create a row-resizable array (``dtype`` is ``"float32"``, ``"int64"`` or ``"str"``)."""
+        raise NotImplementedError
+
+    @classmethod
+    def _backend_resize(cls, array: Any, rows: int) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def _backend_flush(cls, root: Any) -> None:
+        """Make everything written so far durable."""
+
+    @classmethod
+    def _backend_close(cls, root: Any) -> None:
+        """Close the container."""
+
+    @classmethod
+    def _backend_has(cls, root: Any, name: str) -> bool:
+        return name in root
+
+    @classmethod
+    def _backend_take(cls, array: Any, sorted_unique: np.ndarray) -> np.ndarray:
+        """Rows at sorted unique indices. The default reads windows of contiguous rows."""
+        parts = []
+        i = 0
+        n = len(sorted_unique)
+        while i < n:
+            start = int(sorted_unique[i])
+            j = int(np.searchsorted(sorted_unique, start + _READ_WINDOW, side="left"))
+            stop = int(sorted_unique[j - 1]) + 1
+            block = np.asarray(array[start:stop])
+            parts.append(block[sorted_unique[i:j] - start])
+            i = j
+        if not parts:
+            return np.asarray(array[0:0])
+        return np.concatenate(parts)
+
+    @classmethod
+    def exists(cls, path: str) -> bool:
+        return os.path.exists(path)
+
+    @classmethod
+    def remove(cls, path: str) -> None:
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+
+
+# ---------------------------------------------------------------------------- writer
+
+
+class FeatureStoreWriter:
+    """Buffered writer of one store. Made by :func:`create_store`; use it as a context manager."""
+
+    def __init__(
+        self,
+        backend: type[FeatureStore],
+        path: str,
+        *,
+        feature_dim: int,
+        label_names: Sequence[str],
+        metadata: Mapping[str, Any],
+        mode: str,
+        compression: str | None,
+        buffer_rows: int,
+        chunk_rows: int | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise UsageError(f"unknown store mode {mode!r}; allowed: {list(MODES)}")
+        if feature_dim <= 0:
+            raise UsageError(f"feature_dim must be positive, got {feature_dim}")
+        self.backend = backend
+        self.path = str(path)
+        self.feature_dim = int(feature_dim)
+        self.label_names = [str(n) for n in label_names]
+        self.buffer_rows = max(1, int(buffer_rows))
+        self._buf_x: list[np.ndarray] = []
+        self._buf_y: list[np.ndarray] = []
+        self._buf_p: list[str] = []
+        self._buf_n = 0
+        self._pending_skipped: list[list[str]] = []
+        self._closed = False
+        self.resumed = False
+        self.existing_metadata: dict[str, Any] = {}
+        self._lock_path = self.path.rstrip("/") + ".lock"
+
+        exists = backend.exists(self.path)
+        if exists and mode == "create":
+            raise StoreExistsError(
+                f"{self.path} already exists; pass --overwrite to replace it or --resume to "
+                f"continue an interrupted extraction into it (overwrite=True or resume=True "
+                f"in Python)"
+            )
+        self._acquire_lock()
+        try:
+            if exists and mode == "resume":
+                self._open_for_resume()
+            else:
+                if exists:
+                    backend.remove(self.path)
+                self._create(metadata, compression, chunk_rows)
+            self._write_attrs(metadata, initial=not self.resumed)
+        except BaseException:
+            self._release_lock()
+            raise
+
+    # ------------------------------------------------------------------ lock
+
+    def _acquire_lock(self) -> None:
+        lock = self._lock_path
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    pid = int(Path(lock).read_text().strip() or "0")
+                except (OSError, ValueError):
+                    pid = 0
+                if pid != os.getpid() and _pid_alive(pid):
+                    raise StoreLockedError(
+                        f"{self.path} is being written by process {pid}; wait for it to finish "
+                        f"or stop it (if no process writes it, delete {lock})"
+                    ) from None
+                # a stale lock left by a killed process
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(lock)
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(str(os.getpid()))
+            return
+        raise StoreLockedError(f"cannot lock {self.path}; delete {lock} if no process writes it")
+
+    def _release_lock(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self._lock_path)
+
+    # ------------------------------------------------------------------ open / create
+
+    def _create(
+        self, metadata: Mapping[str, Any], compression: str | None, chunk_rows: int | None
+    ) -> None:
+        b = self.backend
+        parent = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(parent, exist_ok=True)
+        self.root = b._backend_open(self.path, "w")
+        d = self.feature_dim
+        # aim at ~1 MiB chunks of features, at least 16 rows
+        rows_per_chunk = chunk_rows or int(max(16, min(8192, (1 << 20) // (4 * d))))
+        self._features = b._backend_create_array(
+            self.root, "features", (0, d), "float32", (rows_per_chunk, d), compression
+        )
+        self._labels = b._backend_create_array(
+            self.root, "labels", (0,), "int64", (max(rows_per_chunk, 1024),), compression
+        )
+        self._paths = b._backend_create_array(
+            self.root, "paths", (0,), "str", (max(rows_per_chunk, 1024),), compression
+        )
+        names = b._backend_create_array(
+            self.root,
+            "label_names",
+            (len(self.label_names),),
+            "str",
+            (max(1, len(self.label_names)),),
+            None,
+        )
+        if self.label_names:
+            names[:] = np.array(self.label_names, dtype=object)
+        self._rows_on_disk = 0
+        self._skipped: list[list[str]] = []
+        self._done_paths: set[str] = set()
+
+    def _open_for_resume(self) -> None:
+        b = self.backend
+        self.root = b._backend_open(self.path, "a")
+        for name in ("features", "labels", "paths", "label_names"):
+            if not b._backend_has(self.root, name):
+                b._backend_close(self.root)
+                raise UsageError(
+                    f"{self.path} has no {name!r} array, so it cannot be resumed; "
+                    f"pass --overwrite to replace it"
+                )
+        self._features = self.root["features"]
+        self._labels = self.root["labels"]
+        self._paths = self.root["paths"]
+        attrs = {k: _decode_attr(v) for k, v in self.root.attrs.items()}
+        stored_dim = int(self._features.shape[1])
+        stored_names = _to_str_list(self.root["label_names"][:])
+        problems = []
+        if stored_dim != self.feature_dim:
+            problems.append(f"feature width {stored_dim} vs {self.feature_dim}")
+        if stored_names != self.label_names:
+            problems.append(f"label names {stored_names[:5]}... vs {self.label_names[:5]}...")
+        if problems:
+            b._backend_close(self.root)
+            raise UsageError(
+                f"cannot resume {self.path}: it was made with other settings ("
+                + "; ".join(problems)
+                + "); pass --overwrite to start again"
+            )
+        rows = int(attrs.get("rows", self._features.shape[0]))
+        rows = min(rows, self._features.shape[0], self._labels.shape[0], self._paths.shape[0])
+        # anything past the committed rows is a half-written buffer: drop it
+        for arr in (self._features, self._labels, self._paths):
+            if arr.shape[0] != rows:
+                b._backend_resize(arr, rows)
+        self._rows_on_disk = rows
+        self._skipped = [list(s) for s in attrs.get("skipped", [])]
+        self._done_paths = set(_to_str_list(self._paths[:rows])) if rows else set()
+        self.existing_metadata = {k: v for k, v in attrs.items() if k not in _RESERVED_ATTRS}
+        self.resumed = True
+
+    def _write_attrs(self, metadata: Mapping[str, Any], initial: bool) -> None:
+        attrs = self.root.attrs
+        values: dict[str, Any] = {}
+        if initial:
+            values["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        for key, value in metadata.items():
+            if key in _RESERVED_ATTRS:
+                raise UsageError(f"metadata key {key!r} is reserved by the store")
+            values[key] = value
+        values["schema_version"] = SCHEMA_VERSION
+        values["feature_dim"] = self.feature_dim
+        values["complete"] = False
+        values["skipped"] = self._skipped
+        values["rows"] = self._rows_on_disk
+        for key, value in values.items():
+            attrs[key] = _encode_attr(value)
+        self.backend._backend_flush(self.root)
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def rows(self) -> int:
+        """Rows written, including those still in the buffer."""
+        return self._rows_on_disk + self._buf_n
+
+    @property
+    def done_paths(self) -> set[str]:
+        """Paths already stored (rows) -- what a resumed extraction need not compute again."""
+        return set(self._done_paths)
+
+    @property
+    def skipped_paths(self) -> set[str]:
+        return {s[0] for s in self._skipped} | {s[0] for s in self._pending_skipped}
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        return [(p, r) for p, r in self._skipped + self._pending_skipped]
+
+    def append(self, features: Any, labels: Any, paths: Sequence[str]) -> None:
+        """Add rows; they reach the disk when the buffer is full (or on flush/close)."""
+        if self._closed:
+            raise TransferkitError(f"{self.path} is closed")
+        x = np.asarray(features, dtype=np.float32)
+        y = np.asarray(labels, dtype=np.int64).reshape(-1)
+        if x.ndim != 2 or x.shape[1] != self.feature_dim:
+            raise ValueError(f"features must be (n, {self.feature_dim}), got {x.shape}")
+        if not (len(x) == len(y) == len(paths)):
+            raise ValueError(f"{len(x)} features, {len(y)} labels and {len(paths)} paths differ")
+        if len(x) == 0:
+            return
+        self._buf_x.append(x)
+        self._buf_y.append(y)
+        self._buf_p.extend(str(p) for p in paths)
+        self._buf_n += len(x)
+        if self._buf_n >= self.buffer_rows:
+            self.flush()
+
+    def record_skipped(self, path: str, reason: str) -> None:
+        """Record a file that could not be used; stored with the next flush."""
+        self._pending_skipped.append([str(path), str(reason)])
+
+    def set_metadata(self, **metadata: Any) -> None:
+        for key, value in metadata.items():
+            if key in _RESERVED_ATTRS:
+                raise UsageError(f"metadata key {key!r} is reserved by the store")
+            self.root.attrs[key] = _encode_attr(value)
+
+    def flush(self) -> None:
+        """Write the buffer: data first, then the committed row count, then make it durable."""
+        b = self.backend
+        if self._buf_n:
+            x = np.concatenate(self._buf_x)
+            y = np.concatenate(self._buf_y)
+            p = np.array(self._buf_p, dtype=object)
+            start, stop = self._rows_on_disk, self._rows_on_disk + self._buf_n
+            for arr, data in ((self._features, x), (self._labels, y), (self._paths, p)):
+                if arr.shape[0] < stop:
+                    b._backend_resize(arr, stop)
+                arr[start:stop] = data
+            self._done_paths.update(self._buf_p)
+            self._rows_on_disk = stop
+            self._buf_x, self._buf_y, self._buf_p, self._buf_n = [], [], [], 0
+        if self._pending_skipped:
+            self._skipped.extend(self._pending_skipped)
+            self._pending_skipped = []
+            self.root.attrs["skipped"] = _encode_attr(self._skipped)
+        self.root.attrs["rows"] = self._rows_on_disk
+        b._backend_flush(self.root)
+
+    def close(self, complete: bool = True) -> None:
+        """Flush, mark the store complete (unless ``complete=False``), close, release the lock."""
+        if self._closed:
+            return
+        try:
+            self.flush()
+            self.root.attrs["complete"] = bool(complete)
+            self.root.attrs["image_count"] = self._rows_on_disk + len(self._skipped)
+            self.backend._backend_flush(self.root)
+        finally:
+            self._closed = True
+            self.backend._backend_close(self.root)
+            self._release_lock()
+
+    def abort(self) -> None:
+        """Flush what is buffered and close without marking the store complete."""
+        self.close(complete=False)
+
+    def __enter__(self) -> FeatureStoreWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.close(complete=exc_type is None)
+
+
+# ---------------------------------------------------------------------------- reader
+
+
+class FeatureStoreReader:
+    """Reads a store (any registered format, or a classic HDF5 features file) without loading it
+    whole: :meth:`read` and :meth:`iter_batches` touch only the rows asked for."""
+
+    def __init__(self, backend: type[FeatureStore], path: str) -> None:
+        self.backend = backend
+        self.path = str(path)
+        if not backend.exists(self.path):
+            raise UsageError(f"no feature store at {self.path}; run `transferkit extract` first")
+        try:
+            self.root = backend._backend_open(self.path, "r")
+        except Exception as exc:
+            raise TransferkitError(
+                f"cannot open {self.path} as a {backend.name or 'feature'} store: {exc}"
+            ) from exc
+        for name in ("features", "labels"):
+            if not backend._backend_has(self.root, name):
+                backend._backend_close(self.root)
+                raise TransferkitError(
+                    f"{self.path} is not a feature store: it has no {name!r} array"
+                )
+        self._features = self.root["features"]
+        self._labels = self.root["labels"]
+        attrs = self._attrs()
+        n = min(self._features.shape[0], self._labels.shape[0])
+        if "rows" in attrs:
+            n = min(n, int(attrs["rows"]))
+        self._n = int(n)
+
+    def _attrs(self) -> dict[str, Any]:
+        return {str(k): _decode_attr(v) for k, v in self.root.attrs.items()}
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def feature_dim(self) -> int:
+        shape = self._features.shape
+        return int(np.prod(shape[1:])) if len(shape) > 1 else 1
+
+    @property
+    def label_names(self) -> list[str]:
+        if self.backend._backend_has(self.root, "label_names"):
+            return _to_str_list(self.root["label_names"][:])
+        # a store without names: number the classes
+        k = int(self.labels.max()) + 1 if len(self) else 0
+        return [str(i) for i in range(k)]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.asarray(self._labels[: self._n]).astype(np.int64).reshape(-1)
+
+    @property
+    def paths(self) -> list[str]:
+        if not self.backend._backend_has(self.root, "paths"):
+            return []
+        return _to_str_list(self.root["paths"][: self._n])
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        attrs = self._attrs()
+        attrs.pop("skipped", None)
+        attrs.setdefault("rows", self._n)
+        return attrs
+
+    @property
+    def complete(self) -> bool:
+        attrs = self._attrs()
+        return bool(attrs.get("complete", True))
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        return [(str(p), str(r)) for p, r in self._attrs().get("skipped", [])]
+
+    def _x(self, block: Any) -> np.ndarray:
+        x = np.asarray(block, dtype=np.float32)
+        return x.reshape(len(x), -1)
+
+    def _bounds(self, start: int, stop: int | None) -> tuple[int, int]:
+        n = self._n
+        stop = n if stop is None else stop
+        if start < 0:
+            start += n
+        if stop < 0:
+            stop += n
+        start = max(0, min(start, n))
+        stop = max(start, min(stop, n))
+        return start, stop
+
+    def read(self, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ``start:stop`` as ``(X float32, y int64)``; only those rows are read."""
+        start, stop = self._bounds(start, stop)
+        x = self._x(self._features[start:stop])
+        y = np.asarray(self._labels[start:stop]).astype(np.int64).reshape(-1)
+        return x, y
+
+    def read_rows(self, indices: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Rows at any ``indices`` (repeats and any order allowed), returned in that order."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size == 0:
+            return np.zeros((0, self.feature_dim), np.float32), np.zeros(0, np.int64)
+        idx = np.where(idx < 0, idx + self._n, idx)
+        if idx.min() < 0 or idx.max() >= self._n:
+            raise IndexError(f"row index out of range for a store of {self._n} rows")
+        uniq, inverse = np.unique(idx, return_inverse=True)
+        x = self._x(self.backend._backend_take(self._features, uniq))
+        y = np.asarray(self.backend._backend_take(self._labels, uniq)).astype(np.int64)
+        return x[inverse], y.reshape(-1)[inverse]
+
+    def iter_batches(
+        self,
+        batch_size: int,
+        start: int = 0,
+        stop: int | None = None,
+        indices: Any = None,
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Batches ``(X, y)`` of a row range, or of ``indices`` in their order."""
+        if batch_size <= 0:
+            raise ValueError("batch_size must be positive")
+        if indices is not None:
+            idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+            for i in range(0, len(idx), batch_size):
+                yield self.read_rows(idx[i : i + batch_size])
+            return
+        start, stop = self._bounds(start, stop)
+        for i in range(start, stop, batch_size):
+            yield self.read(i, min(i + batch_size, stop))
+
+    def close(self) -> None:
+        if getattr(self, "root", None) is not None:
+            self.backend._backend_close(self.root)
+            self.root = None
+
+    def __enter__(self) -> FeatureStoreReader:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<FeatureStoreReader {self.path} rows={len(self)} dim={self.feature_dim}>"
+
+
+# ---------------------------------------------------------------------------- entry points
+
+
+def backend_for(path: str | os.PathLike[str], store: str | None = None) -> type[FeatureStore]:
+    """The store class for ``path`` (by suffix) or for the format named ``store``."""
+    from . import registry
+
+    spec = registry.store_for_path(str(path), store)
+    cls = spec.factory()
+    if not (isinstance(cls, type) and issubclass(cls, FeatureStore)):
+        raise TransferkitError(
+            f"store plugin {spec.name!r} ({spec.plugin}) must return a FeatureStore subclass"
+        )
+    return cls
+
+
+def create_store(
+    path: str | os.PathLike[str],
+    *,
+    feature_dim: int,
+    label_names: Sequence[str],
+    metadata: Mapping[str, Any] | None = None,
+    store: str | None = None,
+    mode: str = "create",
+    compression: str | None = "gzip",
+    buffer_rows: int = 1024,
+    chunk_rows: int | None = None,
+) -> FeatureStoreWriter:
+    """Open a writer. ``mode``: ``create`` (an existing store is an error), ``overwrite``, or
+    ``resume`` (keep the rows already written; see :attr:`FeatureStoreWriter.done_paths`)."""
+    backend = backend_for(path, store)
+    return FeatureStoreWriter(
+        backend,
+        str(path),
+        feature_dim=feature_dim,
+        label_names=label_names,
+        metadata=dict(metadata or {}),
+        mode=mode,
+        compression=compression,
+        buffer_rows=buffer_rows,
+        chunk_rows=chunk_rows,
+    )
+
+
+def open_store(path: str | os.PathLike[str], store: str | None = None) -> FeatureStoreReader:
+    """Open a store for reading (HDF5 ``.h5``/``.hdf5``, Zarr ``.zarr``, or ``store=NAME``)."""
+    return FeatureStoreReader(backend_for(path, store), str(path))

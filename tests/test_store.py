@@ -1,0 +1,191 @@
+"""Feature stores: real HDF5 files and Zarr directories, both through the one base class."""
+
+from __future__ import annotations
+
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+from transferkit import UsageError
+from transferkit.store import StoreExistsError, StoreLockedError, create_store, open_store
+
+FORMATS = ["h5", "zarr"]
+
+
+def _data(n: int = 50, d: int = 7, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    y = rng.integers(0, 3, size=n)
+    paths = [f"img/{i:03d}_é.jpg" for i in range(n)]
+    return x, y, paths
+
+
+def _write(path: str, x, y, paths, **kwargs) -> None:
+    with create_store(
+        path,
+        feature_dim=x.shape[1],
+        label_names=["cat", "dog", "émeu"],
+        metadata={"backbone": "tiny", "input_size": [32, 32], "seed": 3},
+        buffer_rows=8,
+        **kwargs,
+    ) as w:
+        for i in range(0, len(x), 5):
+            w.append(x[i : i + 5], y[i : i + 5], paths[i : i + 5])
+        w.record_skipped("bad.jpg", "truncated image")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_round_trip_and_range_reads(tmp_path, fmt):
+    path = str(tmp_path / f"f.{fmt}")
+    x, y, paths = _data()
+    _write(path, x, y, paths)
+    with open_store(path) as r:
+        assert len(r) == 50
+        assert r.feature_dim == 7
+        assert r.label_names == ["cat", "dog", "émeu"]
+        np.testing.assert_array_equal(r.labels, y)
+        assert r.labels.dtype == np.int64
+        assert r.paths == paths
+        assert r.skipped == [("bad.jpg", "truncated image")]
+        meta = r.metadata
+        assert meta["backbone"] == "tiny"
+        assert meta["input_size"] == [32, 32]
+        assert meta["seed"] == 3
+        assert meta["complete"] is True
+        assert meta["image_count"] == 51
+        assert "created" in meta
+        xs, ys = r.read(10, 17)
+        np.testing.assert_array_equal(xs, x[10:17])
+        np.testing.assert_array_equal(ys, y[10:17])
+        idx = np.array([49, 3, 3, 20, 0])
+        xr, yr = r.read_rows(idx)
+        np.testing.assert_array_equal(xr, x[idx])
+        np.testing.assert_array_equal(yr, y[idx])
+        batches = list(r.iter_batches(16, start=5, stop=45))
+        assert [len(b[0]) for b in batches] == [16, 16, 8]
+        np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]), x[5:45])
+        perm = np.random.default_rng(1).permutation(50)
+        got = np.concatenate([b[1] for b in r.iter_batches(7, indices=perm)])
+        np.testing.assert_array_equal(got, y[perm])
+
+
+def test_range_read_touches_only_those_rows(tmp_path):
+    # the features dataset is chunked along rows, and read() slices it without a full load
+    path = str(tmp_path / "f.h5")
+    x, y, paths = _data(n=300, d=4)
+    _write(path, x, y, paths, chunk_rows=32)
+    with h5py.File(path) as f:
+        assert f["features"].chunks == (32, 4)
+        assert f["features"].compression == "gzip"
+    with open_store(path) as r:
+        r._features = _CountingArray(r._features)
+        xs, _ = r.read(40, 50)
+        assert r._features.rows_read == 10
+        np.testing.assert_array_equal(xs, x[40:50])
+
+
+class _CountingArray:
+    def __init__(self, array):
+        self.array = array
+        self.shape = array.shape
+        self.rows_read = 0
+
+    def __getitem__(self, key):
+        out = self.array[key]
+        self.rows_read += len(out)
+        return out
+
+
+def test_classic_h5py_store_is_readable(tmp_path):
+    path = str(tmp_path / "classic.hdf5")
+    x, y, _ = _data(n=20, d=5)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("features", data=x)
+        f.create_dataset("labels", data=y)
+        f.create_dataset("label_names", data=np.array([b"a", b"b", b"c"]))
+    with open_store(path) as r:
+        assert len(r) == 20
+        assert r.feature_dim == 5
+        assert r.label_names == ["a", "b", "c"]
+        assert r.paths == []
+        assert r.skipped == []
+        np.testing.assert_array_equal(r.read()[0], x)
+        np.testing.assert_array_equal(r.labels, y)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_existing_store_is_never_overwritten_silently(tmp_path, fmt):
+    path = str(tmp_path / f"f.{fmt}")
+    x, y, paths = _data(n=10)
+    _write(path, x, y, paths)
+    with pytest.raises(StoreExistsError, match="--overwrite") as info:
+        _write(path, x, y, paths)
+    assert "--resume" in str(info.value)
+    with open_store(path) as r:
+        assert len(r) == 10  # untouched
+    x2, y2, p2 = _data(n=5, seed=9)
+    _write(path, x2, y2, p2, mode="overwrite")
+    with open_store(path) as r:
+        assert len(r) == 5
+        np.testing.assert_array_equal(r.read()[0], x2)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_resume_keeps_rows_and_drops_half_written_buffer(tmp_path, fmt):
+    path = str(tmp_path / f"f.{fmt}")
+    x, y, paths = _data(n=40)
+    w = create_store(path, feature_dim=7, label_names=["a", "b", "c"], buffer_rows=10)
+    w.append(x[:25], y[:25], paths[:25])  # 25 rows reach the disk (buffer flushes at >= 10)
+    w.record_skipped("x.png", "zero bytes")
+    w.append(x[25:28], y[25:28], paths[25:28])  # buffered only: lost in a crash
+    assert w.rows == 28
+    # simulate a crash: the process dies without closing; its lock names a dead process
+    w.root.close() if fmt == "h5" else None
+    with open(path.rstrip("/") + ".lock", "w") as fh:
+        fh.write("999999999")
+
+    with create_store(
+        path, feature_dim=7, label_names=["a", "b", "c"], mode="resume", buffer_rows=10
+    ) as w2:
+        assert w2.resumed
+        assert w2.rows == 25
+        assert w2.done_paths == set(paths[:25])
+        todo = [i for i, p in enumerate(paths) if p not in w2.done_paths]
+        w2.append(x[todo], y[todo], [paths[i] for i in todo])
+    with open_store(path) as r:
+        assert len(r) == 40
+        np.testing.assert_array_equal(r.read()[0], x)
+        assert r.paths == paths
+        assert r.metadata["complete"] is True
+    assert not os.path.exists(path + ".lock")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_resume_refuses_other_settings_and_live_writer(tmp_path, fmt):
+    path = str(tmp_path / f"f.{fmt}")
+    x, y, paths = _data(n=10)
+    _write(path, x, y, paths)
+    with pytest.raises(UsageError, match="feature width"):
+        create_store(path, feature_dim=9, label_names=["cat", "dog", "émeu"], mode="resume")
+    w = create_store(path, feature_dim=7, label_names=["cat", "dog", "émeu"], mode="resume")
+    try:
+        with open(path + ".lock", "w") as fh:  # another live process (our parent) holds it
+            fh.write(str(os.getppid()))
+        with pytest.raises(StoreLockedError, match="being written"):
+            create_store(path, feature_dim=7, label_names=["cat", "dog", "émeu"], mode="resume")
+        with open(path + ".lock", "w") as fh:
+            fh.write(str(os.getpid()))
+    finally:
+        w.close()
+
+
+def test_unknown_suffix_names_the_options(tmp_path):
+    with pytest.raises(UsageError, match="--store"):
+        create_store(str(tmp_path / "f.txt"), feature_dim=3, label_names=[])
+    path = str(tmp_path / "features.bin")
+    with create_store(path, feature_dim=3, label_names=["a"], store="zarr") as w:
+        w.append(np.ones((2, 3)), [0, 0], ["p", "q"])
+    with open_store(path, store="zarr") as r:
+        assert len(r) == 2
