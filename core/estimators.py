@@ -264,3 +264,14 @@ def select(names: str | Sequence[str]) -> list[str]:
     if not chosen:
         raise registry.UsageError("no classifier selected; name classifiers or a group like fast")
     return chosen
+
+
+def as_fitted(model: Any, classes: Sequence[int] | np.ndarray) -> Any:
+    """A loaded, already fitted model ready for :func:`predict`/:func:`predict_proba` (a river
+    model is wrapped in :class:`Incremental`)."""
+    if library_of(model) != "river":
+        return model
+    learner = Incremental(model)
+    learner.fitted = True
+    learner.classes = np.asarray(classes)
+    return learner

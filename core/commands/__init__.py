@@ -6,4 +6,4 @@ module level (``--help`` must stay fast).
 
 from __future__ import annotations
 
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("transferkit.commands.train",)
