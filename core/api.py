@@ -13,3 +13,15 @@ def train(store_path: Any, *, classifier: str, **options: Any) -> dict[str, Any]
     from .train import train as _train
 
     return _train(store_path, classifier=classifier, **options)
+
+
+def spotcheck(inputs: Any, **options: Any) -> dict[str, Any]:
+    """Score every (features x classifier) pair in worker processes, with time-outs.
+
+    ``inputs`` are feature stores, or one image folder with ``backbones=[...]`` (extracted once
+    into a cache). Returns the report (rows, ``best_model``, ``best_accuracy``, ``best_features``);
+    ``out`` writes report.json, report.csv, heatmap.png and report.html.
+    """
+    from .spotcheck import spotcheck as _spotcheck
+
+    return _spotcheck(inputs, **options)

@@ -6,4 +6,7 @@ module level (``--help`` must stay fast).
 
 from __future__ import annotations
 
-COMMAND_MODULES: tuple[str, ...] = ("transferkit.commands.train",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "transferkit.commands.train",
+    "transferkit.commands.spotcheck",
+)

@@ -1,0 +1,138 @@
+"""Spot-checks on real stores of the digits: rows, failures, time-outs, parallel == serial."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from sklearn.base import BaseEstimator, ClassifierMixin
+from test_train import write_digits
+
+from transferkit import ClassifierSpec, api, hookimpl
+from transferkit.cli import build_cli
+
+
+class Explodes(ClassifierMixin, BaseEstimator):
+    def fit(self, X: Any, y: Any) -> Explodes:
+        raise RuntimeError("this classifier always fails")
+
+
+class Sleeps(ClassifierMixin, BaseEstimator):
+    def fit(self, X: Any, y: Any) -> Sleeps:
+        time.sleep(120)
+        return self
+
+
+class FaultyClassifiers:
+    """A plugin with a classifier that raises and one that hangs."""
+
+    @hookimpl
+    def register_classifiers(self, register: Any) -> None:
+        register(ClassifierSpec(name="explodes", description="raises", factory=Explodes))
+        register(ClassifierSpec(name="sleeps", description="hangs", factory=Sleeps))
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    @hookimpl
+    def on_spotcheck_result(self, row: Any) -> None:
+        self.rows.append(dict(row))
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("spot")
+    return [write_digits(folder / "pixels.h5"), write_digits(folder / "first-900.zarr", rows=900)]
+
+
+def metrics(report: dict[str, Any]) -> list[tuple[Any, ...]]:
+    keys = ("backbone", "classifier", "status", "accuracy", "macro_f1", "balanced_accuracy")
+    return [tuple(r[k] for k in keys) for r in report["rows"]]
+
+
+def test_failing_and_hanging_models_are_rows(
+    stores: list[Path], tmp_path: Path, register_plugin: Any
+) -> None:
+    register_plugin(FaultyClassifiers(), "faulty")
+    recorder = register_plugin(Recorder(), "recorder")
+    start = time.monotonic()
+    report = api.spotcheck(
+        [str(stores[0])],
+        classifiers="explodes,sleeps,logistic-regression",
+        timeout=4,
+        jobs=2,
+        out=tmp_path / "report",
+        progress=False,
+    )
+    assert time.monotonic() - start < 60  # the sleeper was killed, not waited for
+    rows = {r["classifier"]: r for r in report["rows"]}
+    assert rows["explodes"]["status"] == "failed"
+    assert "this classifier always fails" in rows["explodes"]["error"]
+    assert rows["sleeps"]["status"] == "timeout" and rows["sleeps"]["accuracy"] is None
+    assert rows["logistic-regression"]["status"] == "ok"
+    assert rows["logistic-regression"]["accuracy"] > 0.93
+    assert report["best_model"] == "logistic-regression"
+    assert report["best_features"] == "pixels"
+    assert report["counts"] == {"ok": 1, "failed": 1, "timeout": 1}
+    assert sorted(r["classifier"] for r in recorder.rows) == sorted(rows)
+
+    out = tmp_path / "report"
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["best_accuracy"] == rows["logistic-regression"]["accuracy"]
+    with open(out / "report.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 3
+    assert (out / "heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (out / "report.html").read_text()
+    assert "heatmap.png" in page and "<script>" in page and "explodes" in page
+
+
+def test_parallel_equals_serial(stores: list[Path]) -> None:
+    grid = "logistic-regression,random-forest,knn-3,sgd,decision-tree,river-logreg"
+    serial = api.spotcheck([str(s) for s in stores], classifiers=grid, jobs=1, progress=False)
+    parallel = api.spotcheck([str(s) for s in stores], classifiers=grid, jobs=3, progress=False)
+    assert metrics(serial) == metrics(parallel)
+    assert len(serial["rows"]) == 12 and serial["counts"]["ok"] == 12
+    by_pair = {(r["backbone"], r["classifier"]): r["accuracy"] for r in serial["rows"]}
+    assert by_pair[("pixels", "random-forest")] > 0.95
+    assert by_pair[("first-900", "knn-3")] > 0.9
+    # an in-process loop (the benchmark's baseline) gives the same numbers too
+    inline = api.spotcheck(
+        [str(s) for s in stores], classifiers=grid, isolate=False, progress=False
+    )
+    assert metrics(inline) == metrics(serial)
+
+
+def test_cli_prints_the_best_pair(stores: list[Path], tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        build_cli(),
+        [
+            "spotcheck",
+            str(stores[0]),
+            "-c",
+            "ridge-1,knn-5",
+            "-j",
+            "2",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "Best: knn-5 on pixels" in result.stdout
+    assert "heatmap.png" in result.stdout
+    folder = CliRunner().invoke(build_cli(), ["spotcheck", str(tmp_path), "-c", "knn-5"])
+    assert folder.exit_code == 2 and "--backbones" in folder.output
+
+
+def test_report_rows_are_seeded(stores: list[Path]) -> None:
+    a = api.spotcheck([str(stores[1])], classifiers="random-forest", seed=1, progress=False)
+    b = api.spotcheck([str(stores[1])], classifiers="random-forest", seed=2, progress=False)
+    assert np.isfinite(a["rows"][0]["accuracy"]) and a["rows"][0]["accuracy"] > 0.85
+    assert metrics(a) != metrics(b)  # another seed: another split and forest
