@@ -31,6 +31,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "transferkit.plugins.sklearn_classifiers",
     "transferkit.plugins.river_classifiers",
     "transferkit.plugins.stores",
+    "transferkit.plugins.datasets",
 )
 
 ENTRY_POINT_GROUP = "transferkit"
