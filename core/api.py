@@ -25,3 +25,14 @@ def spotcheck(inputs: Any, **options: Any) -> dict[str, Any]:
     from .spotcheck import spotcheck as _spotcheck
 
     return _spotcheck(inputs, **options)
+
+
+def stream(store_path: Any, *, classifier: str, **options: Any) -> dict[str, Any]:
+    """Learn an incremental classifier batch by batch from a store that need not fit in memory.
+
+    Reports progressive (test-then-train) accuracy every ``report_every`` samples, then the
+    held-out accuracy; ``out`` saves the model for ``predict``.
+    """
+    from .stream import stream as _stream
+
+    return _stream(store_path, classifier=classifier, **options)

@@ -178,7 +178,8 @@ class Incremental:
         if not self.fitted or self.classes is None:
             return np.full(len(X), -1, dtype=np.int64)
         if self.library != "river":
-            return np.asarray(self.model.predict(X), dtype=np.int64)
+            with np.errstate(divide="ignore"):  # naive Bayes before it saw every class
+                return np.asarray(self.model.predict(X), dtype=np.int64)
         proba = self.predict_proba_batch(X)
         return np.asarray(self.classes[np.argmax(proba, axis=1)], dtype=np.int64)
 

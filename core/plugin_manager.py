@@ -32,6 +32,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "transferkit.plugins.river_classifiers",
     "transferkit.plugins.stores",
     "transferkit.plugins.datasets",
+    "transferkit.plugins.keras_applications",
+    "transferkit.plugins.efficientnet_lite",
 )
 
 ENTRY_POINT_GROUP = "transferkit"

@@ -9,4 +9,5 @@ from __future__ import annotations
 COMMAND_MODULES: tuple[str, ...] = (
     "transferkit.commands.train",
     "transferkit.commands.spotcheck",
+    "transferkit.commands.stream",
 )

@@ -1,0 +1,199 @@
+"""``transferkit stream``: incremental learning on a store that need not fit in memory.
+
+The store is never read whole. Its label column (8 bytes a row) is read once to draw a
+stratified, seeded held-out split; the training rows then arrive in batches:
+
+* the training rows are cut into blocks of ``batch_size`` consecutive rows, the order of the
+  blocks is shuffled (seeded) and a small buffer of ``shuffle_blocks`` blocks is mixed row by
+  row, so a store written class after class still reaches the learner mixed, while each read
+  stays a short contiguous range and memory stays bounded by ``batch_size * shuffle_blocks``
+  rows;
+* each batch is first predicted, then learnt (test-then-train: progressive validation), and the
+  running accuracy is reported every ``report_every`` samples;
+* at the end the held-out rows are read in batches and scored (accuracy, macro F1, per-class
+  report).
+
+Learners go through :class:`transferkit.estimators.Incremental`: scikit-learn ``partial_fit``,
+river ``learn_many`` on DataFrames where every step has it, ``learn_one`` otherwise.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import estimators, registry
+from .errors import TransferkitError, UsageError
+from .models import FeatureRecipe, SavedModel, default_suffix, save_model
+from .plugin_manager import notify_exception
+from .train import evaluate, open_reader, split_indices
+
+
+def shuffled_batches(
+    reader: Any, rows: np.ndarray, batch_size: int, shuffle_blocks: int, seed: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Batches of ``rows`` (sorted store indices) in a seeded block-shuffled order."""
+    rng = np.random.default_rng(seed)
+    blocks = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+    order = rng.permutation(len(blocks)) if shuffle_blocks > 0 else np.arange(len(blocks))
+    window = max(1, shuffle_blocks)
+    for w in range(0, len(order), window):
+        parts = [reader.read_rows(blocks[b]) for b in order[w : w + window]]
+        X = np.concatenate([p[0] for p in parts])
+        y = np.concatenate([p[1] for p in parts])
+        del parts
+        if shuffle_blocks > 0:
+            mix = rng.permutation(len(y))
+            X, y = X[mix], y[mix]
+        for i in range(0, len(y), batch_size):
+            yield X[i : i + batch_size], y[i : i + batch_size]
+
+
+def stream(
+    store_path: str | Path,
+    *,
+    classifier: str,
+    batch_size: int = 256,
+    report_every: int = 1000,
+    test_size: float = 0.2,
+    seed: int = 0,
+    shuffle_blocks: int = 4,
+    out: str | Path | None = None,
+    store: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Learn ``classifier`` batch by batch from the store; see the module docstring."""
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    if report_every < 1:
+        raise UsageError(f"--report-every must be at least 1, got {report_every}")
+    spec = registry.classifier(classifier)
+    model = estimators.build(classifier, seed=seed)
+    if not estimators.is_incremental(model):
+        incremental = sorted(estimators.select("incremental"))
+        raise UsageError(
+            f"classifier {classifier!r} cannot learn incrementally; use one of: "
+            f"{', '.join(incremental)}"
+        )
+    learner = estimators.Incremental(model)
+    from tqdm import tqdm
+
+    reader = open_reader(store_path, store)
+    try:
+        label_names = [str(n) for n in reader.label_names]
+        classes = np.arange(len(label_names))
+        labels = np.asarray(reader.labels)
+        if test_size > 0:
+            train_rows, test_rows = split_indices(labels, test_size, seed)
+        else:
+            train_rows, test_rows = np.arange(len(labels)), np.arange(0)
+        del labels
+        recipe = FeatureRecipe.from_store(reader)
+
+        checkpoints: list[dict[str, Any]] = []
+        seen = correct = window_seen = window_correct = 0
+        learn_seconds = 0.0
+        bar = tqdm(
+            total=len(train_rows),
+            desc=f"stream {classifier}",
+            unit="row",
+            file=sys.stderr,
+            disable=not progress,
+        )
+        start = time.perf_counter()
+        try:
+            for X, y in shuffled_batches(reader, train_rows, batch_size, shuffle_blocks, seed):
+                hits = int(np.sum(learner.predict_batch(X) == y))
+                t = time.perf_counter()
+                learner.learn_batch(X, y, classes)
+                learn_seconds += time.perf_counter() - t
+                seen += len(y)
+                correct += hits
+                window_seen += len(y)
+                window_correct += hits
+                bar.update(len(y))
+                if window_seen >= report_every:
+                    checkpoints.append(
+                        {
+                            "samples": seen,
+                            "accuracy": correct / seen,
+                            "recent_accuracy": window_correct / window_seen,
+                        }
+                    )
+                    bar.write(
+                        f"{seen} samples: progressive accuracy {correct / seen:.4f} "
+                        f"(last {window_seen}: {window_correct / window_seen:.4f})",
+                        file=sys.stderr,
+                    )
+                    window_seen = window_correct = 0
+        except Exception as exc:
+            notify_exception(exc, "stream", classifier=classifier, store=str(store_path))
+            raise TransferkitError(
+                f"{classifier} failed while learning at sample {seen}: {type(exc).__name__}: {exc}"
+            ) from exc
+        finally:
+            bar.close()
+        train_seconds = time.perf_counter() - start
+        if window_seen:
+            checkpoints.append(
+                {
+                    "samples": seen,
+                    "accuracy": correct / max(seen, 1),
+                    "recent_accuracy": window_correct / window_seen,
+                }
+            )
+
+        y_true: list[np.ndarray] = []
+        y_pred: list[np.ndarray] = []
+        for X, y in reader.iter_batches(batch_size, indices=test_rows):
+            y_true.append(y)
+            y_pred.append(learner.predict_batch(X))
+    finally:
+        reader.close()
+
+    result: dict[str, Any] = {
+        "store": str(store_path),
+        "classifier": classifier,
+        "library": spec.library,
+        "batched": learner.batched,
+        "batch_size": batch_size,
+        "n_train": int(len(train_rows)),
+        "n_test": int(len(test_rows)),
+        "label_names": label_names,
+        "seed": seed,
+        "progressive": checkpoints,
+        "progressive_accuracy": correct / max(seen, 1),
+        "train_seconds": train_seconds,
+        "learn_seconds": learn_seconds,
+        "samples_per_second": seen / train_seconds if train_seconds > 0 else None,
+    }
+    if len(test_rows):
+        result.update(evaluate(np.concatenate(y_true), np.concatenate(y_pred), label_names))
+    else:
+        result.update(accuracy=None, macro_f1=None, report_text="(no held-out rows)")
+    if out is not None:
+        library = estimators.library_of(learner.model)
+        path = Path(out)
+        if not path.suffix:
+            path = path.with_suffix(default_suffix(library))
+        saved = SavedModel(
+            estimator=learner.model,
+            recipe=recipe,
+            classifier=classifier,
+            library=library,
+            info={
+                "accuracy": result["accuracy"],
+                "progressive_accuracy": result["progressive_accuracy"],
+                "n_train": result["n_train"],
+                "seed": seed,
+                "store": str(store_path),
+                "trained_by": "stream",
+            },
+        )
+        result["model_path"] = str(save_model(saved, path))
+    return result
