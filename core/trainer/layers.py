@@ -1,0 +1,137 @@
+"""Serializable Keras layers of fine-tuned models.
+
+Every layer here is registered with ``keras.saving.register_keras_serializable`` and implements
+``get_config``, so a saved ``.keras`` file reloads once this module is imported (``load_finetuned``
+does that). Importing this module imports Keras.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+PACKAGE = "transferkit"
+
+# name -> (scale, offset per channel, bgr): x' = (x[..., order] * scale) - offset, then / std
+_MEANS_CAFFE = (103.939, 116.779, 123.68)
+_TORCH_MEAN = (0.485, 0.456, 0.406)
+_TORCH_STD = (0.229, 0.224, 0.225)
+PREPROCESS_MODES = ("caffe", "tf", "torch", "unit", "none")
+
+
+def preprocess_mode(preprocessing: str) -> str | None:
+    """The :class:`ImagePreprocessing` mode for a backbone's ``preprocessing`` description, or
+    ``None`` when it is not one of the standard ones."""
+    text = (preprocessing or "").strip().lower()
+    if text in PREPROCESS_MODES:
+        return text
+    if not text or text in ("raw", "identity", "included", "in-model", "0..255"):
+        return "none" if text else None
+    for mode in ("caffe", "torch"):
+        if mode in text:
+            return mode
+    if text.startswith("tf") or "[-1, 1]" in text or "-1..1" in text or "127.5" in text:
+        return "tf"
+    if "[0, 1]" in text or "0..1" in text or "/255" in text or "rescale" in text:
+        return "unit"
+    if "none" in text or "in the model" in text or "included" in text:
+        return "none"
+    return None
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ImagePreprocessing(keras.layers.Layer):
+    """Maps float RGB 0..255 images to a backbone's input with one of the standard modes:
+    ``caffe`` (BGR, ImageNet means subtracted), ``tf`` (-1..1), ``torch`` (0..1, ImageNet mean and
+    std), ``unit`` (0..1) or ``none`` (unchanged; the network rescales itself)."""
+
+    def __init__(self, mode: str = "none", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if mode not in PREPROCESS_MODES:
+            raise ValueError(f"unknown preprocessing mode {mode!r}; use one of {PREPROCESS_MODES}")
+        self.mode = mode
+
+    def call(self, x: Any) -> Any:
+        x = ops.cast(x, "float32")
+        if self.mode == "caffe":
+            x = ops.flip(x, axis=-1)
+            return x - ops.convert_to_tensor(_MEANS_CAFFE, dtype="float32")
+        if self.mode == "tf":
+            return x / 127.5 - 1.0
+        if self.mode == "torch":
+            mean = ops.convert_to_tensor(_TORCH_MEAN, dtype="float32")
+            std = ops.convert_to_tensor(_TORCH_STD, dtype="float32")
+            return (x / 255.0 - mean) / std
+        if self.mode == "unit":
+            return x / 255.0
+        return x
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class GradientScale(keras.layers.Layer):
+    """Identity forward; multiplies the gradient flowing back through it by ``multiplier``.
+
+    Placed between the base and the head, it gives the base a learning rate of
+    ``multiplier * lr`` under SGD (with or without momentum): the ``gradual`` strategy's lower
+    learning rate for the base. The multiplier is a non-trainable variable, so changing it needs no
+    re-compile. (Adaptive optimizers such as Adam or RMSprop are scale invariant and ignore it.)
+    """
+
+    def __init__(self, multiplier: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.initial_multiplier = float(multiplier)
+
+    def build(self, input_shape: Any) -> None:
+        self.multiplier = self.add_weight(
+            name="multiplier",
+            shape=(),
+            initializer=keras.initializers.Constant(self.initial_multiplier),
+            trainable=False,
+        )
+
+    def call(self, x: Any) -> Any:
+        m = ops.cast(self.multiplier, x.dtype)
+        return m * x + ops.stop_gradient((1.0 - m) * x)
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "multiplier": self.initial_multiplier}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ClassLabels(keras.layers.Layer):
+    """Identity layer at the end of an exported classifier that carries its metadata: the class
+    label names, the backbone it was fine-tuned from, its input size and preprocessing."""
+
+    def __init__(
+        self,
+        label_names: list[str] | tuple[str, ...] = (),
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.label_names = [str(n) for n in label_names]
+        self.metadata = dict(metadata or {})
+
+    def call(self, x: Any) -> Any:
+        return x
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "label_names": list(self.label_names),
+            "metadata": dict(self.metadata),
+        }

@@ -1,0 +1,444 @@
+"""The ``Trainer``: fits a :class:`TransferModel` on a data module, phase by phase.
+
+``fit`` is thin: it records what it was given and delegates to :meth:`Trainer._run_fit`; every
+public entry point (``fit``, ``validate``, ``test``, ``predict``) runs through
+:meth:`Trainer._call_and_handle`, the one place where a failure is reported to the plugins'
+``on_exception`` hooks and to the callbacks, cleaned up, and re-raised.
+
+Each epoch is one ``keras_model.fit`` call over that epoch's batches (the order is a function of
+the seed and the epoch), so a strategy can change the model between any two epochs and a resumed
+run continues exactly where the last checkpoint left off.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import plugin_manager
+from ..errors import TransferkitError, UsageError
+from .callbacks import Callback, ModelCheckpoint, ProgressPrinter
+from .data import DataModule
+from .model import TransferModel
+from .seed import seed_everything
+from .strategy import FinetuneStrategy
+
+PRECISIONS = {"32": "float32", "float32": "float32", "16-mixed": "mixed_float16",
+              "mixed_float16": "mixed_float16", "bf16-mixed": "mixed_bfloat16",
+              "mixed_bfloat16": "mixed_bfloat16"}  # fmt: skip
+
+
+def resolve_strategy(strategy: Any, **options: Any) -> FinetuneStrategy:
+    """A strategy object from a registered name (with options) or an instance."""
+    if strategy is None:
+        strategy = "head-only"
+    if isinstance(strategy, FinetuneStrategy):
+        if options:
+            raise UsageError("strategy options are given with a strategy name, not an instance")
+        return strategy
+    from .. import registry
+
+    spec = registry.strategy(str(strategy))
+    try:
+        made = spec.factory(**options)
+    except TypeError as exc:
+        raise UsageError(
+            f"strategy {spec.name!r} does not accept {sorted(options)}: {exc}"
+        ) from exc
+    if not isinstance(made, FinetuneStrategy):
+        raise TransferkitError(
+            f"strategy plugin {spec.plugin!r} returned {type(made).__name__} for {spec.name!r}; "
+            "a strategy factory must return a transferkit.trainer.FinetuneStrategy"
+        )
+    return made
+
+
+def set_precision(precision: str) -> str:
+    """Set Keras' global dtype policy (before the model is built); returns the policy name."""
+    import keras
+
+    if str(precision) not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}; use one of {sorted(PRECISIONS)}")
+    policy = PRECISIONS[str(precision)]
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+class Trainer:
+    """Fits, validates, tests and predicts with a :class:`TransferModel`.
+
+    ``max_epochs`` caps the total number of epochs over all phases (default: the strategy's own
+    total). ``callbacks`` are :class:`~transferkit.trainer.callbacks.Callback` objects; a progress
+    printer is added unless ``enable_progress=False``. ``seed`` seeds everything at the start of
+    ``fit``; ``deterministic=True`` also switches TensorFlow's op determinism on.
+    """
+
+    def __init__(
+        self,
+        max_epochs: int | None = None,
+        callbacks: Sequence[Callback] = (),
+        seed: int = 0,
+        precision: str = "32",
+        *,
+        deterministic: bool = False,
+        enable_progress: bool = True,
+        jit_compile: Any = False,
+    ) -> None:
+        if max_epochs is not None and max_epochs < 0:
+            raise UsageError(f"max_epochs must be 0 or more, got {max_epochs}")
+        if str(precision) not in PRECISIONS:
+            raise UsageError(f"unknown precision {precision!r}; use one of {sorted(PRECISIONS)}")
+        self.max_epochs = max_epochs
+        self.callbacks: list[Callback] = list(callbacks)
+        if enable_progress and not any(isinstance(c, ProgressPrinter) for c in self.callbacks):
+            self.callbacks.append(ProgressPrinter())
+        self.seed = int(seed)
+        self.precision = str(precision)
+        self.deterministic = deterministic
+        self.jit_compile = jit_compile
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self.model: TransferModel = None  # type: ignore[assignment]
+        self.data: DataModule = None  # type: ignore[assignment]
+        self.strategy: FinetuneStrategy = None  # type: ignore[assignment]
+        self.epoch = 0
+        self.history: list[dict[str, Any]] = []
+        self.phase_results: list[dict[str, Any]] = []
+        self.should_stop = False
+        self.should_stop_phase = False
+        self._compiled: tuple[Any, ...] | None = None
+        self._compiled_phase: int | None = None
+        self._pending: Any = None
+        self.where = ""
+
+    # ------------------------------------------------------------------ public entry points
+
+    def fit(
+        self,
+        model: TransferModel,
+        data: DataModule,
+        strategy: Any = None,
+        *,
+        ckpt_path: str | Path | None = None,
+    ) -> dict[str, Any]:
+        """Train ``model`` on ``data`` with ``strategy`` (a name or a ``FinetuneStrategy``;
+        default ``head-only``). ``ckpt_path="last"`` resumes from the checkpoint callback's
+        folder when a checkpoint is there; a path resumes from that file or folder."""
+        self._reset_state()
+        self.model, self.data = model, data
+        self.strategy = resolve_strategy(strategy)
+        return self._call_and_handle("fit", self._run_fit, ckpt_path)
+
+    def validate(self, model: TransferModel | None = None, data: DataModule | None = None) -> dict:
+        """Loss and accuracy on the validation split."""
+        return self._call_and_handle("validate", self._run_eval, model, data, "val")
+
+    def test(self, model: TransferModel | None = None, data: DataModule | None = None) -> dict:
+        """Loss and accuracy on the test split."""
+        return self._call_and_handle("test", self._run_eval, model, data, "test")
+
+    def predict(
+        self, model: TransferModel | None = None, data: Any = None, split: str = "test"
+    ) -> np.ndarray:
+        """Class probabilities for a split of ``data`` (a data module), a ``tf.data`` dataset of
+        preprocessed images, or an array of preprocessed images."""
+        return self._call_and_handle("predict", self._run_predict, model, data, split)
+
+    # ------------------------------------------------------------------ the one failure path
+
+    def _call_and_handle(self, where: str, fn: Callable[..., Any], *args: Any) -> Any:
+        self.where = where
+        try:
+            return fn(*args)
+        except BaseException as exc:
+            context = {
+                "epoch": self.epoch,
+                "phase": self._phase_name_or_none(),
+                "model": getattr(getattr(self.model, "backbone", None), "name", None),
+            }
+            plugin_manager.notify_exception(exc, where, **context)
+            for cb in self.callbacks:
+                try:
+                    cb.on_exception(self, exc)
+                except Exception as cb_exc:  # a failing callback must not hide the error
+                    print(f"transferkit: callback on_exception failed: {cb_exc}", file=sys.stderr)
+            self._teardown()
+            raise
+
+    def _teardown(self) -> None:
+        self._pending = None
+        self.should_stop = self.should_stop_phase = False
+
+    # ------------------------------------------------------------------ fit
+
+    def _run_fit(self, ckpt_path: str | Path | None) -> dict[str, Any]:
+        model, data, strategy = self.model, self.data, self.strategy
+        self._check_precision(model)
+        seed_everything(self.seed, deterministic=self.deterministic)
+        data.setup(preprocess=model.backbone.preprocess, input_size=model.input_size)
+        if data.num_classes != model.num_classes:
+            raise UsageError(
+                f"the data has {data.num_classes} classes but the model's head has "
+                f"{model.num_classes}; build the model with num_classes={data.num_classes}"
+            )
+        model.set_augmentation(data.augmentation_layer(seed=self.seed))
+        strategy.setup(model)
+        for cb in self.callbacks:
+            cb.setup(self)
+
+        if not self._restore(ckpt_path):
+            strategy.freeze_before_training(model)
+            strategy.skip_empty_phases(0)
+        for cb in self.callbacks:
+            cb.on_fit_start(self)
+
+        limit = self.planned_epochs
+        current_phase: int | None = None
+        while not strategy.finished and self.epoch < limit and not self.should_stop:
+            epoch = self.epoch
+            changed = strategy.on_epoch_start(model, epoch)
+            if strategy.phase_index != current_phase:
+                current_phase = strategy.phase_index
+                if self._phase_begins_now():
+                    for cb in self.callbacks:
+                        cb.on_phase_start(self, strategy.phase)
+                plugin_manager.call_lifecycle(
+                    "on_fit_start", trainer=self, model=model, phase=strategy.phase.name
+                )
+            self._compile_if_needed(changed)
+            for cb in self.callbacks:
+                cb.on_epoch_start(self, epoch)
+            logs = self._run_epoch(epoch)
+            for cb in self.callbacks:
+                cb.on_epoch_end(self, epoch, logs)
+            self.history.append({"epoch": epoch, "phase": strategy.phase.name, **logs})
+            plugin_manager.call_lifecycle(
+                "on_epoch_end",
+                trainer=self,
+                epoch=epoch,
+                logs=dict(logs),
+                phase=strategy.phase.name,
+            )
+            self.epoch = epoch + 1
+            if strategy.phase_complete(self.epoch) or self.should_stop_phase:
+                self._end_phase()
+            for cb in self.callbacks:
+                cb.on_epoch_complete(self, epoch)
+
+        if not strategy.finished and self._phase_has_epochs():
+            self._end_phase()  # stopped by max_epochs or a callback: still report the phase
+        result = self.result()
+        for cb in self.callbacks:
+            cb.on_fit_end(self, result)
+        plugin_manager.call_lifecycle("on_fit_end", trainer=self, model=model, history=result)
+        return result
+
+    def _phase_begins_now(self) -> bool:
+        return self.epoch == self.strategy.phase_start_epoch
+
+    def _phase_has_epochs(self) -> bool:
+        return self.epoch > self.strategy.phase_start_epoch
+
+    def _end_phase(self) -> None:
+        strategy = self.strategy
+        phase = strategy.phase
+        results: dict[str, Any] = {
+            "phase": phase.name,
+            "epochs": self.epoch - strategy.phase_start_epoch,
+            "end_epoch": self.epoch,
+            "early_stopped": bool(self.should_stop_phase),
+        }
+        if phase.evaluate_test and self.data.test_dataset() is not None:
+            scores = self._evaluate(self.data.test_dataset())
+            results["test_loss"] = scores["loss"]
+            results["test_accuracy"] = scores["accuracy"]
+        self.phase_results.append(results)
+        for cb in self.callbacks:
+            cb.on_phase_end(self, phase, results)
+        self.should_stop_phase = False
+        strategy.next_phase(self.epoch)
+        strategy.skip_empty_phases(self.epoch)
+
+    def _compile_if_needed(self, changed: bool) -> None:
+        model, phase = self.model, self.strategy.phase
+        key = (self.strategy.phase_index, model.trainable_signature(), id(model.keras_model))
+        if not changed and key == self._compiled:
+            return
+        model.set_base_lr_multiplier(phase.base_lr_multiplier)
+        model.compile(phase.make_optimizer(), jit_compile=self.jit_compile)
+        self._compiled = key
+        self._compiled_phase = self.strategy.phase_index
+        if self._pending is not None:
+            checkpoint, self._pending = self._pending, None
+            if checkpoint.state.get("compiled_phase") == self.strategy.phase_index:
+                checkpoint.restore_optimizer(model.keras_model)
+
+    def _run_epoch(self, epoch: int) -> dict[str, float]:
+        start = time.perf_counter()
+        hist = self.model.keras_model.fit(
+            self.data.train_dataset(epoch),
+            validation_data=self.data.val_dataset(),
+            initial_epoch=epoch,
+            epochs=epoch + 1,
+            shuffle=False,
+            verbose=0,
+        )
+        logs = {k: float(v[-1]) for k, v in hist.history.items()}
+        logs["seconds"] = round(time.perf_counter() - start, 4)
+        return logs
+
+    # ------------------------------------------------------------------ resume
+
+    def _find_checkpoint(self, ckpt_path: str | Path | None) -> Path | None:
+        if ckpt_path is None:
+            return None
+        if str(ckpt_path) == "last":
+            cbs = [c for c in self.callbacks if isinstance(c, ModelCheckpoint)]
+            if not cbs:
+                raise UsageError('ckpt_path="last" needs a ModelCheckpoint callback')
+            path = cbs[0].last_path
+            return path if path.exists() else None
+        path = Path(ckpt_path)
+        if path.is_dir():
+            path = path / ModelCheckpoint.LAST
+        if not path.exists():
+            raise UsageError(f"no checkpoint at {path}; check the path or drop the resume option")
+        return path
+
+    def _restore(self, ckpt_path: str | Path | None) -> bool:
+        from .checkpoint import Checkpoint
+
+        path = self._find_checkpoint(ckpt_path)
+        if path is None:
+            return False
+        checkpoint = Checkpoint(path)
+        state = checkpoint.state
+        self.strategy.load_state_dict(state["strategy"])
+        self.epoch = int(state["epoch"])
+        self.history = list(state["history"])
+        self.phase_results = list(state["phase_results"])
+        by_key = state.get("callbacks", {})
+        for cb in self.callbacks:
+            if cb.state_key in by_key:
+                cb.load_state_dict(by_key[cb.state_key])
+        if not self.strategy.finished:
+            self.strategy.on_epoch_start(self.model, self.epoch)
+        checkpoint.restore_model(self.model.keras_model)
+        self._pending = checkpoint
+        print(
+            f"resuming from {path} at epoch {self.epoch + 1} "
+            f"(phase {self._phase_name_or_none() or 'done'})",
+            file=sys.stderr,
+        )
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "strategy": self.strategy.state_dict(),
+            "compiled_phase": self._compiled_phase,
+            "history": self.history,
+            "phase_results": self.phase_results,
+            "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks},
+            "seed": self.seed,
+        }
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _ensure_compiled(self, model: TransferModel) -> None:
+        if model.keras_model.optimizer is None or not getattr(model.keras_model, "compiled", True):
+            model.compile("rmsprop")
+
+    def _evaluate(self, dataset: Any) -> dict[str, float]:
+        scores = self.model.keras_model.evaluate(dataset, verbose=0, return_dict=True)
+        return {k: float(v) for k, v in scores.items()}
+
+    def _bind(self, model: TransferModel | None, data: Any) -> None:
+        self.model = model or self.model
+        self.data = data if data is not None else self.data
+        if self.model is None:
+            raise UsageError("pass a model (or call fit first)")
+        if isinstance(self.data, DataModule):
+            self.data.setup(
+                preprocess=self.model.backbone.preprocess, input_size=self.model.input_size
+            )
+
+    def _run_eval(self, model: TransferModel | None, data: DataModule | None, split: str) -> dict:
+        self._bind(model, data)
+        if self.data is None:
+            raise UsageError("pass a data module (or call fit first)")
+        dataset = self.data.val_dataset() if split == "val" else self.data.test_dataset()
+        if dataset is None:
+            raise UsageError(f"the data module has no {split} split; give it a {split} fraction")
+        self._ensure_compiled(self.model)
+        return self._evaluate(dataset)
+
+    def _run_predict(self, model: TransferModel | None, data: Any, split: str) -> np.ndarray:
+        self._bind(model, data if isinstance(data, DataModule) else None)
+        if isinstance(data, DataModule) or data is None:
+            if self.data is None:
+                raise UsageError("pass a data module, a dataset or an array of images")
+            dataset = {
+                "train": lambda: self.data._dataset(self.data.train_indices),
+                "val": self.data.val_dataset,
+                "test": self.data.test_dataset,
+            }[split]()
+            if dataset is None:
+                raise UsageError(f"the data module has no {split} split")
+            dataset = dataset.map(lambda x, *rest: x)
+        else:
+            dataset = data
+        return np.asarray(self.model.network.predict(dataset, verbose=0))
+
+    # ------------------------------------------------------------------ properties
+
+    def _check_precision(self, model: TransferModel) -> None:
+        want = PRECISIONS[self.precision]
+        have = model.head.dtype_policy.name if hasattr(model.head, "dtype_policy") else want
+        if have != want:
+            raise UsageError(
+                f"the Trainer's precision is {self.precision!r} ({want}) but the model was built "
+                f"with {have}; call transferkit.trainer.set_precision({self.precision!r}) before "
+                "building the model"
+            )
+
+    @property
+    def planned_epochs(self) -> int:
+        total = self.strategy.total_epochs if self.strategy else 0
+        return min(total, self.max_epochs) if self.max_epochs is not None else total
+
+    @property
+    def has_validation(self) -> bool:
+        return self.data is not None and len(self.data.val_indices) > 0
+
+    def _phase_name_or_none(self) -> str | None:
+        if self.strategy is None or self.strategy.finished or not self.strategy.phases:
+            return None
+        return self.strategy.phase.name
+
+    @property
+    def phase_name(self) -> str:
+        return self._phase_name_or_none() or ""
+
+    @property
+    def learning_rate(self) -> float:
+        optimizer = self.model.keras_model.optimizer
+        return float(np.asarray(optimizer.learning_rate)) if optimizer is not None else 0.0
+
+    @property
+    def base_lr_multiplier(self) -> float:
+        return float(np.asarray(self.model.gradient_scale.multiplier))
+
+    def result(self) -> dict[str, Any]:
+        return {
+            "epochs": self.epoch,
+            "history": list(self.history),
+            "phases": list(self.phase_results),
+            "strategy": self.strategy.describe() if self.strategy else None,
+        }

@@ -1,0 +1,236 @@
+"""Built-in fine-tune strategies: ``warmup-unfreeze`` (the classic recipe), ``head-only``,
+``full`` and ``gradual``.
+
+Every strategy takes ``epochs`` and ``learning_rate`` either as one number or as one value per
+phase, so the command line's ``--epochs``/``--learning-rate`` work for all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from transferkit import StrategySpec, UsageError, hookimpl
+from transferkit.trainer.strategy import FinetuneStrategy, Phase, trainable_blocks
+
+# Index of the first layer to unfreeze in phase 2 of warmup-unfreeze, per backbone. VGG16: 15
+# (block5, as the classic recipe); MobileNetV2: 100 and InceptionV3: 249 (the Keras guides).
+# Other backbones: the BackboneSpec's metadata["unfreeze_from"], else the start of the last block.
+UNFREEZE_FROM = {"vgg16": 15, "vgg19": 17, "mobilenet-v2": 100, "inception-v3": 249}
+
+
+def _per_phase(value: Any, names: Sequence[str], what: str, strategy: str) -> list[Any] | None:
+    """``value`` as one entry per phase (a single value applies to all phases)."""
+    if value is None:
+        return None
+    values = list(value) if isinstance(value, list | tuple) else [value]
+    if len(values) == 1:
+        return values * len(names)
+    if len(values) != len(names):
+        raise UsageError(
+            f"strategy {strategy!r} has {len(names)} phases ({', '.join(names)}); give one "
+            f"{what} or one per phase, not {len(values)}"
+        )
+    return values
+
+
+def default_unfreeze_from(model: Any) -> int:
+    """Where phase 2 of ``warmup-unfreeze`` starts for ``model``'s backbone."""
+    name = model.backbone.name
+    if name in UNFREEZE_FROM:
+        return UNFREEZE_FROM[name]
+    try:
+        from transferkit import registry
+
+        meta = registry.backbone(name).metadata
+        if "unfreeze_from" in meta:
+            return int(meta["unfreeze_from"])
+    except Exception:
+        pass
+    blocks = trainable_blocks(model.base_layers)
+    return blocks[-1][1] if blocks else 0
+
+
+class WarmupUnfreeze(FinetuneStrategy):
+    """Phase ``warmup``: only the new head trains on the frozen base (RMSprop 1e-3, 20 epochs).
+    Phase ``finetune``: the base's layers from ``unfreeze_from`` on train too (SGD 1e-3 with
+    momentum 0.9, 50 epochs). The test set is evaluated after each phase."""
+
+    name = "warmup-unfreeze"
+
+    def __init__(
+        self,
+        epochs: Any = (20, 50),
+        learning_rate: Any = (1e-3, 1e-3),
+        unfreeze_from: int | None = None,
+        momentum: float = 0.9,
+        warmup_optimizer: str = "rmsprop",
+        finetune_optimizer: str = "sgd",
+    ) -> None:
+        super().__init__()
+        names = ["warmup", "finetune"]
+        self.epochs = _per_phase(epochs, names, "epoch count", self.name)
+        self.lrs = _per_phase(learning_rate, names, "learning rate", self.name)
+        self.unfreeze_from = unfreeze_from
+        self.momentum = momentum
+        self.optimizers = (warmup_optimizer, finetune_optimizer)
+
+    def build_phases(self, model: Any) -> list[Phase]:
+        start = (
+            self.unfreeze_from if self.unfreeze_from is not None else default_unfreeze_from(model)
+        )
+        assert self.epochs is not None and self.lrs is not None
+        return [
+            Phase("warmup", int(self.epochs[0]), self.optimizers[0], float(self.lrs[0])),
+            Phase(
+                "finetune",
+                int(self.epochs[1]),
+                self.optimizers[1],
+                float(self.lrs[1]),
+                momentum=self.momentum if self.optimizers[1] == "sgd" else 0.0,
+                unfreeze_from=int(start),
+            ),
+        ]
+
+
+class HeadOnly(FinetuneStrategy):
+    """Only the head trains; the base stays frozen (feature-extraction training)."""
+
+    name = "head-only"
+
+    def __init__(
+        self, epochs: Any = 20, learning_rate: Any = 1e-3, optimizer: str = "rmsprop", **_: Any
+    ) -> None:
+        super().__init__()
+        self.epochs = _per_phase(epochs, ["head"], "epoch count", self.name)
+        self.lrs = _per_phase(learning_rate, ["head"], "learning rate", self.name)
+        self.optimizer = optimizer
+
+    def build_phases(self, model: Any) -> list[Phase]:
+        assert self.epochs is not None and self.lrs is not None
+        return [Phase("head", int(self.epochs[0]), self.optimizer, float(self.lrs[0]))]
+
+
+class Full(FinetuneStrategy):
+    """Everything trains from the first epoch, with a low learning rate (Adam 1e-5)."""
+
+    name = "full"
+
+    def __init__(
+        self, epochs: Any = 10, learning_rate: Any = 1e-5, optimizer: str = "adam", **_: Any
+    ) -> None:
+        super().__init__()
+        self.epochs = _per_phase(epochs, ["full"], "epoch count", self.name)
+        self.lrs = _per_phase(learning_rate, ["full"], "learning rate", self.name)
+        self.optimizer = optimizer
+
+    def freeze_before_training(self, model: Any) -> None:
+        model.unfreeze_base(0)
+
+    def build_phases(self, model: Any) -> list[Phase]:
+        assert self.epochs is not None and self.lrs is not None
+        return [
+            Phase("full", int(self.epochs[0]), self.optimizer, float(self.lrs[0]), unfreeze_from=0)
+        ]
+
+
+class Gradual(FinetuneStrategy):
+    """Phase ``head`` trains the head on the frozen base; then each phase ``unfreeze-k`` unfreezes
+    one more block of the base, from the top, training it with ``base_lr_multiplier`` times the
+    head's learning rate (SGD with momentum, where the multiplier is exactly a learning-rate
+    multiplier). ``blocks`` limits how many blocks are unfrozen (default: 3)."""
+
+    name = "gradual"
+
+    def __init__(
+        self,
+        epochs: Any = (5, 5),
+        learning_rate: Any = 1e-3,
+        blocks: int = 3,
+        base_lr_multiplier: float = 0.1,
+        momentum: float = 0.9,
+        optimizer: str = "sgd",
+        unfreeze_from: int | None = None,
+    ) -> None:
+        super().__init__()
+        if blocks < 1:
+            raise UsageError(f"gradual: blocks must be at least 1, got {blocks}")
+        values = list(epochs) if isinstance(epochs, list | tuple) else [epochs]
+        if len(values) not in (1, 2):
+            raise UsageError(
+                "gradual takes epochs as one number or two: [head epochs, epochs per block]"
+            )
+        self.head_epochs, self.block_epochs = (values * 2)[:2]
+        self.learning_rate = float(learning_rate[0] if isinstance(learning_rate, list | tuple)
+                                   else learning_rate)  # fmt: skip
+        self.blocks = int(blocks)
+        self.base_lr_multiplier = float(base_lr_multiplier)
+        self.momentum = momentum
+        self.optimizer = optimizer
+        self.floor = unfreeze_from
+
+    def build_phases(self, model: Any) -> list[Phase]:
+        blocks = trainable_blocks(model.base_layers)
+        if self.floor is not None:
+            blocks = [b for b in blocks if b[1] >= self.floor]
+        if not blocks:
+            raise UsageError(
+                f"gradual: found no blocks with weights in the base {model.backbone.name!r}"
+                + (f" above layer {self.floor}" if self.floor is not None else "")
+                + "; use the warmup-unfreeze strategy with --unfreeze-from instead"
+            )
+        momentum = self.momentum if self.optimizer == "sgd" else 0.0
+        phases = [
+            Phase("head", int(self.head_epochs), self.optimizer, self.learning_rate, momentum)
+        ]
+        for k, (block, start, _end) in enumerate(reversed(blocks[-self.blocks :]), start=1):
+            phases.append(
+                Phase(
+                    f"unfreeze-{k}",
+                    int(self.block_epochs),
+                    self.optimizer,
+                    self.learning_rate,
+                    momentum,
+                    unfreeze_from=start,
+                    base_lr_multiplier=self.base_lr_multiplier,
+                    evaluate_test=False,
+                    options={"block": block},
+                )
+            )
+        phases[-1].evaluate_test = True
+        phases[0].evaluate_test = True
+        return phases
+
+
+@hookimpl
+def register_finetune_strategies(register: Any) -> None:
+    register(
+        StrategySpec(
+            name="warmup-unfreeze",
+            description="the classic recipe: head on a frozen base (RMSprop), then the top of "
+            "the base too (SGD); test accuracy after each phase",
+            factory=WarmupUnfreeze,
+        )
+    )
+    register(
+        StrategySpec(
+            name="head-only",
+            description="train only the head on the frozen base",
+            factory=HeadOnly,
+        )
+    )
+    register(
+        StrategySpec(
+            name="full",
+            description="everything trainable from the start, low learning rate",
+            factory=Full,
+        )
+    )
+    register(
+        StrategySpec(
+            name="gradual",
+            description="head first, then unfreeze block by block from the top, lower LR "
+            "for the base",
+            factory=Gradual,
+        )
+    )
