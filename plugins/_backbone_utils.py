@@ -1,0 +1,96 @@
+"""Helpers the built-in backbone plugins share: weights arguments, pooling, local weights files."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from transferkit import UsageError, WeightsUnavailableError
+
+OFFLINE_HINT = (
+    "use --weights none (random initialisation), --weights PATH (a local weights file), "
+    "or the offline pretrained backbone efficientnet-lite0"
+)
+
+
+def normalise_weights(weights: Any) -> str | None:
+    """``"default"``/``"imagenet"`` -> ``"imagenet"``; ``None``/``"none"`` -> None; else a path."""
+    if weights is None:
+        return None
+    text = str(weights)
+    if text.lower() in ("none", "random"):
+        return None
+    if text.lower() in ("default", "imagenet"):
+        return "imagenet"
+    path = os.path.expanduser(text)
+    if not os.path.exists(path):
+        raise WeightsUnavailableError(
+            f"weights file {text!r} does not exist; give an existing file, or "
+            f"--weights none for random initialisation"
+        )
+    return path
+
+
+def is_download_failure(exc: BaseException) -> bool:
+    """True for what ``keras.utils.get_file`` raises when a download cannot complete."""
+    if isinstance(exc, OSError):  # URLError, socket timeouts, connection resets
+        return True
+    text = str(exc)
+    return "URL fetch failure" in text or "corrupted file" in text
+
+
+def input_size_of(input_size: Any, default: int) -> tuple[int, int]:
+    if input_size is None:
+        return (default, default)
+    if isinstance(input_size, int):
+        return (input_size, input_size)
+    height, width = (int(v) for v in input_size)
+    if height < 32 or width < 32:
+        raise UsageError(f"input size {height}x{width} is too small; use at least 32x32")
+    return (height, width)
+
+
+def add_pooling(base: Any, pooling: str, name: str) -> Any:
+    """A model whose layers are ``base``'s own layers plus one pooling/flatten layer at the end
+    (``pooling="none"`` returns ``base`` unchanged: the conv feature map)."""
+    import keras
+
+    if pooling == "none":
+        return base
+    layer = {
+        "avg": lambda: keras.layers.GlobalAveragePooling2D(name="avg_pool"),
+        "max": lambda: keras.layers.GlobalMaxPooling2D(name="max_pool"),
+        "flatten": lambda: keras.layers.Flatten(name="flatten"),
+    }[pooling]()
+    return keras.Model(base.inputs, layer(base.outputs[0]), name=name)
+
+
+def check_pooling(pooling: str) -> str:
+    pooling = (pooling or "avg").lower()
+    if pooling not in ("avg", "max", "flatten", "none"):
+        raise UsageError(f"unknown pooling {pooling!r}; use avg, max, flatten or none")
+    return pooling
+
+
+def load_local_weights(model: Any, base: Any, path: str) -> None:
+    """Load a local weights file into ``model`` (saved from a backbone model) or, failing that,
+    into ``base`` (a plain network file such as Keras's ``..._notop.h5``)."""
+    errors = []
+    for target in (model, base) if model is not base else (model,):
+        try:
+            target.load_weights(path)
+            return
+        except Exception as exc:  # noqa: PERF203 - try the next layout
+            errors.append(f"{type(exc).__name__}: {exc}")
+    raise WeightsUnavailableError(
+        f"cannot load weights file {path!r} into {model.name} ({errors[-1].splitlines()[0]}); "
+        f"give a file saved from the same backbone and input size, or --weights none"
+    )
+
+
+def output_width(model: Any) -> int:
+    shape = model.outputs[0].shape
+    width = 1
+    for dim in shape[1:]:
+        width *= int(dim)
+    return width
