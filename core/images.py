@@ -149,12 +149,26 @@ def decode_image(path_or_bytes: Any, *, max_pixels: int | None = None) -> np.nda
         im.close()
 
 
+_PNG_END = b"IEND\xaeB`\x82"
+
+
+def _ends_whole(path: str, fmt: str) -> bool:
+    """Whether a JPEG ends with its EOI marker, or a PNG with its IEND chunk."""
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        fh.seek(max(0, size - 8))
+        tail = fh.read()
+    return tail.endswith(b"\xff\xd9") if fmt == "JPEG" else tail.endswith(_PNG_END)
+
+
 def probe_image(path: str, *, max_pixels: int | None = None) -> str:
     """How the input pipeline should decode ``path``, reading only its header.
 
-    Returns ``"native"`` when TensorFlow's own decoders give exactly :func:`decode_image`'s
-    colours (an 8-bit grey or RGB JPEG or PNG without transparency or EXIF rotation), else
-    ``"pillow"``. Raises :class:`SkipImage` for files that cannot be used.
+    Returns ``"native-jpeg"`` or ``"native-png"`` when TensorFlow's own decoders give
+    :func:`decode_image`'s colours (an 8-bit grey or RGB JPEG or PNG, whole, without
+    transparency or EXIF rotation), else ``"pillow"``. Raises :class:`SkipImage` for files
+    that cannot be used.
     """
     im, name = _open(path)
     try:
@@ -174,7 +188,9 @@ def probe_image(path: str, *, max_pixels: int | None = None) -> str:
             return "pillow"
         if any(";16" in str(tile[3]) for tile in getattr(im, "tile", []) or []):
             return "pillow"  # 16 bits per channel
-        return "native"
+        if not _ends_whole(path, fmt):
+            return "pillow"  # truncated or with trailing bytes: Pillow tells which
+        return "native-jpeg" if fmt == "JPEG" else "native-png"
     finally:
         im.close()
 

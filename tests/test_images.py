@@ -123,8 +123,8 @@ def test_probe_sends_plain_jpeg_png_to_native_decoders(tmp_path):
     photo("coffee").convert("CMYK").save(tmp_path / "e.jpg")
     got = {n: probe_image(str(tmp_path / n)) for n in ("a.jpg", "b.png", "c.png", "d.bmp", "e.jpg")}
     assert got == {
-        "a.jpg": "native",
-        "b.png": "native",
+        "a.jpg": "native-jpeg",
+        "b.png": "native-png",
         "c.png": "pillow",
         "d.bmp": "pillow",
         "e.jpg": "pillow",

@@ -1,0 +1,221 @@
+"""The tf.data input pipeline shared by extraction and training, and the stratified split.
+
+For each image the pipeline reads the file header in Python (cheap), then decodes plain 8-bit
+JPEG and PNG files with TensorFlow's own decoders, which run in parallel outside the GIL; only
+the unusual files (CMYK, 16-bit, EXIF-rotated, transparent, palette, BMP, GIF, WebP, TIFF, or
+damaged) go through Pillow with :func:`transferkit.images.decode_image`. Decoding, rotation and
+resizing run in a parallel ``map``; batches are augmented and preprocessed in a second parallel
+``map``; ``prefetch`` overlaps all of it with the network's forward pass.
+
+Images that cannot be decoded are dropped; with ``with_index=True`` each batch carries the source
+row indices, so the caller sees which ones are missing and asks :func:`skip_reason` why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import UsageError
+from .images import ImageSource, SkipImage, decode_image, probe_image
+
+JPEG, PNG, PILLOW, SKIP = 0, 1, 2, 3
+_CODES = {"native-jpeg": JPEG, "native-png": PNG}
+
+
+def _probe_and_load(
+    source: ImageSource, plan: dict[str, Any] | None
+) -> Callable[[Any], tuple[Any, np.ndarray]]:
+    """A Python function ``index -> (code, pixels)``; pixels only when Pillow decoded them."""
+    empty = np.zeros((0, 0, 3), np.uint8)
+
+    if plan is None:
+
+        def load_any(index: Any) -> tuple[Any, np.ndarray]:
+            try:
+                return np.int32(PILLOW), np.ascontiguousarray(source.load(int(index)), np.uint8)
+            except SkipImage:
+                return np.int32(SKIP), empty
+
+        return load_any
+
+    paths = plan["paths"]
+    max_pixels = plan.get("max_pixels")
+
+    def probe(index: Any) -> tuple[Any, np.ndarray]:
+        path = paths[int(index)]
+        try:
+            how = probe_image(path, max_pixels=max_pixels)
+            if how in _CODES:
+                return np.int32(_CODES[how]), empty
+            return np.int32(PILLOW), decode_image(path, max_pixels=max_pixels)
+        except SkipImage:
+            return np.int32(SKIP), empty
+
+    return probe
+
+
+def image_dataset(
+    source: ImageSource,
+    indices: Sequence[int] | np.ndarray | None = None,
+    *,
+    input_size: Sequence[int],
+    batch_size: int,
+    preprocess: Callable[[Any], Any] | None = None,
+    shuffle: bool = False,
+    seed: int = 0,
+    augment: Callable[..., Any] | None = None,
+    repeat: bool = False,
+    with_index: bool = False,
+    resize: str = "bilinear",
+    num_parallel_calls: int | None = None,
+) -> Any:
+    """A ``tf.data.Dataset`` of ``(images float32 (B,H,W,3), labels int32 (B,))`` batches
+    (plus the int64 source row indices when ``with_index``), preprocessed with ``preprocess``.
+
+    ``indices`` picks rows of ``source`` (default: all, in order). ``shuffle`` reshuffles them
+    each epoch (seeded); ``repeat`` repeats forever; ``augment`` (a Keras layer or callable) is
+    applied to 0..255 float batches before ``preprocess``.
+    """
+    import tensorflow as tf
+
+    if batch_size <= 0:
+        raise UsageError(f"batch_size must be positive, got {batch_size}")
+    height, width = (int(input_size[0]), int(input_size[1]))
+    if height <= 0 or width <= 0:
+        raise UsageError(f"input size must be positive, got {input_size}")
+    rows = np.arange(len(source), dtype=np.int64) if indices is None else np.asarray(indices)
+    rows = rows.astype(np.int64).reshape(-1)
+    if rows.size and (rows.min() < 0 or rows.max() >= len(source)):
+        raise UsageError(f"image indices out of range for a source of {len(source)} images")
+    parallel = tf.data.AUTOTUNE if num_parallel_calls is None else num_parallel_calls
+
+    plan = source.plan()
+    labels_np = (
+        np.asarray(plan["labels"], np.int32) if plan is not None else source.labels.astype(np.int32)
+    )
+    rotations = plan.get("rotations") if plan is not None else None
+    paths_t = tf.constant(plan["paths"] if plan is not None else [""] * len(source), tf.string)
+    labels_t = tf.constant(labels_np, tf.int32)
+    rot_t = tf.constant(np.asarray(rotations, np.int32)) if rotations is not None else None
+    prepare = _probe_and_load(source, plan)
+
+    def decode(index: Any) -> tuple[Any, Any, Any, Any]:
+        code, pixels = tf.numpy_function(
+            prepare, [index], (tf.int32, tf.uint8), stateful=False, name="probe_or_decode"
+        )
+        code.set_shape([])
+        pixels.set_shape([None, None, 3])
+
+        def jpeg() -> Any:
+            data = tf.io.read_file(tf.gather(paths_t, index))
+            # the accurate integer DCT is what Pillow (libjpeg's default) uses
+            img = tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE")
+            img.set_shape([None, None, 3])
+            return img
+
+        def png() -> Any:
+            data = tf.io.read_file(tf.gather(paths_t, index))
+            img = tf.io.decode_png(data, channels=3, dtype=tf.uint8)
+            img.set_shape([None, None, 3])
+            return img
+
+        img = tf.switch_case(tf.minimum(code, PILLOW), [jpeg, png, lambda: pixels], name="decode")
+        ok = tf.logical_and(
+            tf.not_equal(code, SKIP),
+            tf.logical_and(tf.shape(img)[0] > 0, tf.shape(img)[1] > 0),
+        )
+        if rot_t is not None:
+            img = tf.image.rot90(img, tf.gather(rot_t, index))
+        img = tf.cond(
+            ok,
+            lambda: tf.image.resize(img, (height, width), method=resize, antialias=True),
+            lambda: tf.zeros((height, width, 3), tf.float32),
+        )
+        img = tf.ensure_shape(tf.cast(img, tf.float32), (height, width, 3))
+        return img, tf.gather(labels_t, index), index, ok
+
+    ds = tf.data.Dataset.from_tensor_slices(rows)
+    if shuffle:
+        ds = ds.shuffle(max(1, len(rows)), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.map(decode, num_parallel_calls=parallel, deterministic=True)
+    # a file that passed the header check yet fails in TensorFlow's decoder is dropped too
+    ds = ds.ignore_errors(log_warning=False)
+    ds = ds.filter(lambda img, label, index, ok: ok)
+    ds = ds.map(lambda img, label, index, ok: (img, label, index))
+    ds = ds.batch(batch_size)
+
+    if augment is not None or preprocess is not None:
+
+        def transform(images: Any, labels: Any, index: Any) -> tuple[Any, Any, Any]:
+            if augment is not None:
+                try:
+                    images = augment(images, training=True)
+                except TypeError:
+                    images = augment(images)
+            if preprocess is not None:
+                images = preprocess(images)
+            return tf.cast(images, tf.float32), labels, index
+
+        ds = ds.map(transform, num_parallel_calls=parallel, deterministic=True)
+    if not with_index:
+        ds = ds.map(lambda images, labels, index: (images, labels))
+    options = tf.data.Options()
+    options.deterministic = True
+    ds = ds.with_options(options)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def skip_reason(source: ImageSource, index: int) -> str:
+    """Why the image at ``index`` was dropped by the pipeline (decoded again with Pillow)."""
+    try:
+        source.load(int(index))
+    except SkipImage as exc:
+        return exc.reason
+    return "corrupt image (TensorFlow could not decode it)"
+
+
+def stratified_split(
+    labels: Sequence[int] | np.ndarray,
+    fractions: float | Sequence[float] = (0.8, 0.2),
+    seed: int = 0,
+) -> tuple[np.ndarray, ...]:
+    """Split row indices into parts of the given ``fractions`` (summing to 1), keeping the class
+    proportions in each part. Seeded and deterministic; each part is returned sorted.
+
+    Every class with at least as many rows as there are parts has a row in each part.
+    """
+    y = np.asarray(labels).reshape(-1)
+    fr = [float(fractions), 1.0 - float(fractions)] if np.isscalar(fractions) else list(fractions)  # type: ignore[arg-type]
+    if len(fr) < 2 or any(f < 0 for f in fr) or abs(sum(fr) - 1.0) > 1e-6:
+        raise UsageError(
+            f"split fractions must be 2 or more non-negative numbers summing to 1, got {fr}"
+        )
+    rng = np.random.default_rng(seed)
+    parts: list[list[np.ndarray]] = [[] for _ in fr]
+    for cls in np.unique(y):
+        members = np.flatnonzero(y == cls)
+        members = members[rng.permutation(len(members))]
+        n = len(members)
+        exact = np.array(fr) * n
+        counts = np.floor(exact).astype(int)
+        remainder = n - counts.sum()
+        order = np.argsort(-(exact - counts), kind="stable")
+        counts[order[:remainder]] += 1
+        if n >= len(fr):
+            for k in range(len(fr)):
+                if counts[k] == 0 and fr[k] > 0:
+                    donor = int(np.argmax(counts))
+                    counts[donor] -= 1
+                    counts[k] += 1
+        start = 0
+        for k, c in enumerate(counts):
+            parts[k].append(members[start : start + c])
+            start += c
+    return tuple(
+        np.sort(np.concatenate(p)).astype(np.int64) if p else np.zeros(0, np.int64) for p in parts
+    )

@@ -1,0 +1,126 @@
+"""The tf.data input pipeline on real files, and the stratified split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from imagefiles import add_bad_files, exif_rotated_jpeg, photo
+
+from transferkit import UsageError
+from transferkit.images import ImageRecord, ImageSource, decode_image, open_source
+from transferkit.pipeline import image_dataset, skip_reason, stratified_split
+
+
+def _mixed_folder(root):
+    a, b = root / "a", root / "b"
+    a.mkdir(parents=True)
+    b.mkdir()
+    photo("coffee", (40, 30)).save(a / "1_plain.jpg", quality=90)
+    photo("chelsea", (30, 40)).convert("L").save(a / "2_gray.png")
+    photo("rocket", (36, 36)).convert("CMYK").save(a / "3_cmyk.jpg")
+    photo("astronaut", (28, 20)).convert("RGBA").save(b / "4_rgba.png")
+    exif_rotated_jpeg(b / "5_exif.jpg")
+    photo("coffee", (20, 20)).save(b / "6_plain.png")
+    add_bad_files(b)  # empty.jpg, notes.jpg, truncated.jpg -> sorted among b's files
+
+
+def _expected(tf, arr, size):
+    return tf.image.resize(arr, size, method="bilinear", antialias=True).numpy()
+
+
+def test_pipeline_decodes_every_kind_and_drops_bad_files(tmp_path):
+    import tensorflow as tf
+
+    _mixed_folder(tmp_path)
+    src = open_source(tmp_path)
+    names = [p.split("/")[-1] for p in src.paths]
+    bad = {i for i, n in enumerate(names) if n in ("empty.jpg", "notes.jpg", "truncated.jpg")}
+    assert len(bad) == 3
+    ds = image_dataset(src, input_size=(16, 24), batch_size=4, with_index=True)
+    got_x, got_y, got_i = [], [], []
+    for x, y, idx in ds:
+        assert x.dtype == tf.float32 and y.dtype == tf.int32 and idx.dtype == tf.int64
+        got_x.append(x.numpy())
+        got_y.append(y.numpy())
+        got_i.append(idx.numpy())
+    indices = np.concatenate(got_i)
+    assert indices.tolist() == [i for i in range(len(src)) if i not in bad]
+    images = np.concatenate(got_x)
+    assert images.shape == (len(src) - 3, 16, 24, 3)
+    np.testing.assert_array_equal(np.concatenate(got_y), src.labels[indices])
+    for row, i in enumerate(indices):
+        # native (TF) and Pillow paths both give the Pillow decoding, resized
+        want = _expected(tf, decode_image(src.paths[i]), (16, 24))
+        tol = 1e-3
+        assert np.abs(images[row] - want).max() <= tol, names[i]
+    reasons = {names[i]: skip_reason(src, i) for i in bad}
+    assert "truncated" in reasons["truncated.jpg"]
+    assert reasons["empty.jpg"] == "zero bytes"
+    assert reasons["notes.jpg"] == "not an image"
+
+
+def test_rotation_preprocess_and_augment(tmp_path):
+    import tensorflow as tf
+
+    for i, name in enumerate(["coffee", "chelsea", "rocket", "astronaut"]):
+        (tmp_path / "c").mkdir(exist_ok=True)
+        photo(name, (24, 16)).save(tmp_path / "c" / f"{i}.png")
+    rot = open_source(tmp_path, task="rotation", seed=3)
+    ds = image_dataset(
+        rot,
+        input_size=(12, 12),
+        batch_size=3,
+        preprocess=lambda x: x / 127.5 - 1.0,
+        augment=lambda x: 255.0 - x,
+    )
+    x, y = next(iter(ds.unbatch().batch(4)))
+    assert y.numpy().tolist() == [r.label for r in rot.records]
+    for k in range(4):
+        want = _expected(tf, np.rot90(decode_image(rot.paths[k]), rot.records[k].label), (12, 12))
+        np.testing.assert_allclose(x[k].numpy(), (255.0 - want) / 127.5 - 1.0, atol=1e-4)
+
+
+def test_subset_shuffle_repeat_and_custom_source(tmp_path):
+    class Gradient(ImageSource):
+        def load(self, index):
+            return np.full((5, 7, 3), index * 10, np.uint8)
+
+    src = Gradient([ImageRecord(f"img{i}", i % 2) for i in range(10)], ["even", "odd"])
+    assert src.plan() is None
+    ds = image_dataset(src, [1, 4, 6], input_size=(5, 7), batch_size=2, with_index=True)
+    idx = np.concatenate([b[2].numpy() for b in ds])
+    assert idx.tolist() == [1, 4, 6]
+    x = np.concatenate([b[0].numpy() for b in ds])
+    np.testing.assert_allclose(x[:, 0, 0, 0], [10, 40, 60])
+
+    def order(seed):
+        ds = image_dataset(
+            src, input_size=(5, 7), batch_size=10, shuffle=True, seed=seed, with_index=True
+        )
+        return next(iter(ds))[2].numpy().tolist()
+
+    assert order(1) == order(1)
+    assert sorted(order(1)) == list(range(10)) and order(1) != list(range(10))
+    looped = image_dataset(src, [0, 1, 2], input_size=(5, 7), batch_size=2, repeat=True)
+    assert sum(1 for _ in looped.take(5)) == 5
+    with pytest.raises(UsageError):
+        image_dataset(src, [11], input_size=(5, 7), batch_size=2)
+
+
+def test_stratified_split():
+    y = np.array([0] * 50 + [1] * 30 + [2] * 3)
+    train, val = stratified_split(y, (0.8, 0.2), seed=0)
+    assert len(train) + len(val) == len(y)
+    assert not set(train) & set(val)
+    assert np.bincount(y[train]).tolist() == [40, 24, 2]
+    assert np.bincount(y[val]).tolist() == [10, 6, 1]
+    again = stratified_split(y, (0.8, 0.2), seed=0)
+    assert all((a == b).all() for a, b in zip((train, val), again, strict=True))
+    other = stratified_split(y, (0.8, 0.2), seed=1)
+    assert not (other[0] == train).all()
+    a, b, c = stratified_split(y, (0.6, 0.2, 0.2), seed=2)
+    assert sorted(np.concatenate([a, b, c]).tolist()) == list(range(len(y)))
+    assert (np.bincount(y[c], minlength=3) >= 1).all()  # the 3-image class reaches every part
+    assert len(stratified_split(y, 0.5)) == 2
+    with pytest.raises(UsageError, match="summing to 1"):
+        stratified_split(y, (0.5, 0.3))
