@@ -30,11 +30,7 @@ def split_indices(
         raise UsageError(f"--test-size must be between 0 and 1 (exclusive), got {test_size}")
     try:
         from .pipeline import stratified_split
-    except ImportError:  # the shared helper not available: scikit-learn's stratified split
-        stratified_split = None
-    if stratified_split is not None:
-        train, test = stratified_split(labels, fractions=(1.0 - test_size, test_size), seed=seed)
-    else:
+    except ImportError:  # without the shared helper: scikit-learn's stratified split
         from sklearn.model_selection import train_test_split
 
         index = np.arange(len(labels))
@@ -43,6 +39,8 @@ def split_indices(
         train, test = train_test_split(
             index, test_size=test_size, random_state=seed, stratify=stratify
         )
+    else:
+        train, test = stratified_split(labels, fractions=(1.0 - test_size, test_size), seed=seed)
     return np.sort(np.asarray(train)), np.sort(np.asarray(test))
 
 

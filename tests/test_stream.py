@@ -45,11 +45,11 @@ def test_stream_learns_a_class_sorted_store(
     result = api.stream(
         sorted_digits, classifier=classifier, batch_size=64, report_every=300, progress=False
     )
-    assert result["n_train"] == 1437 and result["n_test"] == 360
+    assert result["n_train"] + result["n_test"] == 1797 and result["n_test"] in (359, 360)
     assert result["accuracy"] > floor, result["accuracy"]
     points = result["progressive"]
     assert [p["samples"] for p in points[:2]] == [320, 640]  # every >= 300 samples, by batch
-    assert points[-1]["samples"] == 1437
+    assert points[-1]["samples"] == result["n_train"]
     # test-then-train: the running accuracy starts low and climbs
     assert points[0]["accuracy"] < points[-1]["accuracy"]
     assert result["batched"] is (classifier != "river-hoeffding-tree")

