@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from typing import Any
 
 from transferkit import UsageError, WeightsUnavailableError
@@ -78,7 +80,17 @@ def load_local_weights(model: Any, base: Any, path: str) -> None:
     errors = []
     for target in (model, base) if model is not base else (model,):
         try:
-            target.load_weights(path)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                target.load_weights(path)
+            # Keras loads what matches and only warns about the rest: that is a failure here.
+            partial = [
+                str(w.message)
+                for w in caught
+                if re.search(r"skipping|freshly-initiali[sz]ed|mismatch", str(w.message), re.I)
+            ]
+            if partial:
+                raise ValueError(f"the file does not match the network: {partial[0]}")
             return
         except Exception as exc:  # noqa: PERF203 - try the next layout
             errors.append(f"{type(exc).__name__}: {exc}")
