@@ -1,0 +1,319 @@
+"""The Trainer on real data (scikit-learn digits as images) with a tiny real CNN backbone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from trainer_helpers import digits, tiny_backbone
+
+from transferkit import HeadSpec, UsageError, hookimpl
+
+
+def _data(n: int = 200, classes: int = 4, **options: Any) -> Any:
+    from transferkit.trainer import ArrayDataModule
+
+    images, labels, names = digits(n, classes)
+    options.setdefault("augment", "none")
+    options.setdefault("batch_size", 32)
+    return ArrayDataModule(images, labels, names, seed=0, **options)
+
+
+def _model(classes: int = 4, seed: int = 0, **options: Any) -> Any:
+    from transferkit.trainer import TransferModel, seed_everything
+
+    seed_everything(seed)
+    options.setdefault("head_options", {"dropout": 0.0})
+    return TransferModel(tiny_backbone(), options.pop("head", "linear"), num_classes=classes,
+                         label_names=[str(i) for i in range(classes)], **options)  # fmt: skip
+
+
+def _trainer(**options: Any) -> Any:
+    from transferkit.trainer import Trainer
+
+    options.setdefault("enable_progress", False)
+    return Trainer(**options)
+
+
+def test_finetuning_beats_the_frozen_base() -> None:
+    from transferkit.trainer import resolve_strategy
+
+    frozen = _trainer(seed=0).fit(
+        _model(), _data(400), resolve_strategy("head-only", epochs=12, learning_rate=1e-2)
+    )
+    tuned = _trainer(seed=0).fit(
+        _model(),
+        _data(400),
+        resolve_strategy(
+            "warmup-unfreeze",
+            epochs=[4, 8],
+            learning_rate=1e-2,
+            unfreeze_from=0,
+            finetune_optimizer="adam",
+        ),
+    )
+    frozen_acc = frozen["phases"][-1]["test_accuracy"]
+    assert [p["phase"] for p in tuned["phases"]] == ["warmup", "finetune"]
+    warm_acc, tuned_acc = (p["test_accuracy"] for p in tuned["phases"])
+    assert tuned_acc > frozen_acc + 0.1, (frozen_acc, tuned_acc)
+    assert tuned_acc > warm_acc
+    assert len(tuned["history"]) == 12 and tuned["history"][-1]["phase"] == "finetune"
+
+
+def test_same_seed_same_history_with_augmentation_and_dropout() -> None:
+    from transferkit.trainer import resolve_strategy
+
+    def run(seed: int) -> list[dict[str, Any]]:
+        model = _model(seed=seed, head_options={"dropout": 0.5})
+        data = _data(120, augment="classic")
+        trainer = _trainer(seed=seed, deterministic=True)
+        return trainer.fit(model, data, resolve_strategy("head-only", epochs=3))["history"]
+
+    def numbers(history: list[dict[str, Any]]) -> np.ndarray:
+        return np.array([[r[k] for k in ("loss", "accuracy", "val_loss")] for r in history])
+
+    first, second, other = run(3), run(3), run(4)
+    np.testing.assert_array_equal(numbers(first), numbers(second))
+    assert not np.array_equal(numbers(first), numbers(other))
+
+
+def test_classic_augmentation_preset_and_training_batches_only() -> None:
+    import keras
+
+    from transferkit.trainer import augmentation
+
+    aug = augmentation("classic", seed=1)
+    kinds = {type(layer).__name__: layer for layer in aug.layers}
+    assert kinds["RandomRotation"].factor == (-30 / 360, 30 / 360)
+    assert kinds["RandomFlip"].mode == "horizontal"
+    assert kinds["RandomTranslation"].height_factor == 0.1
+    assert kinds["RandomTranslation"].width_factor == 0.1
+    assert kinds["RandomShear"].x_factor == (0.0, 0.2) or kinds["RandomShear"].x_factor
+    assert kinds["RandomZoom"].height_factor == 0.2
+    assert all(getattr(l, "fill_mode", "nearest") == "nearest" for l in aug.layers)  # noqa: E741
+    assert augmentation("none") is None
+    with pytest.raises(UsageError, match="classic"):
+        augmentation("wild")
+
+    data = _data(80, augment="classic")
+    model = _model()
+    data.setup(preprocess=model.backbone.preprocess, input_size=model.input_size)
+    model.set_augmentation(data.augmentation_layer(seed=0))
+    x, _ = next(iter(data.train_dataset(0)))
+    assert not np.allclose(model.augment(x, training=True), x)
+    np.testing.assert_array_equal(model.augment(x, training=False), x)
+    # validation batches: identical on every pass, equal to the preprocessed images
+    val1 = np.concatenate([b[0] for b in data.val_dataset()])
+    val2 = np.concatenate([b[0] for b in data.val_dataset()])
+    np.testing.assert_array_equal(val1, val2)
+    raw = keras.ops.image.resize(data.images[data.val_indices], (16, 16)).numpy() / 255.0
+    np.testing.assert_allclose(val1, raw, atol=1e-5)
+    # the training model evaluated on validation data is the network, augmentation off
+    np.testing.assert_allclose(
+        model.keras_model.predict(val1, verbose=0), model.network.predict(val1, verbose=0)
+    )
+
+
+def test_strategies_freeze_what_they_say_and_batchnorm_stays_in_inference_mode() -> None:
+    from transferkit.trainer import resolve_strategy
+
+    model = _model()
+    base = model.base
+    conv1 = base.get_layer("block1_conv").kernel.numpy().copy()
+    conv2 = base.get_layer("block2_conv").kernel.numpy().copy()
+    bn = base.get_layer("block2_bn")
+    mean = bn.moving_mean.numpy().copy()
+    strategy = resolve_strategy("warmup-unfreeze", epochs=[1, 0], learning_rate=1e-2)
+    _trainer().fit(model, _data(), strategy)
+    np.testing.assert_array_equal(base.get_layer("block2_conv").kernel.numpy(), conv2)
+    # default unfreeze point: the start of the last block (block2)
+    assert strategy.phases[1].unfreeze_from == [l.name for l in base.layers].index("block2_conv")  # noqa: E741
+
+    model = _model()
+    strategy = resolve_strategy("warmup-unfreeze", epochs=[1, 2], learning_rate=1e-2)
+    _trainer().fit(model, _data(), strategy)
+    base = model.base
+    np.testing.assert_array_equal(base.get_layer("block1_conv").kernel.numpy(), conv1)
+    assert not np.allclose(base.get_layer("block2_conv").kernel.numpy(), conv2)
+    np.testing.assert_array_equal(base.get_layer("block2_bn").moving_mean.numpy(), mean)
+    assert not base.get_layer("block2_bn").trainable
+
+    model = _model(train_bn=True)
+    _trainer().fit(model, _data(), resolve_strategy("full", epochs=1, learning_rate=1e-2))
+    assert not np.allclose(model.base.get_layer("block2_bn").moving_mean.numpy(), mean)
+
+
+def test_gradual_unfreezes_block_by_block_with_a_lower_base_learning_rate() -> None:
+    from transferkit.trainer import LearningRateMonitor, resolve_strategy
+
+    model = _model()
+    strategy = resolve_strategy("gradual", epochs=[1, 1], blocks=2, learning_rate=1e-2)
+    trainer = _trainer(callbacks=[LearningRateMonitor()])
+    result = trainer.fit(model, _data(), strategy)
+    assert [p.name for p in strategy.phases] == ["head", "unfreeze-1", "unfreeze-2"]
+    assert [p.options["block"] for p in strategy.phases[1:]] == ["block2", "block1"]
+    rows = result["history"]
+    assert [r["phase"] for r in rows] == ["head", "unfreeze-1", "unfreeze-2"]
+    assert rows[0]["base_lr"] == pytest.approx(rows[0]["lr"])
+    assert rows[1]["base_lr"] == pytest.approx(0.1 * rows[1]["lr"])
+
+
+def test_gradient_scale_scales_only_the_gradient() -> None:
+    import tensorflow as tf
+
+    from transferkit.trainer.layers import GradientScale
+
+    layer = GradientScale(0.25)
+    x = tf.Variable([[1.0, -2.0, 3.0]])
+    with tf.GradientTape() as tape:
+        y = layer(x)
+        loss = tf.reduce_sum(y * 2.0)
+    np.testing.assert_allclose(y.numpy(), x.numpy())
+    np.testing.assert_allclose(tape.gradient(loss, x).numpy(), [[0.5, 0.5, 0.5]])
+
+
+def test_configuration_errors_say_what_to_fix() -> None:
+    from transferkit.trainer import EarlyStopping, resolve_strategy
+
+    with pytest.raises(UsageError, match=r"valid: 0\.\.\d+.*--unfreeze-from"):
+        _trainer().fit(_model(), _data(), resolve_strategy("warmup-unfreeze", unfreeze_from=99))
+    with pytest.raises(UsageError, match="one per phase"):
+        resolve_strategy("warmup-unfreeze", epochs=[1, 2, 3])
+    with pytest.raises(UsageError, match="Did you mean 'gradual'"):
+        resolve_strategy("gradul")
+    no_val = _data(fractions=(0.8, 0.0, 0.2))
+    with pytest.raises(UsageError, match="no validation split"):
+        _trainer(callbacks=[EarlyStopping()]).fit(_model(), no_val, "head-only")
+    with pytest.raises(UsageError, match="2 or 3 non-negative"):
+        _data(fractions=(0.5, 0.6))
+    with pytest.raises(UsageError, match="num_classes=4"):
+        _trainer().fit(_model(classes=3), _data(), "head-only")
+
+
+def test_early_stopping_ends_the_phase_and_the_next_one_starts() -> None:
+    from transferkit.trainer import EarlyStopping, resolve_strategy
+
+    stopper = EarlyStopping(monitor="val_loss", patience=1, min_delta=10.0)
+    strategy = resolve_strategy("warmup-unfreeze", epochs=[6, 2], learning_rate=1e-2)
+    result = _trainer(callbacks=[stopper]).fit(_model(), _data(), strategy)
+    phases = result["phases"]
+    assert phases[0]["early_stopped"] and phases[0]["epochs"] == 2
+    assert phases[1]["phase"] == "finetune" and phases[1]["epochs"] == 2
+    assert result["epochs"] == 4
+
+
+def test_every_failure_goes_through_one_handler(register_plugin: Any) -> None:
+    from transferkit.trainer import Callback
+
+    seen: list[tuple[str, str, dict[str, Any]]] = []
+
+    class Recorder:
+        @hookimpl
+        def on_exception(self, exception: BaseException, where: str, context: Any) -> None:
+            seen.append((type(exception).__name__, where, dict(context)))
+
+    class Boom(Callback):
+        def __init__(self) -> None:
+            self.told: BaseException | None = None
+
+        def on_epoch_end(self, trainer: Any, epoch: int, logs: Any) -> None:
+            if epoch == 1:
+                raise RuntimeError("disk full")
+
+        def on_exception(self, trainer: Any, exception: BaseException) -> None:
+            self.told = exception
+
+    register_plugin(Recorder(), "recorder")
+    boom = Boom()
+    trainer = _trainer(callbacks=[boom])
+    with pytest.raises(RuntimeError, match="disk full"):
+        trainer.fit(_model(), _data(), "head-only")
+    assert seen == [("RuntimeError", "fit", {"epoch": 1, "phase": "head", "model": "tiny"})]
+    assert isinstance(boom.told, RuntimeError)
+    with pytest.raises(UsageError):
+        trainer.test(_model(), _data(fractions=(0.8, 0.2)))
+    assert seen[-1][:2] == ("UsageError", "test")
+
+
+def test_lifecycle_hooks_reach_plugin_callbacks(register_plugin: Any) -> None:
+    from transferkit.trainer import resolve_strategy
+
+    calls: list[tuple[Any, ...]] = []
+
+    class Watcher:
+        @hookimpl
+        def on_fit_start(self, trainer: Any, model: Any, phase: str) -> None:
+            calls.append(("start", phase))
+
+        @hookimpl
+        def on_epoch_end(self, epoch: int, logs: Any, phase: str) -> None:
+            calls.append(("epoch", epoch, phase, "loss" in logs))
+
+        @hookimpl
+        def on_fit_end(self, history: Any) -> None:
+            calls.append(("end", len(history["history"])))
+
+    register_plugin(Watcher(), "watcher")
+    strategy = resolve_strategy("warmup-unfreeze", epochs=[1, 1], learning_rate=1e-2)
+    _trainer().fit(_model(), _data(), strategy)
+    assert calls == [
+        ("start", "warmup"),
+        ("epoch", 0, "warmup", True),
+        ("start", "finetune"),
+        ("epoch", 1, "finetune", True),
+        ("end", 2),
+    ]
+
+
+def test_validate_test_predict_and_history_files(tmp_path: Any) -> None:
+    import json
+
+    from transferkit.trainer import HistoryLogger, ModelCheckpoint, resolve_strategy
+
+    data, model = _data(), _model()
+    ckpt = ModelCheckpoint(tmp_path / "ckpt")
+    logger = HistoryLogger(tmp_path / "h.csv", tmp_path / "h.json")
+    trainer = _trainer(callbacks=[ckpt, logger])
+    trainer.fit(model, data, resolve_strategy("head-only", epochs=3, learning_rate=1e-2))
+    assert (tmp_path / "ckpt" / "last.ckpt.npz").exists()
+    assert (tmp_path / "ckpt" / "best.weights.h5").exists()
+    state = json.loads((tmp_path / "ckpt" / "state.json").read_text())
+    assert state["epoch"] == 3 and state["strategy"]["phase_index"] == 1
+    lines = (tmp_path / "h.csv").read_text().splitlines()
+    assert lines[0].startswith("epoch,phase") and len(lines) == 4
+    assert len(json.loads((tmp_path / "h.json").read_text())["history"]) == 3
+
+    val, test = trainer.validate(), trainer.test()
+    assert set(val) >= {"loss", "accuracy"} and 0 <= test["accuracy"] <= 1
+    probs = trainer.predict()
+    assert probs.shape == (len(data.test_indices), 4)
+    np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
+    accuracy = float(np.mean(probs.argmax(1) == data.labels[data.test_indices]))
+    assert accuracy == pytest.approx(test["accuracy"], abs=1e-6)
+
+
+def test_plugin_registered_heads_work_through_the_registry(register_plugin: Any) -> None:
+    def two_layer(num_classes: int, units: int = 7) -> Any:
+        import keras
+
+        return keras.Sequential(
+            [keras.layers.Dense(units, activation="relu", name="hidden"),
+             keras.layers.Dense(num_classes, activation="softmax")], name="two_layer"
+        )  # fmt: skip
+
+    class Heads:
+        @hookimpl
+        def register_heads(self, register: Any) -> None:
+            register(HeadSpec(name="two-layer", description="MLP", factory=two_layer))
+
+    register_plugin(Heads(), "heads-plugin")
+    model = _model(head="two-layer", head_options={"units": 5})
+    assert model.head.get_layer("hidden").units == 5
+    result = _trainer(max_epochs=2).fit(model, _data(), "head-only")
+    assert result["epochs"] == 2 and result["phases"][0]["epochs"] == 2
+    assert result["phases"][0]["test_accuracy"] >= 0
+    classic = _model(head="classic", head_options={})
+    assert [type(layer).__name__ for layer in classic.head.layers] == [
+        "Flatten", "Dense", "Activation", "BatchNormalization", "Dropout", "Dense", "Activation"
+    ]  # fmt: skip
