@@ -5,6 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 
+def extract(images: Any, *, backbone: str, out: Any, **options: Any) -> dict[str, Any]:
+    """Extract features of ``images`` (a folder, a CSV/JSON list or an ``ImageSource``) with the
+    backbone ``backbone`` into the store ``out`` (``.h5``/``.hdf5``/``.zarr``).
+
+    Options: ``store``, ``weights`` (``"default"``, ``"none"``, a path), ``pooling``
+    (``avg``/``max``/``flatten``), ``input_size``, ``batch_size``, ``task`` (``"rotation"``),
+    ``shuffle``, ``seed``, ``resume``, ``overwrite``, ``strict``, ``max_pixels``, ``progress``.
+    Returns a summary with ``path``, ``rows``, ``skipped``, ``skipped_files``, ``seconds``,
+    ``images_per_second``, ``feature_dim`` and ``backbone``.
+    """
+    from .extraction import extract as _extract
+
+    return _extract(images, backbone=backbone, out=out, **options)
+
+
 def train(store_path: Any, *, classifier: str, **options: Any) -> dict[str, Any]:
     """Fit one classifier on a feature store (stratified split); optionally save it with ``out``.
 

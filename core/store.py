@@ -187,6 +187,7 @@ class FeatureStoreWriter:
         compression: str | None,
         buffer_rows: int,
         chunk_rows: int | None = None,
+        must_match: Sequence[str] = (),
     ) -> None:
         if mode not in MODES:
             raise UsageError(f"unknown store mode {mode!r}; allowed: {list(MODES)}")
@@ -217,7 +218,7 @@ class FeatureStoreWriter:
         self._acquire_lock()
         try:
             if exists and mode == "resume":
-                self._open_for_resume()
+                self._open_for_resume(metadata, must_match)
             else:
                 if exists:
                     backend.remove(self.path)
@@ -291,8 +292,9 @@ class FeatureStoreWriter:
         self._rows_on_disk = 0
         self._skipped: list[list[str]] = []
         self._done_paths: set[str] = set()
+        self._stored_paths: list[str] = []
 
-    def _open_for_resume(self) -> None:
+    def _open_for_resume(self, metadata: Mapping[str, Any], must_match: Sequence[str]) -> None:
         b = self.backend
         self.root = b._backend_open(self.path, "a")
         for name in ("features", "labels", "paths", "label_names"):
@@ -313,6 +315,11 @@ class FeatureStoreWriter:
             problems.append(f"feature width {stored_dim} vs {self.feature_dim}")
         if stored_names != self.label_names:
             problems.append(f"label names {stored_names[:5]}... vs {self.label_names[:5]}...")
+        problems += [
+            f"{k}: {attrs[k]!r} -> {metadata.get(k)!r}"
+            for k in must_match
+            if k in attrs and attrs[k] != _decode_attr(_encode_attr(metadata.get(k)))
+        ]
         if problems:
             b._backend_close(self.root)
             raise UsageError(
@@ -328,7 +335,8 @@ class FeatureStoreWriter:
                 b._backend_resize(arr, rows)
         self._rows_on_disk = rows
         self._skipped = [list(s) for s in attrs.get("skipped", [])]
-        self._done_paths = set(_to_str_list(self._paths[:rows])) if rows else set()
+        self._stored_paths = _to_str_list(self._paths[:rows]) if rows else []
+        self._done_paths = set(self._stored_paths)
         self.existing_metadata = {k: v for k, v in attrs.items() if k not in _RESERVED_ATTRS}
         self.resumed = True
 
@@ -361,6 +369,11 @@ class FeatureStoreWriter:
     def done_paths(self) -> set[str]:
         """Paths already stored (rows) -- what a resumed extraction need not compute again."""
         return set(self._done_paths)
+
+    @property
+    def stored_paths(self) -> list[str]:
+        """The paths of the rows on disk, in row order (repeats kept)."""
+        return list(self._stored_paths)
 
     @property
     def skipped_paths(self) -> set[str]:
@@ -412,6 +425,7 @@ class FeatureStoreWriter:
                     b._backend_resize(arr, stop)
                 arr[start:stop] = data
             self._done_paths.update(self._buf_p)
+            self._stored_paths.extend(self._buf_p)
             self._rows_on_disk = stop
             self._buf_x, self._buf_y, self._buf_p, self._buf_n = [], [], [], 0
         if self._pending_skipped:
@@ -619,9 +633,13 @@ def create_store(
     compression: str | None = "gzip",
     buffer_rows: int = 1024,
     chunk_rows: int | None = None,
+    must_match: Sequence[str] = (),
 ) -> FeatureStoreWriter:
     """Open a writer. ``mode``: ``create`` (an existing store is an error), ``overwrite``, or
-    ``resume`` (keep the rows already written; see :attr:`FeatureStoreWriter.done_paths`)."""
+    ``resume`` (keep the rows already written; see :attr:`FeatureStoreWriter.done_paths`).
+
+    On resume, the feature width, the label names and the ``must_match`` metadata keys must
+    equal the store's, else nothing is touched and a ``UsageError`` names the differences."""
     backend = backend_for(path, store)
     return FeatureStoreWriter(
         backend,
@@ -633,6 +651,7 @@ def create_store(
         compression=compression,
         buffer_rows=buffer_rows,
         chunk_rows=chunk_rows,
+        must_match=must_match,
     )
 
 

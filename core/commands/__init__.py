@@ -7,6 +7,7 @@ module level (``--help`` must stay fast).
 from __future__ import annotations
 
 COMMAND_MODULES: tuple[str, ...] = (
+    "transferkit.commands.extract",
     "transferkit.commands.train",
     "transferkit.commands.spotcheck",
     "transferkit.commands.stream",

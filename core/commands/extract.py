@@ -1,0 +1,140 @@
+"""``transferkit extract``: images -> backbone -> HDF5/Zarr feature store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ..config import config_options
+
+
+def print_extract_summary(result: dict[str, Any]) -> None:
+    click.echo(
+        f"Wrote {result['rows']} feature vectors ({result['feature_dim']}-d, {result['backbone']}, "
+        f"{result['pooling']} pooling) to {result['path']} in {result['seconds']:.1f} s "
+        f"({result['images_per_second']:.1f} images/s)."
+    )
+    if result.get("resumed"):
+        click.echo(f"Resumed: {result['resumed_from']} images were already done.")
+    skipped = result["skipped_files"]
+    if skipped:
+        click.echo(f"Skipped {len(skipped)} file(s) that could not be used:")
+        for path, reason in skipped[:20]:
+            click.echo(f"  {path}: {reason}")
+        if len(skipped) > 20:
+            click.echo(f"  ... and {len(skipped) - 20} more (listed in the store's metadata)")
+    else:
+        click.echo("Skipped 0 files.")
+
+
+def register(cli: click.Group) -> None:
+    @cli.command("extract")
+    @click.argument("images", type=click.Path(exists=True))
+    @click.option("--backbone", "-b", required=True, help="Backbone name (see `backbones`).")
+    @click.option(
+        "--out", "-o", required=True, type=click.Path(), help="Store path: .h5, .hdf5 or .zarr."
+    )
+    @click.option("--store", default=None, help="Store format when the suffix does not tell.")
+    @click.option(
+        "--weights",
+        default="default",
+        show_default=True,
+        help="default (the backbone's pretrained weights), none (random), or a weights file.",
+    )
+    @click.option(
+        "--pooling",
+        type=click.Choice(["avg", "max", "flatten"]),
+        default="avg",
+        show_default=True,
+        help="How the conv feature map becomes one vector.",
+    )
+    @click.option("--input-size", default=None, help="N or HxW (default: the backbone's own).")
+    @click.option("--batch-size", type=int, default=32, show_default=True)
+    @click.option("--task", default=None, help="A task transform, e.g. rotation.")
+    @click.option("--shuffle/--no-shuffle", default=False, show_default=True)
+    @click.option("--seed", type=int, default=0, show_default=True, help="Seed of task/shuffle.")
+    @click.option("--resume", is_flag=True, help="Continue an interrupted extraction into OUT.")
+    @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+    @click.option("--strict", is_flag=True, help="Fail on the first file that cannot be used.")
+    @click.option(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help="Skip images with more pixels than this (default 89478485; 0: no limit).",
+    )
+    @click.option(
+        "--compression",
+        type=click.Choice(["gzip", "none"]),
+        default="gzip",
+        show_default=True,
+    )
+    @click.option(
+        "--buffer-rows",
+        type=int,
+        default=None,
+        help="Rows kept in memory between writes (default max(batch size, 1024)).",
+    )
+    @click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
+    @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+    @config_options
+    def extract_command(
+        images: str,
+        backbone: str,
+        out: str,
+        store: str | None,
+        weights: str,
+        pooling: str,
+        input_size: str | None,
+        batch_size: int,
+        task: str | None,
+        shuffle: bool,
+        seed: int,
+        resume: bool,
+        overwrite: bool,
+        strict: bool,
+        max_pixels: int | None,
+        compression: str,
+        buffer_rows: int | None,
+        no_progress: bool,
+        as_json: bool,
+    ) -> None:
+        """Extract one feature vector per image into an HDF5 or Zarr store.
+
+        IMAGES is a folder with one sub-folder per class (searched recursively) or a CSV/JSON
+        list of path,label. Files that cannot be decoded are skipped and recorded in the store
+        with their reason (--strict makes them an error). An interrupted run continues with
+        --resume; an existing OUT is never replaced without --overwrite.
+
+        \b
+        Example:
+          transferkit extract photos/ --backbone efficientnet-lite0 --out features.h5
+          transferkit extract photos/ -b mobilenet-v2 --weights none -o f.zarr --task rotation
+        """
+        from .. import api
+        from ..cli import echo_json
+
+        result = api.extract(
+            images,
+            backbone=backbone,
+            out=out,
+            store=store,
+            weights=weights,
+            pooling=pooling,
+            input_size=input_size,
+            batch_size=batch_size,
+            task=task,
+            shuffle=shuffle,
+            seed=seed,
+            resume=resume,
+            overwrite=overwrite,
+            strict=strict,
+            max_pixels=max_pixels,
+            compression=None if compression == "none" else compression,
+            buffer_rows=buffer_rows,
+            progress=not no_progress,
+        )
+        if as_json:
+            echo_json(result)
+        else:
+            print_extract_summary(result)

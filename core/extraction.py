@@ -1,0 +1,316 @@
+"""Feature extraction: images -> backbone -> feature store, resumable and safe with bad files.
+
+The walk: an image source (``image-folder``, optionally wrapped in a task such as ``rotation``)
+is read by the tf.data pipeline (parallel decode, resize and preprocessing, prefetched), the
+backbone runs batch by batch, and the rows go through a buffered store writer. Files that cannot
+be decoded are recorded in the store with their reason (or stop the run with ``strict``).
+
+Rows are written in a fixed order (the source's sorted order, or a seeded permutation with
+``shuffle``), and every flush commits a prefix of that order (rows and skipped files together);
+so a resumed run computes exactly the missing suffix and its finished store equals an
+uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import Counter, deque
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from . import __version__, plugin_manager, registry
+from .errors import TransferkitError, UsageError
+from .images import ImageSource, open_source
+from .specs import POOLINGS
+from .store import FeatureStoreWriter, StoreExistsError, backend_for, create_store
+
+# settings that must match for a store to be resumed
+_RESUME_KEYS = ("backbone", "weights_source", "input_size", "pooling", "task", "seed", "shuffle")
+
+
+def parse_input_size(value: Any) -> tuple[int, int] | None:
+    """``None``, ``224``, ``"224"``, ``"224x160"`` (height x width) or a pair -> (h, w)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int):
+        size = (value, value)
+    elif isinstance(value, str):
+        parts = value.lower().replace(",", "x").split("x")
+        try:
+            nums = [int(p) for p in parts if p.strip()]
+        except ValueError:
+            raise UsageError(
+                f"input size {value!r}: expected N or HxW, e.g. 224 or 224x160"
+            ) from None
+        if len(nums) not in (1, 2):
+            raise UsageError(f"input size {value!r}: expected N or HxW, e.g. 224 or 224x160")
+        size = (nums[0], nums[-1])
+    else:
+        h, w = value
+        size = (int(h), int(w))
+    if min(size) <= 0:
+        raise UsageError(f"input size must be positive, got {value!r}")
+    return size
+
+
+def _order(n: int, shuffle: bool, seed: int) -> np.ndarray:
+    if shuffle:
+        return np.random.default_rng(seed).permutation(n).astype(np.int64)
+    return np.arange(n, dtype=np.int64)
+
+
+def _remaining(
+    order: np.ndarray, paths: Sequence[str], writer: FeatureStoreWriter
+) -> tuple[np.ndarray, int]:
+    """The indices still to compute after what ``writer`` already holds, and how many are done.
+
+    What is stored must be a prefix of ``order`` (rows and skipped files); anything else means
+    the images or settings changed since, and resuming would mix two different runs.
+    """
+    stored = Counter(writer.stored_paths)
+    skipped = Counter(p for p, _ in writer.skipped)
+    total_done = sum(stored.values()) + sum(skipped.values())
+    prefix = order[:total_done]
+    seen = Counter(paths[i] for i in prefix)
+    if seen != stored + skipped:
+        raise UsageError(
+            f"cannot resume {writer.path}: the rows it holds are not the first {total_done} "
+            f"images of this run (were images added, removed or renamed?); pass --overwrite "
+            f"to start again"
+        )
+    return order[total_done:], total_done
+
+
+def _forward_fn(model: Any, size: tuple[int, int]) -> Any:
+    import tensorflow as tf
+
+    @tf.function(
+        input_signature=[tf.TensorSpec((None, size[0], size[1], 3), tf.float32)],
+        jit_compile=False,
+        reduce_retracing=True,
+    )
+    def forward(images: Any) -> Any:
+        out = model(images, training=False)
+        return tf.reshape(tf.cast(out, tf.float32), (tf.shape(images)[0], -1))
+
+    return forward
+
+
+def extract(
+    images: Any,
+    *,
+    backbone: str,
+    out: str | os.PathLike[str],
+    store: str | None = None,
+    weights: Any = "default",
+    pooling: str = "avg",
+    input_size: Any = None,
+    batch_size: int = 32,
+    task: str | None = None,
+    shuffle: bool = False,
+    seed: int = 0,
+    resume: bool = False,
+    overwrite: bool = False,
+    strict: bool = False,
+    max_pixels: int | None = None,
+    progress: bool = True,
+    compression: str | None = "gzip",
+    buffer_rows: int | None = None,
+) -> dict[str, Any]:
+    """Extract one feature vector per image of ``images`` into the store ``out``.
+
+    Returns a summary: ``path``, ``rows``, ``skipped`` (count), ``skipped_files`` ([path,
+    reason]), ``seconds``, ``images_per_second``, ``feature_dim``, ``backbone`` and more.
+    """
+    out = os.fspath(out)
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite exclude each other; pick one")
+    if pooling not in POOLINGS:
+        raise UsageError(f"unknown pooling {pooling!r}; allowed: {', '.join(POOLINGS)}")
+    if batch_size <= 0:
+        raise UsageError(f"batch size must be positive, got {batch_size}")
+    size = parse_input_size(input_size)
+    backend = backend_for(out, store)  # an unknown format fails before any work
+    mode = "resume" if resume else "overwrite" if overwrite else "create"
+    if mode == "create" and backend.exists(out):
+        raise StoreExistsError(
+            f"{out} already exists; pass --overwrite to replace it or --resume to continue "
+            f"an interrupted extraction into it"
+        )
+    spec = registry.backbone(backbone)
+    source: ImageSource = open_source(images, task=task, seed=seed, max_pixels=max_pixels)
+    if len(source) == 0:
+        raise UsageError(f"{images} holds no images")
+
+    started = time.perf_counter()
+    net = spec.factory(weights=weights, input_size=size, pooling=pooling)
+    metadata: dict[str, Any] = {
+        "backbone": spec.name,
+        "weights": str(weights),
+        "weights_source": net.weights_source,
+        "input_size": list(net.input_size),
+        "pooling": net.pooling,
+        "preprocessing": net.preprocessing or spec.preprocessing,
+        "task": task or "",
+        "seed": int(seed),
+        "shuffle": bool(shuffle),
+        "images": str(getattr(source, "location", "") or images),
+        "transferkit_version": __version__,
+        "param_count": net.param_count,
+    }
+    config = {
+        **metadata,
+        "out": out,
+        "store": backend.name,
+        "batch_size": batch_size,
+        "resume": resume,
+        "overwrite": overwrite,
+        "strict": strict,
+        "max_pixels": max_pixels,
+    }
+    writer = create_store(
+        out,
+        feature_dim=net.feature_dim,
+        label_names=source.label_names,
+        metadata=metadata,
+        store=store,
+        mode=mode,
+        compression=compression,
+        buffer_rows=buffer_rows or max(batch_size, 1024),
+        must_match=_RESUME_KEYS,
+    )
+    try:
+        summary = _run(source, net, writer, config, strict=strict, progress=progress)
+    except BaseException as exc:
+        writer.abort()  # keep every finished row: --resume continues from here
+        plugin_manager.notify_exception(exc, "extract", output=out, backbone=spec.name)
+        if isinstance(exc, KeyboardInterrupt):
+            print(
+                f"transferkit: interrupted; {writer.rows} rows are kept in {out}; "
+                f"run again with --resume to finish",
+                file=sys.stderr,
+            )
+        raise
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    plugin_manager.call_lifecycle("on_extract_end", output=out, summary=summary)
+    return summary
+
+
+def _run(
+    source: ImageSource,
+    net: Any,
+    writer: FeatureStoreWriter,
+    config: dict[str, Any],
+    *,
+    strict: bool,
+    progress: bool,
+) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from .pipeline import image_dataset, skip_reason
+
+    paths = source.paths
+    order = _order(len(source), bool(config["shuffle"]), int(config["seed"]))
+    todo, already = _remaining(order, paths, writer) if writer.resumed else (order, 0)
+    total = len(order)
+    plugin_manager.call_lifecycle(
+        "on_extract_start",
+        backbone=net.name,
+        total=len(todo),
+        output=writer.path,
+        config=config,
+    )
+    forward = _forward_fn(net.model, tuple(net.input_size))
+    skipped_before = len(writer.skipped)
+    new_skips: list[list[str]] = []
+    pending: deque[int] = deque(int(i) for i in todo)
+
+    def skip_until(index: int | None) -> None:
+        while pending and pending[0] != index:
+            i = pending.popleft()
+            reason = skip_reason(source, i)
+            if strict:
+                raise TransferkitError(
+                    f"{paths[i]} cannot be used ({reason}); --strict stops at the first bad "
+                    f"file: remove or fix it, or run without --strict to skip and record it"
+                )
+            writer.record_skipped(paths[i], reason)
+            new_skips.append([paths[i], reason])
+        if index is not None and pending:
+            pending.popleft()
+
+    bar = tqdm(
+        total=total,
+        initial=already,
+        disable=not progress,
+        file=sys.stderr,
+        unit="img",
+        desc=f"extract {net.name}",
+        dynamic_ncols=True,
+        smoothing=0.1,
+    )
+    t0 = time.perf_counter()
+    skips_shown = 0
+    try:
+        if len(todo):
+            ds = image_dataset(
+                source,
+                todo,
+                input_size=net.input_size,
+                batch_size=int(config["batch_size"]),
+                preprocess=net.preprocess,
+                with_index=True,
+            )
+            for images, labels, index in ds:
+                features = forward(images).numpy()
+                if features.shape[1] != writer.feature_dim:
+                    raise TransferkitError(
+                        f"backbone {net.name} gave {features.shape[1]}-d features but said "
+                        f"{writer.feature_dim}; the backbone plugin is wrong"
+                    )
+                idx = index.numpy()
+                for i in idx:
+                    skip_until(int(i))
+                writer.append(features, labels.numpy(), [paths[i] for i in idx])
+                bar.update(len(idx) + len(new_skips) - skips_shown)
+                skips_shown = len(new_skips)
+                bar.set_postfix(skipped=skipped_before + len(new_skips), refresh=False)
+                plugin_manager.call_lifecycle(
+                    "on_extract_batch",
+                    rows_written=writer.rows,
+                    total=total,
+                    batch_size=len(idx),
+                    skipped=skipped_before + len(new_skips),
+                )
+        skip_until(None)
+        bar.update(len(new_skips) - skips_shown)
+    finally:
+        bar.close()
+    writer.close()
+    seconds = time.perf_counter() - t0
+    computed = len(todo)
+    skipped_files = [list(s) for s in writer.skipped]
+    return {
+        "path": writer.path,
+        "store": config["store"],
+        "rows": writer.rows,
+        "new_rows": computed - len(new_skips),
+        "skipped": len(skipped_files),
+        "skipped_files": skipped_files,
+        "images": total,
+        "resumed": writer.resumed,
+        "resumed_from": already,
+        "seconds": round(seconds, 3),
+        "images_per_second": round(computed / seconds, 2) if seconds > 0 else 0.0,
+        "feature_dim": writer.feature_dim,
+        "backbone": net.name,
+        "weights_source": net.weights_source,
+        "input_size": list(net.input_size),
+        "pooling": net.pooling,
+        "label_names": list(source.label_names),
+        "task": config["task"] or None,
+    }

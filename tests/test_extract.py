@@ -1,0 +1,230 @@
+"""Extraction end to end: real image files, a tiny real Keras CNN, real HDF5 and Zarr stores."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tiny_backbone
+from click.testing import CliRunner
+from imagefiles import add_bad_files, make_folder
+
+import transferkit
+from transferkit import TransferkitError, UsageError, hookimpl
+from transferkit.images import decode_image
+from transferkit.store import StoreExistsError, open_store
+
+TESTS = Path(__file__).parent
+FORMATS = ["h5", "zarr"]
+
+
+@pytest.fixture
+def tiny(register_plugin):
+    register_plugin(tiny_backbone, "tiny-backbone")
+    return tiny_backbone.NAME
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("images")
+    make_folder(root, per_class=4, size=36)
+    add_bad_files(root / "rocket")
+    return root
+
+
+def _expected_features(path: str, pooling: str = "avg") -> np.ndarray:
+    import tensorflow as tf
+
+    net = tiny_backbone.build(pooling=pooling)
+    img = tf.image.resize(decode_image(path), (32, 32), method="bilinear", antialias=True)
+    return net.model(net.preprocess(img[None])).numpy()[0]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_extract_api_into_both_formats(tiny, images, tmp_path, fmt):
+    out = tmp_path / f"features.{fmt}"
+    result = transferkit.extract(images, backbone=tiny, out=out, batch_size=3, progress=False)
+    assert result["path"] == str(out)
+    assert result["rows"] == 8 and result["skipped"] == 3
+    assert result["feature_dim"] == 8 and result["backbone"] == "tiny-cnn"
+    assert result["images_per_second"] > 0 and result["seconds"] > 0
+    reasons = {Path(p).name: r for p, r in result["skipped_files"]}
+    assert "truncated" in reasons["truncated.jpg"]
+    assert reasons["empty.jpg"] == "zero bytes" and reasons["notes.jpg"] == "not an image"
+    with open_store(out) as r:
+        assert len(r) == 8
+        assert r.label_names == ["cat", "rocket"]
+        assert r.labels.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+        assert r.paths == sorted(r.paths) and all(p.endswith(".jpg") for p in r.paths)
+        assert sorted(Path(p).name for p, _ in r.skipped) == sorted(reasons)
+        meta = r.metadata
+        for key in ("backbone", "weights_source", "input_size", "pooling", "preprocessing"):
+            assert meta[key]
+        assert meta["transferkit_version"] == transferkit.__version__
+        assert meta["input_size"] == [32, 32] and meta["pooling"] == "avg"
+        assert meta["image_count"] == 11 and meta["complete"] is True
+        assert meta["task"] == "" and meta["seed"] == 0 and "created" in meta
+        x, _ = r.read(2, 3)
+        np.testing.assert_allclose(x[0], _expected_features(r.paths[2]), rtol=1e-5, atol=1e-6)
+
+
+def test_rotation_task_flatten_and_shuffle(tiny, images, tmp_path):
+    out = tmp_path / "rot.h5"
+    result = transferkit.extract(
+        images,
+        backbone=tiny,
+        out=out,
+        task="rotation",
+        pooling="flatten",
+        shuffle=True,
+        seed=5,
+        progress=False,
+    )
+    assert result["feature_dim"] == 8 * 8 * 8
+    with open_store(out) as r:
+        assert r.label_names == ["0", "90", "180", "270"]
+        assert r.metadata["task"] == "rotation" and r.metadata["seed"] == 5
+        assert r.paths != sorted(r.paths)  # shuffled order
+        src = transferkit.images.open_source(images, task="rotation", seed=5)
+        want = {rec.path: rec.label for rec in src.records}
+        assert r.labels.tolist() == [want[p] for p in r.paths]
+
+
+def test_existing_output_strict_and_hooks(tiny, images, tmp_path, register_plugin):
+    calls: list[tuple[str, Any]] = []
+
+    class Watcher:
+        @hookimpl
+        def on_extract_start(self, backbone, total, output):
+            calls.append(("start", (backbone, total)))
+
+        @hookimpl
+        def on_extract_batch(self, rows_written, total, skipped):
+            calls.append(("batch", (rows_written, total, skipped)))
+
+        @hookimpl
+        def on_extract_end(self, summary):
+            calls.append(("end", summary["rows"]))
+
+        @hookimpl
+        def on_exception(self, exception, where):
+            calls.append(("exception", where))
+
+    register_plugin(Watcher(), "watcher")
+    out = tmp_path / "f.zarr"
+    transferkit.extract(images, backbone=tiny, out=out, batch_size=4, progress=False)
+    assert calls[0] == ("start", ("tiny-cnn", 11))
+    assert [c[1][0] for c in calls if c[0] == "batch"] == [4, 8]
+    assert calls[-1] == ("end", 8)
+    with pytest.raises(StoreExistsError, match="--overwrite"):
+        transferkit.extract(images, backbone=tiny, out=out, progress=False)
+    with pytest.raises(UsageError, match="exclude"):
+        transferkit.extract(
+            images, backbone=tiny, out=out, overwrite=True, resume=True, progress=False
+        )
+    calls.clear()
+    with pytest.raises(TransferkitError, match="--strict"):
+        transferkit.extract(
+            images, backbone=tiny, out=out, overwrite=True, strict=True, progress=False
+        )
+    assert calls[-1] == ("exception", "extract")
+    with open_store(out) as r:
+        assert r.metadata["complete"] is False  # the failed run left a resumable store
+
+
+def test_cli_extract(tiny, images, tmp_path):
+    from transferkit.cli import build_cli
+
+    runner = CliRunner()
+    out = tmp_path / "cli.h5"
+    args = ["extract", str(images), "--backbone", tiny, "--out", str(out), "--batch-size", "5"]
+    result = runner.invoke(build_cli(), [*args, "--json", "--input-size", "40x48"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["rows"] == 8 and summary["skipped"] == 3
+    assert summary["input_size"] == [40, 48]
+    assert "img/s" in result.stderr or "img" in result.stderr  # the progress bar
+
+    again = runner.invoke(build_cli(), args)
+    assert again.exit_code == 2
+    assert "--overwrite" in again.output and "--resume" in again.output
+
+    human = runner.invoke(build_cli(), [*args, "--overwrite", "--pooling", "max"])
+    assert human.exit_code == 0, human.output
+    assert "Wrote 8 feature vectors (8-d" in human.stdout
+    assert "Skipped 3 file(s)" in human.stdout and "zero bytes" in human.stdout
+
+    strict = runner.invoke(build_cli(), [*args, "--overwrite", "--strict"])
+    assert strict.exit_code == 1 and "--strict" in strict.output
+
+    unknown = runner.invoke(build_cli(), [*args, "--overwrite", "--backbone", "tiny-cn"])
+    assert unknown.exit_code == 2 and "Did you mean 'tiny-cnn'" in unknown.output
+
+
+def test_resume_refuses_other_settings(tiny, images, tmp_path):
+    out = tmp_path / "f.h5"
+    transferkit.extract(images, backbone=tiny, out=out, progress=False)
+    with pytest.raises(UsageError, match="pooling"):
+        transferkit.extract(
+            images, backbone=tiny, out=out, resume=True, pooling="max", progress=False
+        )
+    # resuming a finished store computes nothing and leaves it as it was
+    result = transferkit.extract(images, backbone=tiny, out=out, resume=True, progress=False)
+    assert result["rows"] == 8 and result["new_rows"] == 0 and result["resumed_from"] == 11
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_resume_after_sigkill_equals_an_uninterrupted_run(tiny, tmp_path, fmt):
+    folder = tmp_path / "imgs"
+    make_folder(folder, per_class=10, size=32)
+    add_bad_files(folder / "cat")  # skipped files are part of what is resumed
+    full = tmp_path / f"full.{fmt}"
+    transferkit.extract(folder, backbone=tiny, out=full, batch_size=4, progress=False)
+
+    out = tmp_path / f"killed.{fmt}"
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "TRANSFERKIT_LOAD_PLUGINS": ""}
+    child = subprocess.Popen(
+        [sys.executable, str(TESTS / "extract_child.py"), str(folder), str(out), "0.5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    deadline = time.monotonic() + 120
+    try:
+        assert child.stdout is not None
+        for line in child.stdout:
+            assert not line.startswith("done"), "the child finished before it was killed"
+            if int(line.split()[1]) >= 8:
+                break
+            assert time.monotonic() < deadline
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+    with open_store(out) as r:
+        on_disk = len(r)
+        assert 8 <= on_disk < 20 and r.metadata["complete"] is False
+
+    result = transferkit.extract(
+        folder, backbone=tiny, out=out, batch_size=4, resume=True, progress=False
+    )
+    assert result["resumed"] and result["new_rows"] == 20 - on_disk
+    with open_store(full) as a, open_store(out) as b:
+        assert len(a) == len(b) == 20
+        assert a.paths == b.paths
+        np.testing.assert_array_equal(a.labels, b.labels)
+        np.testing.assert_allclose(a.read()[0], b.read()[0], rtol=1e-6, atol=1e-7)
+        assert a.skipped == b.skipped and len(a.skipped) == 3
+        assert a.label_names == b.label_names
+        assert b.metadata["complete"] is True and b.metadata["image_count"] == 23
