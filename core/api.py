@@ -51,3 +51,19 @@ def stream(store_path: Any, *, classifier: str, **options: Any) -> dict[str, Any
     from .stream import stream as _stream
 
     return _stream(store_path, classifier=classifier, **options)
+
+
+def predict(model_path: Any, images: Any, **options: Any) -> dict[str, Any]:
+    """Classify images with a model saved by ``train`` or ``stream`` (features made with the
+    model's own recipe). A pickled (river) model needs ``trust=True``."""
+    from .predict import predict as _predict
+
+    return _predict(model_path, images, **options)
+
+
+def demo(out: Any = "transferkit-demo", **options: Any) -> dict[str, Any]:
+    """The whole flow offline on scikit-learn's digits: images, features, spot-check, train,
+    predict. Returns what each step produced."""
+    from .demo import demo as _demo
+
+    return _demo(out, **options)

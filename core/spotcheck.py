@@ -54,6 +54,27 @@ ROW_FIELDS = (
     "error",
 )
 CACHE_ENV = "TRANSFERKIT_CACHE"
+# Imported once by the fork server, so that each worker starts with them loaded (TensorFlow is
+# never among them: workers only fit classifiers).
+PRELOAD = [
+    "numpy",
+    "pandas",
+    "sklearn.base",
+    "sklearn.pipeline",
+    "sklearn.preprocessing",
+    "sklearn.linear_model",
+    "sklearn.svm",
+    "sklearn.neighbors",
+    "sklearn.tree",
+    "sklearn.ensemble",
+    "sklearn.naive_bayes",
+    "sklearn.neural_network",
+    "sklearn.metrics",
+    "threadpoolctl",
+    "transferkit.estimators",
+    "transferkit.plugin_manager",
+    "transferkit.registry",
+]
 
 
 # ---------------------------------------------------------------------- feature sources
@@ -239,9 +260,15 @@ def _set_thread_env(threads: int) -> None:
 
 def run_pair(task: Task) -> dict[str, Any]:
     """Fit and score one pair (in whatever process calls it); never raises."""
+    import warnings
+
     row: dict[str, Any] = {"backbone": task.source, "classifier": task.classifier}
     try:
         from threadpoolctl import threadpool_limits
+
+        # convergence and degenerate-feature warnings would interleave with the progress bar;
+        # the row's scores say what matters
+        warnings.simplefilter("ignore")
 
         data = Path(task.data)
         X_train = np.load(data / "X_train.npy", mmap_mode="r")
@@ -340,7 +367,7 @@ def _mp_context() -> Any:
     ctx = multiprocessing.get_context(method)
     if method == "forkserver":
         # Import the heavy, safe libraries once in the server; every worker forks from it.
-        ctx.set_forkserver_preload(["numpy", "sklearn", "transferkit.estimators"])
+        ctx.set_forkserver_preload(PRELOAD)
     return ctx
 
 

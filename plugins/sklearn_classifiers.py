@@ -265,7 +265,6 @@ FAST = (
     "sgd",
     "passive-aggressive",
     "ridge-1",
-    "linear-svc-0.01",
     "knn-5",
     "gaussian-nb",
     "nearest-centroid",

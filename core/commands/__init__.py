@@ -11,4 +11,6 @@ COMMAND_MODULES: tuple[str, ...] = (
     "transferkit.commands.train",
     "transferkit.commands.spotcheck",
     "transferkit.commands.stream",
+    "transferkit.commands.predict",
+    "transferkit.commands.demo",
 )

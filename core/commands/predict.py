@@ -1,0 +1,71 @@
+"""``transferkit predict``: classify images with a saved model."""
+
+from __future__ import annotations
+
+import click
+
+from ..config import config_options
+
+
+def register(cli: click.Group) -> None:
+    @cli.command("predict")
+    @click.argument("model_path", metavar="MODEL", type=click.Path())
+    @click.argument("images", nargs=-1, required=True, type=click.Path())
+    @click.option(
+        "--trust",
+        is_flag=True,
+        help="Allow loading a pickled model (river), which can run code: only for your own files.",
+    )
+    @click.option("--top", type=int, default=1, show_default=True, help="Classes shown per image.")
+    @click.option("--batch-size", type=int, default=32, show_default=True)
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+    @config_options
+    def predict_command(
+        model_path: str,
+        images: tuple[str, ...],
+        trust: bool,
+        top: int,
+        batch_size: int,
+        as_json: bool,
+    ) -> None:
+        """Predict the class of images (files or folders) with a model from train or stream.
+
+        The images go through the backbone, input size and pooling the model's features were
+        made with; each gets its predicted class and probability.
+
+        \b
+        Example:
+          transferkit predict model.skops photos/cat.jpg photos/dog.png
+          transferkit predict model.pkl new-images/ --trust --json
+        """
+        from .. import api
+        from ..cli import echo_json, print_table
+
+        result = api.predict(model_path, images, trust=trust, top=top, batch_size=batch_size)
+        if as_json:
+            echo_json(result)
+            return
+        rows = []
+        for p in result["predictions"]:
+            if p["status"] != "ok":
+                rows.append({"image": p["path"], "class": "-", "probability": p["reason"]})
+                continue
+            shown = p.get("top") or [{"label": p["label"], "probability": p["probability"]}]
+            rows.append(
+                {
+                    "image": p["path"],
+                    "class": p["label"],
+                    "probability": "" if p["probability"] is None else f"{p['probability']:.3f}",
+                    **(
+                        {
+                            "runners-up": ", ".join(
+                                f"{t['label']} {t['probability']:.3f}" for t in shown[1:]
+                            )
+                        }
+                        if top > 1
+                        else {}
+                    ),
+                }
+            )
+        columns = ["image", "class", "probability"] + (["runners-up"] if top > 1 else [])
+        print_table(rows, columns)

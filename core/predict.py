@@ -1,0 +1,143 @@
+"""``transferkit predict``: classify new images with a model saved by ``train`` or ``stream``.
+
+The model file carries the recipe of its features (backbone, weights, input size, pooling); the
+images go through the same backbone and input pipeline as at extraction, and the classifier gives
+a class and its probability for each. Images that cannot be decoded are reported, not fatal.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import estimators, registry
+from .errors import TransferkitError, UsageError
+from .models import SavedModel, load_model
+
+
+def image_paths(images: list[str] | tuple[str, ...]) -> list[str]:
+    """Files as given, folders expanded to the image files under them (sorted)."""
+    from .images import IMAGE_SUFFIXES
+
+    found: list[str] = []
+    for item in images:
+        path = Path(item)
+        if path.is_dir():
+            for dirpath, dirnames, filenames in os.walk(path):
+                dirnames.sort()
+                found.extend(
+                    os.path.join(dirpath, f)
+                    for f in sorted(filenames)
+                    if f.lower().endswith(IMAGE_SUFFIXES) and not f.startswith(".")
+                )
+        elif path.exists():
+            found.append(str(path))
+        else:
+            raise UsageError(f"image {item} does not exist")
+    if not found:
+        raise UsageError("no images to predict; pass image files or folders of images")
+    return found
+
+
+def extract_features(
+    saved: SavedModel, paths: list[str], batch_size: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features of ``paths`` made as the model's training features were: ``(X, rows)`` where
+    ``rows`` are the indices of the images that decoded."""
+    from .images import ImageRecord, ImageSource
+    from .pipeline import image_dataset
+
+    recipe = saved.recipe
+    if not recipe.backbone:
+        raise UsageError(
+            "this model's store did not record which backbone made its features (a classic "
+            "store?), so new images cannot be turned into the same features; train on a store "
+            "written by `transferkit extract`"
+        )
+    spec = registry.backbone(recipe.backbone)
+    size = tuple(recipe.input_size) if recipe.input_size else None
+    backbone = spec.factory(weights=recipe.weights, input_size=size, pooling=recipe.pooling)
+    if recipe.feature_dim and backbone.feature_dim != recipe.feature_dim:
+        raise TransferkitError(
+            f"backbone {recipe.backbone} now gives {backbone.feature_dim} features but the model "
+            f"was trained on {recipe.feature_dim}; was the backbone plugin changed?"
+        )
+    source = ImageSource(
+        [ImageRecord(p, 0) for p in paths], recipe.label_names or ["?"], location="predict"
+    )
+    dataset = image_dataset(
+        source,
+        input_size=backbone.input_size,
+        batch_size=batch_size,
+        preprocess=backbone.preprocess,
+        with_index=True,
+    )
+    features, rows = [], []
+    for images, _labels, index in dataset:
+        features.append(np.asarray(backbone.model(images, training=False), dtype=np.float32))
+        rows.append(np.asarray(index, dtype=np.int64))
+    if not features:
+        return np.zeros((0, backbone.feature_dim), np.float32), np.zeros(0, np.int64)
+    return np.concatenate(features).reshape(sum(len(r) for r in rows), -1), np.concatenate(rows)
+
+
+def predict(
+    model_path: str | Path,
+    images: list[str] | tuple[str, ...],
+    *,
+    trust: bool = False,
+    batch_size: int = 32,
+    top: int = 1,
+) -> dict[str, Any]:
+    """Predicted class and probability for each image; ``top`` > 1 adds the runners-up."""
+    saved = load_model(model_path, trust=trust)
+    paths = image_paths(images)
+    names = saved.label_names
+    classes = np.arange(len(names))
+    print(
+        f"predicting {len(paths)} image(s) with {saved.classifier} on {saved.recipe.backbone} "
+        "features",
+        file=sys.stderr,
+    )
+    X, rows = extract_features(saved, paths, batch_size)
+    fitted = estimators.as_fitted(saved.estimator, classes)
+    results: list[dict[str, Any]] = []
+    by_row: dict[int, dict[str, Any]] = {}
+    if len(X):
+        labels = estimators.predict(fitted, X)
+        proba = estimators.predict_proba(fitted, X, classes)
+        for i, row in enumerate(rows.tolist()):
+            label = int(labels[i])
+            ranked = np.argsort(-proba[i])[: max(1, top)]
+            entry: dict[str, Any] = {
+                "path": paths[row],
+                "status": "ok",
+                "label": names[label] if 0 <= label < len(names) else str(label),
+                "index": label,
+                "probability": float(proba[i][label]) if 0 <= label < len(names) else None,
+            }
+            if top > 1:
+                entry["top"] = [
+                    {"label": names[k], "probability": float(proba[i][k])} for k in ranked
+                ]
+            by_row[row] = entry
+    if len(by_row) < len(paths):
+        from .images import ImageRecord, ImageSource
+        from .pipeline import skip_reason
+
+        source = ImageSource([ImageRecord(p, 0) for p in paths], names or ["?"])
+    for row, path in enumerate(paths):
+        if row in by_row:
+            results.append(by_row[row])
+        else:
+            results.append({"path": path, "status": "skipped", "reason": skip_reason(source, row)})
+    return {
+        "model": str(model_path),
+        "classifier": saved.classifier,
+        "backbone": saved.recipe.backbone,
+        "predictions": results,
+    }
