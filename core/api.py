@@ -67,3 +67,24 @@ def demo(out: Any = "transferkit-demo", **options: Any) -> dict[str, Any]:
     from .demo import demo as _demo
 
     return _demo(out, **options)
+
+
+def finetune(images: Any, *, backbone: str, out: Any, **options: Any) -> dict[str, Any]:
+    """Fine-tune ``backbone`` with a head on ``images`` (a folder, a CSV/JSON list or an
+    ``ImageSource``) with a strategy (``warmup-unfreeze`` by default) and save the classifier as
+    ``out/model.keras``. Options: ``strategy``, ``head``, ``epochs``, ``learning_rate``,
+    ``unfreeze_from``, ``augment``, ``batch_size``, ``input_size``, ``weights``, ``task``,
+    ``split``, ``seed``, ``patience``, ``max_epochs``, ``train_bn``, ``precision``, ``resume``,
+    ``overwrite``, ``progress``. Returns the phases with their test accuracy and ``model_path``.
+    """
+    from .finetune import finetune as _finetune
+
+    return _finetune(images, backbone=backbone, out=out, **options)
+
+
+def load_finetuned(path: Any) -> Any:
+    """Reload a classifier saved by :func:`finetune`: ``.label_names``, ``.predict_proba``,
+    ``.predict``, ``.predict_files``."""
+    from .finetune import load_finetuned as _load
+
+    return _load(path)

@@ -30,19 +30,28 @@ def linear_head(num_classes: int, dropout: float = 0.2) -> Any:
     """Global average pooling (when the input is a feature map), Dropout, Dense + Softmax."""
     import keras
 
-    class _PoolIfMap(keras.layers.Layer):
-        def call(self, x: Any) -> Any:
-            if len(x.shape) == 4:
-                return keras.ops.mean(x, axis=(1, 2))
-            return x
+    from transferkit.trainer.layers import PoolIfMap
 
     return keras.Sequential(
         [
-            _PoolIfMap(),
+            PoolIfMap(),
             keras.layers.Dropout(dropout),
             keras.layers.Dense(num_classes, activation="softmax", dtype="float32"),
         ],
         name="linear_head",
+    )
+
+
+def dense_head(num_classes: int) -> Any:
+    """Dense + Softmax on a feature vector: the classic TF Hub feature-vector recipe's head
+    (a feature map is average-pooled first)."""
+    import keras
+
+    from transferkit.trainer.layers import PoolIfMap
+
+    return keras.Sequential(
+        [PoolIfMap(), keras.layers.Dense(num_classes, activation="softmax", dtype="float32")],
+        name="dense_head",
     )
 
 
@@ -60,5 +69,12 @@ def register_heads(register: Any) -> None:
             name="linear",
             description="Global average pooling, Dropout 0.2, Dense + Softmax",
             factory=linear_head,
+        )
+    )
+    register(
+        HeadSpec(
+            name="dense",
+            description="Dense + Softmax (the TF Hub feature-vector recipe)",
+            factory=dense_head,
         )
     )

@@ -99,7 +99,7 @@ class HeadOnly(FinetuneStrategy):
     name = "head-only"
 
     def __init__(
-        self, epochs: Any = 20, learning_rate: Any = 1e-3, optimizer: str = "rmsprop", **_: Any
+        self, epochs: Any = 20, learning_rate: Any = 1e-3, optimizer: str = "rmsprop"
     ) -> None:
         super().__init__()
         self.epochs = _per_phase(epochs, ["head"], "epoch count", self.name)
@@ -117,7 +117,7 @@ class Full(FinetuneStrategy):
     name = "full"
 
     def __init__(
-        self, epochs: Any = 10, learning_rate: Any = 1e-5, optimizer: str = "adam", **_: Any
+        self, epochs: Any = 10, learning_rate: Any = 1e-5, optimizer: str = "adam"
     ) -> None:
         super().__init__()
         self.epochs = _per_phase(epochs, ["full"], "epoch count", self.name)

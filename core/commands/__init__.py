@@ -13,4 +13,5 @@ COMMAND_MODULES: tuple[str, ...] = (
     "transferkit.commands.stream",
     "transferkit.commands.predict",
     "transferkit.commands.demo",
+    "transferkit.commands.finetune",
 )

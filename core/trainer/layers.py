@@ -135,3 +135,19 @@ class ClassLabels(keras.layers.Layer):
             "label_names": list(self.label_names),
             "metadata": dict(self.metadata),
         }
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class PoolIfMap(keras.layers.Layer):
+    """Global average pooling of a feature map (N, h, w, C); a feature vector passes unchanged.
+    Lets one head fit both pooled and unpooled backbones."""
+
+    def call(self, x: Any) -> Any:
+        if len(x.shape) == 4:
+            return ops.mean(x, axis=(1, 2))
+        return x
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        if len(input_shape) == 4:
+            return (input_shape[0], input_shape[3])
+        return input_shape
