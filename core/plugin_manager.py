@@ -34,6 +34,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "transferkit.plugins.datasets",
     "transferkit.plugins.keras_applications",
     "transferkit.plugins.efficientnet_lite",
+    "transferkit.plugins.tfhub",
     "transferkit.plugins.strategies",
 )
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import functools
 import sys
 import threading
 from typing import Any, TypeVar
@@ -96,9 +98,40 @@ def all_specs(kind: str) -> dict[str, Spec]:
         return dict(_cache[kind])
 
 
+def parametrised(spec: Spec, name: str) -> Spec:
+    """The spec ``family:argument`` made from a family spec named ``family:``.
+
+    A spec whose name ends with ``:`` stands for a family of items told apart by an argument (e.g.
+    ``tfhub:`` and a TF Hub handle). The result is a copy named ``name`` whose factory receives the
+    text after the first colon as the keyword ``spec.metadata["parameter"]`` (default
+    ``"argument"``), with the argument also recorded in its metadata.
+    """
+    family, _, argument = name.partition(":")
+    if not spec.name.endswith(":") or spec.name != family + ":":
+        raise ValueError(f"{spec.name!r} is not the family spec of {name!r}")
+    if not argument:
+        example = spec.metadata.get("example", f"{spec.name}<value>")
+        raise UsageError(
+            f"{spec.kind} {spec.name!r} needs a value after the colon, for example {example!r}"
+        )
+    keyword = str(spec.metadata.get("parameter", "argument"))
+    return dataclasses.replace(
+        spec,
+        name=name,
+        factory=functools.partial(spec.factory, **{keyword: argument}),
+        metadata={**spec.metadata, keyword: argument},
+    )
+
+
 def get(kind: str, name: str) -> Any:
-    """The spec called ``name``; an unknown name raises a ``UsageError`` with suggestions."""
+    """The spec called ``name``; an unknown name raises a ``UsageError`` with suggestions.
+
+    ``family:argument`` resolves through a parametrised spec named ``family:`` (see
+    :func:`parametrised`); the bare ``family:`` is an error saying a value is needed."""
     specs = all_specs(kind)
+    family = name.partition(":")[0] + ":"
+    if ":" in name and family in specs:
+        return parametrised(specs[family], name)
     if name in specs:
         return specs[name]
     close = difflib.get_close_matches(name, list(specs), n=3, cutoff=0.5)
