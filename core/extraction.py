@@ -225,6 +225,9 @@ def _run(
         config=config,
     )
     forward = _forward_fn(net.model, tuple(net.input_size))
+    if len(todo):  # trace the forward pass now, so that the first batch is not slow
+        h, w = net.input_size
+        forward(np.zeros((min(len(todo), int(config["batch_size"])), h, w, 3), np.float32))
     skipped_before = len(writer.skipped)
     new_skips: list[list[str]] = []
     pending: deque[int] = deque(int(i) for i in todo)

@@ -170,27 +170,33 @@ def probe_image(path: str, *, max_pixels: int | None = None) -> str:
     transparency or EXIF rotation), else ``"pillow"``. Raises :class:`SkipImage` for files
     that cannot be used.
     """
+    return probe_image_size(path, max_pixels=max_pixels)[0]
+
+
+def probe_image_size(path: str, *, max_pixels: int | None = None) -> tuple[str, int, int]:
+    """:func:`probe_image`'s answer with the stored width and height."""
     im, name = _open(path)
     try:
         _check_pixels(im, name, max_pixels)
+        width, height = im.size
         fmt = im.format
         if fmt not in ("JPEG", "PNG"):
-            return "pillow"
+            return "pillow", width, height
         if im.mode not in ("RGB", "L") or "transparency" in im.info:
-            return "pillow"
+            return "pillow", width, height
         if fmt == "PNG" and getattr(im, "n_frames", 1) != 1:
-            return "pillow"
+            return "pillow", width, height
         try:
             orientation = im.getexif().get(0x0112, 1)
         except Exception:
             orientation = 1
         if orientation not in (None, 1):
-            return "pillow"
+            return "pillow", width, height
         if any(";16" in str(tile[3]) for tile in getattr(im, "tile", []) or []):
-            return "pillow"  # 16 bits per channel
+            return "pillow", width, height  # 16 bits per channel
         if not _ends_whole(path, fmt):
-            return "pillow"  # truncated or with trailing bytes: Pillow tells which
-        return "native-jpeg" if fmt == "JPEG" else "native-png"
+            return "pillow", width, height  # truncated or trailing bytes: Pillow tells which
+        return ("native-jpeg" if fmt == "JPEG" else "native-png"), width, height
     finally:
         im.close()
 

@@ -19,14 +19,25 @@ from typing import Any
 import numpy as np
 
 from .errors import UsageError
-from .images import ImageSource, SkipImage, decode_image, probe_image
+from .images import ImageSource, SkipImage, decode_image, probe_image_size
 
-JPEG, PNG, PILLOW, SKIP = 0, 1, 2, 3
-_CODES = {"native-jpeg": JPEG, "native-png": PNG}
+# how one image is decoded: JPEG at 1/1, 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, for
+# photos at least that many times larger than the input size), PNG, Pillow, or skipped
+JPEG_RATIOS = (1, 2, 4, 8)
+PNG, PILLOW, SKIP = 4, 5, 6
+
+
+def _jpeg_ratio(width: int, height: int, target: int) -> int:
+    """The largest DCT scale that keeps the short side at least ``target`` pixels."""
+    best = 1
+    for ratio in JPEG_RATIOS:
+        if min(width, height) // ratio >= target:
+            best = ratio
+    return best
 
 
 def _probe_and_load(
-    source: ImageSource, plan: dict[str, Any] | None
+    source: ImageSource, plan: dict[str, Any] | None, target: int, scaled: bool
 ) -> Callable[[Any], tuple[Any, np.ndarray]]:
     """A Python function ``index -> (code, pixels)``; pixels only when Pillow decoded them."""
     empty = np.zeros((0, 0, 3), np.uint8)
@@ -47,9 +58,12 @@ def _probe_and_load(
     def probe(index: Any) -> tuple[Any, np.ndarray]:
         path = paths[int(index)]
         try:
-            how = probe_image(path, max_pixels=max_pixels)
-            if how in _CODES:
-                return np.int32(_CODES[how]), empty
+            how, width, height = probe_image_size(path, max_pixels=max_pixels)
+            if how == "native-jpeg":
+                ratio = _jpeg_ratio(width, height, target) if scaled else 1
+                return np.int32(JPEG_RATIOS.index(ratio)), empty
+            if how == "native-png":
+                return np.int32(PNG), empty
             return np.int32(PILLOW), decode_image(path, max_pixels=max_pixels)
         except SkipImage:
             return np.int32(SKIP), empty
@@ -70,6 +84,7 @@ def image_dataset(
     repeat: bool = False,
     with_index: bool = False,
     resize: str = "bilinear",
+    fast_jpeg: bool = True,
     num_parallel_calls: int | None = None,
 ) -> Any:
     """A ``tf.data.Dataset`` of ``(images float32 (B,H,W,3), labels int32 (B,))`` batches
@@ -77,7 +92,8 @@ def image_dataset(
 
     ``indices`` picks rows of ``source`` (default: all, in order). ``shuffle`` reshuffles them
     each epoch (seeded); ``repeat`` repeats forever; ``augment`` (a Keras layer or callable) is
-    applied to 0..255 float batches before ``preprocess``.
+    applied to 0..255 float batches before ``preprocess``. ``fast_jpeg`` lets libjpeg decode
+    large JPEGs at 1/2, 1/4 or 1/8 scale (never below the input size) before the resize.
     """
     import tensorflow as tf
 
@@ -100,7 +116,7 @@ def image_dataset(
     paths_t = tf.constant(plan["paths"] if plan is not None else [""] * len(source), tf.string)
     labels_t = tf.constant(labels_np, tf.int32)
     rot_t = tf.constant(np.asarray(rotations, np.int32)) if rotations is not None else None
-    prepare = _probe_and_load(source, plan)
+    prepare = _probe_and_load(source, plan, max(height, width), fast_jpeg)
 
     def decode(index: Any) -> tuple[Any, Any, Any, Any]:
         code, pixels = tf.numpy_function(
@@ -109,12 +125,17 @@ def image_dataset(
         code.set_shape([])
         pixels.set_shape([None, None, 3])
 
-        def jpeg() -> Any:
-            data = tf.io.read_file(tf.gather(paths_t, index))
-            # the accurate integer DCT is what Pillow (libjpeg's default) uses
-            img = tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE")
-            img.set_shape([None, None, 3])
-            return img
+        def jpeg(ratio: int) -> Callable[[], Any]:
+            def decode_jpeg() -> Any:
+                data = tf.io.read_file(tf.gather(paths_t, index))
+                # the accurate integer DCT is what Pillow (libjpeg's default) uses
+                img = tf.io.decode_jpeg(
+                    data, channels=3, ratio=ratio, dct_method="INTEGER_ACCURATE"
+                )
+                img.set_shape([None, None, 3])
+                return img
+
+            return decode_jpeg
 
         def png() -> Any:
             data = tf.io.read_file(tf.gather(paths_t, index))
@@ -122,7 +143,8 @@ def image_dataset(
             img.set_shape([None, None, 3])
             return img
 
-        img = tf.switch_case(tf.minimum(code, PILLOW), [jpeg, png, lambda: pixels], name="decode")
+        branches = [jpeg(r) for r in JPEG_RATIOS] + [png, lambda: pixels]
+        img = tf.switch_case(tf.minimum(code, PILLOW), branches, name="decode")
         ok = tf.logical_and(
             tf.not_equal(code, SKIP),
             tf.logical_and(tf.shape(img)[0] > 0, tf.shape(img)[1] > 0),

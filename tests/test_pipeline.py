@@ -124,3 +124,22 @@ def test_stratified_split():
     assert len(stratified_split(y, 0.5)) == 2
     with pytest.raises(UsageError, match="summing to 1"):
         stratified_split(y, (0.5, 0.3))
+
+
+def test_large_jpegs_decode_at_reduced_scale(tmp_path):
+    import tensorflow as tf
+
+    from transferkit.pipeline import _jpeg_ratio
+
+    assert _jpeg_ratio(640, 480, 224) == 2 and _jpeg_ratio(2000, 1800, 224) == 8
+    assert _jpeg_ratio(300, 200, 224) == 1
+    (tmp_path / "c").mkdir()
+    photo("astronaut", (256, 256)).save(tmp_path / "c" / "big.jpg", quality=95)
+    src = open_source(tmp_path)
+    want = _expected(tf, decode_image(src.paths[0]), (32, 32))
+    exact = next(iter(image_dataset(src, input_size=(32, 32), batch_size=1, fast_jpeg=False)))
+    np.testing.assert_allclose(exact[0][0].numpy(), want, atol=1e-3)
+    fast = next(iter(image_dataset(src, input_size=(32, 32), batch_size=1)))[0][0].numpy()
+    # scaled in the DCT (8x8 block means) instead of filtered: close, not identical
+    assert 0 < np.abs(fast - want).mean() < 8.0
+    assert np.corrcoef(fast.ravel(), want.ravel())[0, 1] > 0.97
