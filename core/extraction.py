@@ -120,11 +120,13 @@ def extract(
     progress: bool = True,
     compression: str | None = "gzip",
     buffer_rows: int | None = None,
+    write_images: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Extract one feature vector per image of ``images`` into the store ``out``.
 
     Returns a summary: ``path``, ``rows``, ``skipped`` (count), ``skipped_files`` ([path,
     reason]), ``seconds``, ``images_per_second``, ``feature_dim``, ``backbone`` and more.
+    ``write_images`` also writes the images as read (e.g. rotated by the task) to that folder.
     """
     out = os.fspath(out)
     if resume and overwrite:
@@ -146,6 +148,11 @@ def extract(
     if len(source) == 0:
         raise UsageError(f"{images} holds no images")
 
+    written = None
+    if write_images:
+        from .images import write_images as _write_images
+
+        written = _write_images(source, write_images)
     started = time.perf_counter()
     net = spec.factory(weights=weights, input_size=size, pooling=pooling)
     metadata: dict[str, Any] = {
@@ -196,6 +203,8 @@ def extract(
             )
         raise
     summary["seconds"] = round(time.perf_counter() - started, 3)
+    if written is not None:
+        summary["written_images"] = {k: written[k] for k in ("out", "written", "skipped")}
     plugin_manager.call_lifecycle("on_extract_end", output=out, summary=summary)
     return summary
 

@@ -287,6 +287,31 @@ class TransformedSource(ImageSource):
         self.base = base
 
 
+def write_images(source: ImageSource, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Write every image of ``source`` as it is read (task transforms applied, e.g. rotated) to
+    ``out_dir/<class name>/<n>_<name>.png``, an ``image-folder`` tree. Unusable files are
+    skipped and listed. Returns ``out``, ``written``, ``skipped`` and ``skipped_files``."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    out = Path(out_dir)
+    for name in source.label_names:
+        (out / name).mkdir(parents=True, exist_ok=True)
+    written, skipped = 0, []
+    for i, record in enumerate(source.records):
+        try:
+            pixels = source.load(i)
+        except SkipImage as exc:
+            skipped.append([record.path, exc.reason])
+            continue
+        stem = Path(record.path).stem
+        target = out / source.label_names[record.label] / f"{i:06d}_{stem}.png"
+        Image.fromarray(pixels).save(target)
+        written += 1
+    return {"out": str(out), "written": written, "skipped": len(skipped), "skipped_files": skipped}
+
+
 def open_source(
     location: Any,
     *,

@@ -21,8 +21,8 @@ from transferkit.images import (
     IMAGE_SUFFIXES,
     ImageRecord,
     ImageSource,
-    SkipImage,
     TransformedSource,
+    write_images,
 )
 
 ROTATION_NAMES = ("0", "90", "180", "270")
@@ -200,24 +200,8 @@ def write_rotated(
 ) -> dict[str, Any]:
     """Write rotated copies of ``source`` (a rotation source, or any source rotated with ``seed``)
     as ``out_dir/<angle>/<n>_<name>.png``, an ``image-folder`` tree. Returns counts and skips."""
-    from PIL import Image
-
     rotated = source if isinstance(source, RotationSource) else RotationSource(source, seed=seed)
-    out = Path(out_dir)
-    for name in ROTATION_NAMES:
-        (out / name).mkdir(parents=True, exist_ok=True)
-    written, skipped = 0, []
-    for i, record in enumerate(rotated.records):
-        try:
-            pixels = rotated.load(i)
-        except SkipImage as exc:
-            skipped.append([record.path, exc.reason])
-            continue
-        stem = Path(record.path).stem
-        target = out / ROTATION_NAMES[record.label] / f"{i:06d}_{stem}.png"
-        Image.fromarray(pixels).save(target)
-        written += 1
-    return {"out": str(out), "written": written, "skipped": len(skipped), "skipped_files": skipped}
+    return write_images(rotated, out_dir)
 
 
 @hookimpl

@@ -87,8 +87,12 @@ def test_rotation_task_flatten_and_shuffle(tiny, images, tmp_path):
         shuffle=True,
         seed=5,
         progress=False,
+        write_images=tmp_path / "rotated",
     )
     assert result["feature_dim"] == 8 * 8 * 8
+    assert result["written_images"]["written"] == 8
+    copies = transferkit.images.open_source(tmp_path / "rotated")
+    assert len(copies) == 8 and set(copies.label_names) <= {"0", "90", "180", "270"}
     with open_store(out) as r:
         assert r.label_names == ["0", "90", "180", "270"]
         assert r.metadata["task"] == "rotation" and r.metadata["seed"] == 5

@@ -26,6 +26,9 @@ def print_extract_summary(result: dict[str, Any]) -> None:
             click.echo(f"  ... and {len(skipped) - 20} more (listed in the store's metadata)")
     else:
         click.echo("Skipped 0 files.")
+    if result.get("written_images"):
+        w = result["written_images"]
+        click.echo(f"Wrote {w['written']} images as read to {w['out']}.")
 
 
 def register(cli: click.Group) -> None:
@@ -75,6 +78,12 @@ def register(cli: click.Group) -> None:
         default=None,
         help="Rows kept in memory between writes (default max(batch size, 1024)).",
     )
+    @click.option(
+        "--write-images",
+        type=click.Path(file_okay=False),
+        default=None,
+        help="Also write the images as read (e.g. rotated by --task rotation) to this folder.",
+    )
     @click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
     @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
     @config_options
@@ -96,6 +105,7 @@ def register(cli: click.Group) -> None:
         max_pixels: int | None,
         compression: str,
         buffer_rows: int | None,
+        write_images: str | None,
         no_progress: bool,
         as_json: bool,
     ) -> None:
@@ -132,6 +142,7 @@ def register(cli: click.Group) -> None:
             max_pixels=max_pixels,
             compression=None if compression == "none" else compression,
             buffer_rows=buffer_rows,
+            write_images=write_images,
             progress=not no_progress,
         )
         if as_json:
