@@ -14,6 +14,7 @@ functional model is not enough in Keras 3: the outer model's ``training`` flag o
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,8 @@ class TransferModel:
         features = self.base(inputs)
         self.gradient_scale = GradientScale(1.0, name="base_gradient_scale")
         outputs = self.head(self.gradient_scale(features))
-        self.network = keras.Model(inputs, outputs, name=f"{backbone.name}_classifier")
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", backbone.name).strip("_")[:60] or "backbone"
+        self.network = keras.Model(inputs, outputs, name=f"{safe}_classifier")
         self.keras_model = self.network
         self.augment: Any = None
         self.compiled_key: Any = None

@@ -12,9 +12,11 @@ run continues exactly where the last checkpoint left off.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,16 @@ from .strategy import FinetuneStrategy
 PRECISIONS = {"32": "float32", "float32": "float32", "16-mixed": "mixed_float16",
               "mixed_float16": "mixed_float16", "bf16-mixed": "mixed_bfloat16",
               "mixed_bfloat16": "mixed_bfloat16"}  # fmt: skip
+
+
+@contextlib.contextmanager
+def _quiet_end_of_data() -> Iterator[None]:
+    """Keras warns "input ran out of data" at the end of every first pass over a dataset of
+    unknown length (the input pipeline drops undecodable images, so its length is unknown);
+    each epoch here is a first pass, so the warning says nothing."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        yield
 
 
 def resolve_strategy(strategy: Any, **options: Any) -> FinetuneStrategy:
@@ -281,14 +293,15 @@ class Trainer:
 
     def _run_epoch(self, epoch: int) -> dict[str, float]:
         start = time.perf_counter()
-        hist = self.model.keras_model.fit(
-            self.data.train_dataset(epoch),
-            validation_data=self.data.val_dataset(),
-            initial_epoch=epoch,
-            epochs=epoch + 1,
-            shuffle=False,
-            verbose=0,
-        )
+        with _quiet_end_of_data():
+            hist = self.model.keras_model.fit(
+                self.data.train_dataset(epoch),
+                validation_data=self.data.val_dataset(),
+                initial_epoch=epoch,
+                epochs=epoch + 1,
+                shuffle=False,
+                verbose=0,
+            )
         logs = {k: float(v[-1]) for k, v in hist.history.items()}
         logs["seconds"] = round(time.perf_counter() - start, 4)
         return logs
@@ -356,7 +369,8 @@ class Trainer:
             model.compile("rmsprop")
 
     def _evaluate(self, dataset: Any) -> dict[str, float]:
-        scores = self.model.keras_model.evaluate(dataset, verbose=0, return_dict=True)
+        with _quiet_end_of_data():
+            scores = self.model.keras_model.evaluate(dataset, verbose=0, return_dict=True)
         return {k: float(v) for k, v in scores.items()}
 
     def _bind(self, model: TransferModel | None, data: Any) -> None:
