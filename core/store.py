@@ -15,6 +15,10 @@ container and creates arrays. ``features``/``labels``/``paths`` are written firs
 attribute last, so a process killed at any moment leaves a store whose first ``rows`` rows are
 whole; a resumed writer truncates anything past them.
 
+Crash safety: Zarr 3 replaces every file it writes atomically, so a killed writer leaves a
+readable store. HDF5 is not journaled: a process killed in the few milliseconds of a write can
+leave a damaged file, which resume reports (use ``--overwrite`` then).
+
 A "classic" store (HDF5 with only ``features``, ``labels``, ``label_names``, as the Keras
 features recipe writes it with h5py) opens with the same reader.
 """
@@ -296,7 +300,14 @@ class FeatureStoreWriter:
 
     def _open_for_resume(self, metadata: Mapping[str, Any], must_match: Sequence[str]) -> None:
         b = self.backend
-        self.root = b._backend_open(self.path, "a")
+        try:
+            self.root = b._backend_open(self.path, "a")
+        except Exception as exc:
+            raise UsageError(
+                f"cannot open {self.path} to resume it ({type(exc).__name__}: {exc}); it may "
+                f"have been damaged when its writer was killed mid-write; pass --overwrite to "
+                f"start again"
+            ) from exc
         for name in ("features", "labels", "paths", "label_names"):
             if not b._backend_has(self.root, name):
                 b._backend_close(self.root)

@@ -189,3 +189,11 @@ def test_unknown_suffix_names_the_options(tmp_path):
         w.append(np.ones((2, 3)), [0, 0], ["p", "q"])
     with open_store(path, store="zarr") as r:
         assert len(r) == 2
+
+
+def test_resume_of_a_damaged_file_says_what_to_do(tmp_path):
+    path = tmp_path / "f.h5"
+    path.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 40)  # a header and nothing else
+    with pytest.raises(UsageError, match="--overwrite"):
+        create_store(str(path), feature_dim=3, label_names=["a"], mode="resume")
+    assert not os.path.exists(str(path) + ".lock")
