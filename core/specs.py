@@ -165,12 +165,20 @@ class Backbone:
     def param_count(self) -> int:
         return int(self.model.count_params())
 
+    @property
+    def feature_dims(self) -> dict[str, int]:
+        """Feature width for each pooling at this backbone's input size (``extra["feature_dims"]``
+        when the factory recorded it, else just this backbone's own pooling)."""
+        dims = self.extra.get("feature_dims")
+        return dict(dims) if dims else {self.pooling: self.feature_dim}
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "input_size": list(self.input_size),
             "pooling": self.pooling,
             "feature_dim": self.feature_dim,
+            "feature_dims": self.feature_dims,
             "param_count": self.param_count,
             "weights_source": self.weights_source,
             "preprocessing": self.preprocessing,

@@ -106,3 +106,13 @@ def output_width(model: Any) -> int:
     for dim in shape[1:]:
         width *= int(dim)
     return width
+
+
+def pooling_widths(feature_map_model: Any) -> dict[str, int]:
+    """Feature width for each pooling of a network whose output is a (N, h, w, C) feature map."""
+    shape = feature_map_model.outputs[0].shape
+    if len(shape) != 4:
+        width = output_width(feature_map_model)
+        return {"avg": width, "max": width, "flatten": width}
+    height, width, channels = (int(d) for d in shape[1:])
+    return {"avg": channels, "max": channels, "flatten": height * width * channels}

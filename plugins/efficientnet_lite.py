@@ -38,6 +38,7 @@ from transferkit.plugins._backbone_utils import (
     load_local_weights,
     normalise_weights,
     output_width,
+    pooling_widths,
 )
 
 NAME = "efficientnet-lite0"
@@ -318,6 +319,7 @@ def build(weights: Any = "default", input_size: Any = None, pooling: str = "avg"
         feature_dim=output_width(model),
         weights_source=weights_source,
         preprocessing=PREPROCESSING,
+        extra={"feature_dims": pooling_widths(base)},
     )
 
 

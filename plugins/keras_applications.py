@@ -32,6 +32,7 @@ from transferkit.plugins._backbone_utils import (
     load_local_weights,
     normalise_weights,
     output_width,
+    pooling_widths,
 )
 
 # How each preprocess mode of keras.applications.imagenet_utils transforms 0..255 RGB input.
@@ -206,7 +207,7 @@ def build(
         feature_dim=output_width(model),
         weights_source=weights_source,
         preprocessing=f"{net.module}.preprocess_input: {PREPROCESSING[net.mode]}",
-        extra={"keras_class": net.cls},
+        extra={"keras_class": net.cls, "feature_dims": pooling_widths(base)},
     )
 
 

@@ -38,7 +38,11 @@ import urllib.request
 from typing import Any
 
 from transferkit import Backbone, BackboneSpec, UsageError, WeightsUnavailableError, hookimpl
-from transferkit.plugins._backbone_utils import check_pooling, load_local_weights, output_width
+from transferkit.plugins._backbone_utils import (
+    check_pooling,
+    load_local_weights,
+    output_width,
+)
 
 DEFAULT_SIZE = 224
 PREPROCESSING = "x / 255: RGB scaled to [0, 1] (the TF Hub image convention)"
@@ -254,6 +258,17 @@ def _signature_size(func: Any) -> tuple[int, int]:
     return (DEFAULT_SIZE, DEFAULT_SIZE)
 
 
+def _widths(tail: tuple[int, ...]) -> dict[str, int]:
+    """Feature width per pooling for a model output of shape (N, *tail)."""
+    if len(tail) == 3:
+        height, width, channels = tail
+        return {"avg": channels, "max": channels, "flatten": height * width * channels}
+    size = 1
+    for dim in tail:
+        size *= dim
+    return {"avg": size, "max": size, "flatten": size}
+
+
 def preprocess(x: Any) -> Any:
     """``x / 255``: 0..255 RGB to the [0, 1] range TF Hub image models expect."""
     import tensorflow as tf
@@ -311,7 +326,11 @@ def build(
         feature_dim=output_width(model),
         weights_source=f"TF Hub {handle}" if path is None else f"file {path}",
         preprocessing=PREPROCESSING,
-        extra={"handle": handle, "layer": layer},
+        extra={
+            "handle": handle,
+            "layer": layer,
+            "feature_dims": _widths(layer._output_tail),
+        },
     )
 
 

@@ -91,6 +91,13 @@ def test_poolings_and_layers() -> None:
     assert description["param_count"] == built["avg"].model.count_params() > 2_000_000
     assert description["weights_source"] == "random initialisation"
     assert description["input_size"] == [96, 96] and description["feature_dim"] == 1280
+    # Every pooling's width at this input size, whichever pooling was built.
+    for backbone in built.values():
+        assert backbone.describe()["feature_dims"] == {
+            "avg": 1280,
+            "max": 1280,
+            "flatten": 3 * 3 * 1280,
+        }
     with pytest.raises(UsageError, match="pooling"):
         spec.factory(weights=None, pooling="mean")
     with pytest.raises(UsageError, match="too small"):

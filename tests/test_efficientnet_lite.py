@@ -161,3 +161,4 @@ def test_backbone_features_and_cached_file_reuse(cache) -> None:
     flat = spec.factory(weights=None, pooling="flatten", input_size=(64, 64))
     assert flat.feature_dim == 2 * 2 * 1280
     assert flat.weights_source == "random initialisation"
+    assert flat.describe()["feature_dims"] == {"avg": 1280, "max": 1280, "flatten": 2 * 2 * 1280}

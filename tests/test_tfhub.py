@@ -64,6 +64,7 @@ def test_local_folder_and_file_url(savedmodel: Path) -> None:
     by_url = registry.backbone(f"tfhub:{savedmodel.as_uri()}").factory()
     np.testing.assert_allclose(np.asarray(by_url.model(x)), features, rtol=1e-5)
     description = by_url.describe()
+    assert description["feature_dims"] == {"avg": FEATURES, "max": FEATURES, "flatten": FEATURES}
     assert (
         description["feature_dim"] == FEATURES
         and description["param_count"] == 3 * 3 * 3 * 4 + 4 + 4 * FEATURES
