@@ -340,3 +340,54 @@ def load_finetuned(path: str | Path) -> FinetunedModel:
             "label names)"
         ) from exc
     return FinetunedModel(model, path)
+
+
+def is_finetuned(path: str | Path) -> bool:
+    """Whether ``path`` is a fine-tuned classifier (a ``.keras`` file or a folder holding one)."""
+    p = Path(path)
+    return p.suffix == ".keras" or (p.is_dir() and (p / MODEL_FILE).exists())
+
+
+def predict_finetuned(
+    model_path: str | Path, paths: Sequence[str], *, batch_size: int = 32, top: int = 1
+) -> dict[str, Any]:
+    """``transferkit predict`` for a fine-tuned classifier: the same output as for a classifier
+    on features (one entry per image: label, probability, or the reason it was skipped)."""
+    import sys
+
+    from .images import ImageRecord, ImageSource
+    from .pipeline import skip_reason
+
+    loaded = load_finetuned(model_path)
+    names = loaded.label_names
+    print(
+        f"predicting {len(paths)} image(s) with the fine-tuned {loaded.metadata.get('backbone')}",
+        file=sys.stderr,
+    )
+    probs, rows = loaded.predict_files(list(paths), batch_size=batch_size)
+    by_row: dict[int, dict[str, Any]] = {}
+    for p, row in zip(probs, rows.tolist(), strict=True):
+        label = int(np.argmax(p))
+        entry: dict[str, Any] = {
+            "path": paths[row],
+            "status": "ok",
+            "label": names[label],
+            "index": label,
+            "probability": float(p[label]),
+        }
+        if top > 1:
+            entry["top"] = [
+                {"label": names[k], "probability": float(p[k])} for k in np.argsort(-p)[:top]
+            ]
+        by_row[row] = entry
+    source = ImageSource([ImageRecord(str(p), 0) for p in paths], names)
+    results = [
+        by_row.get(i) or {"path": path, "status": "skipped", "reason": skip_reason(source, i)}
+        for i, path in enumerate(paths)
+    ]
+    return {
+        "model": str(model_path),
+        "classifier": f"finetuned {loaded.metadata.get('head', '')} head".strip(),
+        "backbone": loaded.metadata.get("backbone"),
+        "predictions": results,
+    }

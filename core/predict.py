@@ -94,6 +94,12 @@ def predict(
     top: int = 1,
 ) -> dict[str, Any]:
     """Predicted class and probability for each image; ``top`` > 1 adds the runners-up."""
+    from .finetune import is_finetuned
+
+    if is_finetuned(model_path):  # a classifier saved by `transferkit finetune`
+        from .finetune import predict_finetuned
+
+        return predict_finetuned(model_path, image_paths(images), batch_size=batch_size, top=top)
     saved = load_model(model_path, trust=trust)
     paths = image_paths(images)
     names = saved.label_names

@@ -97,6 +97,15 @@ def test_finetune_saves_a_classifier_that_reloads_with_labels_and_preprocessing(
     np.testing.assert_allclose(loaded.predict_proba(raw), probs, atol=1e-5)
     assert loaded.predict(raw[:2]) == [loaded.label_names[i] for i in probs[:2].argmax(1)]
 
+    # `transferkit predict` takes the fine-tuned model; an undecodable file is skipped
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    predicted = api.predict(out / "model.keras", [paths[0], str(bad), paths[1]])
+    entries = predicted["predictions"]
+    assert [e["status"] for e in entries] == ["ok", "skipped", "ok"]
+    assert [entries[0]["label"], entries[2]["label"]] == loaded.predict(raw[:2])
+    assert entries[0]["probability"] == pytest.approx(float(probs[0].max()), abs=1e-5)
+
     with pytest.raises(UsageError, match="--resume"):
         api.finetune(digit_folder, backbone="tiny-blocks", out=out, progress=False)
     resumed = api.finetune(
