@@ -235,8 +235,8 @@ def __getattr__(name: str) -> Any:
 def _accepts_training(func: Any) -> bool:
     """Whether a restored function takes a ``training`` argument (as TF Hub models often do)."""
     for concrete in getattr(func, "concrete_functions", None) or []:
-        _args, kwargs = concrete.structured_input_signature
-        if "training" in kwargs:
+        args, kwargs = concrete.structured_input_signature
+        if len(args) > 1 or "training" in kwargs:  # the rule tensorflow_hub.KerasLayer uses
             return True
     return False
 

@@ -43,6 +43,43 @@ def savedmodel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def savedmodel_with_training(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SavedModel whose __call__ takes ``training`` (as TF Hub models with BatchNorm do): it
+    adds 100 to its output in training mode, so the tests can see which mode ran."""
+    import tensorflow as tf
+
+    class WithTraining(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dense = tf.Variable(tf.ones((3, 2)), name="dense/kernel")
+
+        @tf.function
+        def __call__(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
+            out = tf.matmul(tf.reduce_mean(images, axis=(1, 2)), self.dense)
+            return out + 100.0 if training else out
+
+    module = WithTraining()
+    spec = tf.TensorSpec([None, 16, 16, 3], tf.float32)
+    for training in (False, True):
+        module.__call__.get_concrete_function(spec, training=training)
+    folder = tmp_path_factory.mktemp("hub") / "with_training"
+    tf.saved_model.save(module, str(folder))
+    return folder
+
+
+def test_training_argument_only_when_fine_tuning(savedmodel_with_training: Path) -> None:
+    backbone = registry.backbone(f"tfhub:{savedmodel_with_training}").factory()
+    layer = backbone.extra["layer"]
+    assert layer._accepts_training and backbone.input_size == (16, 16)
+    x = np.full((1, 16, 16, 3), 0.5, dtype="float32")
+    np.testing.assert_allclose(np.asarray(backbone.model(x, training=False)), [[1.5, 1.5]])
+    # Frozen: inference mode even inside a training step (the transfer-learning rule).
+    np.testing.assert_allclose(np.asarray(backbone.model(x, training=True)), [[1.5, 1.5]])
+    layer.trainable = True
+    np.testing.assert_allclose(np.asarray(backbone.model(x, training=True)), [[101.5, 101.5]])
+
+
 def _images(n: int = 8, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0, 255, (n, 32, 32, 3)).astype("float32")
 
