@@ -42,11 +42,23 @@ def is_download_failure(exc: BaseException) -> bool:
 
 
 def input_size_of(input_size: Any, default: int) -> tuple[int, int]:
+    """``(height, width)`` from None (the default), an int, ``"160"``/``"160x128"`` or a pair."""
     if input_size is None:
         return (default, default)
-    if isinstance(input_size, int):
-        return (input_size, input_size)
-    height, width = (int(v) for v in input_size)
+    given = input_size
+    if isinstance(input_size, str):
+        input_size = input_size.lower().replace(",", "x").split("x")
+    elif isinstance(input_size, int):
+        input_size = (input_size, input_size)
+    try:
+        values = [int(v) for v in input_size]
+        if len(values) == 1:
+            values *= 2
+        height, width = values
+    except (TypeError, ValueError):
+        raise UsageError(
+            f"input size {given!r} is not understood; give HEIGHTxWIDTH such as 224x224"
+        ) from None
     if height < 32 or width < 32:
         raise UsageError(f"input size {height}x{width} is too small; use at least 32x32")
     return (height, width)

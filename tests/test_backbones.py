@@ -102,6 +102,9 @@ def test_poolings_and_layers() -> None:
         spec.factory(weights=None, pooling="mean")
     with pytest.raises(UsageError, match="too small"):
         spec.factory(weights=None, input_size=(8, 8))
+    with pytest.raises(UsageError, match="HEIGHTxWIDTH"):
+        spec.factory(weights=None, input_size="big")
+    assert spec.factory(weights=None, input_size="64x96").input_size == (64, 96)
 
 
 @pytest.mark.parametrize(
