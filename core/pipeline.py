@@ -83,7 +83,7 @@ def image_dataset(
     augment: Callable[..., Any] | None = None,
     repeat: bool = False,
     with_index: bool = False,
-    resize: str = "bilinear",
+    resize: str = "auto",
     fast_jpeg: bool = True,
     num_parallel_calls: int | None = None,
 ) -> Any:
@@ -92,7 +92,8 @@ def image_dataset(
 
     ``indices`` picks rows of ``source`` (default: all, in order). ``shuffle`` reshuffles them
     each epoch (seeded); ``repeat`` repeats forever; ``augment`` (a Keras layer or callable) is
-    applied to 0..255 float batches before ``preprocess``. ``fast_jpeg`` lets libjpeg decode
+    applied to 0..255 float batches before ``preprocess``. ``resize`` is a ``tf.image.resize``
+    method, or ``"auto"`` (see :func:`resize_image`). ``fast_jpeg`` lets libjpeg decode
     large JPEGs at 1/2, 1/4 or 1/8 scale (never below the input size) before the resize.
     """
     import tensorflow as tf
@@ -153,7 +154,7 @@ def image_dataset(
             img = tf.image.rot90(img, tf.gather(rot_t, index))
         img = tf.cond(
             ok,
-            lambda: tf.image.resize(img, (height, width), method=resize, antialias=True),
+            lambda: resize_image(img, (height, width), method=resize),
             lambda: tf.zeros((height, width, 3), tf.float32),
         )
         img = tf.ensure_shape(tf.cast(img, tf.float32), (height, width, 3))
@@ -190,6 +191,29 @@ def image_dataset(
     options.deterministic = True
     ds = ds.with_options(options)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def resize_image(image: Any, size: Sequence[int], method: str = "auto") -> Any:
+    """Resize one image ``(h, w, 3)`` to ``size`` as float32.
+
+    ``"auto"``: bilinear (as Keras' own image datasets do) when shrinking by at most 2x or
+    enlarging, and area averaging when shrinking more, so that large images do not alias; both
+    are fast, unlike ``antialias=True``. Any other value is a ``tf.image.resize`` method.
+    """
+    import tensorflow as tf
+
+    height, width = int(size[0]), int(size[1])
+    if method != "auto":
+        return tf.image.resize(image, (height, width), method=method)
+    shape = tf.shape(image)
+    factor = tf.maximum(
+        tf.cast(shape[0], tf.float32) / height, tf.cast(shape[1], tf.float32) / width
+    )
+    return tf.cond(
+        factor > 2.0,
+        lambda: tf.image.resize(image, (height, width), method="area"),
+        lambda: tf.image.resize(image, (height, width), method="bilinear"),
+    )
 
 
 def skip_reason(source: ImageSource, index: int) -> str:

@@ -20,6 +20,7 @@ from imagefiles import add_bad_files, make_folder
 import transferkit
 from transferkit import TransferkitError, UsageError, hookimpl
 from transferkit.images import decode_image
+from transferkit.pipeline import resize_image
 from transferkit.store import StoreExistsError, open_store
 
 TESTS = Path(__file__).parent
@@ -44,7 +45,7 @@ def _expected_features(path: str, pooling: str = "avg") -> np.ndarray:
     import tensorflow as tf
 
     net = tiny_backbone.build(pooling=pooling)
-    img = tf.image.resize(decode_image(path), (32, 32), method="bilinear", antialias=True)
+    img = resize_image(tf.constant(decode_image(path)), (32, 32))
     return net.model(net.preprocess(img[None])).numpy()[0]
 
 

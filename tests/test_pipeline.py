@@ -8,7 +8,7 @@ from imagefiles import add_bad_files, exif_rotated_jpeg, photo
 
 from transferkit import UsageError
 from transferkit.images import ImageRecord, ImageSource, decode_image, open_source
-from transferkit.pipeline import image_dataset, skip_reason, stratified_split
+from transferkit.pipeline import image_dataset, resize_image, skip_reason, stratified_split
 
 
 def _mixed_folder(root):
@@ -25,7 +25,17 @@ def _mixed_folder(root):
 
 
 def _expected(tf, arr, size):
-    return tf.image.resize(arr, size, method="bilinear", antialias=True).numpy()
+    return resize_image(tf.constant(arr), size).numpy()
+
+
+def test_resize_image_rule():
+    import tensorflow as tf
+
+    img = tf.constant(np.random.default_rng(0).integers(0, 256, (40, 60, 3)), tf.uint8)
+    for size, method in [((30, 40), "bilinear"), ((20, 30), "bilinear"), ((10, 29), "area")]:
+        want = tf.image.resize(img, size, method=method).numpy()
+        np.testing.assert_array_equal(resize_image(img, size).numpy(), want)
+    assert resize_image(img, (80, 120)).shape == (80, 120, 3)
 
 
 def test_pipeline_decodes_every_kind_and_drops_bad_files(tmp_path):
