@@ -173,6 +173,16 @@ def test_cli_extract(tiny, images, tmp_path):
     unknown = runner.invoke(build_cli(), [*args, "--overwrite", "--backbone", "tiny-cn"])
     assert unknown.exit_code == 2 and "Did you mean 'tiny-cnn'" in unknown.output
 
+    missing = runner.invoke(build_cli(), ["extract", str(images), "--out", str(out)])
+    assert missing.exit_code == 2 and "--backbone" in missing.output
+
+    config = tmp_path / "extract.yaml"
+    config.write_text(f"backbone: {tiny}\nout: {tmp_path / 'cfg.zarr'}\npooling: max\n")
+    from_file = runner.invoke(build_cli(), ["extract", str(images), "--config", str(config)])
+    assert from_file.exit_code == 0, from_file.output
+    with open_store(tmp_path / "cfg.zarr") as r:
+        assert len(r) == 8 and r.metadata["pooling"] == "max"
+
 
 def test_resume_refuses_other_settings(tiny, images, tmp_path):
     out = tmp_path / "f.h5"

@@ -34,9 +34,9 @@ def print_extract_summary(result: dict[str, Any]) -> None:
 def register(cli: click.Group) -> None:
     @cli.command("extract")
     @click.argument("images", type=click.Path(exists=True))
-    @click.option("--backbone", "-b", required=True, help="Backbone name (see `backbones`).")
+    @click.option("--backbone", "-b", default=None, help="Backbone name (see `backbones`).")
     @click.option(
-        "--out", "-o", required=True, type=click.Path(), help="Store path: .h5, .hdf5 or .zarr."
+        "--out", "-o", default=None, type=click.Path(), help="Store path: .h5, .hdf5 or .zarr."
     )
     @click.option("--store", default=None, help="Store format when the suffix does not tell.")
     @click.option(
@@ -89,8 +89,8 @@ def register(cli: click.Group) -> None:
     @config_options
     def extract_command(
         images: str,
-        backbone: str,
-        out: str,
+        backbone: str | None,
+        out: str | None,
         store: str | None,
         weights: str,
         pooling: str,
@@ -123,7 +123,11 @@ def register(cli: click.Group) -> None:
         """
         from .. import api
         from ..cli import echo_json
+        from ..errors import UsageError
 
+        if not backbone or not out:
+            name = "backbone" if not backbone else "out"
+            raise UsageError(f"missing option --{name} (give it, or `{name}:` in --config)")
         result = api.extract(
             images,
             backbone=backbone,
