@@ -215,3 +215,31 @@ def test_write_rotated_copies(tmp_path):
         match = [p for n, p in by_name.items() if n.startswith(f"{i:06d}_")]
         assert len(match) == 1 and f"/{rot.label_names[rec.label]}/" in match[0]
         np.testing.assert_array_equal(decode_image(match[0]), expected)
+
+
+def test_a_plugin_image_source(tmp_path, register_plugin):
+    from transferkit import DatasetSpec, hookimpl
+    from transferkit.images import ImageRecord, ImageSource
+
+    class Noise(ImageSource):
+        def load(self, index):
+            return np.random.default_rng(index).integers(0, 256, (8, 8, 3)).astype(np.uint8)
+
+    class Plugin:
+        @hookimpl
+        def register_datasets(self, register):
+            register(
+                DatasetSpec(
+                    name="noise",
+                    description="random pixels",
+                    factory=lambda location, **_: Noise(
+                        [ImageRecord(f"{location}/{i}", i % 2) for i in range(4)], ["a", "b"]
+                    ),
+                )
+            )
+
+    register_plugin(Plugin(), "noise")
+    src = open_source("mem", dataset="noise", task="rotation", seed=0)
+    assert len(src) == 4 and src.label_names == ["0", "90", "180", "270"]
+    assert src.plan() is None  # the pipeline must call load() for this source
+    np.testing.assert_array_equal(src.load(1), np.rot90(src.base.load(1), src.records[1].label))

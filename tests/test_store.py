@@ -197,3 +197,32 @@ def test_resume_of_a_damaged_file_says_what_to_do(tmp_path):
     with pytest.raises(UsageError, match="--overwrite"):
         create_store(str(path), feature_dim=3, label_names=["a"], mode="resume")
     assert not os.path.exists(str(path) + ".lock")
+
+
+def test_a_plugin_store_format_is_used_by_suffix(tmp_path, register_plugin):
+    from transferkit import StoreSpec, hookimpl
+    from transferkit.plugins.stores import HDF5Store
+
+    class FeatStore(HDF5Store):
+        name = "feat"
+        suffixes = (".feat",)
+
+    class Plugin:
+        @hookimpl
+        def register_feature_stores(self, register):
+            register(
+                StoreSpec(
+                    name="feat",
+                    description="HDF5 under another suffix",
+                    factory=lambda: FeatStore,
+                    suffixes=(".feat",),
+                )
+            )
+
+    register_plugin(Plugin(), "feat-store")
+    path = str(tmp_path / "x.feat")
+    with create_store(path, feature_dim=2, label_names=["a"]) as w:
+        w.append(np.ones((3, 2)), [0, 0, 0], ["p", "q", "r"])
+    with open_store(path) as r:
+        assert r.backend is FeatStore and len(r) == 3
+        assert r.paths == ["p", "q", "r"]
