@@ -115,6 +115,16 @@ class DataModule:
         self._require_setup()
         return self._dataset(self.epoch_order(epoch))
 
+    def train_segment(self, start: int, end: int) -> tuple[Any, int] | None:
+        """The training batches of epochs ``start`` .. ``end - 1`` as ONE dataset, and the
+        number of batches per epoch; None when the data module cannot promise that count (the
+        Trainer then runs one ``fit`` call per epoch)."""
+        return None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-len(self.train_indices) // self.batch_size)
+
     def val_dataset(self) -> Any:
         return self._cached("val", self.val_indices)
 
@@ -165,26 +175,48 @@ class ArrayDataModule(DataModule):
             [str(i) for i in range(int(labels.max()) + 1)] if label_names is None else label_names
         )
         self.images = images.astype(np.float32)
+        self._tensors: Any = None
         super().__init__(labels, names, **options)
 
     def _dataset(self, indices: np.ndarray) -> Any:
         import tensorflow as tf
 
+        gather = self._gather_fn()
+        ds = tf.data.Dataset.from_tensor_slices(np.asarray(indices, np.int64))
+        ds = ds.batch(self.batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    def _gather_fn(self) -> Any:
+        import tensorflow as tf
+
+        if self._tensors is None:
+            self._tensors = (tf.constant(self.images), tf.constant(self.labels.astype(np.int32)))
+        images, labels = self._tensors
         assert self.input_size is not None
         size = tuple(int(s) for s in self.input_size)
         preprocess = self.preprocess
-        ds = tf.data.Dataset.from_tensor_slices(
-            (self.images[indices], self.labels[indices].astype(np.int32))
-        ).batch(self.batch_size)
 
-        def prepare(x: Any, y: Any) -> Any:
+        def gather(idx: Any) -> Any:
+            x = tf.gather(images, idx)
             if tuple(x.shape[1:3]) != size:
                 x = tf.image.resize(x, size)
             if preprocess is not None:
                 x = preprocess(x)
-            return tf.cast(x, tf.float32), y
+            return tf.cast(x, tf.float32), tf.gather(labels, idx)
 
-        return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        return gather
+
+    def train_segment(self, start: int, end: int) -> tuple[Any, int]:
+        import tensorflow as tf
+
+        self._require_setup()
+        orders = np.stack([self.epoch_order(e) for e in range(start, end)]).astype(np.int64)
+        batch = self.batch_size
+        ds = tf.data.Dataset.from_tensor_slices(orders).flat_map(
+            lambda row: tf.data.Dataset.from_tensor_slices(row).batch(batch)
+        )
+        ds = ds.map(self._gather_fn(), num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.prefetch(tf.data.AUTOTUNE), self.steps_per_epoch
 
 
 class ImageDataModule(DataModule):

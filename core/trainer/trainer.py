@@ -127,6 +127,7 @@ class Trainer:
         self._compiled: tuple[Any, ...] | None = None
         self._compiled_phase: int | None = None
         self._pending: Any = None
+        self._phase_done = False
         self.where = ""
 
     # ------------------------------------------------------------------ public entry points
@@ -212,9 +213,13 @@ class Trainer:
 
         limit = self.planned_epochs
         current_phase: int | None = None
+        changed_ahead: bool | None = None
         while not strategy.finished and self.epoch < limit and not self.should_stop:
             epoch = self.epoch
-            changed = strategy.on_epoch_start(model, epoch)
+            if changed_ahead is None:
+                changed = strategy.on_epoch_start(model, epoch)
+            else:  # already applied at the end of the previous epoch, inside the last segment
+                changed, changed_ahead = changed_ahead, None
             if strategy.phase_index != current_phase:
                 current_phase = strategy.phase_index
                 if self._phase_begins_now():
@@ -224,24 +229,13 @@ class Trainer:
                     "on_fit_start", trainer=self, model=model, phase=strategy.phase.name
                 )
             self._compile_if_needed(changed)
-            for cb in self.callbacks:
-                cb.on_epoch_start(self, epoch)
-            logs = self._run_epoch(epoch)
-            for cb in self.callbacks:
-                cb.on_epoch_end(self, epoch, logs)
-            self.history.append({"epoch": epoch, "phase": strategy.phase.name, **logs})
-            plugin_manager.call_lifecycle(
-                "on_epoch_end",
-                trainer=self,
-                epoch=epoch,
-                logs=dict(logs),
-                phase=strategy.phase.name,
-            )
-            self.epoch = epoch + 1
-            if strategy.phase_complete(self.epoch) or self.should_stop_phase:
+            end = min(limit, strategy.phase_start_epoch + strategy.phase.epochs)
+            changed_ahead = self._run_segment(epoch, end)
+            if self._phase_done:
+                self._phase_done = False
                 self._end_phase()
-            for cb in self.callbacks:
-                cb.on_epoch_complete(self, epoch)
+                for cb in self.callbacks:
+                    cb.on_epoch_complete(self, self.epoch - 1)
 
         if not strategy.finished and self._phase_has_epochs():
             self._end_phase()  # stopped by max_epochs or a callback: still report the phase
@@ -291,20 +285,44 @@ class Trainer:
             if checkpoint.state.get("compiled_phase") == self.strategy.phase_index:
                 checkpoint.restore_optimizer(model.keras_model)
 
-    def _run_epoch(self, epoch: int) -> dict[str, float]:
-        start = time.perf_counter()
+    def _run_segment(self, start: int, end: int) -> bool | None:
+        """Train epochs ``start`` .. ``end - 1`` in one ``fit`` call when the data module can give
+        their batches as one dataset (else one epoch per call). A :class:`_EpochBridge` runs the
+        per-epoch work and ends the call early when the phase ends or the strategy changes the
+        trainable state. Returns whether the next epoch's strategy step was already applied
+        (and changed the model), or None when it was not run."""
+        segment = self.data.train_segment(start, end)
+        if segment is None:
+            end = start + 1
+            dataset, steps = self.data.train_dataset(start), None
+        else:
+            dataset, steps = segment
+        bridge = _EpochBridge(self, end)
         with _quiet_end_of_data():
-            hist = self.model.keras_model.fit(
-                self.data.train_dataset(epoch),
+            self.model.keras_model.fit(
+                dataset,
                 validation_data=self.data.val_dataset(),
-                initial_epoch=epoch,
-                epochs=epoch + 1,
+                initial_epoch=start,
+                epochs=end,
+                steps_per_epoch=steps,
+                callbacks=[bridge],
                 shuffle=False,
                 verbose=0,
             )
-        logs = {k: float(v[-1]) for k, v in hist.history.items()}
-        logs["seconds"] = round(time.perf_counter() - start, 4)
-        return logs
+        return bridge.changed_ahead
+
+    def _after_epoch(self, epoch: int, logs: dict[str, float]) -> None:
+        for cb in self.callbacks:
+            cb.on_epoch_end(self, epoch, logs)
+        self.history.append({"epoch": epoch, "phase": self.strategy.phase.name, **logs})
+        plugin_manager.call_lifecycle(
+            "on_epoch_end",
+            trainer=self,
+            epoch=epoch,
+            logs=dict(logs),
+            phase=self.strategy.phase.name,
+        )
+        self.epoch = epoch + 1
 
     # ------------------------------------------------------------------ resume
 
@@ -456,3 +474,60 @@ class Trainer:
             "phases": list(self.phase_results),
             "strategy": self.strategy.describe() if self.strategy else None,
         }
+
+
+def _bridge_base() -> Any:
+    import keras
+
+    return keras.callbacks.Callback
+
+
+class _EpochBridge:
+    """A Keras callback (built on first use, so that this module does not import Keras) that
+    runs the Trainer's per-epoch work inside a multi-epoch ``fit`` call."""
+
+    def __new__(cls, trainer: Trainer, end: int) -> Any:
+        global _EpochBridgeImpl
+        if _EpochBridgeImpl is None:
+            _EpochBridgeImpl = _make_bridge_class(_bridge_base())
+        return _EpochBridgeImpl(trainer, end)
+
+
+_EpochBridgeImpl: Any = None
+
+
+def _make_bridge_class(base: Any) -> Any:
+    class EpochBridge(base):  # type: ignore[misc, valid-type]
+        def __init__(self, trainer: Trainer, end: int) -> None:
+            super().__init__()
+            self.trainer = trainer
+            self.end = end
+            self.changed_ahead: bool | None = None
+            self.started = 0.0
+
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.started = time.perf_counter()
+            for cb in self.trainer.callbacks:
+                cb.on_epoch_start(self.trainer, epoch)
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            trainer, strategy = self.trainer, self.trainer.strategy
+            values = {k: float(v) for k, v in (logs or {}).items()}
+            values["seconds"] = round(time.perf_counter() - self.started, 4)
+            trainer._after_epoch(epoch, values)
+            if strategy.phase_complete(epoch + 1) or trainer.should_stop_phase:
+                trainer._phase_done = True  # the Trainer ends the phase after this fit call
+                self.model.stop_training = True
+                return
+            if not trainer.should_stop and epoch + 1 < self.end:
+                signature = trainer.model.trainable_signature()
+                changed = strategy.on_epoch_start(trainer.model, epoch + 1)
+                if changed or trainer.model.trainable_signature() != signature:
+                    self.changed_ahead = True  # a re-compile is due: end this fit call
+                    self.model.stop_training = True
+            if trainer.should_stop:
+                self.model.stop_training = True
+            for cb in trainer.callbacks:
+                cb.on_epoch_complete(trainer, epoch)
+
+    return EpochBridge
