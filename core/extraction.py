@@ -154,8 +154,61 @@ def extract(
 
         written = _write_images(source, write_images)
     started = time.perf_counter()
-    net = spec.factory(weights=weights, input_size=size, pooling=pooling)
-    metadata: dict[str, Any] = {
+    writer: FeatureStoreWriter | None = None
+    try:
+        net = spec.factory(weights=weights, input_size=size, pooling=pooling)
+        metadata = _metadata(spec, net, source, images, weights, task, seed, shuffle)
+        config = {
+            **metadata,
+            "out": out,
+            "store": backend.name,
+            "batch_size": batch_size,
+            "resume": resume,
+            "overwrite": overwrite,
+            "strict": strict,
+            "max_pixels": max_pixels,
+        }
+        writer = create_store(
+            out,
+            feature_dim=net.feature_dim,
+            label_names=source.label_names,
+            metadata=metadata,
+            store=store,
+            mode=mode,
+            compression=compression,
+            buffer_rows=buffer_rows or max(batch_size, 1024),
+            must_match=_RESUME_KEYS,
+        )
+        summary = _run(source, net, writer, config, strict=strict, progress=progress)
+    except BaseException as exc:
+        if writer is not None:
+            writer.abort()  # keep every finished row: --resume continues from here
+        plugin_manager.notify_exception(exc, "extract", output=out, backbone=spec.name)
+        if isinstance(exc, KeyboardInterrupt) and writer is not None:
+            print(
+                f"transferkit: interrupted; {writer.rows} rows are kept in {out}; "
+                f"run again with --resume to finish",
+                file=sys.stderr,
+            )
+        raise
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    if written is not None:
+        summary["written_images"] = {k: written[k] for k in ("out", "written", "skipped")}
+    plugin_manager.call_lifecycle("on_extract_end", output=out, summary=summary)
+    return summary
+
+
+def _metadata(
+    spec: Any,
+    net: Any,
+    source: ImageSource,
+    images: Any,
+    weights: Any,
+    task: str | None,
+    seed: int,
+    shuffle: bool,
+) -> dict[str, Any]:
+    return {
         "backbone": spec.name,
         "weights": str(weights),
         "weights_source": net.weights_source,
@@ -169,44 +222,6 @@ def extract(
         "transferkit_version": __version__,
         "param_count": net.param_count,
     }
-    config = {
-        **metadata,
-        "out": out,
-        "store": backend.name,
-        "batch_size": batch_size,
-        "resume": resume,
-        "overwrite": overwrite,
-        "strict": strict,
-        "max_pixels": max_pixels,
-    }
-    writer = create_store(
-        out,
-        feature_dim=net.feature_dim,
-        label_names=source.label_names,
-        metadata=metadata,
-        store=store,
-        mode=mode,
-        compression=compression,
-        buffer_rows=buffer_rows or max(batch_size, 1024),
-        must_match=_RESUME_KEYS,
-    )
-    try:
-        summary = _run(source, net, writer, config, strict=strict, progress=progress)
-    except BaseException as exc:
-        writer.abort()  # keep every finished row: --resume continues from here
-        plugin_manager.notify_exception(exc, "extract", output=out, backbone=spec.name)
-        if isinstance(exc, KeyboardInterrupt):
-            print(
-                f"transferkit: interrupted; {writer.rows} rows are kept in {out}; "
-                f"run again with --resume to finish",
-                file=sys.stderr,
-            )
-        raise
-    summary["seconds"] = round(time.perf_counter() - started, 3)
-    if written is not None:
-        summary["written_images"] = {k: written[k] for k in ("out", "written", "skipped")}
-    plugin_manager.call_lifecycle("on_extract_end", output=out, summary=summary)
-    return summary
 
 
 def _run(

@@ -243,3 +243,27 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tiny, tmp_path, fmt):
         assert a.skipped == b.skipped and len(a.skipped) == 3
         assert a.label_names == b.label_names
         assert b.metadata["complete"] is True and b.metadata["image_count"] == 23
+
+
+def test_backbone_failure_is_reported_and_leaves_no_store(images, tmp_path, register_plugin):
+    from transferkit import BackboneSpec, WeightsUnavailableError
+
+    seen = []
+
+    def offline(**_):
+        raise WeightsUnavailableError("cannot download; use --weights none")
+
+    class Plugin:
+        @hookimpl
+        def register_backbones(self, register):
+            register(BackboneSpec(name="offline-net", description="x", factory=offline))
+
+        @hookimpl
+        def on_exception(self, exception, where, context):
+            seen.append((type(exception).__name__, where, context["backbone"]))
+
+    register_plugin(Plugin(), "offline")
+    with pytest.raises(WeightsUnavailableError, match="--weights none"):
+        transferkit.extract(images, backbone="offline-net", out=tmp_path / "f.h5", progress=False)
+    assert seen == [("WeightsUnavailableError", "extract", "offline-net")]
+    assert not (tmp_path / "f.h5").exists()
