@@ -317,3 +317,50 @@ def test_plugin_registered_heads_work_through_the_registry(register_plugin: Any)
     assert [type(layer).__name__ for layer in classic.head.layers] == [
         "Flatten", "Dense", "Activation", "BatchNormalization", "Dropout", "Dense", "Activation"
     ]  # fmt: skip
+
+
+def test_plugin_strategy_that_unfreezes_mid_phase_is_recompiled(register_plugin: Any) -> None:
+    from transferkit import StrategySpec
+    from transferkit.trainer import FinetuneStrategy, Phase
+
+    class UnfreezeAt(FinetuneStrategy):
+        """One phase; the base unfreezes at the start of epoch ``at`` (a Lightning-style
+        ``finetune_function``)."""
+
+        name = "unfreeze-at"
+
+        def __init__(self, at: int = 2, epochs: int = 4) -> None:
+            super().__init__()
+            self.at, self.epochs = at, epochs
+
+        def build_phases(self, model: Any) -> list[Phase]:
+            return [Phase("only", self.epochs, "sgd", 0.05)]
+
+        def on_epoch_start(self, model: Any, epoch: int) -> bool:
+            super().on_epoch_start(model, epoch)
+            if epoch == self.at:
+                model.unfreeze_base(0)
+                return True
+            return False
+
+    class Strategies:
+        @hookimpl
+        def register_finetune_strategies(self, register: Any) -> None:
+            register(StrategySpec(name="unfreeze-at", description="test", factory=UnfreezeAt))
+
+    register_plugin(Strategies(), "strategies-plugin")
+    from transferkit.trainer import Callback
+
+    seen: dict[int, np.ndarray] = {}
+
+    class Snapshot(Callback):
+        def on_epoch_end(self, trainer: Any, epoch: int, logs: Any) -> None:
+            seen[epoch] = trainer.model.base.get_layer("block1_conv").kernel.numpy().copy()
+
+    model = _model()
+    before = model.base.get_layer("block1_conv").kernel.numpy().copy()
+    result = _trainer(callbacks=[Snapshot()]).fit(model, _data(), "unfreeze-at")
+    assert result["epochs"] == 4
+    np.testing.assert_array_equal(seen[0], before)
+    np.testing.assert_array_equal(seen[1], before)
+    assert not np.allclose(seen[2], before) and not np.allclose(seen[3], seen[2])

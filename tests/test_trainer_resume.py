@@ -91,3 +91,48 @@ def test_killed_run_resumes_to_the_same_result(tmp_path: Path, kill_after: int) 
     assert [p["test_accuracy"] for p in resumed["phases"]] == pytest.approx(
         [p["test_accuracy"] for p in reference["phases"]]
     )
+
+
+def test_crash_and_resume_with_one_fit_call_per_epoch(tmp_path: Path) -> None:
+    """Data modules that cannot promise a batch count (image folders, where files may be
+    skipped) train one epoch per ``fit`` call; resume works the same there."""
+    from trainer_helpers import digits, tiny_backbone
+
+    from transferkit.trainer import (
+        ArrayDataModule,
+        Callback,
+        ModelCheckpoint,
+        Trainer,
+        TransferModel,
+        resolve_strategy,
+        seed_everything,
+    )
+
+    class PerEpoch(ArrayDataModule):
+        def train_segment(self, start: int, end: int) -> None:
+            return None
+
+    class Crash(Callback):
+        def on_epoch_complete(self, trainer: Any, epoch: int) -> None:
+            if epoch == 2:
+                raise KeyboardInterrupt
+
+    def run(ckpt: Path, crash: bool = False, resume: bool = False) -> tuple[Any, Any]:
+        seed_everything(0)
+        images, labels, names = digits(100, 4)
+        data = PerEpoch(images, labels, names, seed=0, batch_size=16, augment="flip")
+        model = TransferModel(tiny_backbone(), "linear", num_classes=4, label_names=names)
+        callbacks: list[Any] = [ModelCheckpoint(ckpt)] + ([Crash()] if crash else [])
+        trainer = Trainer(seed=0, deterministic=True, callbacks=callbacks, enable_progress=False)
+        strategy = resolve_strategy("gradual", epochs=[2, 2], blocks=1, learning_rate=0.05)
+        return trainer.fit(model, data, strategy, ckpt_path="last" if resume else None), model
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "a", crash=True)
+    resumed, model = run(tmp_path / "a", resume=True)
+    reference, ref_model = run(tmp_path / "b")
+    assert [r["epoch"] for r in resumed["history"]] == [0, 1, 2, 3]
+    for got, want in zip(resumed["history"], reference["history"], strict=True):
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+    for got_w, want_w in zip(_weights(model), _weights(ref_model), strict=True):
+        np.testing.assert_allclose(got_w, want_w, rtol=1e-5, atol=1e-6)
