@@ -28,15 +28,18 @@ def register(cli: click.Group) -> None:
         batch_size: int,
         as_json: bool,
     ) -> None:
-        """Predict the class of images (files or folders) with a model from train or stream.
+        """Predict the class of images (files or folders) with a model from train, stream or
+        finetune.
 
         The images go through the backbone, input size and pooling the model's features were
-        made with; each gets its predicted class and probability.
+        made with; each gets its predicted class and probability. A fine-tuned model (the
+        model.keras of `transferkit finetune`, or its folder) carries its own preprocessing.
 
         \b
         Example:
           transferkit predict model.skops photos/cat.jpg photos/dog.png
           transferkit predict model.pkl new-images/ --trust --json
+          transferkit predict run/model.keras new-images/
         """
         from .. import api
         from ..cli import echo_json, print_table
