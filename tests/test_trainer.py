@@ -364,3 +364,31 @@ def test_plugin_strategy_that_unfreezes_mid_phase_is_recompiled(register_plugin:
     np.testing.assert_array_equal(seen[0], before)
     np.testing.assert_array_equal(seen[1], before)
     assert not np.allclose(seen[2], before) and not np.allclose(seen[3], seen[2])
+
+
+def test_exported_preprocessing_equals_the_backbones() -> None:
+    import dataclasses
+
+    import keras
+
+    from transferkit.trainer import TransferModel
+    from transferkit.trainer.layers import ImagePreprocessing
+
+    apps = keras.applications
+    cases = {
+        "caffe": apps.vgg16.preprocess_input,
+        "tf": apps.mobilenet_v2.preprocess_input,
+        "torch": apps.densenet.preprocess_input,
+        "affine": lambda x: (x - 127.0) / 128.0,
+        "none": lambda x: x,
+    }
+    images = np.random.default_rng(1).uniform(0, 255, (3, 16, 16, 3)).astype(np.float32)
+    for mode, fn in cases.items():
+        backbone = dataclasses.replace(tiny_backbone(), preprocess=fn, preprocessing="")
+        args = TransferModel(backbone, "linear", num_classes=2)._checked_preprocess_mode()
+        assert args is not None and args["mode"] == mode
+        np.testing.assert_allclose(
+            ImagePreprocessing(**args)(images), fn(images.copy()), rtol=1e-5, atol=1e-4
+        )
+    odd = dataclasses.replace(tiny_backbone(), preprocess=lambda x: x**0.5)
+    assert TransferModel(odd, "linear", num_classes=2)._checked_preprocess_mode() is None

@@ -18,7 +18,7 @@ PACKAGE = "transferkit"
 _MEANS_CAFFE = (103.939, 116.779, 123.68)
 _TORCH_MEAN = (0.485, 0.456, 0.406)
 _TORCH_STD = (0.229, 0.224, 0.225)
-PREPROCESS_MODES = ("caffe", "tf", "torch", "unit", "none")
+PREPROCESS_MODES = ("caffe", "tf", "torch", "unit", "none", "affine")
 
 
 def preprocess_mode(preprocessing: str) -> str | None:
@@ -45,16 +45,28 @@ def preprocess_mode(preprocessing: str) -> str | None:
 class ImagePreprocessing(keras.layers.Layer):
     """Maps float RGB 0..255 images to a backbone's input with one of the standard modes:
     ``caffe`` (BGR, ImageNet means subtracted), ``tf`` (-1..1), ``torch`` (0..1, ImageNet mean and
-    std), ``unit`` (0..1) or ``none`` (unchanged; the network rescales itself)."""
+    std), ``unit`` (0..1), ``none`` (unchanged; the network rescales itself) or ``affine``
+    (``x * scale + offset`` per channel, e.g. ``(x - 127) / 128``)."""
 
-    def __init__(self, mode: str = "none", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        mode: str = "none",
+        scale: Any = (1.0, 1.0, 1.0),
+        offset: Any = (0.0, 0.0, 0.0),
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if mode not in PREPROCESS_MODES:
             raise ValueError(f"unknown preprocessing mode {mode!r}; use one of {PREPROCESS_MODES}")
         self.mode = mode
+        self.scale = [float(v) for v in scale]
+        self.offset = [float(v) for v in offset]
 
     def call(self, x: Any) -> Any:
         x = ops.cast(x, "float32")
+        if self.mode == "affine":
+            scale = ops.convert_to_tensor(self.scale, dtype="float32")
+            return x * scale + ops.convert_to_tensor(self.offset, dtype="float32")
         if self.mode == "caffe":
             x = ops.flip(x, axis=-1)
             return x - ops.convert_to_tensor(_MEANS_CAFFE, dtype="float32")
@@ -72,7 +84,12 @@ class ImagePreprocessing(keras.layers.Layer):
         return input_shape
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "mode": self.mode}
+        return {
+            **super().get_config(),
+            "mode": self.mode,
+            "scale": list(self.scale),
+            "offset": list(self.offset),
+        }
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

@@ -207,10 +207,11 @@ class TransferModel:
         path = Path(path)
         if path.suffix != ".keras":
             raise UsageError(f"a fine-tuned model is saved as .keras; got {path}")
-        mode = self._checked_preprocess_mode()
+        args = self._checked_preprocess_mode()
+        mode = args["mode"] if args else None
         h, w = self.input_size
         inputs = keras.Input((h, w, 3), name="image")
-        x = ImagePreprocessing(mode, name="preprocess")(inputs) if mode else inputs
+        x = ImagePreprocessing(**args, name="preprocess")(inputs) if args else inputs
         metadata = {
             "backbone": self.backbone.name,
             "input_size": [h, w],
@@ -231,22 +232,32 @@ class TransferModel:
         tmp.replace(path)
         return path
 
-    def _checked_preprocess_mode(self) -> str | None:
-        """The standard preprocessing mode equal to the backbone's ``preprocess`` on a test batch,
-        or None (the loader then asks the backbone plugin for its preprocessing)."""
+    def _checked_preprocess_mode(self) -> dict[str, Any] | None:
+        """A standard preprocessing (or a per-channel ``x * scale + offset``) equal to the
+        backbone's ``preprocess`` on a test batch, as ``ImagePreprocessing`` arguments; None when
+        there is none (the loader then asks the backbone plugin for its preprocessing)."""
         from .layers import PREPROCESS_MODES, ImagePreprocessing, preprocess_mode
 
         h, w = self.input_size
         probe = np.random.default_rng(0).uniform(0, 255, size=(2, h, w, 3)).astype("float32")
         try:
-            expected = np.asarray(self.backbone.preprocess(probe), dtype="float32")
+            # copies: some preprocess functions change a NumPy input in place
+            expected = np.asarray(self.backbone.preprocess(probe.copy()), dtype="float32")
+            zeros = np.asarray(self.backbone.preprocess(np.zeros_like(probe)), dtype="float32")
+            ones = np.asarray(self.backbone.preprocess(np.ones_like(probe)), dtype="float32")
         except Exception:
             return None
         guess = preprocess_mode(self.backbone.preprocessing)
-        candidates = [guess] if guess else []
-        candidates += [m for m in PREPROCESS_MODES if m != guess]
-        for mode in candidates:
-            got = np.asarray(ImagePreprocessing(mode)(probe))
+        candidates: list[dict[str, Any]] = [{"mode": guess}] if guess else []
+        candidates += [{"mode": m} for m in PREPROCESS_MODES if m not in (guess, "affine")]
+        if expected.shape == probe.shape:
+            offset = zeros.reshape(-1, 3)[0]
+            scale = ones.reshape(-1, 3)[0] - offset
+            candidates.append(
+                {"mode": "affine", "scale": scale.tolist(), "offset": offset.tolist()}
+            )
+        for args in candidates:
+            got = np.asarray(ImagePreprocessing(**args)(probe))
             if got.shape == expected.shape and np.allclose(got, expected, rtol=1e-4, atol=1e-3):
-                return mode
+                return args
         return None
