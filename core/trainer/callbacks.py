@@ -206,6 +206,15 @@ class ModelCheckpoint(Callback):
 
             save_checkpoint(self.last_path, trainer)
 
+    def on_exception(self, trainer: Trainer, exception: BaseException) -> None:
+        if self.save_last and self.last_path.exists():
+            print(
+                f"transferkit: training stopped ({type(exception).__name__}); the last checkpoint "
+                f"is {self.last_path}: resume from it (finetune --resume, or "
+                'Trainer.fit(..., ckpt_path="last"))',
+                file=sys.stderr,
+            )
+
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "best_epoch": self.best_epoch}
 
