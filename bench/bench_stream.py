@@ -1,0 +1,171 @@
+"""Streaming benchmark: ``transferkit stream`` against the classic river recipe.
+
+Classic path (the baseline): write the training features to a CSV file, read it back with
+``river.stream.iter_csv`` and learn one sample at a time with ``learn_one`` on
+``StandardScaler | OneVsRest(LogisticRegression)``; score the held-out rows with ``predict_one``.
+
+transferkit path: ``transferkit.stream`` on the same store, same split, batch by batch
+(scikit-learn ``partial_fit`` or river ``learn_many``), including the reads from the store and the
+test-then-train predictions.
+
+Data: the digits as images through the offline efficientnet-lite0 (1,280-d features, as in the
+demo; extracted once and cached), repeated ``--passes`` times in a fresh order each pass so the
+stream is long enough to time (both paths see the same sequence length).
+
+    .venv/bin/python bench/bench_stream.py [--passes 8] [--classifier passive-aggressive]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from transferkit import api
+from transferkit.demo import write_digits
+from transferkit.spotcheck import cached_store, parse_backbone
+from transferkit.store import create_store, open_store
+from transferkit.train import split_indices
+
+RESERVED = ("rows", "complete", "skipped", "schema_version", "feature_dim")
+WORK = Path(os.environ.get("TRANSFERKIT_BENCH_DIR", Path(tempfile.gettempdir()) / "tk-bench"))
+
+
+def digits_features() -> str:
+    images = write_digits(WORK / "digits")
+    path, _ = cached_store(
+        images["images"], parse_backbone("efficientnet-lite0@64"), cache_dir=WORK / "cache"
+    )
+    return path
+
+
+def repeated_store(source: str, passes: int, seed: int) -> tuple[str, np.ndarray, np.ndarray]:
+    """A store whose training rows are ``passes`` shuffled copies of the source's training split,
+    followed by its held-out rows; returns the path and the (train, test) row indices."""
+    with open_store(source) as reader:
+        train, test = split_indices(reader.labels, 0.2, seed)
+        X_train, y_train = reader.read_rows(train)
+        X_test, y_test = reader.read_rows(test)
+        names = reader.label_names
+        meta = {k: v for k, v in reader.metadata.items() if k not in RESERVED}
+    path = WORK / f"stream-x{passes}.h5"
+    rng = np.random.default_rng(seed)
+    with create_store(
+        path, feature_dim=X_train.shape[1], label_names=names, metadata=meta, mode="overwrite"
+    ) as writer:
+        for _ in range(passes):
+            order = rng.permutation(len(y_train))
+            writer.append(X_train[order], y_train[order], [""] * len(order))
+        writer.append(X_test, y_test, [""] * len(y_test))
+    n_train = passes * len(y_train)
+    return str(path), np.arange(n_train), np.arange(n_train, n_train + len(y_test))
+
+
+def classic(store: str, train: np.ndarray, test: np.ndarray) -> dict[str, float]:
+    from river import linear_model, multiclass, preprocessing
+    from river import stream as river_stream
+
+    with open_store(store) as reader:
+        X, y = reader.read_rows(train)
+        X_test, y_test = reader.read_rows(test)
+    cols = [f"f{i}" for i in range(X.shape[1])]
+    csv_path = WORK / "classic-train.csv"
+    start = time.perf_counter()
+    with open(csv_path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([*cols, "label"])
+        for row, label in zip(X.tolist(), y.tolist(), strict=True):
+            writer.writerow([*row, label])
+    csv_seconds = time.perf_counter() - start
+    model = preprocessing.StandardScaler() | multiclass.OneVsRestClassifier(
+        linear_model.LogisticRegression()
+    )
+    converters = {c: float for c in cols}
+    converters["label"] = int
+    start = time.perf_counter()
+    seen = 0
+    for x, label in river_stream.iter_csv(str(csv_path), target="label", converters=converters):
+        model.learn_one(x, label)
+        seen += 1
+    learn_seconds = time.perf_counter() - start
+    hits = sum(
+        model.predict_one(dict(zip(cols, row, strict=True))) == label
+        for row, label in zip(X_test.tolist(), y_test.tolist(), strict=True)
+    )
+    csv_path.unlink()
+    return {
+        "samples": seen,
+        "csv_seconds": csv_seconds,
+        "seconds": learn_seconds,
+        "samples_per_second": seen / learn_seconds,
+        "accuracy": hits / len(y_test),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--passes", type=int, default=8)
+    parser.add_argument("--classifier", default="passive-aggressive,sgd,perceptron,mlp")
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    WORK.mkdir(parents=True, exist_ok=True)
+    print(f"load: {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} cores", file=sys.stderr)
+    source = digits_features()
+    store, train, test = repeated_store(source, args.passes, args.seed)
+    print(f"stream of {len(train)} training rows, {len(test)} held-out rows", file=sys.stderr)
+
+    base = classic(store, train, test)
+
+    # transferkit.stream on the training rows only, then the same held-out scoring
+    train_store = WORK / "stream-train.h5"
+    with open_store(store) as reader:
+        meta = {k: v for k, v in reader.metadata.items() if k not in RESERVED}
+        with create_store(
+            train_store,
+            feature_dim=reader.feature_dim,
+            label_names=reader.label_names,
+            metadata=meta,
+            mode="overwrite",
+        ) as writer:
+            for X, y in reader.iter_batches(4096, stop=len(train)):
+                writer.append(X, y, [""] * len(y))
+    from transferkit import estimators
+    from transferkit.models import load_model
+
+    with open_store(store) as reader:
+        X_test, y_test = reader.read_rows(test)
+    print(
+        f"classic river learn_one from CSV: {base['samples_per_second']:.0f} samples/s, "
+        f"accuracy {base['accuracy']:.4f} (writing the CSV took {base['csv_seconds']:.1f}s more)"
+    )
+    for classifier in args.classifier.split(","):
+        result = api.stream(
+            train_store,
+            classifier=classifier,
+            batch_size=args.batch_size,
+            report_every=10**9,
+            test_size=0.0,
+            shuffle_blocks=0,  # the rows are already shuffled, as the CSV is
+            progress=False,
+            out=WORK / f"stream-{classifier}",
+        )
+        saved = load_model(result["model_path"], trust=True)
+        fitted = estimators.as_fitted(saved.estimator, np.arange(len(saved.label_names)))
+        accuracy = float(np.mean(estimators.predict(fitted, X_test) == y_test))
+        speedup = result["samples_per_second"] / base["samples_per_second"]
+        print(
+            f"transferkit stream {classifier} (batch {args.batch_size}): "
+            f"{result['samples_per_second']:.0f} samples/s, accuracy {accuracy:.4f}; "
+            f"speed-up {speedup:.1f}x, accuracy {100 * (accuracy - base['accuracy']):+.2f} points"
+        )
+
+
+if __name__ == "__main__":
+    main()
