@@ -13,6 +13,11 @@ on the degree of parallelism. A pair that raises is a ``failed`` row with the er
 runs past ``timeout`` seconds is killed and becomes a ``timeout`` row. Results are seeded, so a
 parallel run gives the same rows as a serial one.
 
+Workers are started with multiprocessing's forkserver method, so a *script* that calls
+:func:`spotcheck` must guard its entry point with ``if __name__ == "__main__":`` (each worker
+imports the main module, as with any non-fork multiprocessing); the ``transferkit`` command,
+notebooks and pytest need nothing.
+
 ``out`` receives ``report.json`` (rows plus ``best_model``, ``best_accuracy`` and
 ``best_features`` at the top level, as the classic recipe's ``final_report.json``), ``report.csv``,
 ``heatmap.png`` (features x classifiers) and ``report.html`` (a sortable table and the picture).

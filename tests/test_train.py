@@ -153,3 +153,18 @@ def test_cli_train_json_and_errors(digits_h5: Path, tmp_path: Path) -> None:
     assert missing.exit_code == 2 and "transferkit extract" in missing.output
     with pytest.raises(UsageError):
         api.train(digits_h5, classifier="knn-5", test_size=1.5)
+
+
+def test_a_classic_h5py_store_trains_but_cannot_predict_images(tmp_path: Path) -> None:
+    import h5py
+
+    X, y = load_digits(return_X_y=True)
+    path = tmp_path / "classic.h5"
+    with h5py.File(path, "w") as f:  # what the classic Keras features recipe writes
+        f.create_dataset("features", data=X.astype(np.float32))
+        f.create_dataset("labels", data=y)
+        f.create_dataset("label_names", data=np.array([str(i) for i in range(10)], dtype="S"))
+    result = api.train(path, classifier="logistic-regression", out=tmp_path / "m")
+    assert result["accuracy"] > 0.93 and "9" in result["per_class"]
+    with pytest.raises(UsageError, match="did not record which backbone"):
+        api.predict(result["model_path"], [str(path)])
