@@ -187,6 +187,12 @@ def test_configuration_errors_say_what_to_fix() -> None:
         _trainer(callbacks=[EarlyStopping()]).fit(_model(), no_val, "head-only")
     with pytest.raises(UsageError, match="2 or 3 non-negative"):
         _data(fractions=(0.5, 0.6))
+    with pytest.raises(UsageError, match=r"set_precision\('16-mixed'\)"):
+        _trainer(precision="16-mixed").fit(_model(), _data(), "head-only")
+    with pytest.raises(UsageError, match="unknown precision"):
+        _trainer(precision="8")
+    with pytest.raises(UsageError, match="unknown optimizer 'lion'"):
+        _trainer().fit(_model(), _data(), resolve_strategy("head-only", optimizer="lion"))
     with pytest.raises(UsageError, match="num_classes=4"):
         _trainer().fit(_model(classes=3), _data(), "head-only")
 
