@@ -163,6 +163,12 @@ class Gradual(FinetuneStrategy):
         self.head_epochs, self.block_epochs = (values * 2)[:2]
         self.learning_rate = float(learning_rate[0] if isinstance(learning_rate, list | tuple)
                                    else learning_rate)  # fmt: skip
+        if optimizer.lower() != "sgd" and float(base_lr_multiplier) != 1.0:
+            raise UsageError(
+                f"gradual: base_lr_multiplier={base_lr_multiplier} scales the base's learning rate "
+                f"only with the sgd optimizer ({optimizer!r} adapts its steps to the gradient "
+                "scale); use optimizer='sgd' or base_lr_multiplier=1"
+            )
         self.blocks = int(blocks)
         self.base_lr_multiplier = float(base_lr_multiplier)
         self.momentum = momentum

@@ -178,6 +178,8 @@ def test_configuration_errors_say_what_to_fix() -> None:
 
     with pytest.raises(UsageError, match=r"valid: 0\.\.\d+.*--unfreeze-from"):
         _trainer().fit(_model(), _data(), resolve_strategy("warmup-unfreeze", unfreeze_from=99))
+    with pytest.raises(UsageError, match="only with the sgd optimizer"):
+        resolve_strategy("gradual", optimizer="adam")
     with pytest.raises(UsageError, match="one per phase"):
         resolve_strategy("warmup-unfreeze", epochs=[1, 2, 3])
     with pytest.raises(UsageError, match="Did you mean 'gradual'"):
