@@ -651,7 +651,10 @@ def heatmap(rows: list[dict[str, Any]], path: Path) -> None:
             for j in range(len(classifiers)):
                 v = values[i, j]
                 text = "x" if np.isnan(v) else f"{v:.2f}"
-                ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white")
+                color = (
+                    "black" if not np.isnan(v) and v > 0.6 else "white"
+                )  # viridis is light up high
+                ax.text(j, i, text, ha="center", va="center", fontsize=7, color=color)
     fig.colorbar(image, ax=ax, label="accuracy")
     ax.set_title("Spot-check accuracy (held-out split)")
     fig.tight_layout()
