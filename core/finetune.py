@@ -70,6 +70,22 @@ def _strategy_options(
     return options
 
 
+def _augmentation_for(augment: str | None, task: str | None) -> str:
+    """``classic`` by default; ``none`` for the rotation task, whose labels a horizontal flip or
+    a rotation would corrupt (a flipped 90-degree rotation is a 270-degree one)."""
+    if augment is None:
+        return "none" if task == "rotation" else "classic"
+    if task == "rotation" and augment != "none":
+        import sys
+
+        print(
+            f"transferkit: warning: --augment {augment} flips/rotates images, which changes the "
+            "labels of the rotation task; use --augment none",
+            file=sys.stderr,
+        )
+    return augment
+
+
 def _prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
     ckpt = out / CHECKPOINT_DIR / "last.ckpt.npz"
     if ckpt.exists() and not resume and not overwrite:
@@ -95,7 +111,7 @@ def finetune(
     epochs: int | Sequence[int] | None = None,
     learning_rate: float | Sequence[float] | None = None,
     unfreeze_from: int | None = None,
-    augment: str | None = "classic",
+    augment: str | None = None,
     batch_size: int = 32,
     input_size: Any = None,
     weights: Any = "default",
@@ -115,7 +131,8 @@ def finetune(
     """Fine-tune ``backbone`` with ``head`` on ``images`` and save the classifier in ``out``.
 
     ``images`` is a folder (one sub-folder per class), a CSV/JSON list, or an ``ImageSource``.
-    ``head`` defaults to ``classic`` for ``warmup-unfreeze`` (the classic recipe, on the unpooled
+    ``augment`` defaults to ``classic`` (``none`` with ``task="rotation"``). ``head`` defaults to
+    ``classic`` for ``warmup-unfreeze`` (the classic recipe, on the unpooled
     feature map) and ``linear`` otherwise. ``epochs`` and ``learning_rate`` are one value or one
     per phase of the strategy. Returns a summary: ``model_path``, ``label_names``, ``phases``
     (with the test accuracy after each), ``test_accuracy``, ``epochs``, ``seconds``...
@@ -135,6 +152,7 @@ def finetune(
 
     start = time.perf_counter()
     out = Path(out)
+    augment = _augmentation_for(augment, task)
     head = head or ("classic" if strategy == "warmup-unfreeze" else "linear")
     pooling = pooling or ("none" if head == "classic" else "avg")
     size = parse_input_size(input_size)

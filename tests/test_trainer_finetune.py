@@ -267,3 +267,12 @@ def test_tfhub_backbone_trains_frozen_and_unfrozen_and_reloads(
     there = json.loads(proc.stdout.strip().splitlines()[-1])
     assert there["labels"] == result["label_names"]
     np.testing.assert_allclose(np.array(there["p"]), here, atol=1e-6)
+
+
+def test_rotation_task_is_not_augmented_by_default(capsys: pytest.CaptureFixture[str]) -> None:
+    from transferkit.finetune import _augmentation_for
+
+    assert _augmentation_for(None, None) == "classic"
+    assert _augmentation_for(None, "rotation") == "none"
+    assert _augmentation_for("classic", "rotation") == "classic"
+    assert "--augment none" in capsys.readouterr().err

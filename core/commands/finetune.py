@@ -62,9 +62,9 @@ def register(cli: click.Group) -> None:
     @click.option(
         "--augment",
         type=click.Choice(["classic", "flip", "none"]),
-        default="classic",
-        show_default=True,
-        help="Augmentation of training batches (classic: the classic generator's settings).",
+        default=None,
+        help="Augmentation of training batches (classic: the classic generator's settings); "
+        "default classic, none with --task rotation.",
     )
     @click.option("--batch-size", type=int, default=32, show_default=True)
     @click.option("--input-size", default=None, help="N or HxW (default: the backbone's own).")
@@ -104,7 +104,7 @@ def register(cli: click.Group) -> None:
         epochs: tuple[int, ...],
         learning_rate: tuple[float, ...],
         unfreeze_from: int | None,
-        augment: str,
+        augment: str | None,
         batch_size: int,
         input_size: str | None,
         weights: str,
