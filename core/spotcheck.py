@@ -25,6 +25,7 @@ notebooks and pytest need nothing.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import html
@@ -351,7 +352,20 @@ def _register_runtime_plugins(refs: list[str]) -> None:
     registry.clear_cache()
 
 
+def _kill(proc: Any) -> None:
+    """Kill a worker and whatever it started (its process group: e.g. the processes of an
+    ``n_jobs=-1`` estimator), so that a timed-out fit leaves nothing running."""
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.kill()
+    proc.join(5)
+
+
 def _worker(task: Task, conn: Connection, env: dict[str, str], plugins: list[str]) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpgid(0, 0)  # a group of its own: a time-out kills the worker's children too
     os.environ.update(env)
     _set_thread_env(task.threads)
     try:
@@ -445,8 +459,7 @@ def run_grid(
             now = time.monotonic()
             for conn, (task, proc, started) in list(running.items()):
                 if timeout is not None and now - started > timeout:
-                    proc.kill()
-                    proc.join(5)
+                    _kill(proc)
                     running.pop(conn)
                     conn.close()
                     done(
@@ -461,7 +474,7 @@ def run_grid(
                     )
     finally:
         for conn, (_, proc, _) in running.items():
-            proc.kill()
+            _kill(proc)
             conn.close()
         bar.close()
     return [rows[t.index] for t in tasks]

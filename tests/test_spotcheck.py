@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,13 @@ class Explodes(ClassifierMixin, BaseEstimator):
 
 
 class Sleeps(ClassifierMixin, BaseEstimator):
+    """Hangs, after starting a process of its own (as an ``n_jobs=-1`` estimator would)."""
+
     def fit(self, X: Any, y: Any) -> Sleeps:
+        pidfile = os.environ.get("TRANSFERKIT_TEST_PIDFILE")
+        if pidfile:
+            child = subprocess.Popen(["sleep", "120"])
+            Path(pidfile).write_text(str(child.pid))
         time.sleep(120)
         return self
 
@@ -59,8 +67,10 @@ def metrics(report: dict[str, Any]) -> list[tuple[Any, ...]]:
 
 
 def test_failing_and_hanging_models_are_rows(
-    stores: list[Path], tmp_path: Path, register_plugin: Any
+    stores: list[Path], tmp_path: Path, register_plugin: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    pidfile = tmp_path / "child.pid"
+    monkeypatch.setenv("TRANSFERKIT_TEST_PIDFILE", str(pidfile))
     register_plugin(FaultyClassifiers(), "faulty")
     recorder = register_plugin(Recorder(), "recorder")
     start = time.monotonic()
@@ -83,6 +93,16 @@ def test_failing_and_hanging_models_are_rows(
     assert report["best_features"] == "pixels"
     assert report["counts"] == {"ok": 1, "failed": 1, "timeout": 1}
     assert sorted(r["classifier"] for r in recorder.rows) == sorted(rows)
+    # the hung fit's own child process was killed with it
+    import psutil
+
+    child = int(pidfile.read_text())
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(child) and time.monotonic() < deadline:
+        if psutil.Process(child).status() == psutil.STATUS_ZOMBIE:
+            break
+        time.sleep(0.1)
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
 
     out = tmp_path / "report"
     saved = json.loads((out / "report.json").read_text())
