@@ -193,6 +193,29 @@ def setting_label(setting: dict[str, Any], default_size: Any, default_pooling: s
     return label
 
 
+def _store_label(location: Path) -> str:
+    """A store's name in the grid: its file name, or for a file of the feature cache (named
+    ``<backbone>-<key>.h5``) the settings it was made with, e.g. ``efficientnet-lite0@64:max``."""
+    import re
+
+    stem = location.stem
+    if not re.fullmatch(r".+-[0-9a-f]{20}", stem):
+        return stem
+    try:
+        from .store import open_store
+
+        with open_store(str(location)) as reader:
+            meta = reader.metadata
+        label = str(meta["backbone"])
+        if meta.get("input_size"):
+            label += f"@{int(meta['input_size'][0])}"
+        if meta.get("pooling", "avg") != "avg":
+            label += f":{meta['pooling']}"
+        return label
+    except Exception:
+        return stem
+
+
 def resolve_sources(
     inputs: list[str],
     backbones: list[str] | None,
@@ -238,7 +261,7 @@ def resolve_sources(
                 f"{item} is a folder: to spot-check images, name backbones with "
                 "--backbones efficientnet-lite0,..."
             )
-        sources.append(FeatureSource(location.stem, str(location)))
+        sources.append(FeatureSource(_store_label(location), str(location)))
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
         for s in sources:
