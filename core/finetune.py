@@ -145,9 +145,9 @@ def finetune(
         ModelCheckpoint,
         Trainer,
         TransferModel,
+        precision_scope,
         resolve_strategy,
         seed_everything,
-        set_precision,
     )
 
     start = time.perf_counter()
@@ -163,59 +163,63 @@ def finetune(
     )
     _prepare_out(out, resume, overwrite)
 
-    set_precision(precision)
-    seed_everything(seed, deterministic=deterministic)
-    data = ImageDataModule(
-        images, task=task, fractions=split, seed=seed, batch_size=batch_size, augment=augment
-    )
-    built = spec.factory(weights=weights, input_size=size, pooling=pooling)
-    model = TransferModel(
-        built, head, num_classes=data.num_classes, label_names=data.label_names, train_bn=train_bn
-    )
-    callbacks: list[Any] = [
-        LearningRateMonitor(),
-        ModelCheckpoint(out / CHECKPOINT_DIR, save_best=bool(len(data.val_indices))),
-        HistoryLogger(out / "history.csv", out / "history.json"),
-    ]
-    if patience:
-        callbacks.insert(0, EarlyStopping(patience=patience))
-    trainer = Trainer(
-        max_epochs=max_epochs,
-        callbacks=callbacks,
-        seed=seed,
-        precision=precision,
-        deterministic=deterministic,
-        enable_progress=progress,
-    )
-    result = trainer.fit(model, data, strategy_obj, ckpt_path="last" if resume else None)
-    tested = [p for p in result["phases"] if "test_accuracy" in p]
-    summary: dict[str, Any] = {
-        "model_path": str(out / MODEL_FILE),
-        "backbone": built.name,
-        "head": head,
-        "strategy": strategy_obj.name,
-        "label_names": data.label_names,
-        "data": data.describe(),
-        "epochs": result["epochs"],
-        "phases": result["phases"],
-        "test_accuracy": tested[-1]["test_accuracy"] if tested else None,
-        "input_size": list(built.input_size),
-        "preprocessing": built.preprocessing,
-        "checkpoint": str(out / CHECKPOINT_DIR / ModelCheckpoint.LAST),
-        "history": str(out / "history.csv"),
-    }
-    model.export(
-        out / MODEL_FILE,
-        extra={
+    with precision_scope(precision):
+        seed_everything(seed, deterministic=deterministic)
+        data = ImageDataModule(
+            images, task=task, fractions=split, seed=seed, batch_size=batch_size, augment=augment
+        )
+        built = spec.factory(weights=weights, input_size=size, pooling=pooling)
+        model = TransferModel(
+            built,
+            head,
+            num_classes=data.num_classes,
+            label_names=data.label_names,
+            train_bn=train_bn,
+        )
+        callbacks: list[Any] = [
+            LearningRateMonitor(),
+            ModelCheckpoint(out / CHECKPOINT_DIR, save_best=bool(len(data.val_indices))),
+            HistoryLogger(out / "history.csv", out / "history.json"),
+        ]
+        if patience:
+            callbacks.insert(0, EarlyStopping(patience=patience))
+        trainer = Trainer(
+            max_epochs=max_epochs,
+            callbacks=callbacks,
+            seed=seed,
+            precision=precision,
+            deterministic=deterministic,
+            enable_progress=progress,
+        )
+        result = trainer.fit(model, data, strategy_obj, ckpt_path="last" if resume else None)
+        tested = [p for p in result["phases"] if "test_accuracy" in p]
+        summary: dict[str, Any] = {
+            "model_path": str(out / MODEL_FILE),
+            "backbone": built.name,
+            "head": head,
             "strategy": strategy_obj.name,
-            "test_accuracy": summary["test_accuracy"],
-            "backbone_spec": spec.name,
-            "pooling": built.pooling,
-        },
-    )
-    summary["seconds"] = round(time.perf_counter() - start, 3)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    return summary
+            "label_names": data.label_names,
+            "data": data.describe(),
+            "epochs": result["epochs"],
+            "phases": result["phases"],
+            "test_accuracy": tested[-1]["test_accuracy"] if tested else None,
+            "input_size": list(built.input_size),
+            "preprocessing": built.preprocessing,
+            "checkpoint": str(out / CHECKPOINT_DIR / ModelCheckpoint.LAST),
+            "history": str(out / "history.csv"),
+        }
+        model.export(
+            out / MODEL_FILE,
+            extra={
+                "strategy": strategy_obj.name,
+                "test_accuracy": summary["test_accuracy"],
+                "backbone_spec": spec.name,
+                "pooling": built.pooling,
+            },
+        )
+        summary["seconds"] = round(time.perf_counter() - start, 3)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        return summary
 
 
 # --------------------------------------------------------------------------- loading
@@ -250,9 +254,8 @@ class FinetunedModel:
 
     def predict_proba(self, images: Any, batch_size: int = 32) -> np.ndarray:
         """Class probabilities ``(N, classes)`` for RGB images with values 0..255."""
-        return np.asarray(
-            self.model.predict(self._prepare(images), batch_size=batch_size, verbose=0)
-        )
+        probs = self.model.predict(self._prepare(images), batch_size=batch_size, verbose=0)
+        return np.asarray(probs, dtype=np.float32)
 
     def predict(self, images: Any, batch_size: int = 32) -> list[str]:
         """The label name of the most probable class of each image."""
@@ -276,7 +279,7 @@ class FinetunedModel:
         )
         probs, rows = [], []
         for x, _y, index in dataset:
-            probs.append(np.asarray(self.model(x, training=False)))
+            probs.append(np.asarray(self.model(x, training=False), dtype=np.float32))
             rows.append(np.asarray(index))
         if not probs:
             return np.zeros((0, len(self.label_names)), np.float32), np.zeros(0, np.int64)

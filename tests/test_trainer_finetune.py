@@ -276,3 +276,21 @@ def test_rotation_task_is_not_augmented_by_default(capsys: pytest.CaptureFixture
     assert _augmentation_for(None, "rotation") == "none"
     assert _augmentation_for("classic", "rotation") == "classic"
     assert "--augment none" in capsys.readouterr().err
+
+
+def test_mixed_precision_finetune_restores_the_policy(
+    digit_folder: Path, tmp_path: Path, register_plugin: Any
+) -> None:
+    import keras
+
+    from transferkit import api
+
+    register_plugin(TinyBackbones(), "tiny-backbones")
+    result = api.finetune(
+        digit_folder, backbone="tiny-blocks", out=tmp_path / "mp", strategy="head-only",
+        head="linear", epochs=[1], batch_size=16, precision="16-mixed", progress=False,
+    )  # fmt: skip
+    assert keras.mixed_precision.global_policy().name == "float32"
+    loaded = api.load_finetuned(result["model_path"])
+    probs = loaded.predict_proba(np.full((2, 16, 16, 3), 128.0, np.float32))
+    assert probs.dtype == np.float32 and np.allclose(probs.sum(1), 1, atol=1e-3)

@@ -18,7 +18,7 @@ from .data import ArrayDataModule, DataModule, ImageDataModule
 from .model import TransferModel
 from .seed import seed_everything
 from .strategy import FinetuneStrategy, Phase, layer_blocks
-from .trainer import Trainer, resolve_strategy, set_precision
+from .trainer import Trainer, precision_scope, resolve_strategy, set_precision
 
 __all__ = [
     "ArrayDataModule",
@@ -36,6 +36,7 @@ __all__ = [
     "TransferModel",
     "augmentation",
     "layer_blocks",
+    "precision_scope",
     "resolve_strategy",
     "seed_everything",
     "set_precision",

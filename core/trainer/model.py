@@ -222,9 +222,9 @@ class TransferModel:
             "weights_source": self.backbone.weights_source,
             **(extra or {}),
         }
-        outputs = ClassLabels(self.label_names, json.loads(json.dumps(metadata)), name="labels")(
-            self.network(x)
-        )
+        outputs = ClassLabels(
+            self.label_names, json.loads(json.dumps(metadata)), name="labels", dtype="float32"
+        )(self.network(x))
         exported = keras.Model(inputs, outputs, name="finetuned")
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.stem + ".tmp.keras")

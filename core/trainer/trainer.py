@@ -81,6 +81,18 @@ def set_precision(precision: str) -> str:
     return policy
 
 
+@contextlib.contextmanager
+def precision_scope(precision: str) -> Iterator[str]:
+    """Set Keras' global dtype policy for ``precision`` inside the block, then restore it."""
+    import keras
+
+    previous = keras.mixed_precision.global_policy().name
+    try:
+        yield set_precision(precision)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
 class Trainer:
     """Fits, validates, tests and predicts with a :class:`TransferModel`.
 
