@@ -17,7 +17,7 @@ import os
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -224,6 +224,48 @@ def _metadata(
     }
 
 
+FIRST_CHUNK, CHUNK = 256, 2048
+
+
+def _batches(
+    source: ImageSource, todo: np.ndarray, net: Any, batch_size: int
+) -> Iterator[tuple[Any, Any, np.ndarray]]:
+    """``(images, labels, source indices)`` batches of ``todo``, in order.
+
+    File headers are checked in a background thread one chunk ahead of the tf.data pipeline, so
+    that its hot path stays in TensorFlow's native decoders (no Python per image).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .pipeline import image_dataset, probe_codes
+
+    if not len(todo):
+        return
+    common = {"input_size": net.input_size, "batch_size": batch_size, "with_index": True}
+    if source.plan() is None:  # a source with its own load(): one pipeline calling it
+        for images, labels, index in image_dataset(
+            source, todo, preprocess=net.preprocess, **common
+        ):
+            yield images, labels, index.numpy()
+        return
+    bounds = [0, *range(min(FIRST_CHUNK, len(todo)), len(todo), CHUNK), len(todo)]
+    chunks = [todo[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+    with ThreadPoolExecutor(1, thread_name_prefix="transferkit-probe") as pool:
+
+        def probe(chunk: np.ndarray) -> Any:
+            return pool.submit(probe_codes, source, chunk, input_size=net.input_size)
+
+        future = probe(chunks[0])
+        for k, chunk in enumerate(chunks):
+            codes = future.result()
+            if k + 1 < len(chunks):
+                future = probe(chunks[k + 1])
+            part = source.subset(chunk.tolist())
+            ds = image_dataset(part, preprocess=net.preprocess, probes=codes, **common)
+            for images, labels, index in ds:
+                yield images, labels, chunk[index.numpy()]
+
+
 def _run(
     source: ImageSource,
     net: Any,
@@ -235,7 +277,7 @@ def _run(
 ) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from .pipeline import image_dataset, skip_reason
+    from .pipeline import skip_reason
 
     paths = source.paths
     order = _order(len(source), bool(config["shuffle"]), int(config["seed"]))
@@ -283,36 +325,26 @@ def _run(
     t0 = time.perf_counter()
     skips_shown = 0
     try:
-        if len(todo):
-            ds = image_dataset(
-                source,
-                todo,
-                input_size=net.input_size,
-                batch_size=int(config["batch_size"]),
-                preprocess=net.preprocess,
-                with_index=True,
-            )
-            for images, labels, index in ds:
-                features = forward(images).numpy()
-                if features.shape[1] != writer.feature_dim:
-                    raise TransferkitError(
-                        f"backbone {net.name} gave {features.shape[1]}-d features but said "
-                        f"{writer.feature_dim}; the backbone plugin is wrong"
-                    )
-                idx = index.numpy()
-                for i in idx:
-                    skip_until(int(i))
-                writer.append(features, labels.numpy(), [paths[i] for i in idx])
-                bar.update(len(idx) + len(new_skips) - skips_shown)
-                skips_shown = len(new_skips)
-                bar.set_postfix(skipped=skipped_before + len(new_skips), refresh=False)
-                plugin_manager.call_lifecycle(
-                    "on_extract_batch",
-                    rows_written=writer.rows,
-                    total=total,
-                    batch_size=len(idx),
-                    skipped=skipped_before + len(new_skips),
+        for images, labels, idx in _batches(source, todo, net, int(config["batch_size"])):
+            features = forward(images).numpy()
+            if features.shape[1] != writer.feature_dim:
+                raise TransferkitError(
+                    f"backbone {net.name} gave {features.shape[1]}-d features but said "
+                    f"{writer.feature_dim}; the backbone plugin is wrong"
                 )
+            for i in idx:
+                skip_until(int(i))
+            writer.append(features, labels.numpy(), [paths[i] for i in idx])
+            bar.update(len(idx) + len(new_skips) - skips_shown)
+            skips_shown = len(new_skips)
+            bar.set_postfix(skipped=skipped_before + len(new_skips), refresh=False)
+            plugin_manager.call_lifecycle(
+                "on_extract_batch",
+                rows_written=writer.rows,
+                total=total,
+                batch_size=len(idx),
+                skipped=skipped_before + len(new_skips),
+            )
         skip_until(None)
         bar.update(len(new_skips) - skips_shown)
     finally:

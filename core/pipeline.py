@@ -71,6 +71,53 @@ def _probe_and_load(
     return probe
 
 
+def _loader(source: ImageSource, plan: dict[str, Any] | None) -> Callable[[Any], np.ndarray]:
+    """A Python function ``index -> pixels`` (Pillow rules); empty pixels for a skipped file."""
+    empty = np.zeros((0, 0, 3), np.uint8)
+    paths = plan["paths"] if plan is not None else None
+    max_pixels = plan.get("max_pixels") if plan is not None else None
+
+    def load(index: Any) -> np.ndarray:
+        try:
+            if paths is None:
+                return np.ascontiguousarray(source.load(int(index)), np.uint8)
+            return decode_image(paths[int(index)], max_pixels=max_pixels)
+        except SkipImage:
+            return empty
+
+    return load
+
+
+def probe_codes(
+    source: ImageSource,
+    indices: Sequence[int] | np.ndarray,
+    *,
+    input_size: Sequence[int],
+    fast_jpeg: bool = True,
+) -> np.ndarray:
+    """How :func:`image_dataset` will decode each of ``indices`` (file headers only), to pass as
+    its ``probes``: doing this ahead, outside the pipeline, keeps Python out of its hot path."""
+    plan = source.plan()
+    rows = np.asarray(indices, np.int64).reshape(-1)
+    if plan is None:
+        return np.full(len(rows), PILLOW, np.int32)
+    paths, max_pixels = plan["paths"], plan.get("max_pixels")
+    target = max(int(input_size[0]), int(input_size[1]))
+    codes = np.empty(len(rows), np.int32)
+    for k, i in enumerate(rows):
+        try:
+            how, width, height = probe_image_size(paths[int(i)], max_pixels=max_pixels)
+        except SkipImage:
+            codes[k] = SKIP
+            continue
+        if how == "native-jpeg":
+            ratio = _jpeg_ratio(width, height, target) if fast_jpeg else 1
+            codes[k] = JPEG_RATIOS.index(ratio)
+        else:
+            codes[k] = PNG if how == "native-png" else PILLOW
+    return codes
+
+
 def image_dataset(
     source: ImageSource,
     indices: Sequence[int] | np.ndarray | None = None,
@@ -85,6 +132,7 @@ def image_dataset(
     with_index: bool = False,
     resize: str = "auto",
     fast_jpeg: bool = True,
+    probes: np.ndarray | None = None,
     num_parallel_calls: int | None = None,
 ) -> Any:
     """A ``tf.data.Dataset`` of ``(images float32 (B,H,W,3), labels int32 (B,))`` batches
@@ -95,6 +143,8 @@ def image_dataset(
     applied to 0..255 float batches before ``preprocess``. ``resize`` is a ``tf.image.resize``
     method, or ``"auto"`` (see :func:`resize_image`). ``fast_jpeg`` lets libjpeg decode
     large JPEGs at 1/2, 1/4 or 1/8 scale (never below the input size) before the resize.
+    ``probes`` (from :func:`probe_codes`, one per row of ``indices``) saves the per-image
+    header check inside the pipeline: only files that need Pillow then call into Python.
     """
     import tensorflow as tf
 
@@ -118,13 +168,27 @@ def image_dataset(
     labels_t = tf.constant(labels_np, tf.int32)
     rot_t = tf.constant(np.asarray(rotations, np.int32)) if rotations is not None else None
     prepare = _probe_and_load(source, plan, max(height, width), fast_jpeg)
+    load = _loader(source, plan)
+    if probes is not None:
+        probes = np.asarray(probes, np.int32).reshape(-1)
+        if len(probes) != len(rows):
+            raise ValueError(f"{len(probes)} probes for {len(rows)} images")
 
-    def decode(index: Any) -> tuple[Any, Any, Any, Any]:
-        code, pixels = tf.numpy_function(
-            prepare, [index], (tf.int32, tf.uint8), stateful=False, name="probe_or_decode"
-        )
-        code.set_shape([])
-        pixels.set_shape([None, None, 3])
+    def decode(index: Any, known: Any = None) -> tuple[Any, Any, Any, Any]:
+        if known is None:
+            code, pixels = tf.numpy_function(
+                prepare, [index], (tf.int32, tf.uint8), stateful=False, name="probe_or_decode"
+            )
+            code.set_shape([])
+            pixels.set_shape([None, None, 3])
+            pillow = lambda: pixels  # noqa: E731
+        else:
+            code = known
+
+            def pillow() -> Any:
+                img = tf.numpy_function(load, [index], tf.uint8, stateful=False, name="pillow")
+                img.set_shape([None, None, 3])
+                return img
 
         def jpeg(ratio: int) -> Callable[[], Any]:
             def decode_jpeg() -> Any:
@@ -144,8 +208,11 @@ def image_dataset(
             img.set_shape([None, None, 3])
             return img
 
-        branches = [jpeg(r) for r in JPEG_RATIOS] + [png, lambda: pixels]
-        img = tf.switch_case(tf.minimum(code, PILLOW), branches, name="decode")
+        def nothing() -> Any:
+            return tf.zeros((0, 0, 3), tf.uint8)
+
+        branches = [jpeg(r) for r in JPEG_RATIOS] + [png, pillow, nothing]
+        img = tf.switch_case(code, branches, name="decode")
         ok = tf.logical_and(
             tf.not_equal(code, SKIP),
             tf.logical_and(tf.shape(img)[0] > 0, tf.shape(img)[1] > 0),
@@ -160,7 +227,7 @@ def image_dataset(
         img = tf.ensure_shape(tf.cast(img, tf.float32), (height, width, 3))
         return img, tf.gather(labels_t, index), index, ok
 
-    ds = tf.data.Dataset.from_tensor_slices(rows)
+    ds = tf.data.Dataset.from_tensor_slices(rows if probes is None else (rows, probes))
     if shuffle:
         ds = ds.shuffle(max(1, len(rows)), seed=seed, reshuffle_each_iteration=True)
     if repeat:

@@ -267,3 +267,18 @@ def test_backbone_failure_is_reported_and_leaves_no_store(images, tmp_path, regi
         transferkit.extract(images, backbone="offline-net", out=tmp_path / "f.h5", progress=False)
     assert seen == [("WeightsUnavailableError", "extract", "offline-net")]
     assert not (tmp_path / "f.h5").exists()
+
+
+def test_chunked_reading_gives_the_same_store(tiny, images, tmp_path, monkeypatch):
+    from transferkit import extraction
+
+    one = transferkit.extract(images, backbone=tiny, out=tmp_path / "a.h5", progress=False)
+    monkeypatch.setattr(extraction, "FIRST_CHUNK", 3)
+    monkeypatch.setattr(extraction, "CHUNK", 2)
+    many = transferkit.extract(
+        images, backbone=tiny, out=tmp_path / "b.h5", task=None, batch_size=3, progress=False
+    )
+    assert one["rows"] == many["rows"] == 8
+    with open_store(tmp_path / "a.h5") as a, open_store(tmp_path / "b.h5") as b:
+        assert a.paths == b.paths and a.skipped == b.skipped
+        np.testing.assert_allclose(a.read()[0], b.read()[0], rtol=1e-5, atol=1e-6)

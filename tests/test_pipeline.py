@@ -8,7 +8,13 @@ from imagefiles import add_bad_files, exif_rotated_jpeg, photo
 
 from transferkit import UsageError
 from transferkit.images import ImageRecord, ImageSource, decode_image, open_source
-from transferkit.pipeline import image_dataset, resize_image, skip_reason, stratified_split
+from transferkit.pipeline import (
+    image_dataset,
+    probe_codes,
+    resize_image,
+    skip_reason,
+    stratified_split,
+)
 
 
 def _mixed_folder(root):
@@ -63,6 +69,16 @@ def test_pipeline_decodes_every_kind_and_drops_bad_files(tmp_path):
         want = _expected(tf, decode_image(src.paths[i]), (16, 24))
         tol = 1e-3
         assert np.abs(images[row] - want).max() <= tol, names[i]
+    # header checks done ahead (probe_codes) give the same batches as checks inside
+    ahead = image_dataset(
+        src,
+        input_size=(16, 24),
+        batch_size=4,
+        with_index=True,
+        probes=probe_codes(src, np.arange(len(src)), input_size=(16, 24)),
+    )
+    np.testing.assert_array_equal(np.concatenate([b[2].numpy() for b in ahead]), indices)
+    np.testing.assert_array_equal(np.concatenate([b[0].numpy() for b in ahead]), images)
     reasons = {names[i]: skip_reason(src, i) for i in bad}
     assert "truncated" in reasons["truncated.jpg"]
     assert reasons["empty.jpg"] == "zero bytes"
