@@ -104,8 +104,8 @@ def ceiling(folder: Path, backbone: str, weights: str, batch: int, n: int) -> fl
     import tensorflow as tf
 
     from transferkit import registry
-    from transferkit.extraction import _forward_fn
     from transferkit.images import open_source
+    from transferkit.jobs.extract import _forward_fn
     from transferkit.pipeline import image_dataset
 
     net = registry.backbone(backbone).factory(weights=weights, input_size=(224, 224))

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from transferkit import api
-from transferkit.demo import write_digits
-from transferkit.spotcheck import cached_store, parse_backbone
+from transferkit.jobs.demo import write_digits
+from transferkit.jobs.spotcheck import cached_store, parse_backbone
 
 WORK = Path(os.environ.get("TRANSFERKIT_BENCH_DIR", Path(tempfile.gettempdir()) / "tk-bench"))
 SETTINGS = ("efficientnet-lite0@64", "efficientnet-lite0@64:max")

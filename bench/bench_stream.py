@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from transferkit import api
-from transferkit.demo import write_digits
-from transferkit.spotcheck import cached_store, parse_backbone
+from transferkit.jobs.demo import write_digits
+from transferkit.jobs.spotcheck import cached_store, parse_backbone
+from transferkit.jobs.train import split_indices
 from transferkit.store import create_store, open_store
-from transferkit.train import split_indices
 
 RESERVED = ("rows", "complete", "skipped", "schema_version", "feature_dim")
 WORK = Path(os.environ.get("TRANSFERKIT_BENCH_DIR", Path(tempfile.gettempdir()) / "tk-bench"))

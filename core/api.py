@@ -15,7 +15,7 @@ def extract(images: Any, *, backbone: str, out: Any, **options: Any) -> dict[str
     Returns a summary with ``path``, ``rows``, ``skipped``, ``skipped_files``, ``seconds``,
     ``images_per_second``, ``feature_dim`` and ``backbone``.
     """
-    from .extraction import extract as _extract
+    from .jobs.extract import extract as _extract
 
     return _extract(images, backbone=backbone, out=out, **options)
 
@@ -25,7 +25,7 @@ def train(store_path: Any, *, classifier: str, **options: Any) -> dict[str, Any]
 
     Returns accuracy, macro F1, the per-class report, fit seconds and ``model_path``.
     """
-    from .train import train as _train
+    from .jobs.train import train as _train
 
     return _train(store_path, classifier=classifier, **options)
 
@@ -37,7 +37,7 @@ def spotcheck(inputs: Any, **options: Any) -> dict[str, Any]:
     into a cache). Returns the report (rows, ``best_model``, ``best_accuracy``, ``best_features``);
     ``out`` writes report.json, report.csv, heatmap.png and report.html.
     """
-    from .spotcheck import spotcheck as _spotcheck
+    from .jobs.spotcheck import spotcheck as _spotcheck
 
     return _spotcheck(inputs, **options)
 
@@ -48,7 +48,7 @@ def stream(store_path: Any, *, classifier: str, **options: Any) -> dict[str, Any
     Reports progressive (test-then-train) accuracy every ``report_every`` samples, then the
     held-out accuracy; ``out`` saves the model for ``predict``.
     """
-    from .stream import stream as _stream
+    from .jobs.stream import stream as _stream
 
     return _stream(store_path, classifier=classifier, **options)
 
@@ -56,7 +56,7 @@ def stream(store_path: Any, *, classifier: str, **options: Any) -> dict[str, Any
 def predict(model_path: Any, images: Any, **options: Any) -> dict[str, Any]:
     """Classify images with a model saved by ``train`` or ``stream`` (features made with the
     model's own recipe). A pickled (river) model needs ``trust=True``."""
-    from .predict import predict as _predict
+    from .jobs.predict import predict as _predict
 
     return _predict(model_path, images, **options)
 
@@ -64,7 +64,7 @@ def predict(model_path: Any, images: Any, **options: Any) -> dict[str, Any]:
 def demo(out: Any = "transferkit-demo", **options: Any) -> dict[str, Any]:
     """The whole flow offline on scikit-learn's digits: images, features, spot-check, train,
     predict. Returns what each step produced."""
-    from .demo import demo as _demo
+    from .jobs.demo import demo as _demo
 
     return _demo(out, **options)
 
@@ -77,7 +77,7 @@ def finetune(images: Any, *, backbone: str, out: Any, **options: Any) -> dict[st
     ``split``, ``seed``, ``patience``, ``max_epochs``, ``train_bn``, ``precision``, ``resume``,
     ``overwrite``, ``progress``. Returns the phases with their test accuracy and ``model_path``.
     """
-    from .finetune import finetune as _finetune
+    from .jobs.finetune import finetune as _finetune
 
     return _finetune(images, backbone=backbone, out=out, **options)
 
@@ -85,6 +85,6 @@ def finetune(images: Any, *, backbone: str, out: Any, **options: Any) -> dict[st
 def load_finetuned(path: Any) -> Any:
     """Reload a classifier saved by :func:`finetune`: ``.label_names``, ``.predict_proba``,
     ``.predict``, ``.predict_files``."""
-    from .finetune import load_finetuned as _load
+    from .jobs.finetune import load_finetuned as _load
 
     return _load(path)

@@ -270,7 +270,7 @@ def test_backbone_failure_is_reported_and_leaves_no_store(images, tmp_path, regi
 
 
 def test_chunked_reading_gives_the_same_store(tiny, images, tmp_path, monkeypatch):
-    from transferkit import extraction
+    from transferkit.jobs import extract as extraction
 
     one = transferkit.extract(images, backbone=tiny, out=tmp_path / "a.h5", progress=False)
     monkeypatch.setattr(extraction, "FIRST_CHUNK", 3)

@@ -276,3 +276,14 @@ def test_python_dash_m_runs() -> None:
         [sys.executable, "-m", "transferkit", "--version"], capture_output=True, text=True
     )
     assert result.returncode == 0 and "transferkit" in result.stdout
+
+
+def test_api_functions_stay_functions_after_their_jobs_are_imported() -> None:
+    import importlib
+
+    import transferkit
+
+    for name in ("extract", "train", "spotcheck", "stream", "predict", "finetune", "demo"):
+        importlib.import_module(f"transferkit.jobs.{name}")
+        assert callable(getattr(transferkit, name)), name
+        assert getattr(transferkit, name).__module__ == "transferkit.api", name

@@ -16,8 +16,8 @@ from click.testing import CliRunner
 
 from transferkit import api, hookimpl
 from transferkit.cli import build_cli
-from transferkit.demo import write_digits
 from transferkit.errors import TransferkitError
+from transferkit.jobs.demo import write_digits
 
 BACKBONE = "efficientnet-lite0@64"
 
@@ -71,7 +71,7 @@ def test_second_spotcheck_extracts_nothing(
     assert [r["accuracy"] for r in again["rows"]] == [r["accuracy"] for r in spotchecked["rows"]]
     # another pooling is another cache entry; so is a changed image
     from transferkit.images import open_source
-    from transferkit.spotcheck import cache_key, image_list_digest, parse_backbone
+    from transferkit.jobs.spotcheck import cache_key, image_list_digest, parse_backbone
 
     records = open_source(digits_folder["images"]).records
     digest = image_list_digest(records)

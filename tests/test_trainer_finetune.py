@@ -270,7 +270,7 @@ def test_tfhub_backbone_trains_frozen_and_unfrozen_and_reloads(
 
 
 def test_rotation_task_is_not_augmented_by_default(capsys: pytest.CaptureFixture[str]) -> None:
-    from transferkit.finetune import _augmentation_for
+    from transferkit.jobs.finetune import _augmentation_for
 
     assert _augmentation_for(None, None) == "classic"
     assert _augmentation_for(None, "rotation") == "none"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import transferkit_example
+
 from transferkit import plugin_manager, registry
 
 

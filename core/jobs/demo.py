@@ -118,7 +118,7 @@ def demo(
         progress=progress,
     )
     if not report["best_model"]:
-        from .errors import TransferkitError
+        from ..errors import TransferkitError
 
         raise TransferkitError(
             f"no classifier succeeded in the spot-check; see {report['files']['html']}"

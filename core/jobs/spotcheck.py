@@ -44,9 +44,9 @@ from typing import Any, cast
 
 import numpy as np
 
-from . import estimators, registry
-from .errors import TransferkitError, UsageError
-from .plugin_manager import call_lifecycle, notify_exception
+from .. import estimators, registry
+from ..errors import TransferkitError, UsageError
+from ..plugin_manager import call_lifecycle, notify_exception
 
 ROW_FIELDS = (
     "backbone",
@@ -158,8 +158,8 @@ def cached_store(
     Returns ``(path, extracted_now)``. Extraction writes to a temporary name and renames it when
     complete, so an interrupted run never leaves a half store that a later run would reuse.
     """
-    from . import api
-    from .images import open_source
+    from .. import api
+    from ..images import open_source
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
@@ -202,7 +202,7 @@ def _store_label(location: Path) -> str:
     if not re.fullmatch(r".+-[0-9a-f]{20}", stem):
         return stem
     try:
-        from .store import open_store
+        from ..store import open_store
 
         with open_store(str(location)) as reader:
             meta = reader.metadata
@@ -343,7 +343,7 @@ def _empty_metrics() -> dict[str, Any]:
 def runtime_plugins() -> list[str]:
     """References (``module`` or ``module:Class``) of plugins registered in this process at run
     time (not built-in, not entry points), so that worker processes register them too."""
-    from . import plugin_manager
+    from .. import plugin_manager
 
     pm = plugin_manager.get_plugin_manager()
     entry_points = {ep.name for ep in plugin_manager._selected_entry_points()}
@@ -362,7 +362,7 @@ def runtime_plugins() -> list[str]:
 def _register_runtime_plugins(refs: list[str]) -> None:
     import importlib
 
-    from . import plugin_manager
+    from .. import plugin_manager
 
     pm = plugin_manager.get_plugin_manager()
     for ref in refs:

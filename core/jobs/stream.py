@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from . import estimators, registry
-from .errors import TransferkitError, UsageError
-from .models import FeatureRecipe, SavedModel, default_suffix, save_model
-from .plugin_manager import notify_exception
+from .. import estimators, registry
+from ..errors import TransferkitError, UsageError
+from ..models import FeatureRecipe, SavedModel, default_suffix, save_model
+from ..plugin_manager import notify_exception
 from .train import evaluate, open_reader, split_indices
 
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from . import estimators, registry
-from .errors import TransferkitError, UsageError
-from .models import FeatureRecipe, SavedModel, default_suffix, save_model
-from .plugin_manager import notify_exception
+from .. import estimators, registry
+from ..errors import TransferkitError, UsageError
+from ..models import FeatureRecipe, SavedModel, default_suffix, save_model
+from ..plugin_manager import notify_exception
 
 
 def split_indices(
@@ -29,7 +29,7 @@ def split_indices(
     if not 0.0 < test_size < 1.0:
         raise UsageError(f"--test-size must be between 0 and 1 (exclusive), got {test_size}")
     try:
-        from .pipeline import stratified_split
+        from ..pipeline import stratified_split
     except ImportError:  # without the shared helper: scikit-learn's stratified split
         from sklearn.model_selection import train_test_split
 
@@ -60,7 +60,7 @@ def subset_indices(labels: np.ndarray, fraction: float | None, seed: int = 0) ->
 
 
 def open_reader(store_path: str | Path, store: str | None = None) -> Any:
-    from .store import open_store
+    from ..store import open_store
 
     path = Path(store_path)
     if not path.exists():

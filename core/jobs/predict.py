@@ -14,14 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from . import estimators, registry
-from .errors import TransferkitError, UsageError
-from .models import SavedModel, load_model
+from .. import estimators, registry
+from ..errors import TransferkitError, UsageError
+from ..models import SavedModel, load_model
 
 
 def image_paths(images: list[str] | tuple[str, ...]) -> list[str]:
     """Files as given, folders expanded to the image files under them (sorted)."""
-    from .images import IMAGE_SUFFIXES
+    from ..images import IMAGE_SUFFIXES
 
     found: list[str] = []
     for item in images:
@@ -48,8 +48,8 @@ def extract_features(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Features of ``paths`` made as the model's training features were: ``(X, rows)`` where
     ``rows`` are the indices of the images that decoded."""
-    from .images import ImageRecord, ImageSource
-    from .pipeline import image_dataset
+    from ..images import ImageRecord, ImageSource
+    from ..pipeline import image_dataset
 
     recipe = saved.recipe
     if not recipe.backbone:
@@ -132,8 +132,8 @@ def predict(
                 ]
             by_row[row] = entry
     if len(by_row) < len(paths):
-        from .images import ImageRecord, ImageSource
-        from .pipeline import skip_reason
+        from ..images import ImageRecord, ImageSource
+        from ..pipeline import skip_reason
 
         source = ImageSource([ImageRecord(p, 0) for p in paths], names or ["?"])
     for row, path in enumerate(paths):

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from . import plugin_manager, registry
-from .errors import TransferkitError, UsageError
+from .. import plugin_manager, registry
+from ..errors import TransferkitError, UsageError
 
 MODEL_FILE = "model.keras"
 CHECKPOINT_DIR = "checkpoints"
@@ -137,7 +137,7 @@ def finetune(
     per phase of the strategy. Returns a summary: ``model_path``, ``label_names``, ``phases``
     (with the test accuracy after each), ``test_accuracy``, ``epochs``, ``seconds``...
     """
-    from .trainer import (
+    from ..trainer import (
         EarlyStopping,
         HistoryLogger,
         ImageDataModule,
@@ -266,8 +266,8 @@ class FinetunedModel:
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(probabilities, rows)`` for image files through the input pipeline; ``rows`` are the
         indices of the files that decoded (the others are skipped)."""
-        from .images import ImageRecord, ImageSource
-        from .pipeline import image_dataset
+        from ..images import ImageRecord, ImageSource
+        from ..pipeline import image_dataset
 
         source = ImageSource([ImageRecord(str(p), 0) for p in paths], self.label_names)
         dataset = image_dataset(
@@ -338,7 +338,7 @@ def load_finetuned(path: str | Path) -> FinetunedModel:
     """Reload a classifier saved by :func:`finetune` (a ``.keras`` file or the ``out`` folder)."""
     import keras
 
-    from .trainer import layers  # noqa: F401  (registers transferkit's Keras classes)
+    from ..trainer import layers  # noqa: F401  (registers transferkit's Keras classes)
 
     path = Path(path)
     if path.is_dir():
@@ -376,8 +376,8 @@ def predict_finetuned(
     on features (one entry per image: label, probability, or the reason it was skipped)."""
     import sys
 
-    from .images import ImageRecord, ImageSource
-    from .pipeline import skip_reason
+    from ..images import ImageRecord, ImageSource
+    from ..pipeline import skip_reason
 
     loaded = load_finetuned(model_path)
     names = loaded.label_names

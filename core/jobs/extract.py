@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, plugin_manager, registry
-from .errors import TransferkitError, UsageError
-from .images import ImageSource, open_source
-from .specs import POOLINGS
-from .store import FeatureStoreWriter, StoreExistsError, backend_for, create_store
+from .. import __version__, plugin_manager, registry
+from ..errors import TransferkitError, UsageError
+from ..images import ImageSource, open_source
+from ..specs import POOLINGS
+from ..store import FeatureStoreWriter, StoreExistsError, backend_for, create_store
 
 # settings that must match for a store to be resumed
 _RESUME_KEYS = ("backbone", "weights_source", "input_size", "pooling", "task", "seed", "shuffle")
@@ -150,7 +150,7 @@ def extract(
 
     written = None
     if write_images:
-        from .images import write_images as _write_images
+        from ..images import write_images as _write_images
 
         written = _write_images(source, write_images)
     started = time.perf_counter()
@@ -237,7 +237,7 @@ def _batches(
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from .pipeline import image_dataset, probe_codes
+    from ..pipeline import image_dataset, probe_codes
 
     if not len(todo):
         return
@@ -277,7 +277,7 @@ def _run(
 ) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from .pipeline import skip_reason
+    from ..pipeline import skip_reason
 
     paths = source.paths
     order = _order(len(source), bool(config["shuffle"]), int(config["seed"]))
