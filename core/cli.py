@@ -185,12 +185,19 @@ def _short(value: Any) -> str:
     return str(value)
 
 
+def _natural_key(spec: Any) -> list[Any]:
+    """Sort ``knn-3`` before ``knn-10``."""
+    import re
+
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", spec.name)]
+
+
 def _make_listing(command_name: str, kind: str, columns: list[str], title: str) -> None:
     @cli.command(command_name)
     @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
     def listing(as_json: bool) -> None:
         specs = registry.all_specs(kind)
-        rows = [spec.describe() for spec in sorted(specs.values(), key=lambda s: s.name)]
+        rows = [spec.describe() for spec in sorted(specs.values(), key=_natural_key)]
         if as_json:
             echo_json(rows)
             return

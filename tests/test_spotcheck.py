@@ -37,13 +37,21 @@ class Sleeps(ClassifierMixin, BaseEstimator):
         return self
 
 
+class Dies(ClassifierMixin, BaseEstimator):
+    """Takes its worker process down, as a crash in native code would."""
+
+    def fit(self, X: Any, y: Any) -> Dies:
+        os._exit(3)
+
+
 class FaultyClassifiers:
-    """A plugin with a classifier that raises and one that hangs."""
+    """A plugin with a classifier that raises, one that hangs and one that kills its process."""
 
     @hookimpl
     def register_classifiers(self, register: Any) -> None:
         register(ClassifierSpec(name="explodes", description="raises", factory=Explodes))
         register(ClassifierSpec(name="sleeps", description="hangs", factory=Sleeps))
+        register(ClassifierSpec(name="dies", description="exits", factory=Dies))
 
 
 class Recorder:
@@ -76,7 +84,7 @@ def test_failing_and_hanging_models_are_rows(
     start = time.monotonic()
     report = api.spotcheck(
         [str(stores[0])],
-        classifiers="explodes,sleeps,logistic-regression",
+        classifiers="explodes,sleeps,dies,logistic-regression,nearest-centroid",
         timeout=4,
         jobs=2,
         out=tmp_path / "report",
@@ -87,11 +95,15 @@ def test_failing_and_hanging_models_are_rows(
     assert rows["explodes"]["status"] == "failed"
     assert "this classifier always fails" in rows["explodes"]["error"]
     assert rows["sleeps"]["status"] == "timeout" and rows["sleeps"]["accuracy"] is None
+    assert rows["dies"]["status"] == "failed"
+    assert "worker process died (exit code 3)" in rows["dies"]["error"]
+    # the pairs after the lost workers still ran, on their replacements
+    assert rows["nearest-centroid"]["status"] == "ok"
     assert rows["logistic-regression"]["status"] == "ok"
     assert rows["logistic-regression"]["accuracy"] > 0.93
     assert report["best_model"] == "logistic-regression"
     assert report["best_features"] == "pixels"
-    assert report["counts"] == {"ok": 1, "failed": 1, "timeout": 1}
+    assert report["counts"] == {"ok": 2, "failed": 2, "timeout": 1}
     assert sorted(r["classifier"] for r in recorder.rows) == sorted(rows)
     # the hung fit's own child process was killed with it
     import psutil
@@ -108,7 +120,7 @@ def test_failing_and_hanging_models_are_rows(
     saved = json.loads((out / "report.json").read_text())
     assert saved["best_accuracy"] == rows["logistic-regression"]["accuracy"]
     with open(out / "report.csv") as fh:
-        assert len(list(csv.DictReader(fh))) == 3
+        assert len(list(csv.DictReader(fh))) == 5
     assert (out / "heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (out / "report.html").read_text()
     assert "heatmap.png" in page and "<script>" in page and "explodes" in page

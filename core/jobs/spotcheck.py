@@ -386,22 +386,61 @@ def _kill(proc: Any) -> None:
     proc.join(5)
 
 
-def _worker(task: Task, conn: Connection, env: dict[str, str], plugins: list[str]) -> None:
+def _failed_row(task: Task, status: str, error: str) -> dict[str, Any]:
+    row = {"backbone": task.source, "classifier": task.classifier, **_empty_metrics()}
+    row.update(status=status, error=error)
+    return row
+
+
+def _worker(conn: Connection, env: dict[str, str], plugins: list[str], threads: int) -> None:
+    """A long-lived worker: fits the tasks it receives until it gets ``None``."""
     with contextlib.suppress(OSError, AttributeError):
         os.setpgid(0, 0)  # a group of its own: a time-out kills the worker's children too
     os.environ.update(env)
-    _set_thread_env(task.threads)
+    _set_thread_env(threads)
+    plugin_error: str | None = None
     try:
-        try:
-            _register_runtime_plugins(plugins)
-        except Exception as exc:
-            row = {"backbone": task.source, "classifier": task.classifier, **_empty_metrics()}
-            row.update(status="failed", error=f"cannot load plugin in worker: {exc}")
-            conn.send(row)
-            return
-        conn.send(run_pair(task))
+        _register_runtime_plugins(plugins)
+    except Exception as exc:
+        plugin_error = f"cannot load plugin in worker: {exc}"
+    try:
+        while (task := conn.recv()) is not None:
+            if plugin_error is not None:
+                conn.send(_failed_row(task, "failed", plugin_error))
+            else:
+                conn.send(run_pair(task))
+    except (EOFError, OSError, KeyboardInterrupt):
+        pass
     finally:
         conn.close()
+
+
+class _Worker:
+    """A worker process and the end of its pipe; ``task`` is what it is fitting, if anything."""
+
+    def __init__(self, ctx: Any, env: dict[str, str], plugins: list[str], threads: int) -> None:
+        self.conn, child = ctx.Pipe(duplex=True)
+        self.proc = ctx.Process(target=_worker, args=(child, env, plugins, threads), daemon=True)
+        self.proc.start()
+        child.close()
+        self.task: Task | None = None
+        self.started = 0.0
+
+    def give(self, task: Task) -> None:
+        self.task, self.started = task, time.monotonic()
+        self.conn.send(task)
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError, BrokenPipeError):
+            self.conn.send(None)
+        self.proc.join(2)
+        if self.proc.is_alive():
+            _kill(self.proc)
+        self.conn.close()
+
+    def kill(self) -> None:
+        _kill(self.proc)
+        self.conn.close()
 
 
 def _mp_context() -> Any:
@@ -450,55 +489,50 @@ def run_grid(
     ctx = _mp_context()
     env = {k: v for k, v in os.environ.items() if k.startswith("TRANSFERKIT_")}
     plugins = runtime_plugins()
+    threads = tasks[0].threads if tasks else 1
     pending = deque(tasks)
-    running: dict[Connection, tuple[Task, Any, float]] = {}
+    # Workers live for the whole grid (a process start per pair would cost more than most
+    # fits); one that times out or dies is replaced by a fresh one.
+    workers = [_Worker(ctx, env, plugins, threads) for _ in range(min(jobs, len(tasks)))]
     try:
-        while pending or running:
-            while pending and len(running) < jobs:
-                task = pending.popleft()
-                parent, child = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=_worker, args=(task, child, env, plugins), daemon=True)
-                proc.start()
-                child.close()
-                running[parent] = (task, proc, time.monotonic())
-            ready = wait(list(running), timeout=0.2)
-            for item in ready:
-                conn = cast(Connection, item)
-                task, proc, _ = running.pop(conn)
+        while pending or any(w.task is not None for w in workers):
+            for i, worker in enumerate(workers):
+                if worker.task is None and pending:
+                    try:
+                        worker.give(pending[0])
+                        pending.popleft()
+                    except (OSError, BrokenPipeError):
+                        worker.kill()
+                        workers[i] = _Worker(ctx, env, plugins, threads)
+            busy = {w.conn: w for w in workers if w.task is not None}
+            for item in wait(list(busy), timeout=0.2):
+                worker = busy[cast(Connection, item)]
+                task = cast(Task, worker.task)
                 try:
-                    row: dict[str, Any] = conn.recv()
+                    row: dict[str, Any] = worker.conn.recv()
                 except (EOFError, OSError):
-                    proc.join(5)
-                    row = {
-                        "backbone": task.source,
-                        "classifier": task.classifier,
-                        **_empty_metrics(),
-                        "status": "failed",
-                        "error": f"worker process died (exit code {proc.exitcode})",
-                    }
-                conn.close()
-                proc.join(5)
+                    worker.proc.join(5)
+                    code = worker.proc.exitcode
+                    row = _failed_row(task, "failed", f"worker process died (exit code {code})")
+                    worker.kill()
+                    workers[workers.index(worker)] = _Worker(ctx, env, plugins, threads)
+                worker.task = None
                 done(task, row)
             now = time.monotonic()
-            for conn, (task, proc, started) in list(running.items()):
-                if timeout is not None and now - started > timeout:
-                    _kill(proc)
-                    running.pop(conn)
-                    conn.close()
+            for i, worker in enumerate(workers):
+                late = worker.task
+                if late is not None and timeout is not None and now - worker.started > timeout:
+                    worker.kill()
+                    workers[i] = _Worker(ctx, env, plugins, threads)
                     done(
-                        task,
-                        {
-                            "backbone": task.source,
-                            "classifier": task.classifier,
-                            **_empty_metrics(),
-                            "status": "timeout",
-                            "error": f"killed after {timeout:g}s (--timeout)",
-                        },
+                        late, _failed_row(late, "timeout", f"killed after {timeout:g}s (--timeout)")
                     )
     finally:
-        for conn, (_, proc, _) in running.items():
-            _kill(proc)
-            conn.close()
+        for worker in workers:
+            if worker.task is None:
+                worker.stop()
+            else:
+                worker.kill()
         bar.close()
     return [rows[t.index] for t in tasks]
 
