@@ -154,7 +154,7 @@ def uninstall_command(packages: tuple[str, ...]) -> None:
 LISTINGS: dict[str, tuple[str, list[str], str]] = {
     "backbones": (
         "backbone",
-        ["name", "input_size", "feature_dims", "weights", "plugin"],
+        ["name", "input_size", "feature_dims", "param_count", "weights", "plugin"],
         "Backbones",
     ),
     "classifiers": (
@@ -202,7 +202,8 @@ def _make_listing(command_name: str, kind: str, columns: list[str], title: str) 
             echo_json(rows)
             return
         click.echo(f"{title}: {len(rows)}")
-        print_table([{c: _short(r.get(c, "")) for c in columns} for r in rows], columns)
+        flat = [{**r.get("metadata", {}), **r} for r in rows]
+        print_table([{c: _short(r.get(c, "")) for c in columns} for r in flat], columns)
 
     listing.__doc__ = (
         f"List the registered {title.lower()}, with their metadata and providing plugin.\n\n"

@@ -260,6 +260,39 @@ def image_dataset(
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def map_files(
+    fn: Callable[[Any], Any],
+    paths: Sequence[str],
+    *,
+    input_size: Sequence[int],
+    preprocess: Callable[[Any], Any] | None,
+    width: int,
+    batch_size: int = 32,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run ``fn`` (preprocessed image batch -> ``(B, ...)`` outputs) over image files.
+
+    Returns ``(outputs, rows)``: the outputs as float32 ``(n, width)`` and the indices into
+    ``paths`` of the ``n`` files that decoded (``skip_reason`` tells why the others did not).
+    """
+    from .images import ImageRecord
+
+    source = ImageSource([ImageRecord(str(p), 0) for p in paths], ["?"], location="files")
+    dataset = image_dataset(
+        source,
+        input_size=input_size,
+        batch_size=batch_size,
+        preprocess=preprocess,
+        with_index=True,
+    )
+    outputs, rows = [], []
+    for images, _labels, index in dataset:
+        outputs.append(np.asarray(fn(images), dtype=np.float32).reshape(len(index), -1))
+        rows.append(np.asarray(index, dtype=np.int64))
+    if not outputs:
+        return np.zeros((0, width), np.float32), np.zeros(0, np.int64)
+    return np.concatenate(outputs), np.concatenate(rows)
+
+
 def resize_image(image: Any, size: Sequence[int], method: str = "auto") -> Any:
     """Resize one image ``(h, w, 3)`` to ``size`` as float32.
 

@@ -266,24 +266,16 @@ class FinetunedModel:
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(probabilities, rows)`` for image files through the input pipeline; ``rows`` are the
         indices of the files that decoded (the others are skipped)."""
-        from ..images import ImageRecord, ImageSource
-        from ..pipeline import image_dataset
+        from ..pipeline import map_files
 
-        source = ImageSource([ImageRecord(str(p), 0) for p in paths], self.label_names)
-        dataset = image_dataset(
-            source,
+        return map_files(
+            lambda images: self.model(images, training=False),
+            paths,
             input_size=self.input_size,
-            batch_size=batch_size,
             preprocess=self._preprocess,
-            with_index=True,
+            width=len(self.label_names),
+            batch_size=batch_size,
         )
-        probs, rows = [], []
-        for x, _y, index in dataset:
-            probs.append(np.asarray(self.model(x, training=False), dtype=np.float32))
-            rows.append(np.asarray(index))
-        if not probs:
-            return np.zeros((0, len(self.label_names)), np.float32), np.zeros(0, np.int64)
-        return np.concatenate(probs), np.concatenate(rows)
 
 
 def _registered_names(path: Path) -> set[str]:

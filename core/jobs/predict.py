@@ -48,8 +48,7 @@ def extract_features(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Features of ``paths`` made as the model's training features were: ``(X, rows)`` where
     ``rows`` are the indices of the images that decoded."""
-    from ..images import ImageRecord, ImageSource
-    from ..pipeline import image_dataset
+    from ..pipeline import map_files
 
     recipe = saved.recipe
     if not recipe.backbone:
@@ -66,23 +65,14 @@ def extract_features(
             f"backbone {recipe.backbone} now gives {backbone.feature_dim} features but the model "
             f"was trained on {recipe.feature_dim}; was the backbone plugin changed?"
         )
-    source = ImageSource(
-        [ImageRecord(p, 0) for p in paths], recipe.label_names or ["?"], location="predict"
-    )
-    dataset = image_dataset(
-        source,
+    return map_files(
+        lambda images: backbone.model(images, training=False),
+        paths,
         input_size=backbone.input_size,
-        batch_size=batch_size,
         preprocess=backbone.preprocess,
-        with_index=True,
+        width=backbone.feature_dim,
+        batch_size=batch_size,
     )
-    features, rows = [], []
-    for images, _labels, index in dataset:
-        features.append(np.asarray(backbone.model(images, training=False), dtype=np.float32))
-        rows.append(np.asarray(index, dtype=np.int64))
-    if not features:
-        return np.zeros((0, backbone.feature_dim), np.float32), np.zeros(0, np.int64)
-    return np.concatenate(features).reshape(sum(len(r) for r in rows), -1), np.concatenate(rows)
 
 
 def predict(
