@@ -35,10 +35,19 @@ def spotcheck(inputs: Any, **options: Any) -> dict[str, Any]:
 
     ``inputs`` are feature stores, or one image folder with ``backbones=[...]`` (extracted once
     into a cache). Returns the report (rows, ``best_model``, ``best_accuracy``, ``best_features``);
-    ``out`` writes report.json, report.csv, heatmap.png and report.html.
+    ``out`` writes report.json, report.csv, heatmap.png and report.html. ``scheduler`` (a Dask
+    scheduler address, or ``"local"``) fans the pairs out over a Dask cluster instead of local
+    worker processes.
     """
     from .jobs.spotcheck import spotcheck as _spotcheck
 
+    scheduler = options.pop("scheduler", None)
+    if scheduler:
+        import functools
+
+        from .distributed import run_grid_dask
+
+        options["runner"] = functools.partial(run_grid_dask, scheduler=scheduler)
     return _spotcheck(inputs, **options)
 
 

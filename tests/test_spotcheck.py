@@ -168,3 +168,34 @@ def test_report_rows_are_seeded(stores: list[Path]) -> None:
     b = api.spotcheck([str(stores[1])], classifiers="random-forest", seed=2, progress=False)
     assert np.isfinite(a["rows"][0]["accuracy"]) and a["rows"][0]["accuracy"] > 0.85
     assert metrics(a) != metrics(b)  # another seed: another split and forest
+
+
+@pytest.mark.slow
+def test_dask_cluster_gives_the_same_rows_with_failures_and_timeouts(
+    stores: list[Path], register_plugin: Any, tmp_path: Path
+) -> None:
+    register_plugin(FaultyClassifiers(), "faulty")
+    common: dict[str, Any] = {
+        "classifiers": "logistic-regression,nearest-centroid,explodes,sleeps",
+        "timeout": 6,
+        "progress": False,
+    }
+    local = api.spotcheck([str(s) for s in stores], jobs=2, **common)
+    start = time.monotonic()
+    on_dask = api.spotcheck([str(s) for s in stores], jobs=2, scheduler="local", **common)
+    assert time.monotonic() - start < 120  # the sleepers were given up on, not waited for
+    assert metrics(on_dask) == metrics(local)
+    statuses = {(r["backbone"], r["classifier"]): r["status"] for r in on_dask["rows"]}
+    assert statuses[("pixels", "sleeps")] == "timeout"
+    assert statuses[("pixels", "explodes")] == "failed"
+    assert statuses[("first-900", "logistic-regression")] == "ok"
+    assert on_dask["best_model"] == local["best_model"] == "logistic-regression"
+
+
+def test_unreachable_dask_scheduler_is_a_usage_error(stores: list[Path]) -> None:
+    result = CliRunner().invoke(
+        build_cli(),
+        ["spotcheck", str(stores[0]), "-c", "nearest-centroid", "--scheduler", "tcp://127.0.0.1:9"],
+    )
+    assert result.exit_code == 2
+    assert "cannot reach the Dask scheduler" in result.stderr

@@ -65,6 +65,12 @@ def register(cli: click.Group) -> None:
         help="Seconds one fit may take before it is killed (a 'timeout' row).",
     )
     @click.option("--jobs", "-j", type=int, default=None, help="Worker processes [all cores].")
+    @click.option(
+        "--scheduler",
+        default=None,
+        help="Fan the pairs out on a Dask cluster: a scheduler address (tcp://host:8786), "
+        "or 'local' for a local Dask cluster of --jobs processes. Default: local processes.",
+    )
     @click.option("--test-size", type=float, default=0.2, show_default=True)
     @click.option("--seed", type=int, default=0, show_default=True)
     @click.option(
@@ -99,6 +105,7 @@ def register(cli: click.Group) -> None:
         classifiers: str,
         timeout: float,
         jobs: int | None,
+        scheduler: str | None,
         test_size: float,
         seed: int,
         out: str | None,
@@ -122,6 +129,7 @@ def register(cli: click.Group) -> None:
         Example:
           transferkit spotcheck lite0.h5 resnet.h5 --classifiers classic --out report/
           transferkit spotcheck photos/ -b efficientnet-lite0,efficientnet-lite0@128 -c fast
+          transferkit spotcheck lite0.h5 -c classic --scheduler tcp://10.0.0.5:8786
         """
         from .. import api
         from ..cli import echo_json
@@ -132,6 +140,7 @@ def register(cli: click.Group) -> None:
             classifiers=classifiers,
             timeout=timeout,
             jobs=jobs,
+            scheduler=scheduler,
             test_size=test_size,
             seed=seed,
             out=out,

@@ -287,8 +287,24 @@ def _set_thread_env(threads: int) -> None:
         os.environ[var] = str(threads)
 
 
-def run_pair(task: Task) -> dict[str, Any]:
-    """Fit and score one pair (in whatever process calls it); never raises."""
+def load_split(folder: str | Path) -> dict[str, np.ndarray]:
+    """The train/test split a task fits on, as written by ``_prepare_split`` (memory-mapped)."""
+    data = Path(folder)
+    return {
+        "X_train": np.load(data / "X_train.npy", mmap_mode="r"),
+        "y_train": np.load(data / "y_train.npy"),
+        "X_test": np.load(data / "X_test.npy", mmap_mode="r"),
+        "y_test": np.load(data / "y_test.npy"),
+        "classes": np.load(data / "classes.npy"),
+    }
+
+
+def run_pair(task: Task, split: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """Fit and score one pair (in whatever process calls it); never raises.
+
+    ``split`` is the data when the caller has it in memory (Dask workers); otherwise it is read
+    from ``task.data``.
+    """
     import warnings
 
     row: dict[str, Any] = {"backbone": task.source, "classifier": task.classifier}
@@ -299,22 +315,20 @@ def run_pair(task: Task) -> dict[str, Any]:
         # the row's scores say what matters
         warnings.simplefilter("ignore")
 
-        data = Path(task.data)
-        X_train = np.load(data / "X_train.npy", mmap_mode="r")
-        y_train = np.load(data / "y_train.npy")
-        X_test = np.load(data / "X_test.npy", mmap_mode="r")
-        y_test = np.load(data / "y_test.npy")
-        classes = np.load(data / "classes.npy")
+        data = split if split is not None else load_split(task.data)
         with threadpool_limits(limits=task.threads):
             model = estimators.build(task.classifier, seed=task.seed)
             start = time.perf_counter()
-            fitted = estimators.fit(model, np.asarray(X_train), y_train, classes=classes)
+            fitted = estimators.fit(
+                model, np.asarray(data["X_train"]), data["y_train"], classes=data["classes"]
+            )
             fit_seconds = time.perf_counter() - start
             start = time.perf_counter()
-            predicted = estimators.predict(fitted, np.asarray(X_test))
+            predicted = estimators.predict(fitted, np.asarray(data["X_test"]))
             predict_seconds = time.perf_counter() - start
         from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
+        y_test = data["y_test"]
         row.update(
             status="ok",
             accuracy=float(accuracy_score(y_test, predicted)),
@@ -588,8 +602,13 @@ def spotcheck(
     batch_size: int = 32,
     isolate: bool = True,
     progress: bool = True,
+    runner: Any = None,
 ) -> dict[str, Any]:
-    """Score every (features x classifier) pair; see the module docstring. Returns the report."""
+    """Score every (features x classifier) pair; see the module docstring. Returns the report.
+
+    ``runner`` replaces the local worker processes: called like :func:`run_grid` (without
+    ``isolate``), e.g. the Dask runner of ``transferkit.distributed``.
+    """
     if isinstance(inputs, str | Path):
         inputs = [str(inputs)]
     if isinstance(backbones, str):
@@ -624,16 +643,18 @@ def spotcheck(
                 f"{len(tasks)} fits on {min(jobs, len(tasks))} worker(s)",
                 file=sys.stderr,
             )
-            rows = run_grid(
-                tasks,
-                jobs=jobs,
-                timeout=timeout,
-                isolate=isolate,
-                progress=progress,
-                on_row=lambda row: call_lifecycle(
+            grid: dict[str, Any] = {
+                "jobs": jobs,
+                "timeout": timeout,
+                "progress": progress,
+                "on_row": lambda row: call_lifecycle(
                     "on_spotcheck_result", row={k: row.get(k) for k in ROW_FIELDS}
                 ),
-            )
+            }
+            if runner is not None:
+                rows = runner(tasks, **grid)
+            else:
+                rows = run_grid(tasks, isolate=isolate, **grid)
     except TransferkitError:
         raise
     except Exception as exc:
