@@ -237,4 +237,9 @@ def build_cli() -> click.Group:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    import os
+
+    # TensorFlow's start-up notices (oneDNN, CPU features) would bury the command's own output;
+    # a user who wants them sets TF_CPP_MIN_LOG_LEVEL=0.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     build_cli().main(args=list(argv) if argv is not None else None, prog_name="transferkit")
