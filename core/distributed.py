@@ -52,7 +52,7 @@ def connect(scheduler: str, jobs: int) -> Any:
         )
         return Client(cluster)
     try:
-        return Client(scheduler, timeout="20s")
+        return Client(scheduler)  # waits up to distributed.comm.timeouts.connect
     except (OSError, TimeoutError) as exc:
         raise UsageError(
             f"cannot reach the Dask scheduler at {scheduler!r} ({exc}); start one with "

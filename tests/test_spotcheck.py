@@ -193,9 +193,19 @@ def test_dask_cluster_gives_the_same_rows_with_failures_and_timeouts(
 
 
 def test_unreachable_dask_scheduler_is_a_usage_error(stores: list[Path]) -> None:
-    result = CliRunner().invoke(
-        build_cli(),
-        ["spotcheck", str(stores[0]), "-c", "nearest-centroid", "--scheduler", "tcp://127.0.0.1:9"],
-    )
+    import dask
+
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
+        result = CliRunner().invoke(
+            build_cli(),
+            [
+                "spotcheck",
+                str(stores[0]),
+                "-c",
+                "nearest-centroid",
+                "--scheduler",
+                "tcp://127.0.0.1:9",
+            ],
+        )
     assert result.exit_code == 2
     assert "cannot reach the Dask scheduler" in result.stderr
