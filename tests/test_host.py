@@ -287,3 +287,14 @@ def test_api_functions_stay_functions_after_their_jobs_are_imported() -> None:
         importlib.import_module(f"transferkit.jobs.{name}")
         assert callable(getattr(transferkit, name)), name
         assert getattr(transferkit, name).__module__ == "transferkit.api", name
+
+
+def test_no_top_level_core_or_plugins_module_is_installed(tmp_path: Any) -> None:
+    code = (
+        "import importlib.util, transferkit, transferkit.plugins\n"
+        "print(importlib.util.find_spec('core'), importlib.util.find_spec('plugins'))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
+    ).stdout
+    assert out.strip() == "None None"
