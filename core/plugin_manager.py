@@ -57,7 +57,8 @@ _builtin_names: set[str] = set()
 _versions: dict[str, str] = {}
 
 
-def _strict() -> bool:
+def strict_mode() -> bool:
+    """Whether ``TRANSFERKIT_STRICT_PLUGINS`` asks for plugin errors to be re-raised."""
     return os.environ.get(STRICT_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
@@ -84,12 +85,13 @@ def _load_builtins(pm: pluggy.PluginManager) -> None:
             _register_checked(pm, module, module_name, builtin=True)
             _builtin_names.add(module_name)
         except Exception as exc:
-            if _strict():
+            if strict_mode():
                 raise
             _report(module_name, exc, builtin=True)
 
 
-def _selected_entry_points() -> list[importlib.metadata.EntryPoint]:
+def selected_entry_points() -> list[importlib.metadata.EntryPoint]:
+    """The ``transferkit`` entry points, limited by ``TRANSFERKIT_LOAD_PLUGINS`` when it is set."""
     eps = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
     only = os.environ.get(LOAD_ENV)
     if only is not None:
@@ -99,7 +101,7 @@ def _selected_entry_points() -> list[importlib.metadata.EntryPoint]:
 
 
 def _load_entry_points(pm: pluggy.PluginManager) -> None:
-    for ep in _selected_entry_points():
+    for ep in selected_entry_points():
         if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
             continue
         try:
@@ -108,7 +110,7 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
             if ep.dist is not None:
                 _versions[ep.name] = ep.dist.version
         except Exception as exc:
-            if _strict():
+            if strict_mode():
                 raise
             _report(ep.name, exc, builtin=False)
 
@@ -200,7 +202,7 @@ def call_lifecycle(hook_name: str, **kwargs: Any) -> None:
     try:
         hook(**kwargs)
     except Exception as exc:
-        if _strict():
+        if strict_mode():
             raise
         print(f"transferkit: plugin hook {hook_name} failed: {exc}", file=sys.stderr)
 

@@ -78,7 +78,7 @@ def _collect(kind: str) -> dict[str, Spec]:
         except DuplicateNameError:
             raise
         except Exception as exc:
-            if plugins._strict():
+            if plugins.strict_mode():
                 raise
             print(
                 f'transferkit: plugin "{plugin_name}" failed in {hook_name}: '

@@ -360,7 +360,7 @@ def runtime_plugins() -> list[str]:
     from .. import plugin_manager
 
     pm = plugin_manager.get_plugin_manager()
-    entry_points = {ep.name for ep in plugin_manager._selected_entry_points()}
+    entry_points = {ep.name for ep in plugin_manager.selected_entry_points()}
     refs = []
     for name, plugin in pm.list_name_plugin():
         if plugin is None or plugin_manager.is_builtin(name) or name in entry_points:
