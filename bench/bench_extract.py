@@ -258,6 +258,8 @@ def main() -> None:
                 "e2e/ceiling": round(rate / top, 3),
                 "e2e/classic": round(rate / classic, 2),
             }
+            runs = {"ceiling_runs": tops, "end_to_end_runs": rates, "classic_runs": classics}
+            print(json.dumps({k: [round(v, 1) for v in vs] for k, vs in runs.items()}))
             if not args.no_rss:
                 small = measure_rss(
                     root / "images", name, weights, args.batch_size, root / "rss1.h5"

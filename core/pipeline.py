@@ -3,9 +3,11 @@
 For each image the pipeline reads the file header in Python (cheap), then decodes plain 8-bit
 JPEG and PNG files with TensorFlow's own decoders, which run in parallel outside the GIL; only
 the unusual files (CMYK, 16-bit, EXIF-rotated, transparent, palette, BMP, GIF, WebP, TIFF, or
-damaged) go through Pillow with :func:`transferkit.images.decode_image`. Decoding, rotation and
-resizing run in a parallel ``map``; batches are augmented and preprocessed in a second parallel
-``map``; ``prefetch`` overlaps all of it with the network's forward pass.
+damaged) go through Pillow with :func:`transferkit.images.decode_image`. In an ordered pass the
+header checks run in a background thread a chunk ahead of the pipeline, so that its hot path
+calls no Python for the common files. Decoding, rotation and resizing run in a parallel ``map``;
+batches are augmented and preprocessed in a second parallel ``map``; ``prefetch`` overlaps all
+of it with the network's forward pass.
 
 Images that cannot be decoded are dropped; with ``with_index=True`` each batch carries the source
 row indices, so the caller sees which ones are missing and asks :func:`skip_reason` why.
@@ -25,6 +27,8 @@ from .images import ImageSource, SkipImage, decode_image, probe_image_size
 # photos at least that many times larger than the input size), PNG, Pillow, or skipped
 JPEG_RATIOS = (1, 2, 4, 8)
 PNG, PILLOW, SKIP = 4, 5, 6
+# rows per header-check chunk when checks run ahead: small first, so the first batch comes soon
+PROBE_CHUNKS = (64, 256, 1024, 2048)
 
 
 def _jpeg_ratio(width: int, height: int, target: int) -> int:
@@ -110,12 +114,59 @@ def probe_codes(
         except SkipImage:
             codes[k] = SKIP
             continue
+        except Exception:  # noqa: BLE001 - Pillow's own decode then says what is wrong
+            codes[k] = PILLOW
+            continue
         if how == "native-jpeg":
             ratio = _jpeg_ratio(width, height, target) if fast_jpeg else 1
             codes[k] = JPEG_RATIOS.index(ratio)
         else:
             codes[k] = PNG if how == "native-png" else PILLOW
     return codes
+
+
+def _chunks(n: int) -> list[tuple[int, int]]:
+    """``(start, end)`` of each header-check chunk of ``n`` rows (see ``PROBE_CHUNKS``)."""
+    bounds, start, k = [], 0, 0
+    while start < n:
+        end = min(n, start + PROBE_CHUNKS[min(k, len(PROBE_CHUNKS) - 1)])
+        bounds.append((start, end))
+        start, k = end, k + 1
+    return bounds
+
+
+def _probed_rows(
+    source: ImageSource, rows: np.ndarray, input_size: Sequence[int], fast_jpeg: bool
+) -> Any:
+    """A ``tf.data.Dataset`` of ``(row, code)``: the header checks of each chunk of ``rows`` run
+    in a background thread while the pipeline decodes the chunk before it."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    import tensorflow as tf
+
+    def generate() -> Any:
+        bounds = _chunks(len(rows))
+        with ThreadPoolExecutor(1, thread_name_prefix="transferkit-probe") as pool:
+
+            def probe(k: int) -> Future[np.ndarray]:
+                a, b = bounds[k]
+                return pool.submit(
+                    probe_codes, source, rows[a:b], input_size=input_size, fast_jpeg=fast_jpeg
+                )
+
+            future = probe(0) if bounds else None
+            for k, (a, b) in enumerate(bounds):
+                assert future is not None
+                try:
+                    codes = future.result()
+                except Exception:  # noqa: BLE001 - the per-image Pillow path reports the files
+                    codes = np.full(b - a, PILLOW, np.int32)
+                if k + 1 < len(bounds):
+                    future = probe(k + 1)
+                yield rows[a:b], codes
+
+    spec = (tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.int32))
+    return tf.data.Dataset.from_generator(generate, output_signature=spec).unbatch()
 
 
 def image_dataset(
@@ -132,7 +183,7 @@ def image_dataset(
     with_index: bool = False,
     resize: str = "auto",
     fast_jpeg: bool = True,
-    probes: np.ndarray | None = None,
+    probes: np.ndarray | str = "auto",
     num_parallel_calls: int | None = None,
 ) -> Any:
     """A ``tf.data.Dataset`` of ``(images float32 (B,H,W,3), labels int32 (B,))`` batches
@@ -143,8 +194,10 @@ def image_dataset(
     applied to 0..255 float batches before ``preprocess``. ``resize`` is a ``tf.image.resize``
     method, or ``"auto"`` (see :func:`resize_image`). ``fast_jpeg`` lets libjpeg decode
     large JPEGs at 1/2, 1/4 or 1/8 scale (never below the input size) before the resize.
-    ``probes`` (from :func:`probe_codes`, one per row of ``indices``) saves the per-image
-    header check inside the pipeline: only files that need Pillow then call into Python.
+    ``probes`` says where file headers are checked: ``"ahead"`` in a background thread, a
+    chunk ahead of the pipeline, so that only files that need Pillow call into Python;
+    ``"inline"`` inside the pipeline, per image; ``"auto"`` (default) ahead unless ``shuffle``;
+    or an array from :func:`probe_codes`, one code per row of ``indices``, checked beforehand.
     """
     import tensorflow as tf
 
@@ -169,10 +222,19 @@ def image_dataset(
     rot_t = tf.constant(np.asarray(rotations, np.int32)) if rotations is not None else None
     prepare = _probe_and_load(source, plan, max(height, width), fast_jpeg)
     load = _loader(source, plan)
-    if probes is not None:
-        probes = np.asarray(probes, np.int32).reshape(-1)
-        if len(probes) != len(rows):
-            raise ValueError(f"{len(probes)} probes for {len(rows)} images")
+    if isinstance(probes, str):
+        if probes not in ("auto", "ahead", "inline"):
+            raise UsageError(f"probes must be 'auto', 'ahead', 'inline' or codes, got {probes!r}")
+        mode = ("inline" if shuffle else "ahead") if probes == "auto" else probes
+        ahead = mode == "ahead" and plan is not None
+        if mode == "ahead" and shuffle:
+            raise UsageError("probes='ahead' reads the rows in order: it cannot shuffle")
+        codes = None
+    else:
+        codes = np.asarray(probes, np.int32).reshape(-1)
+        if len(codes) != len(rows):
+            raise ValueError(f"{len(codes)} probes for {len(rows)} images")
+        ahead = False
 
     def decode(index: Any, known: Any = None) -> tuple[Any, Any, Any, Any]:
         if known is None:
@@ -227,7 +289,10 @@ def image_dataset(
         img = tf.ensure_shape(tf.cast(img, tf.float32), (height, width, 3))
         return img, tf.gather(labels_t, index), index, ok
 
-    ds = tf.data.Dataset.from_tensor_slices(rows if probes is None else (rows, probes))
+    if ahead:
+        ds = _probed_rows(source, rows, (height, width), fast_jpeg)
+    else:
+        ds = tf.data.Dataset.from_tensor_slices(rows if codes is None else (rows, codes))
     if shuffle:
         ds = ds.shuffle(max(1, len(rows)), seed=seed, reshuffle_each_iteration=True)
     if repeat:
@@ -254,10 +319,26 @@ def image_dataset(
         ds = ds.map(transform, num_parallel_calls=parallel, deterministic=True)
     if not with_index:
         ds = ds.map(lambda images, labels, index: (images, labels))
+    return ds.with_options(dataset_options()).prefetch(tf.data.AUTOTUNE)
+
+
+def dataset_options() -> Any:
+    """The ``tf.data.Options`` of every transferkit input pipeline: deterministic order, and
+    tf.data's autotuning model turned off.
+
+    The autotuning model runs in a background thread that the iterator joins when it is
+    destroyed; on a 2-core machine that join waited 2-3 s at the end of about one pass in three
+    (``bench/RESULTS.md``), a stall per chunk during extraction and per validation pass during
+    training. Without it a ``map`` given ``AUTOTUNE`` runs as many calls at once as there are
+    schedulable cores (at most 16), which is what a decode-bound pipeline wants, and
+    ``prefetch(AUTOTUNE)`` still grows its buffer on demand.
+    """
+    import tensorflow as tf
+
     options = tf.data.Options()
     options.deterministic = True
-    ds = ds.with_options(options)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    options.autotune.enabled = False
+    return options
 
 
 def map_files(

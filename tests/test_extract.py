@@ -270,11 +270,11 @@ def test_backbone_failure_is_reported_and_leaves_no_store(images, tmp_path, regi
 
 
 def test_chunked_reading_gives_the_same_store(tiny, images, tmp_path, monkeypatch):
-    from transferkit.jobs import extract as extraction
+    import transferkit.pipeline as pipeline
 
     one = transferkit.extract(images, backbone=tiny, out=tmp_path / "a.h5", progress=False)
-    monkeypatch.setattr(extraction, "FIRST_CHUNK", 3)
-    monkeypatch.setattr(extraction, "CHUNK", 2)
+    # file headers checked ahead in chunks of 3, 2, 2, ... rows
+    monkeypatch.setattr(pipeline, "PROBE_CHUNKS", (3, 2))
     many = transferkit.extract(
         images, backbone=tiny, out=tmp_path / "b.h5", task=None, batch_size=3, progress=False
     )

@@ -44,9 +44,13 @@ def test_resize_image_rule():
     assert resize_image(img, (80, 120)).shape == (80, 120, 3)
 
 
-def test_pipeline_decodes_every_kind_and_drops_bad_files(tmp_path):
+def test_pipeline_decodes_every_kind_and_drops_bad_files(tmp_path, monkeypatch):
     import tensorflow as tf
 
+    import transferkit.pipeline as pipeline
+
+    # header checks ahead of the pipeline, in chunks of 2, 3, 3, ... rows
+    monkeypatch.setattr(pipeline, "PROBE_CHUNKS", (2, 3))
     _mixed_folder(tmp_path)
     src = open_source(tmp_path)
     names = [p.split("/")[-1] for p in src.paths]
@@ -69,16 +73,19 @@ def test_pipeline_decodes_every_kind_and_drops_bad_files(tmp_path):
         want = _expected(tf, decode_image(src.paths[i]), (16, 24))
         tol = 1e-3
         assert np.abs(images[row] - want).max() <= tol, names[i]
-    # header checks done ahead (probe_codes) give the same batches as checks inside
-    ahead = image_dataset(
-        src,
-        input_size=(16, 24),
-        batch_size=4,
-        with_index=True,
-        probes=probe_codes(src, np.arange(len(src)), input_size=(16, 24)),
-    )
-    np.testing.assert_array_equal(np.concatenate([b[2].numpy() for b in ahead]), indices)
-    np.testing.assert_array_equal(np.concatenate([b[0].numpy() for b in ahead]), images)
+    # header checks inside the pipeline, or all done beforehand (probe_codes), give the same
+    # batches as the checks a chunk ahead
+    for probes in ("inline", probe_codes(src, np.arange(len(src)), input_size=(16, 24))):
+        other = image_dataset(
+            src, input_size=(16, 24), batch_size=4, with_index=True, probes=probes
+        )
+        np.testing.assert_array_equal(np.concatenate([b[2].numpy() for b in other]), indices)
+        np.testing.assert_array_equal(np.concatenate([b[0].numpy() for b in other]), images)
+    # the chunked checks start again with each pass of a repeated dataset
+    again = image_dataset(src, input_size=(16, 24), batch_size=len(indices), repeat=True)
+    first, second = [x.numpy() for x, _ in again.take(2)]
+    np.testing.assert_array_equal(first, images)
+    np.testing.assert_array_equal(second, images)
     reasons = {names[i]: skip_reason(src, i) for i in bad}
     assert "truncated" in reasons["truncated.jpg"]
     assert reasons["empty.jpg"] == "zero bytes"
@@ -169,3 +176,29 @@ def test_large_jpegs_decode_at_reduced_scale(tmp_path):
     # scaled in the DCT (8x8 block means) instead of filtered: close, not identical
     assert 0 < np.abs(fast - want).mean() < 8.0
     assert np.corrcoef(fast.ravel(), want.ravel())[0, 1] > 0.97
+
+
+def test_pipelines_run_without_the_autotune_model(tmp_path):
+    """tf.data's autotuning model thread is joined when an iterator is destroyed, which can
+    stall for seconds at the end of a pass; every input pipeline turns it off."""
+    from transferkit.trainer import ArrayDataModule
+
+    for i in range(4):
+        (tmp_path / "c").mkdir(exist_ok=True)
+        photo("coffee", (20, 16)).save(tmp_path / "c" / f"{i}.png")
+    src = open_source(tmp_path)
+    pipelines = [
+        image_dataset(src, input_size=(8, 8), batch_size=2),
+        image_dataset(src, input_size=(8, 8), batch_size=2, shuffle=True, probes="inline"),
+    ]
+    data = ArrayDataModule(np.zeros((8, 8, 8, 3)), [0, 1] * 4, fractions=(0.5, 0.5))
+    data.setup(preprocess=None, input_size=(8, 8))
+    pipelines += [data.train_dataset(), data.val_dataset(), data.train_segment(0, 2)[0]]
+    for ds in pipelines:
+        assert ds.options().autotune.enabled is False
+        assert ds.options().deterministic is True
+    assert sum(len(x) for x, _ in pipelines[0]) == 4
+    with pytest.raises(UsageError, match="cannot shuffle"):
+        image_dataset(src, input_size=(8, 8), batch_size=2, shuffle=True, probes="ahead")
+    with pytest.raises(UsageError, match="probes must be"):
+        image_dataset(src, input_size=(8, 8), batch_size=2, probes="later")

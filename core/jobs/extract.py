@@ -125,7 +125,8 @@ def extract(
     """Extract one feature vector per image of ``images`` into the store ``out``.
 
     Returns a summary: ``path``, ``rows``, ``skipped`` (count), ``skipped_files`` ([path,
-    reason]), ``seconds``, ``images_per_second``, ``feature_dim``, ``backbone`` and more.
+    reason]), ``seconds`` (the whole call), ``images_per_second`` (the streaming rate, once the
+    network and the input pipeline are built), ``feature_dim``, ``backbone`` and more.
     ``write_images`` also writes the images as read (e.g. rotated by the task) to that folder.
     """
     out = os.fspath(out)
@@ -224,46 +225,27 @@ def _metadata(
     }
 
 
-FIRST_CHUNK, CHUNK = 256, 2048
-
-
 def _batches(
     source: ImageSource, todo: np.ndarray, net: Any, batch_size: int
 ) -> Iterator[tuple[Any, Any, np.ndarray]]:
-    """``(images, labels, source indices)`` batches of ``todo``, in order.
+    """``(images, labels, source indices)`` batches of ``todo``, in order, from one pipeline
+    (file headers are checked in a background thread a chunk ahead of it).
 
-    File headers are checked in a background thread one chunk ahead of the tf.data pipeline, so
-    that its hot path stays in TensorFlow's native decoders (no Python per image).
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from ..pipeline import image_dataset, probe_codes
+    The pipeline is built and started here, not at the first ``next``."""
+    from ..pipeline import image_dataset
 
     if not len(todo):
-        return
-    common = {"input_size": net.input_size, "batch_size": batch_size, "with_index": True}
-    if source.plan() is None:  # a source with its own load(): one pipeline calling it
-        for images, labels, index in image_dataset(
-            source, todo, preprocess=net.preprocess, **common
-        ):
-            yield images, labels, index.numpy()
-        return
-    bounds = [0, *range(min(FIRST_CHUNK, len(todo)), len(todo), CHUNK), len(todo)]
-    chunks = [todo[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
-    with ThreadPoolExecutor(1, thread_name_prefix="transferkit-probe") as pool:
-
-        def probe(chunk: np.ndarray) -> Any:
-            return pool.submit(probe_codes, source, chunk, input_size=net.input_size)
-
-        future = probe(chunks[0])
-        for k, chunk in enumerate(chunks):
-            codes = future.result()
-            if k + 1 < len(chunks):
-                future = probe(chunks[k + 1])
-            part = source.subset(chunk.tolist())
-            ds = image_dataset(part, preprocess=net.preprocess, probes=codes, **common)
-            for images, labels, index in ds:
-                yield images, labels, chunk[index.numpy()]
+        return iter(())
+    ds = image_dataset(
+        source,
+        todo,
+        input_size=net.input_size,
+        batch_size=batch_size,
+        preprocess=net.preprocess,
+        with_index=True,
+        probes="auto",
+    )
+    return ((images, labels, index.numpy()) for images, labels, index in iter(ds))
 
 
 def _run(
@@ -322,10 +304,11 @@ def _run(
         dynamic_ncols=True,
         smoothing=0.1,
     )
-    t0 = time.perf_counter()
+    batches = _batches(source, todo, net, int(config["batch_size"]))
+    t0 = time.perf_counter()  # the streaming rate: network and input pipeline are ready
     skips_shown = 0
     try:
-        for images, labels, idx in _batches(source, todo, net, int(config["batch_size"])):
+        for images, labels, idx in batches:
             features = forward(images).numpy()
             if features.shape[1] != writer.feature_dim:
                 raise TransferkitError(

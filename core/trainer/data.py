@@ -181,10 +181,12 @@ class ArrayDataModule(DataModule):
     def _dataset(self, indices: np.ndarray) -> Any:
         import tensorflow as tf
 
+        from ..pipeline import dataset_options
+
         gather = self._gather_fn()
         ds = tf.data.Dataset.from_tensor_slices(np.asarray(indices, np.int64))
         ds = ds.batch(self.batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
-        return ds.prefetch(tf.data.AUTOTUNE)
+        return ds.with_options(dataset_options()).prefetch(tf.data.AUTOTUNE)
 
     def _gather_fn(self) -> Any:
         import tensorflow as tf
@@ -209,6 +211,8 @@ class ArrayDataModule(DataModule):
     def train_segment(self, start: int, end: int) -> tuple[Any, int]:
         import tensorflow as tf
 
+        from ..pipeline import dataset_options
+
         self._require_setup()
         orders = np.stack([self.epoch_order(e) for e in range(start, end)]).astype(np.int64)
         batch = self.batch_size
@@ -216,7 +220,7 @@ class ArrayDataModule(DataModule):
             lambda row: tf.data.Dataset.from_tensor_slices(row).batch(batch)
         )
         ds = ds.map(self._gather_fn(), num_parallel_calls=tf.data.AUTOTUNE)
-        return ds.prefetch(tf.data.AUTOTUNE), self.steps_per_epoch
+        return ds.with_options(dataset_options()).prefetch(tf.data.AUTOTUNE), self.steps_per_epoch
 
 
 class ImageDataModule(DataModule):
