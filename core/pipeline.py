@@ -114,8 +114,8 @@ def probe_codes(
         except SkipImage:
             codes[k] = SKIP
             continue
-        except Exception:  # noqa: BLE001 - Pillow's own decode then says what is wrong
-            codes[k] = PILLOW
+        except Exception:  # noqa: BLE001 - never raise from the header check: Pillow's own
+            codes[k] = PILLOW  # decode then says what is wrong with the file
             continue
         if how == "native-jpeg":
             ratio = _jpeg_ratio(width, height, target) if fast_jpeg else 1
@@ -154,13 +154,11 @@ def _probed_rows(
                     probe_codes, source, rows[a:b], input_size=input_size, fast_jpeg=fast_jpeg
                 )
 
-            future = probe(0) if bounds else None
+            if not bounds:
+                return
+            future = probe(0)
             for k, (a, b) in enumerate(bounds):
-                assert future is not None
-                try:
-                    codes = future.result()
-                except Exception:  # noqa: BLE001 - the per-image Pillow path reports the files
-                    codes = np.full(b - a, PILLOW, np.int32)
+                codes = future.result()
                 if k + 1 < len(bounds):
                     future = probe(k + 1)
                 yield rows[a:b], codes
@@ -327,10 +325,10 @@ def dataset_options() -> Any:
     tf.data's autotuning model turned off.
 
     The autotuning model runs in a background thread that the iterator joins when it is
-    destroyed; on a 2-core machine that join waited 2-3 s at the end of about one pass in three
-    (``bench/RESULTS.md``), a stall per chunk during extraction and per validation pass during
-    training. Without it a ``map`` given ``AUTOTUNE`` runs as many calls at once as there are
-    schedulable cores (at most 16), which is what a decode-bound pipeline wants, and
+    destroyed; on a 2-core machine that join waited 2-3 s at the end of a third to a half of
+    the passes (``bench/bench_pipeline_teardown.py``), a pause per extraction and per validation
+    pass during training. Without it a ``map`` given ``AUTOTUNE`` runs as many calls at once as
+    there are schedulable cores (at most 16), which is what a decode-bound pipeline wants, and
     ``prefetch(AUTOTUNE)`` still grows its buffer on demand.
     """
     import tensorflow as tf

@@ -202,3 +202,29 @@ def test_pipelines_run_without_the_autotune_model(tmp_path):
         image_dataset(src, input_size=(8, 8), batch_size=2, shuffle=True, probes="ahead")
     with pytest.raises(UsageError, match="probes must be"):
         image_dataset(src, input_size=(8, 8), batch_size=2, probes="later")
+
+
+def test_a_failing_header_check_falls_back_to_pillow(tmp_path, monkeypatch):
+    import transferkit.pipeline as pipeline
+
+    for i in range(3):
+        (tmp_path / "c").mkdir(exist_ok=True)
+        photo("chelsea", (20, 16)).save(tmp_path / "c" / f"{i}.jpg")
+    src = open_source(tmp_path)  # full-scale decodes (12 px > 16 px / 2): both decoders agree
+    want = np.concatenate(
+        [x.numpy() for x, _ in image_dataset(src, input_size=(12, 12), batch_size=3)]
+    )
+    real = pipeline.probe_image_size
+
+    def flaky(path, **kwargs):
+        if path.endswith("1.jpg"):
+            raise RuntimeError("header reader broke")
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(pipeline, "probe_image_size", flaky)
+    codes = probe_codes(src, np.arange(3), input_size=(12, 12))
+    assert codes[1] == pipeline.PILLOW and codes[0] != pipeline.PILLOW
+    got = np.concatenate(
+        [x.numpy() for x, _ in image_dataset(src, input_size=(12, 12), batch_size=3)]
+    )
+    np.testing.assert_allclose(got, want, atol=1e-3)
