@@ -28,6 +28,17 @@ class TransferkitGroup(click.Group):
             raise click.UsageError(str(exc), ctx=None) from exc
         except TransferkitError as exc:
             raise click.ClickException(str(exc)) from exc
+        except (OSError, RuntimeError) as exc:
+            # the last resort for an operating-system error no job turned into a message (a
+            # full disk, a read-only file system): one line, never a traceback
+            from .outputs import os_error_details
+
+            details = os_error_details(exc)
+            if details is None:
+                raise
+            reason = " ".join(details[1].split())
+            where = getattr(exc, "filename", None)
+            raise click.ClickException(f"{where}: {reason}" if where else reason) from exc
 
 
 @click.group(cls=TransferkitGroup, context_settings={"help_option_names": ["-h", "--help"]})

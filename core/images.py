@@ -295,20 +295,27 @@ def write_images(source: ImageSource, out_dir: str | os.PathLike[str]) -> dict[s
 
     from PIL import Image
 
+    from . import outputs
+
     out = Path(out_dir)
-    for name in source.label_names:
-        (out / name).mkdir(parents=True, exist_ok=True)
+    # a folder transferkit wrote before is replaced whole (the old one is deleted only once the
+    # new one is written); anything else that is not empty is refused, untouched
+    outputs.check_folder(out, "images", what="--write-images folder")
     written, skipped = 0, []
-    for i, record in enumerate(source.records):
-        try:
-            pixels = source.load(i)
-        except SkipImage as exc:
-            skipped.append([record.path, exc.reason])
-            continue
-        stem = Path(record.path).stem
-        target = out / source.label_names[record.label] / f"{i:06d}_{stem}.png"
-        Image.fromarray(pixels).save(target)
-        written += 1
+    with outputs.replacing(out), outputs.writing(out):
+        outputs.mark_folder(out, "images")
+        for name in source.label_names:
+            (out / name).mkdir(parents=True, exist_ok=True)
+        for i, record in enumerate(source.records):
+            try:
+                pixels = source.load(i)
+            except SkipImage as exc:
+                skipped.append([record.path, exc.reason])
+                continue
+            stem = Path(record.path).stem
+            target = out / source.label_names[record.label] / f"{i:06d}_{stem}.png"
+            Image.fromarray(pixels).save(target)
+            written += 1
     return {"out": str(out), "written": written, "skipped": len(skipped), "skipped_files": skipped}
 
 

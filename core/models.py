@@ -20,13 +20,16 @@ Two formats, one file each:
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import zipfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import TransferkitError, UsageError
+from .outputs import atomic_path, check_outside_inputs, refuse_replacing
 
 FORMAT = "transferkit-model"
 FORMAT_VERSION = 1
@@ -113,18 +116,55 @@ def default_suffix(library: str) -> str:
 def save_model(model: SavedModel, path: str | Path) -> Path:
     """Write ``model`` to ``path`` (skops for scikit-learn, pickle for river); returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = json.dumps(model.header())
-    tmp = path.with_name(path.name + ".tmp")
-    if model.library == "river":
-        with open(tmp, "wb") as fh:
-            pickle.dump({"header": header, "estimator": model.estimator}, fh)
-    else:
-        import skops.io as sio
+    # written beside the target and renamed over it: a crash or a full disk never leaves half a
+    # model under the real name, nor a temporary file
+    with atomic_path(path) as tmp:
+        if model.library == "river":
+            with open(tmp, "wb") as fh:
+                pickle.dump({"header": header, "estimator": model.estimator}, fh)
+        else:
+            import skops.io as sio
 
-        sio.dump({"header": header, "estimator": model.estimator}, tmp)
-    tmp.replace(path)  # a crash never leaves half a model under the real name
+            sio.dump({"header": header, "estimator": model.estimator}, tmp)
     return path
+
+
+def model_path_for(out: str | Path, library: str) -> Path:
+    """Where ``--out`` saves a model: ``out``, with the library's suffix when it has none."""
+    path = Path(out)
+    return path if path.suffix else path.with_suffix(default_suffix(library))
+
+
+def is_saved_model(path: str | Path) -> bool:
+    """Whether ``path`` is a model file :func:`save_model` wrote (read without loading it)."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                schema = archive.read("schema.json")
+            return FORMAT.encode() in schema and b'"header"' in schema
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return False
+    return head[:1] == b"\x80" and FORMAT.encode() in head
+
+
+def check_model_out(path: str | Path, *, overwrite: bool, inputs: Sequence[Any] = ()) -> None:
+    """Refuse a model path that is or touches an input, that exists without ``overwrite``, or
+    that exists and is not a model transferkit saved (nothing is touched)."""
+    check_outside_inputs(path, inputs, "model file")
+    if os.path.lexists(path):
+        if not overwrite:
+            raise UsageError(
+                f"model file {path} already exists; pass --overwrite to replace it "
+                "(overwrite=True in Python) or choose another --out"
+            )
+        if not is_saved_model(path):
+            raise refuse_replacing(path, "model file", "a model saved by transferkit")
 
 
 def untrusted_types(path: str | Path) -> list[str]:

@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .errors import TransferkitError, UsageError
+from .outputs import ensure_parent, output_error, refuse_replacing, replacing, writing
 
 MODES = ("create", "overwrite", "resume")
 SCHEMA_VERSION = 1
@@ -163,7 +164,27 @@ class FeatureStore:
 
     @classmethod
     def exists(cls, path: str) -> bool:
-        return os.path.exists(path)
+        return os.path.lexists(path)
+
+    @classmethod
+    def is_transferkit_store(cls, path: str) -> bool:
+        """Whether ``path`` is a store that transferkit wrote (its arrays and schema version), the
+        only kind of path ``overwrite`` may replace."""
+        if os.path.islink(path):
+            return False
+        try:
+            root = cls._backend_open(path, "r")
+        except Exception:
+            return False
+        try:
+            return "schema_version" in root.attrs and all(
+                cls._backend_has(root, name) for name in ("features", "labels", "paths")
+            )
+        except Exception:
+            return False
+        finally:
+            with contextlib.suppress(Exception):
+                cls._backend_close(root)
 
     @classmethod
     def remove(cls, path: str) -> None:
@@ -219,15 +240,30 @@ class FeatureStoreWriter:
                 f"continue an interrupted extraction into it (overwrite=True or resume=True "
                 f"in Python)"
             )
+        if exists and mode == "overwrite":
+            check_replaceable_store(backend, self.path)
+        ensure_parent(self.path)
         self._acquire_lock()
         try:
             if exists and mode == "resume":
                 self._open_for_resume(metadata, must_match)
+                with writing(self.path):
+                    self._write_attrs(metadata, initial=False)
             else:
-                if exists:
-                    backend.remove(self.path)
-                self._create(metadata, compression, chunk_rows)
-            self._write_attrs(metadata, initial=not self.resumed)
+                # the old store stays aside until the new one is created, and comes back if
+                # creating it fails (a full disk, say)
+                with replacing(self.path), writing(self.path):
+                    try:
+                        self._create(metadata, compression, chunk_rows)
+                        self._write_attrs(metadata, initial=True)
+                    except BaseException:
+                        if getattr(self, "root", None) is not None:
+                            with contextlib.suppress(Exception):
+                                backend._backend_close(self.root)
+                        if not exists:  # what was made of the new store: nothing to resume
+                            with contextlib.suppress(OSError):
+                                backend.remove(self.path)
+                        raise
         except BaseException:
             self._release_lock()
             raise
@@ -253,8 +289,14 @@ class FeatureStoreWriter:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(lock)
                 continue
-            with os.fdopen(fd, "w") as fh:
-                fh.write(str(os.getpid()))
+            except OSError as exc:  # a read-only file system, no permission
+                raise output_error(lock, exc, "create the lock file") from exc
+            try:
+                with writing(lock, "write the lock file"), os.fdopen(fd, "w") as fh:
+                    fh.write(str(os.getpid()))
+            except BaseException:
+                self._release_lock()
+                raise
             return
         raise StoreLockedError(f"cannot lock {self.path}; delete {lock} if no process writes it")
 
@@ -268,8 +310,6 @@ class FeatureStoreWriter:
         self, metadata: Mapping[str, Any], compression: str | None, chunk_rows: int | None
     ) -> None:
         b = self.backend
-        parent = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(parent, exist_ok=True)
         self.root = b._backend_open(self.path, "w")
         d = self.feature_dim
         # aim at ~1 MiB chunks of features, at least 16 rows
@@ -423,8 +463,20 @@ class FeatureStoreWriter:
                 raise UsageError(f"metadata key {key!r} is reserved by the store")
             self.root.attrs[key] = _encode_attr(value)
 
+    @property
+    def committed_rows(self) -> int:
+        """Rows on disk, committed (what a resumed run keeps)."""
+        return self._rows_on_disk
+
     def flush(self) -> None:
-        """Write the buffer: data first, then the committed row count, then make it durable."""
+        """Write the buffer: data first, then the committed row count, then make it durable.
+
+        An operating-system error (a full disk) is an ``OutputError``; the rows committed before
+        it stay, and a resumed writer drops anything written past them."""
+        with writing(self.path):
+            self._flush()
+
+    def _flush(self) -> None:
         b = self.backend
         if self._buf_n:
             x = np.concatenate(self._buf_x)
@@ -451,18 +503,26 @@ class FeatureStoreWriter:
         if self._closed:
             return
         try:
-            self.flush()
-            self.root.attrs["complete"] = bool(complete)
-            self.root.attrs["image_count"] = self._rows_on_disk + len(self._skipped)
-            self.backend._backend_flush(self.root)
+            with writing(self.path):
+                self._flush()
+                self.root.attrs["complete"] = bool(complete)
+                self.root.attrs["image_count"] = self._rows_on_disk + len(self._skipped)
+                self.backend._backend_flush(self.root)
         finally:
             self._closed = True
-            self.backend._backend_close(self.root)
-            self._release_lock()
+            try:
+                with writing(self.path):
+                    self.backend._backend_close(self.root)
+            finally:
+                self._release_lock()
 
     def abort(self) -> None:
-        """Flush what is buffered and close without marking the store complete."""
-        self.close(complete=False)
+        """Flush what is buffered and close without marking the store complete.
+
+        Used when a run fails: an error while flushing (the disk that caused the failure is
+        still full) is not raised again, the rows committed before it stay."""
+        with contextlib.suppress(Exception):
+            self.close(complete=False)
 
     def __enter__(self) -> FeatureStoreWriter:
         return self
@@ -618,6 +678,17 @@ class FeatureStoreReader:
 
 
 # ---------------------------------------------------------------------------- entry points
+
+
+def check_replaceable_store(backend: type[FeatureStore], path: str) -> None:
+    """Raise ``UsageError`` unless ``path`` (which exists) is a store transferkit wrote."""
+    if not backend.is_transferkit_store(path):
+        kind = "folder" if os.path.isdir(path) else "file"
+        raise refuse_replacing(
+            path,
+            f"output {kind}",
+            f"a {backend.name or 'feature'} store written by transferkit",
+        )
 
 
 def backend_for(path: str | os.PathLike[str], store: str | None = None) -> type[FeatureStore]:

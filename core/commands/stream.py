@@ -35,6 +35,9 @@ def register(cli: click.Group) -> None:
         help="Batches mixed together in the shuffle buffer (0: store order).",
     )
     @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Save the model.")
+    @click.option(
+        "--overwrite", is_flag=True, help="Replace --out if it is a model transferkit saved."
+    )
     @click.option("--store", default=None, help="Store format, when the suffix does not tell.")
     @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
     @config_options
@@ -47,6 +50,7 @@ def register(cli: click.Group) -> None:
         seed: int,
         shuffle_blocks: int,
         out: str | None,
+        overwrite: bool,
         store: str | None,
         as_json: bool,
     ) -> None:
@@ -72,6 +76,7 @@ def register(cli: click.Group) -> None:
             seed=seed,
             shuffle_blocks=shuffle_blocks,
             out=out,
+            overwrite=overwrite,
             store=store,
         )
         if as_json:

@@ -36,6 +36,9 @@ def register(cli: click.Group) -> None:
         default=None,
         help="Save the fitted model here (.skops for scikit-learn, .pkl for river).",
     )
+    @click.option(
+        "--overwrite", is_flag=True, help="Replace --out if it is a model transferkit saved."
+    )
     @click.option("--store", default=None, help="Store format, when the suffix does not tell.")
     @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
     @config_options
@@ -46,6 +49,7 @@ def register(cli: click.Group) -> None:
         subset: float | None,
         seed: int,
         out: str | None,
+        overwrite: bool,
         store: str | None,
         as_json: bool,
     ) -> None:
@@ -69,6 +73,7 @@ def register(cli: click.Group) -> None:
             subset=subset,
             seed=seed,
             out=out,
+            overwrite=overwrite,
             store=store,
         )
         if as_json:

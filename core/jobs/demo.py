@@ -26,7 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from .. import outputs
+
 DEFAULT_OUT = "transferkit-demo"
+DEMO_KIND = "demo"  # the kind in the demo folder's marker file
 DEFAULT_BACKBONES = ("efficientnet-lite0@64", "efficientnet-lite0@64:max")
 IMAGE_SIZE = 64
 HELD_OUT_PER_CLASS = 2
@@ -59,11 +62,11 @@ def write_digits(folder: str | Path, *, size: int = IMAGE_SIZE, seed: int = 0) -
             path = root / "images" / str(label) / f"{i:04d}.png"
         if path.exists():
             continue
-        path.parent.mkdir(parents=True, exist_ok=True)
         ink = (255 - pixels * (255 / 16)).clip(0, 255).astype(np.uint8)  # dark ink on white
-        Image.fromarray(ink).resize((size, size), Image.Resampling.BICUBIC).convert("RGB").save(
-            path
-        )
+        picture = Image.fromarray(ink).resize((size, size), Image.Resampling.BICUBIC)
+        # whole or not at all: a later run reuses every file that exists
+        with outputs.atomic_path(path) as tmp:
+            picture.convert("RGB").save(tmp, format="PNG")
         written += 1
     return {
         "images": str(root / "images"),
@@ -90,6 +93,9 @@ def demo(
 
     started = time.perf_counter()
     root = Path(out)
+    # a new or empty folder, or one an earlier demo made: a second run reuses what it holds
+    outputs.check_folder(root, DEMO_KIND, what="demo folder")
+    outputs.mark_folder(root, DEMO_KIND)
     _say(f"1/5 writing scikit-learn's handwritten digits as {IMAGE_SIZE}px PNG files in {root}")
     images = write_digits(root, seed=seed)
     print(
@@ -134,7 +140,11 @@ def demo(
 
     _say(f"4/5 training {report['best_model']} on {report['best_features']} features")
     trained = train(
-        best_store, classifier=report["best_model"], seed=seed, out=root / "model.skops"
+        best_store,
+        classifier=report["best_model"],
+        seed=seed,
+        out=root / "model.skops",
+        overwrite=True,
     )
     print(trained["report_text"], file=sys.stderr)
 

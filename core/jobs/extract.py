@@ -22,11 +22,17 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__, plugin_manager, registry
+from .. import __version__, outputs, plugin_manager, registry
 from ..errors import TransferkitError, UsageError
 from ..images import ImageSource, open_source
 from ..specs import POOLINGS
-from ..store import FeatureStoreWriter, StoreExistsError, backend_for, create_store
+from ..store import (
+    FeatureStoreWriter,
+    StoreExistsError,
+    backend_for,
+    check_replaceable_store,
+    create_store,
+)
 
 # settings that must match for a store to be resumed
 _RESUME_KEYS = ("backbone", "weights_source", "input_size", "pooling", "task", "seed", "shuffle")
@@ -139,13 +145,20 @@ def extract(
     size = parse_input_size(input_size)
     backend = backend_for(out, store)  # an unknown format fails before any work
     mode = "resume" if resume else "overwrite" if overwrite else "create"
+    spec = registry.backbone(backbone)
+    source: ImageSource = open_source(images, task=task, seed=seed, max_pixels=max_pixels)
+    inputs = input_paths(source, images)
+    outputs.check_outside_inputs(out, inputs, "output store")
+    if write_images:
+        outputs.check_outside_inputs(write_images, [*inputs, out], "--write-images folder")
+        outputs.check_folder(write_images, "images", what="--write-images folder")
     if mode == "create" and backend.exists(out):
         raise StoreExistsError(
             f"{out} already exists; pass --overwrite to replace it or --resume to continue "
             f"an interrupted extraction into it"
         )
-    spec = registry.backbone(backbone)
-    source: ImageSource = open_source(images, task=task, seed=seed, max_pixels=max_pixels)
+    if mode == "overwrite" and backend.exists(out):
+        check_replaceable_store(backend, out)
     if len(source) == 0:
         raise UsageError(f"{images} holds no images")
 
@@ -191,12 +204,29 @@ def extract(
                 f"run again with --resume to finish",
                 file=sys.stderr,
             )
+        if isinstance(exc, outputs.OutputError) and writer is not None:
+            raise outputs.OutputError(
+                f"{exc}; {writer.committed_rows} rows are kept in {out}: run again with "
+                f"--resume to finish",
+                exc.errno,
+            ) from exc
         raise
     summary["seconds"] = round(time.perf_counter() - started, 3)
     if written is not None:
         summary["written_images"] = {k: written[k] for k in ("out", "written", "skipped")}
     plugin_manager.call_lifecycle("on_extract_end", output=out, summary=summary)
     return summary
+
+
+def input_paths(source: ImageSource, images: Any) -> list[str]:
+    """The paths an output must stay clear of: the image folder, or a list file and every image
+    it names."""
+    location = str(getattr(source, "location", "") or "")
+    if not location and isinstance(images, str | os.PathLike):
+        location = os.fspath(images)
+    if location and os.path.isdir(location):
+        return [location]
+    return [p for p in [location, *(r.path for r in source.records)] if p]
 
 
 def _metadata(

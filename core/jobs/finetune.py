@@ -23,10 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from .. import plugin_manager, registry
+from .. import outputs, plugin_manager, registry
 from ..errors import TransferkitError, UsageError
 
 MODEL_FILE = "model.keras"
+RUN_KIND = "finetune-run"  # the kind in a run folder's marker file
 CHECKPOINT_DIR = "checkpoints"
 
 
@@ -86,19 +87,41 @@ def _augmentation_for(augment: str | None, task: str | None) -> str:
     return augment
 
 
-def _prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
+def _input_paths(images: Any) -> list[str]:
+    """The paths the run folder must stay clear of (the image folder, or a list and its images)."""
+    from ..images import ImageSource, open_source
+    from .extract import input_paths
+
+    if isinstance(images, str | Path) and Path(images).is_dir():
+        return [str(images)]
+    source = images if isinstance(images, ImageSource) else open_source(images)
+    return input_paths(source, images)
+
+
+def _prepare_out(out: Path, resume: bool, overwrite: bool, images: Any = None) -> None:
+    """Check the run folder and mark it as transferkit's: it may be new, empty, or a run folder
+    transferkit made (its marker); only then does ``overwrite`` delete the last run's files."""
+    outputs.check_outside_inputs(out, _input_paths(images) if images is not None else [],
+                                 "run folder")  # fmt: skip
     ckpt = out / CHECKPOINT_DIR / "last.ckpt.npz"
     if ckpt.exists() and not resume and not overwrite:
         raise UsageError(
             f"{out} holds a training checkpoint; pass --resume to continue it or --overwrite "
             "to start afresh"
         )
+    if not (resume and ckpt.exists()):  # resuming a run made before run folders had markers
+        outputs.check_folder(
+            out, RUN_KIND, what="run folder", hint="(--overwrite replaces only a run folder "
+            "that transferkit made)"
+        )  # fmt: skip
     if overwrite and not resume and out.exists():
-        for name in (CHECKPOINT_DIR,):
-            shutil.rmtree(out / name, ignore_errors=True)
-        for name in (MODEL_FILE, "history.csv", "history.json", "summary.json"):
-            (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+        with outputs.writing(out, "clear the run folder"):
+            for name in (CHECKPOINT_DIR,):
+                if (out / name).is_dir():
+                    shutil.rmtree(out / name)
+            for name in (MODEL_FILE, "history.csv", "history.json", "summary.json"):
+                (out / name).unlink(missing_ok=True)
+    outputs.mark_folder(out, RUN_KIND)
 
 
 def finetune(
@@ -161,7 +184,7 @@ def finetune(
     strategy_obj = resolve_strategy(
         strategy, **_strategy_options(strategy, epochs, learning_rate, unfreeze_from)
     )
-    _prepare_out(out, resume, overwrite)
+    _prepare_out(out, resume, overwrite, images)
 
     with precision_scope(precision):
         seed_everything(seed, deterministic=deterministic)
@@ -218,7 +241,7 @@ def finetune(
             },
         )
         summary["seconds"] = round(time.perf_counter() - start, 3)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        outputs.atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
         return summary
 
 

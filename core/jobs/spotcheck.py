@@ -29,6 +29,7 @@ import contextlib
 import csv
 import hashlib
 import html
+import io
 import json
 import multiprocessing
 import os
@@ -44,7 +45,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from .. import estimators, registry
+from .. import estimators, outputs, registry
 from ..errors import TransferkitError, UsageError
 from ..plugin_manager import call_lifecycle, notify_exception
 
@@ -162,7 +163,8 @@ def cached_store(
     from ..images import open_source
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
+    outputs.check_outside_inputs(cache, [images], "feature cache")
+    outputs.ensure_folder(cache)
     source = open_source(str(images))
     key = cache_key(setting, weights, image_list_digest(list(source.records)))
     final = cache / f"{setting['backbone']}-{key}.h5"
@@ -180,7 +182,8 @@ def cached_store(
         overwrite=True,
         progress=progress,
     )
-    os.replace(partial, final)
+    with outputs.writing(final):
+        os.replace(partial, final)
     return str(final), True
 
 
@@ -619,6 +622,8 @@ def spotcheck(
         raise UsageError(f"--jobs must be at least 1, got {jobs}")
     if timeout is not None and timeout <= 0:
         raise UsageError(f"--timeout must be positive seconds, got {timeout}")
+    if out is not None:  # refused before any work: an input, or a folder that is not ours
+        check_report_folder(Path(out), [str(i) for i in inputs])
     started = time.perf_counter()
     try:
         sources = resolve_sources(
@@ -688,24 +693,37 @@ def spotcheck(
 # ---------------------------------------------------------------------- reports
 
 
+REPORT_KIND = "spotcheck-report"  # the kind in a report folder's marker file
+
+
+def check_report_folder(out: Path, inputs: list[str]) -> None:
+    """A report folder may be new, empty or an earlier report (its marker), and never an input."""
+    outputs.check_outside_inputs(out, inputs, "report folder")
+    outputs.check_folder(out, REPORT_KIND, what="report folder")
+
+
 def write_report(report: dict[str, Any], out: Path) -> dict[str, str]:
-    """report.json, report.csv, heatmap.png and report.html under ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
+    """report.json, report.csv, heatmap.png and report.html under ``out``, each written whole
+    (a temporary file renamed into place) into a folder marked as a transferkit report."""
+    outputs.check_folder(out, REPORT_KIND, what="report folder")
+    outputs.mark_folder(out, REPORT_KIND)
     files = {
         "json": out / "report.json",
         "csv": out / "report.csv",
         "heatmap": out / "heatmap.png",
         "html": out / "report.html",
     }
-    with open(files["csv"], "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(ROW_FIELDS))
-        writer.writeheader()
-        for row in report["rows"]:
-            writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in ROW_FIELDS})
-    heatmap(report["rows"], files["heatmap"])
-    files["html"].write_text(html_page(report, files["heatmap"].name))
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(ROW_FIELDS))
+    writer.writeheader()
+    for row in report["rows"]:
+        writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in ROW_FIELDS})
+    outputs.atomic_write_text(files["csv"], table.getvalue())
+    with outputs.atomic_path(files["heatmap"]) as tmp:
+        heatmap(report["rows"], tmp)
+    outputs.atomic_write_text(files["html"], html_page(report, files["heatmap"].name))
     result = {k: str(v) for k, v in files.items()}
-    files["json"].write_text(json.dumps({**report, "files": result}, indent=2))
+    outputs.atomic_write_text(files["json"], json.dumps({**report, "files": result}, indent=2))
     return result
 
 

@@ -29,7 +29,13 @@ import numpy as np
 
 from .. import estimators, registry
 from ..errors import TransferkitError, UsageError
-from ..models import FeatureRecipe, SavedModel, default_suffix, save_model
+from ..models import (
+    FeatureRecipe,
+    SavedModel,
+    check_model_out,
+    model_path_for,
+    save_model,
+)
 from ..plugin_manager import notify_exception
 from .train import evaluate, open_reader, split_indices
 
@@ -65,6 +71,7 @@ def stream(
     shuffle_blocks: int = 4,
     out: str | Path | None = None,
     store: str | None = None,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Learn ``classifier`` batch by batch from the store; see the module docstring."""
@@ -73,6 +80,8 @@ def stream(
     if report_every < 1:
         raise UsageError(f"--report-every must be at least 1, got {report_every}")
     spec = registry.classifier(classifier)
+    if out is not None:  # refused before any work: an input, or a file that is not ours
+        check_model_out(model_path_for(out, spec.library), overwrite=overwrite, inputs=[store_path])
     model = estimators.build(classifier, seed=seed)
     if not estimators.is_incremental(model):
         incremental = sorted(estimators.select("incremental"))
@@ -178,9 +187,8 @@ def stream(
         result.update(accuracy=None, macro_f1=None, report_text="(no held-out rows)")
     if out is not None:
         library = estimators.library_of(learner.model)
-        path = Path(out)
-        if not path.suffix:
-            path = path.with_suffix(default_suffix(library))
+        path = model_path_for(out, library)
+        check_model_out(path, overwrite=overwrite, inputs=[store_path])
         saved = SavedModel(
             estimator=learner.model,
             recipe=recipe,

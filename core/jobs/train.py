@@ -17,7 +17,13 @@ import numpy as np
 
 from .. import estimators, registry
 from ..errors import TransferkitError, UsageError
-from ..models import FeatureRecipe, SavedModel, default_suffix, save_model
+from ..models import (
+    FeatureRecipe,
+    SavedModel,
+    check_model_out,
+    model_path_for,
+    save_model,
+)
 from ..plugin_manager import notify_exception
 
 
@@ -102,10 +108,13 @@ def train(
     seed: int = 0,
     out: str | Path | None = None,
     store: str | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Fit ``classifier`` on a stratified split of the store; see the module docstring."""
     estimators.select(classifier)  # unknown names fail before any reading
     spec = registry.classifier(classifier)
+    if out is not None:  # refused before any work: an input, or a file that is not ours
+        check_model_out(model_path_for(out, spec.library), overwrite=overwrite, inputs=[store_path])
     reader = open_reader(store_path, store)
     try:
         label_names = [str(n) for n in reader.label_names]
@@ -160,9 +169,8 @@ def train(
     if out is not None:
         estimator = fitted.model if isinstance(fitted, estimators.Incremental) else fitted
         library = estimators.library_of(estimator)
-        path = Path(out)
-        if not path.suffix:
-            path = path.with_suffix(default_suffix(library))
+        path = model_path_for(out, library)
+        check_model_out(path, overwrite=overwrite, inputs=[store_path])
         saved = SavedModel(
             estimator=estimator,
             recipe=recipe,

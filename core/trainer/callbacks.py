@@ -25,14 +25,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace`` (none is left behind
+    on an error, which is one line naming the path)."""
+    from ..outputs import atomic_write_text as write
+
+    write(path, text)
 
 
 class Callback:
@@ -185,7 +182,9 @@ class ModelCheckpoint(Callback):
     def setup(self, trainer: Trainer) -> None:
         if self.save_best:
             _check_monitor(trainer, self.monitor, "the best checkpoint")
-        self.dirpath.mkdir(parents=True, exist_ok=True)
+        from ..outputs import ensure_folder
+
+        ensure_folder(self.dirpath)
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
         if not self.save_best or self.monitor not in logs:
@@ -196,9 +195,10 @@ class ModelCheckpoint(Callback):
         )
         if better and math.isfinite(value):
             self.best, self.best_epoch = value, epoch
-            tmp = self.dirpath / ".best.tmp.weights.h5"
-            trainer.model.network.save_weights(tmp)
-            os.replace(tmp, self.best_path)
+            from ..outputs import atomic_path
+
+            with atomic_path(self.best_path) as tmp:
+                trainer.model.network.save_weights(tmp)
 
     def on_epoch_complete(self, trainer: Trainer, epoch: int) -> None:
         if self.save_last:

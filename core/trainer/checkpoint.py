@@ -4,13 +4,13 @@ trainer state as JSON, written to a temporary file and moved into place with ``o
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import TransferkitError
+from ..outputs import atomic_path
 from .callbacks import atomic_write_text
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,13 +34,8 @@ def save_checkpoint(path: Path, trainer: Trainer) -> None:
     state["n_optimizer"] = len(opt_vars)
     text = json.dumps(state)
     arrays["state"] = np.frombuffer(text.encode(), dtype=np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    with open(tmp, "wb") as fh:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)  # type: ignore[arg-type]
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
     atomic_write_text(path.with_name("state.json"), json.dumps(state, indent=2))
 
 

@@ -226,10 +226,10 @@ class TransferModel:
             self.label_names, json.loads(json.dumps(metadata)), name="labels", dtype="float32"
         )(self.network(x))
         exported = keras.Model(inputs, outputs, name="finetuned")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.stem + ".tmp.keras")
-        exported.save(tmp)
-        tmp.replace(path)
+        from ..outputs import atomic_path
+
+        with atomic_path(path) as tmp:
+            exported.save(tmp)
         return path
 
     def _checked_preprocess_mode(self) -> dict[str, Any] | None:
