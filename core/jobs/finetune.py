@@ -98,9 +98,9 @@ def _input_paths(images: Any) -> list[str]:
     return input_paths(source, images)
 
 
-def _prepare_out(out: Path, resume: bool, overwrite: bool, images: Any = None) -> None:
-    """Check the run folder and mark it as transferkit's: it may be new, empty, or a run folder
-    transferkit made (its marker); only then does ``overwrite`` delete the last run's files."""
+def _check_out(out: Path, resume: bool, overwrite: bool, images: Any = None) -> None:
+    """Refuse a run folder that is or touches an input, or that holds files transferkit did not
+    make (it may be new, empty, or a run folder with transferkit's marker). Touches nothing."""
     outputs.check_outside_inputs(out, _input_paths(images) if images is not None else [],
                                  "run folder")  # fmt: skip
     ckpt = out / CHECKPOINT_DIR / "last.ckpt.npz"
@@ -114,6 +114,12 @@ def _prepare_out(out: Path, resume: bool, overwrite: bool, images: Any = None) -
             out, RUN_KIND, what="run folder", hint="(--overwrite replaces only a run folder "
             "that transferkit made)"
         )  # fmt: skip
+
+
+def _prepare_out(out: Path, resume: bool, overwrite: bool, images: Any = None) -> None:
+    """Check the run folder (:func:`_check_out`), delete the last run's files with ``overwrite``
+    and mark the folder as a transferkit run folder."""
+    _check_out(out, resume, overwrite, images)
     if overwrite and not resume and out.exists():
         with outputs.writing(out, "clear the run folder"):
             for name in (CHECKPOINT_DIR,):
@@ -160,6 +166,7 @@ def finetune(
     per phase of the strategy. Returns a summary: ``model_path``, ``label_names``, ``phases``
     (with the test accuracy after each), ``test_accuracy``, ``epochs``, ``seconds``...
     """
+    _check_out(Path(out), resume, overwrite, images)  # before TensorFlow loads
     from ..trainer import (
         EarlyStopping,
         HistoryLogger,
