@@ -22,6 +22,8 @@ import pytest
 from cli_faults import assert_fails_cleanly, assert_succeeds, run_cli, tree_digest
 from imagefiles import make_folder
 
+from transferkit.errors import UsageError
+
 # a real, offline backbone that needs no plugin registration in the subprocess; 64 px and
 # flatten pooling give 5120-d rows, so a few dozen images fill a 600 KiB tmpfs
 BACKBONE = ["-b", "efficientnet-lite0", "--input-size", "64", "--pooling", "flatten"]
@@ -450,3 +452,68 @@ def test_extraction_on_a_full_disk_keeps_its_rows_and_resumes_once_space_is_free
             np.testing.assert_allclose(done.read()[0], ref.read()[0], rtol=1e-5, atol=1e-6)
         assert leftovers(small) == []
     assert tree_digest(corpus) == before
+
+
+# ----------------------------------------------------------------------------- the helpers
+
+
+def test_atomic_path_leaves_the_old_file_and_no_temporary_file_on_error(tmp_path: Path) -> None:
+    from transferkit.outputs import atomic_path, atomic_write_text
+
+    target = atomic_write_text(tmp_path / "deep" / "er" / "r.json", "old")  # parents created
+    with pytest.raises(RuntimeError, match="midway"), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("midway")
+    assert target.read_text() == "old" and os.listdir(target.parent) == ["r.json"]
+    with atomic_path(target) as tmp:
+        tmp.write_text("new")
+    assert target.read_text() == "new" and os.listdir(target.parent) == ["r.json"]
+
+
+def test_replacing_puts_the_old_folder_back_when_making_the_new_one_fails(tmp_path: Path) -> None:
+    from transferkit.outputs import replacing
+
+    old = tmp_path / "out"
+    old.mkdir()
+    (old / "a").write_text("old")
+    with pytest.raises(OSError), replacing(old):
+        old.mkdir()
+        (old / "b").write_text("half")
+        raise OSError(28, "No space left on device")
+    assert sorted(os.listdir(tmp_path)) == ["out"] and os.listdir(old) == ["a"]
+    with replacing(old):
+        old.mkdir()
+        (old / "b").write_text("new")
+    assert sorted(os.listdir(tmp_path)) == ["out"] and os.listdir(old) == ["b"]
+
+
+def test_output_errors_name_the_path_and_the_reason_in_one_line(tmp_path: Path) -> None:
+    from transferkit.outputs import OutputError, check_outside_inputs, writing
+
+    h5py_style = RuntimeError(
+        "Unable to flush file (file write failed: time = now\n, filename = 'f.h5', errno = 28, "
+        "error message = 'No space left on device', buf = 0x1)"
+    )
+    with pytest.raises(OutputError) as info, writing(tmp_path / "f.h5"):
+        raise h5py_style
+    assert str(info.value) == (
+        f"cannot write {tmp_path / 'f.h5'}: No space left on device; free some space and run again"
+    )
+    with pytest.raises(ValueError), writing(tmp_path):  # not an OS error: left alone
+        raise ValueError("a bug")
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "photos")
+    with pytest.raises(UsageError, match="is the input"):
+        check_outside_inputs(tmp_path / "alias", [tmp_path / "photos"])
+    check_outside_inputs(tmp_path / "photos-features.zarr", [tmp_path / "photos"])
+
+
+def test_the_python_api_refuses_to_overwrite_a_users_folder(tmp_path: Path) -> None:
+    from transferkit.store import create_store
+
+    folder = tmp_path / "mine.zarr"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    with pytest.raises(UsageError, match="not a zarr store written by transferkit"):
+        create_store(folder, feature_dim=2, label_names=["a"], mode="overwrite")
+    assert os.listdir(folder) == ["keep.txt"] and not (tmp_path / "mine.zarr.lock").exists()
