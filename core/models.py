@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TransferkitError, UsageError
-from .outputs import atomic_path, check_outside_inputs, refuse_replacing
+from .outputs import atomic_path, check_outside_inputs, check_writable, refuse_replacing
 
 FORMAT = "transferkit-model"
 FORMAT_VERSION = 1
@@ -165,6 +165,7 @@ def check_model_out(path: str | Path, *, overwrite: bool, inputs: Sequence[Any] 
             )
         if not is_saved_model(path):
             raise refuse_replacing(path, "model file", "a model saved by transferkit")
+    check_writable(path)
 
 
 def untrusted_types(path: str | Path) -> list[str]:

@@ -116,6 +116,18 @@ def ensure_folder(folder: Any) -> Path:
     return folder
 
 
+def check_writable(path: Any) -> None:
+    """Fail early, before any work, when ``path`` cannot be written: its parent folder is created
+    if missing and a file is made and removed there (a read-only file system or a folder without
+    permission is an :class:`OutputError` now rather than after the job's work)."""
+    parent = ensure_parent(path)
+    probe = parent / f".transferkit-probe-{os.getpid()}"
+    with writing(path):
+        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        os.close(fd)
+        os.unlink(probe)
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)

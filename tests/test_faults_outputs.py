@@ -400,6 +400,7 @@ def test_outputs_on_a_read_only_file_system_fail_in_one_line(
         assert os.listdir(ro) == []
 
 
+@pytest.mark.slow
 def test_a_full_disk_fails_in_one_line_and_leaves_no_temporary_file(
     reference: Path, tmp_path: Path
 ) -> None:

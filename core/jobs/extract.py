@@ -161,6 +161,7 @@ def extract(
         check_replaceable_store(backend, out)
     if len(source) == 0:
         raise UsageError(f"{images} holds no images")
+    outputs.check_writable(out)  # a read-only disk fails now, before the network is built
 
     written = None
     if write_images:

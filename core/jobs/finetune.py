@@ -167,6 +167,7 @@ def finetune(
     (with the test accuracy after each), ``test_accuracy``, ``epochs``, ``seconds``...
     """
     _check_out(Path(out), resume, overwrite, images)  # before TensorFlow loads
+    outputs.check_writable(Path(out) / outputs.MARKER)
     from ..trainer import (
         EarlyStopping,
         HistoryLogger,

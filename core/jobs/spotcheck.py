@@ -700,6 +700,7 @@ def check_report_folder(out: Path, inputs: list[str]) -> None:
     """A report folder may be new, empty or an earlier report (its marker), and never an input."""
     outputs.check_outside_inputs(out, inputs, "report folder")
     outputs.check_folder(out, REPORT_KIND, what="report folder")
+    outputs.check_writable(out)
 
 
 def write_report(report: dict[str, Any], out: Path) -> dict[str, str]:
