@@ -518,3 +518,27 @@ def test_the_python_api_refuses_to_overwrite_a_users_folder(tmp_path: Path) -> N
     with pytest.raises(UsageError, match="not a zarr store written by transferkit"):
         create_store(folder, feature_dim=2, label_names=["a"], mode="overwrite")
     assert os.listdir(folder) == ["keep.txt"] and not (tmp_path / "mine.zarr.lock").exists()
+
+
+def test_the_command_line_turns_a_stray_os_error_into_one_line() -> None:
+    import click
+    from click.testing import CliRunner
+
+    from transferkit.cli import TransferkitGroup
+
+    @click.group(cls=TransferkitGroup)
+    def group() -> None: ...
+
+    @group.command("save")
+    def save() -> None:
+        raise OSError(30, "Read-only file system", "/mnt/ro/out.bin")
+
+    @group.command("bug")
+    def bug() -> None:
+        raise RuntimeError("a bug, not an output error")
+
+    result = CliRunner().invoke(group, ["save"])
+    assert result.exit_code == 1
+    assert result.output.strip() == "Error: /mnt/ro/out.bin: Read-only file system"
+    crashed = CliRunner().invoke(group, ["bug"])
+    assert isinstance(crashed.exception, RuntimeError)  # a bug still shows as one
