@@ -680,8 +680,25 @@ class FeatureStoreReader:
 # ---------------------------------------------------------------------------- entry points
 
 
+def _live_writer(lock: str) -> int | None:
+    """The id of the live process holding the lock file ``lock``, if any."""
+    try:
+        pid = int(Path(lock).read_text().strip() or "0")
+    except (OSError, ValueError):
+        return None
+    return pid if pid != os.getpid() and _pid_alive(pid) else None
+
+
 def check_replaceable_store(backend: type[FeatureStore], path: str) -> None:
-    """Raise ``UsageError`` unless ``path`` (which exists) is a store transferkit wrote."""
+    """Raise ``UsageError`` unless ``path`` (which exists) is a store transferkit wrote
+    (``StoreLockedError`` when another live process is writing it)."""
+    lock = str(path).rstrip("/") + ".lock"
+    pid = _live_writer(lock)
+    if pid is not None:
+        raise StoreLockedError(
+            f"{path} is being written by process {pid}; wait for it to finish or stop it "
+            f"(if no process writes it, delete {lock})"
+        )
     if not backend.is_transferkit_store(path):
         kind = "folder" if os.path.isdir(path) else "file"
         raise refuse_replacing(

@@ -52,6 +52,30 @@ class HDF5Store(FeatureStore):
         array.resize(rows, axis=0)
 
     @classmethod
+    def is_transferkit_store(cls, path: str) -> bool:
+        """A readable store with transferkit's schema, or an HDF5 file damaged by a killed writer
+        that still holds the names of transferkit's arrays and attributes (so that
+        ``--overwrite`` can replace what resume reports as damaged)."""
+        if super().is_transferkit_store(path):
+            return True
+        import mmap
+        import os
+
+        if os.path.islink(path) or not os.path.isfile(path):
+            return False
+        try:
+            with open(path, "rb") as fh:
+                if fh.read(8) != b"\x89HDF\r\n\x1a\n":
+                    return False
+                with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                    return all(
+                        data.find(name) >= 0
+                        for name in (b"schema_version", b"label_names", b"features")
+                    )
+        except (OSError, ValueError):
+            return False
+
+    @classmethod
     def _backend_flush(cls, root: Any) -> None:
         root.flush()
 

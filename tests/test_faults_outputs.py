@@ -542,3 +542,27 @@ def test_the_command_line_turns_a_stray_os_error_into_one_line() -> None:
     assert result.output.strip() == "Error: /mnt/ro/out.bin: Read-only file system"
     crashed = CliRunner().invoke(group, ["bug"])
     assert isinstance(crashed.exception, RuntimeError)  # a bug still shows as one
+
+
+def test_overwrite_replaces_a_damaged_hdf5_store_it_wrote_but_not_a_locked_one(
+    tmp_path: Path,
+) -> None:
+    from transferkit.store import StoreLockedError, create_store, open_store
+
+    path = tmp_path / "f.h5"
+    with create_store(path, feature_dim=3, label_names=["a", "b"]) as writer:
+        writer.append(np.ones((2, 3)), [0, 1], ["x", "y"])
+    data = bytearray(path.read_bytes())
+    data[8:48] = bytes(40)  # the superblock, as a writer killed mid-write can leave it
+    path.write_bytes(bytes(data))
+    with pytest.raises(UsageError, match="--overwrite"):
+        create_store(path, feature_dim=3, label_names=["a", "b"], mode="resume")
+    with create_store(path, feature_dim=3, label_names=["a", "b"], mode="overwrite") as writer:
+        writer.append(np.zeros((1, 3)), [1], ["z"])
+    with open_store(path) as reader:
+        assert reader.paths == ["z"] and reader.complete
+    # a store another live process is writing is refused as such, before any check of its kind
+    (tmp_path / "f.h5.lock").write_text(str(os.getppid()))
+    with pytest.raises(StoreLockedError, match="being written by process"):
+        create_store(path, feature_dim=3, label_names=["a", "b"], mode="overwrite")
+    assert (tmp_path / "f.h5").exists()
