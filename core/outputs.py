@@ -246,12 +246,20 @@ def mark_folder(folder: Any, kind: str) -> Path:
     """Create ``folder`` if missing and write its marker (``kind``: what it was made for)."""
     from . import __version__
 
-    folder = ensure_folder(folder)
+    folder = Path(folder)
+    new = not os.path.lexists(folder)
+    ensure_folder(folder)
     if folder_kind(folder) != kind:
-        atomic_write_text(
-            folder / MARKER,
-            json.dumps({"made_by": "transferkit", "kind": kind, "version": __version__}) + "\n",
-        )
+        try:
+            atomic_write_text(
+                folder / MARKER,
+                json.dumps({"made_by": "transferkit", "kind": kind, "version": __version__}) + "\n",
+            )
+        except BaseException:
+            if new:  # leave nothing behind: the folder was made for this
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            raise
     return folder
 
 
