@@ -242,4 +242,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     # TensorFlow's start-up notices (oneDNN, CPU features) would bury the command's own output;
     # a user who wants them sets TF_CPP_MIN_LOG_LEVEL=0.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    build_cli().main(args=list(argv) if argv is not None else None, prog_name="transferkit")
+    try:
+        group = build_cli()  # loads the plugins
+    except KeyboardInterrupt:
+        click.echo("transferkit: interrupted while loading plugins", err=True)
+        sys.exit(130)
+    group.main(args=list(argv) if argv is not None else None, prog_name="transferkit")
