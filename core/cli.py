@@ -28,6 +28,10 @@ class TransferkitGroup(click.Group):
             raise click.UsageError(str(exc), ctx=None) from exc
         except TransferkitError as exc:
             raise click.ClickException(str(exc)) from exc
+        except KeyboardInterrupt:
+            # the job has said what it kept; the shell's convention for Ctrl-C is 128 + SIGINT
+            click.echo("transferkit: interrupted", err=True)
+            raise click.exceptions.Exit(130) from None
 
 
 @click.group(cls=TransferkitGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -5,13 +5,17 @@ nothing was lost or duplicated. docs/reliability.md lists each case with what tr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from cli_faults import assert_fails_cleanly, assert_succeeds, run_cli
+from cli_faults import QUIET_ENV, assert_fails_cleanly, assert_succeeds, run_cli
 
 # ---------------------------------------------------------------------------- plugins
 
@@ -26,6 +30,26 @@ PLUGINS = {
         "time.sleep(30)\n"
     ),
     "slow": "import time\ntime.sleep(1.5)\n",
+    "sleepy": (
+        "import os, time\n"
+        "from transferkit import ClassifierSpec, hookimpl\n"
+        "def sleepy(name):\n"
+        "    def factory(**params):\n"
+        "        from sklearn.neighbors import NearestCentroid\n"
+        "        class Sleepy(NearestCentroid):\n"
+        "            def fit(self, X, y):\n"
+        "                with open(os.environ['FAULTS_FIT_LOG'], 'a') as fh:\n"
+        "                    fh.write(name + '\\n')\n"
+        "                time.sleep(0.3)\n"
+        "                return super().fit(X, y)\n"
+        "        return Sleepy()\n"
+        "    return factory\n"
+        "@hookimpl\n"
+        "def register_classifiers(register):\n"
+        "    for i in range(8):\n"
+        "        name = f'sleepy-{i}'\n"
+        "        register(ClassifierSpec(name=name, description='slow', factory=sleepy(name)))\n"
+    ),
     "good": (
         "from transferkit import ClassifierSpec, hookimpl\n"
         "def centroid(**params):\n"
@@ -116,3 +140,97 @@ def test_a_slow_plugin_is_named_with_the_way_round(plugin_path: Path) -> None:
     quiet = run_cli("plugins", env=with_plugins(plugin_path, "slow"))  # default threshold: 5 s
     assert_succeeds(quiet)
     assert "slow" not in quiet.stderr
+
+
+# ---------------------------------------------------------------------------- spot-check
+
+
+def _wait_for_lines(path: Path, count: int, proc: subprocess.Popen[str], limit: float) -> int:
+    """Wait until the file at ``path`` has ``count`` lines; return how many it has."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        if path.exists() and len(path.read_text().splitlines()) >= count:
+            return len(path.read_text().splitlines())
+        time.sleep(0.05)
+    raise AssertionError(f"{path} never reached {count} lines")
+
+
+def _journal_pairs(path: Path) -> list[str]:
+    pairs = []
+    for line in path.read_text().splitlines()[1:]:
+        with contextlib.suppress(ValueError):
+            pairs.append(json.loads(line)["row"]["classifier"])
+    return pairs
+
+
+def _interrupt(
+    args: list[str], env: dict[str, str], journal: Path, rows: int, sig: int
+) -> subprocess.CompletedProcess[str]:
+    """Run the command in a session of its own and signal the whole session (what the terminal
+    does on Ctrl-C) once the journal holds ``rows`` rows; returns the finished process."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "transferkit", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **QUIET_ENV, **env},
+        start_new_session=True,
+    )
+    try:
+        _wait_for_lines(journal, rows + 1, proc, limit=120)  # the key, then the rows
+        os.killpg(proc.pid, sig)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def test_ctrl_c_and_sigkill_during_spotcheck_keep_every_finished_row(
+    plugin_path: Path, tmp_path: Path
+) -> None:
+    from test_train import write_digits
+
+    store = write_digits(tmp_path / "digits.h5", rows=300)
+    before = store.read_bytes()
+    out = tmp_path / "report"
+    journal = out / "spotcheck-journal.jsonl"
+    pairs = [f"sleepy-{i}" for i in range(8)]
+    args = ["spotcheck", str(store), "-c", ",".join(pairs), "-j", "1", "--out", str(out)]
+    logs = [tmp_path / f"fits-{i}.log" for i in range(3)]
+
+    def env(run: int) -> dict[str, str]:
+        return {**with_plugins(plugin_path, "sleepy"), "FAULTS_FIT_LOG": str(logs[run])}
+
+    # Ctrl-C: the finished rows are the report, marked incomplete
+    first = _interrupt(args, env(0), journal, 2, signal.SIGINT)
+    assert first.returncode == 130, first.stderr
+    assert "Traceback" not in first.stdout + first.stderr, first.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["complete"] is False
+    done = [r["classifier"] for r in report["rows"]]
+    assert 2 <= len(done) < 8 and done == _journal_pairs(journal)
+    assert report["pairs_left"] == 8 - len(done)
+    assert f"{len(done)} of 8 pairs finished, {8 - len(done)} left" in first.stderr
+    assert all(r["status"] == "ok" for r in report["rows"])
+
+    # SIGKILL of the rerun: nothing is cleaned up, the journal still holds every finished row
+    second = _interrupt(args, env(1), journal, len(done) + 1, signal.SIGKILL)
+    assert second.returncode == -signal.SIGKILL
+    assert f"{len(done)} done in an earlier run" in second.stderr
+    assert not set(logs[1].read_text().split()) & set(done)  # the kept pairs were not refitted
+    kept = _journal_pairs(journal)
+    assert kept[: len(done)] == done and len(set(kept)) == len(kept) > len(done)
+
+    third = run_cli(*args, env=env(2))
+    assert_succeeds(third)
+    assert f"{len(kept)} done in an earlier run" in third.stderr
+    assert sorted(logs[2].read_text().split()) == sorted(set(pairs) - set(kept))
+    final = json.loads((out / "report.json").read_text())
+    assert final["complete"] is True and final["pairs_left"] == 0
+    assert [r["classifier"] for r in final["rows"]] == pairs  # none lost, none twice
+    assert all(r["status"] == "ok" and r["accuracy"] > 0.5 for r in final["rows"])
+    assert not journal.exists()
+    assert store.read_bytes() == before
