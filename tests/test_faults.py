@@ -13,7 +13,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from cli_faults import QUIET_ENV, assert_fails_cleanly, assert_succeeds, run_cli
 
@@ -234,3 +236,124 @@ def test_ctrl_c_and_sigkill_during_spotcheck_keep_every_finished_row(
     assert all(r["status"] == "ok" and r["accuracy"] > 0.5 for r in final["rows"])
     assert not journal.exists()
     assert store.read_bytes() == before
+
+
+# ---------------------------------------------------------------------------- images
+
+BACKBONE = ["-b", "efficientnet-lite0", "--input-size", "32"]
+
+# a decoded file -> the plain file with the pixels it must decode to (same features)
+DECODED = {
+    "rocket/png_named.jpg": "rocket/png_named_ref.png",  # wrong suffix: a PNG called .jpg
+    "rocket/jpeg_named.png": "rocket/jpeg_named_ref.jpg",  # and a JPEG called .png
+    "cat/deep16.png": "cat/deep16_ref.png",  # 16 bits per pixel
+    "cat/cmyk.jpg": "cat/cmyk_ref.png",
+    "cat/palette_t.png": "cat/palette_t_ref.png",  # a palette with a transparent colour
+    "rocket/exif6.jpg": "rocket/exif6_ref.png",  # EXIF: rotate 90 degrees clockwise
+    "rocket/anim.gif": "rocket/anim_ref.png",  # animated: the first frame
+}
+SKIPPED = {
+    "rocket/truncated.jpg": "truncated",
+    "rocket/empty.jpg": "zero bytes",
+    "rocket/notes.jpg": "not an image",  # text with an image suffix
+    "cat/bomb.png": "too many pixels",  # 20000 x 20000 pixels in a few kilobytes
+}
+
+
+def _bomb_png(path: Path, side: int = 20_000) -> None:
+    """A real, valid 1-bit PNG of side x side black pixels: 50 MB of pixels in ~50 kB."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    row = b"\0" * (1 + (side + 7) // 8)
+    packer = zlib.compressobj(9)
+    idat = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+
+
+def build_corpus(root: Path) -> int:
+    """Good JPEGs in two classes, the hard-but-valid files of DECODED with their plain twins,
+    and the unusable files of SKIPPED; returns the number of image files."""
+    from imagefiles import add_bad_files, exif_rotated_jpeg, make_folder, photo
+    from PIL import Image
+
+    make_folder(root, per_class=4, size=40)
+    add_bad_files(root / "rocket")
+    cat, rocket = root / "cat", root / "rocket"
+
+    photo("coffee").save(rocket / "png_named.jpg", format="PNG")
+    photo("coffee").save(rocket / "png_named_ref.png")
+    photo("rocket").save(rocket / "jpeg_named.png", format="JPEG", quality=90)
+    (rocket / "jpeg_named_ref.jpg").write_bytes((rocket / "jpeg_named.png").read_bytes())
+
+    gray = np.asarray(photo("chelsea").convert("L"))
+    Image.fromarray(gray.astype(np.uint16) * 257).save(cat / "deep16.png")  # 16-bit grey
+    assert Image.open(cat / "deep16.png").mode.startswith("I")
+    Image.fromarray(gray).save(cat / "deep16_ref.png")
+
+    photo("astronaut").convert("CMYK").save(cat / "cmyk.jpg", quality=95)
+    Image.open(cat / "cmyk.jpg").convert("RGB").save(cat / "cmyk_ref.png")
+
+    pal = photo("chelsea").convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    pal.save(cat / "palette_t.png", transparency=0)
+    rgba = np.asarray(Image.open(cat / "palette_t.png").convert("RGBA")).astype(np.int32)
+    alpha = rgba[..., 3:] / 255.0
+    on_white = np.rint(rgba[..., :3] * alpha + 255 * (1 - alpha)).astype(np.uint8)
+    assert (rgba[..., 3] == 0).any()  # some pixels are transparent
+    Image.fromarray(on_white).save(cat / "palette_t_ref.png")
+
+    stored = exif_rotated_jpeg(rocket / "exif6.jpg", orientation=6)
+    Image.fromarray(np.ascontiguousarray(np.rot90(stored, k=-1))).save(rocket / "exif6_ref.png")
+
+    frames = [photo(name).quantize(32) for name in ("rocket", "coffee", "astronaut")]
+    frames[0].save(rocket / "anim.gif", save_all=True, append_images=frames[1:], duration=50)
+    assert Image.open(rocket / "anim.gif").n_frames == 3
+    Image.open(rocket / "anim.gif").convert("RGB").save(rocket / "anim_ref.png")
+
+    _bomb_png(cat / "bomb.png")
+    return sum(1 for p in root.rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, Path, dict[str, Any]]:
+    """The corpus, and its features extracted by the command line in one uninterrupted run."""
+    root = tmp_path_factory.mktemp("corpus")
+    images = root / "images"
+    count = build_corpus(images)
+    reference = root / "reference.h5"
+    result = run_cli("extract", images, *BACKBONE, "-o", reference, "--json", "--no-progress")
+    assert_succeeds(result)
+    return images, count, reference, json.loads(result.stdout)
+
+
+def test_bad_images_are_decoded_or_skipped_with_their_reason(
+    corpus: tuple[Path, int, Path, dict[str, Any]],
+) -> None:
+    from transferkit.store import open_store
+
+    images, count, reference, summary = corpus
+    # the counts add up to the files found
+    assert summary["images"] == count
+    assert summary["rows"] + summary["skipped"] == count
+    assert summary["skipped"] == len(SKIPPED)
+    reasons = {os.path.relpath(p, images): r for p, r in summary["skipped_files"]}
+    assert set(reasons) == set(SKIPPED)
+    for name, reason in SKIPPED.items():
+        assert reason in reasons[name], (name, reasons[name])
+    with open_store(reference) as store:
+        assert store.complete and len(store) == summary["rows"]
+        assert store.metadata["image_count"] == count
+        rows = {os.path.relpath(p, images): i for i, p in enumerate(store.paths)}
+        assert len(rows) == len(store)  # no image twice
+        x, _ = store.read()
+    for hard, plain in DECODED.items():
+        np.testing.assert_allclose(x[rows[hard]], x[rows[plain]], rtol=1e-4, atol=1e-5)
+    # the 16-bit image is not a black or white picture: its features differ from a flat one's
+    assert not np.allclose(x[rows["cat/deep16.png"]], x[rows["cat/cmyk.jpg"]])
