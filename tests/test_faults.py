@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from cli_faults import QUIET_ENV, assert_fails_cleanly, assert_succeeds, run_cli
+from cli_faults import QUIET_ENV, assert_fails_cleanly, assert_succeeds, run_cli, tree_digest
+
+TESTS = Path(__file__).parent
 
 # ---------------------------------------------------------------------------- plugins
 
@@ -79,12 +81,14 @@ def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
         module = "fault_plugin_" + name.replace("-", "_")
         (root / f"{module}.py").write_text(code)
         lines.append(f"{name} = {module}")
+    lines.append("inject = fault_plugin")  # tests/fault_plugin.py
     (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
     return root
 
 
 def with_plugins(plugin_path: Path, names: str, **extra: str) -> dict[str, str]:
-    path = os.pathsep.join(filter(None, [str(plugin_path), os.environ.get("PYTHONPATH", "")]))
+    parts = [str(plugin_path), str(TESTS), os.environ.get("PYTHONPATH", "")]
+    path = os.pathsep.join(filter(None, parts))
     return {"PYTHONPATH": path, "TRANSFERKIT_LOAD_PLUGINS": names, **extra}
 
 
@@ -147,15 +151,46 @@ def test_a_slow_plugin_is_named_with_the_way_round(plugin_path: Path) -> None:
 # ---------------------------------------------------------------------------- spot-check
 
 
-def _wait_for_lines(path: Path, count: int, proc: subprocess.Popen[str], limit: float) -> int:
-    """Wait until the file at ``path`` has ``count`` lines; return how many it has."""
+def _wait_until(ready: Any, proc: subprocess.Popen[str], limit: float = 120) -> None:
+    """Wait until ``ready()`` is true while ``proc`` runs."""
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
-        assert proc.poll() is None, "the run ended before it could be interrupted"
-        if path.exists() and len(path.read_text().splitlines()) >= count:
-            return len(path.read_text().splitlines())
+        if ready():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"the run ended (exit {proc.returncode}) before it could be stopped"
+            )
         time.sleep(0.05)
-    raise AssertionError(f"{path} never reached {count} lines")
+    raise AssertionError("the run never reached the point where it was to be stopped")
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def _start(args: list[Any], env: dict[str, str]) -> subprocess.Popen[str]:
+    """The command in a session of its own, so that a signal can go to all its processes."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "transferkit", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **QUIET_ENV, **env},
+        start_new_session=True,
+    )
+
+
+def _stop(proc: subprocess.Popen[str], sig: int) -> subprocess.CompletedProcess[str]:
+    """Send ``sig`` to the whole session (what the terminal does on Ctrl-C) and collect it."""
+    try:
+        os.killpg(proc.pid, sig)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 def _journal_pairs(path: Path) -> list[str]:
@@ -169,25 +204,10 @@ def _journal_pairs(path: Path) -> list[str]:
 def _interrupt(
     args: list[str], env: dict[str, str], journal: Path, rows: int, sig: int
 ) -> subprocess.CompletedProcess[str]:
-    """Run the command in a session of its own and signal the whole session (what the terminal
-    does on Ctrl-C) once the journal holds ``rows`` rows; returns the finished process."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "transferkit", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **QUIET_ENV, **env},
-        start_new_session=True,
-    )
-    try:
-        _wait_for_lines(journal, rows + 1, proc, limit=120)  # the key, then the rows
-        os.killpg(proc.pid, sig)
-        stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    """Signal the command once the journal holds ``rows`` rows (after its key line)."""
+    proc = _start(args, env)
+    _wait_until(lambda: _lines(journal) >= rows + 1, proc)
+    return _stop(proc, sig)
 
 
 def test_ctrl_c_and_sigkill_during_spotcheck_keep_every_finished_row(
@@ -357,3 +377,60 @@ def test_bad_images_are_decoded_or_skipped_with_their_reason(
         np.testing.assert_allclose(x[rows[hard]], x[rows[plain]], rtol=1e-4, atol=1e-5)
     # the 16-bit image is not a black or white picture: its features differ from a flat one's
     assert not np.allclose(x[rows["cat/deep16.png"]], x[rows["cat/cmyk.jpg"]])
+
+
+# ---------------------------------------------------------------------------- SIGKILL and resume
+
+
+@pytest.mark.slow
+def test_sigkill_during_extraction_and_during_a_flush_then_resume_loses_nothing(
+    corpus: tuple[Path, int, Path, dict[str, Any]], plugin_path: Path, tmp_path: Path
+) -> None:
+    """Killed between two flushes, then killed again inside a flush of the resumed run (the
+    features of a new block written, its labels array grown, its paths not): the final
+    ``--resume`` gives the uninterrupted run's store. Meanwhile a second writer is refused."""
+    from transferkit.store import open_store
+
+    images, count, reference, _ = corpus
+    before = tree_digest(images)
+    out = tmp_path / "features.ph5"  # HDF5, through the plugin's pausing store
+    mark = tmp_path / "paused"
+    args = ["extract", images, *BACKBONE, "-o", out, "--batch-size", "4", "--buffer-rows", "8"]
+    args += ["--no-progress"]
+
+    def env(pause: str = "") -> dict[str, str]:
+        return with_plugins(plugin_path, "inject", FAULTS_PAUSE=pause, FAULTS_MARK=str(mark))
+
+    # 1. killed after its third batch: two batches flushed, one in the buffer
+    first = _start(args, env("batch:3"))
+    _wait_until(mark.exists, first)
+    on_disk = tree_digest(tmp_path)
+    # a second writer on the same output is refused, even with --overwrite, and deletes nothing
+    second = run_cli(*args, "--overwrite", env=env())
+    assert_fails_cleanly(second, 1, f"is being written by process {first.pid}")
+    assert tree_digest(tmp_path) == on_disk
+    killed = _stop(first, signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
+    with open_store(out, store="hdf5") as store:
+        assert len(store) == 8 and not store.complete
+
+    # 2. the resumed run is killed inside its second flush
+    mark.unlink()
+    proc = _start([*args, "--resume"], env("resize:5"))
+    _wait_until(mark.exists, proc)
+    assert _stop(proc, signal.SIGKILL).returncode == -signal.SIGKILL
+
+    # 3. the last resume finishes, and the store equals the uninterrupted run's
+    done = run_cli(*args, "--resume", "--json", env=env())
+    assert_succeeds(done)
+    summary = json.loads(done.stdout)
+    assert summary["resumed"] and summary["rows"] + summary["skipped"] == count
+    with open_store(reference) as want, open_store(out, store="hdf5") as got:
+        assert got.complete and got.metadata["image_count"] == count
+        assert got.paths == want.paths and len(set(got.paths)) == len(got)
+        assert got.labels.tolist() == want.labels.tolist()
+        assert got.skipped == want.skipped
+        # batches fall differently after a resume: float round-off only
+        np.testing.assert_allclose(got.read()[0], want.read()[0], rtol=1e-3, atol=5e-5)
+    assert not Path(str(out) + ".lock").exists()
+    assert tree_digest(images) == before

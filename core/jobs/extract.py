@@ -26,7 +26,14 @@ from .. import __version__, plugin_manager, registry
 from ..errors import TransferkitError, UsageError
 from ..images import ImageSource, open_source
 from ..specs import POOLINGS
-from ..store import FeatureStoreWriter, StoreExistsError, backend_for, create_store
+from ..store import (
+    FeatureStoreWriter,
+    StoreExistsError,
+    StoreLockedError,
+    backend_for,
+    create_store,
+    lock_holder,
+)
 
 # settings that must match for a store to be resumed
 _RESUME_KEYS = ("backbone", "weights_source", "input_size", "pooling", "task", "seed", "shuffle")
@@ -143,6 +150,12 @@ def extract(
         raise StoreExistsError(
             f"{out} already exists; pass --overwrite to replace it or --resume to continue "
             f"an interrupted extraction into it"
+        )
+    holder = lock_holder(out)
+    if holder is not None:
+        raise StoreLockedError(
+            f"{out} is being written by process {holder}; wait for it to finish or stop it "
+            f"(if no process writes it, delete {out.rstrip('/')}.lock)"
         )
     spec = registry.backbone(backbone)
     source: ImageSource = open_source(images, task=task, seed=seed, max_pixels=max_pixels)
