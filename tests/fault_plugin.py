@@ -9,7 +9,8 @@ Installed through a real ``transferkit`` entry point (see ``test_faults.py``). W
   built-in formats with that one pause);
 * ``epoch:N`` -- after the N-th training epoch of a fine-tuning run.
 
-Without ``FAULTS_PAUSE`` it changes nothing.
+With ``FAULTS_LOG`` set, each finished training epoch's number is appended to that file.
+Without either it changes nothing.
 """
 
 from __future__ import annotations
@@ -74,5 +75,9 @@ def on_extract_batch() -> None:
 
 
 @hookimpl
-def on_epoch_end() -> None:
+def on_epoch_end(epoch: int) -> None:
+    log = os.environ.get("FAULTS_LOG")
+    if log:
+        with open(log, "a") as fh:
+            fh.write(f"{epoch}\n")
     pause_at("epoch")

@@ -434,3 +434,39 @@ def test_sigkill_during_extraction_and_during_a_flush_then_resume_loses_nothing(
         np.testing.assert_allclose(got.read()[0], want.read()[0], rtol=1e-3, atol=5e-5)
     assert not Path(str(out) + ".lock").exists()
     assert tree_digest(images) == before
+
+
+@pytest.mark.slow
+def test_sigkill_during_finetuning_then_resume_trains_each_epoch_once(
+    corpus: tuple[Path, int, Path, dict[str, Any]], plugin_path: Path, tmp_path: Path
+) -> None:
+    images = corpus[0]
+    out, mark, logs = (
+        tmp_path / "run",
+        tmp_path / "paused",
+        [tmp_path / "epochs-1", tmp_path / "epochs-2"],
+    )
+    args = ["finetune", images, *BACKBONE, "-o", out, "--epochs", "1", "--epochs", "2"]
+    args += ["--batch-size", "8", "--no-progress"]
+
+    def env(log: Path, pause: str = "") -> dict[str, str]:
+        extra = {"FAULTS_PAUSE": pause, "FAULTS_MARK": str(mark), "FAULTS_LOG": str(log)}
+        return with_plugins(plugin_path, "inject", **extra)
+
+    # killed at the end of the first epoch of the second phase, before its checkpoint
+    proc = _start(args, env(logs[0], "epoch:2"))
+    _wait_until(mark.exists, proc, limit=240)
+    assert _stop(proc, signal.SIGKILL).returncode == -signal.SIGKILL
+    assert (out / "checkpoints" / "last.ckpt.npz").exists()
+    assert not (out / "model.keras").exists()
+
+    again = run_cli(*args, env=env(logs[1]))  # without --resume: refused, nothing deleted
+    assert_fails_cleanly(again, 2, "--resume")
+    resumed = run_cli(*args, "--resume", "--json", env=env(logs[1]))
+    assert_succeeds(resumed)
+    assert logs[0].read_text().split() == ["0", "1"]
+    assert logs[1].read_text().split() == ["1", "2"]  # only what the checkpoint lacked
+    summary = json.loads(resumed.stdout)
+    history = json.loads((out / "history.json").read_text())
+    assert [r["epoch"] for r in history["history"]] == [0, 1, 2]  # none lost, none twice
+    assert len(summary["phases"]) == 2 and (out / "model.keras").exists()
