@@ -42,8 +42,12 @@ PLUGINS = {
         "        from sklearn.neighbors import NearestCentroid\n"
         "        class Sleepy(NearestCentroid):\n"
         "            def fit(self, X, y):\n"
-        "                with open(os.environ['FAULTS_FIT_LOG'], 'a') as fh:\n"
+        "                log = os.environ['FAULTS_FIT_LOG']\n"
+        "                with open(log, 'a') as fh:\n"
         "                    fh.write(name + '\\n')\n"
+        "                hold = os.environ.get('FAULTS_HOLD_AFTER')  # then hang\n"
+        "                if hold and len(open(log).read().split()) > int(hold):\n"
+        "                    time.sleep(600)\n"
         "                time.sleep(0.3)\n"
         "                return super().fit(X, y)\n"
         "        return Sleepy()\n"
@@ -182,7 +186,9 @@ def _start(args: list[Any], env: dict[str, str]) -> subprocess.Popen[str]:
 
 
 def _stop(proc: subprocess.Popen[str], sig: int) -> subprocess.CompletedProcess[str]:
-    """Send ``sig`` to the whole session (what the terminal does on Ctrl-C) and collect it."""
+    """Send ``sig`` to the whole session (what the terminal does on Ctrl-C) and collect it;
+    returns once every process holding its output pipes has ended (a spot-check worker, in a
+    process group of its own, that outlived its killed parent would hold them)."""
     try:
         os.killpg(proc.pid, sig)
         stdout, stderr = proc.communicate(timeout=60)
@@ -223,8 +229,8 @@ def test_ctrl_c_and_sigkill_during_spotcheck_keep_every_finished_row(
     args = ["spotcheck", str(store), "-c", ",".join(pairs), "-j", "1", "--out", str(out)]
     logs = [tmp_path / f"fits-{i}.log" for i in range(3)]
 
-    def env(run: int) -> dict[str, str]:
-        return {**with_plugins(plugin_path, "sleepy"), "FAULTS_FIT_LOG": str(logs[run])}
+    def env(run: int, **extra: str) -> dict[str, str]:
+        return {**with_plugins(plugin_path, "sleepy"), "FAULTS_FIT_LOG": str(logs[run]), **extra}
 
     # Ctrl-C: the finished rows are the report, marked incomplete
     first = _interrupt(args, env(0), journal, 2, signal.SIGINT)
@@ -238,13 +244,18 @@ def test_ctrl_c_and_sigkill_during_spotcheck_keep_every_finished_row(
     assert f"{len(done)} of 8 pairs finished, {8 - len(done)} left" in first.stderr
     assert all(r["status"] == "ok" for r in report["rows"])
 
-    # SIGKILL of the rerun: nothing is cleaned up, the journal still holds every finished row
-    second = _interrupt(args, env(1), journal, len(done) + 1, signal.SIGKILL)
+    # SIGKILL of the rerun: nothing is cleaned up, the journal still holds every finished row;
+    # before that, a second spot-check on the same --out is refused
+    proc = _start(args, env(1, FAULTS_HOLD_AFTER="1"))  # one more pair, then the next hangs
+    _wait_until(lambda: _lines(journal) >= len(done) + 2, proc)
+    rival = run_cli(*args, env=env(1))
+    assert_fails_cleanly(rival, 1, f"being written by another spot-check (process {proc.pid})")
+    second = _stop(proc, signal.SIGKILL)
     assert second.returncode == -signal.SIGKILL
     assert f"{len(done)} done in an earlier run" in second.stderr
     assert not set(logs[1].read_text().split()) & set(done)  # the kept pairs were not refitted
     kept = _journal_pairs(journal)
-    assert kept[: len(done)] == done and len(set(kept)) == len(kept) > len(done)
+    assert kept[: len(done)] == done and len(set(kept)) == len(kept) == len(done) + 1
 
     third = run_cli(*args, env=env(2))
     assert_succeeds(third)
@@ -254,7 +265,7 @@ def test_ctrl_c_and_sigkill_during_spotcheck_keep_every_finished_row(
     assert final["complete"] is True and final["pairs_left"] == 0
     assert [r["classifier"] for r in final["rows"]] == pairs  # none lost, none twice
     assert all(r["status"] == "ok" and r["accuracy"] > 0.5 for r in final["rows"])
-    assert not journal.exists()
+    assert not journal.exists() and not Path(f"{journal}.lock").exists()
     assert store.read_bytes() == before
 
 

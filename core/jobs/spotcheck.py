@@ -413,10 +413,26 @@ def _failed_row(task: Task, status: str, error: str) -> dict[str, Any]:
     return row
 
 
+def _die_with_parent() -> None:
+    """On Linux, have the kernel kill this worker when its parent dies: the fork server, which
+    ends when the spot-check's process does, however it ends (a SIGKILL included). Without it a
+    worker in a process group of its own outlives a killed spot-check until its fit is done."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent was gone already
+            os._exit(1)
+
+
 def _worker(conn: Connection, env: dict[str, str], plugins: list[str], threads: int) -> None:
     """A long-lived worker: fits the tasks it receives until it gets ``None``."""
     with contextlib.suppress(OSError, AttributeError):
         os.setpgid(0, 0)  # a group of its own: a time-out kills the worker's children too
+    _die_with_parent()
     os.environ.update(env)
     _set_thread_env(threads)
     plugin_error: str | None = None
@@ -601,6 +617,7 @@ class Journal:
         self.path = folder / JOURNAL_NAME
         self.key = key
         self._fh: Any = None
+        self._locked: Path | None = None
 
     def load(self, timeout: float | None) -> dict[tuple[str, str], dict[str, Any]]:
         """The rows of an earlier run with the same key, by (features, classifier). A
@@ -627,9 +644,34 @@ class Journal:
             rows[(str(row["backbone"]), str(row["classifier"]))] = row
         return rows
 
+    def _lock(self) -> None:
+        """One spot-check at a time per output folder; a lock left by a killed run is taken."""
+        from ..store import StoreLockedError, lock_holder
+
+        lock = Path(str(self.path) + ".lock")
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                holder = lock_holder(self.path)
+                if holder is not None:
+                    raise StoreLockedError(
+                        f"{self.path.parent} is being written by another spot-check (process "
+                        f"{holder}); wait for it to finish or pass another --out"
+                    ) from None
+                with contextlib.suppress(FileNotFoundError):
+                    lock.unlink()
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(str(os.getpid()))
+            self._locked = lock
+            return
+        raise StoreLockedError(f"cannot lock {self.path}; delete {lock} if no spot-check runs")
+
     def open(self, kept: list[dict[str, Any]], timeout: float | None) -> None:
         """Start the journal afresh with the rows kept from the last run, then append."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock()
         partial = self.path.with_name(self.path.name + ".tmp")
         with open(partial, "w") as fh:
             fh.write(json.dumps({"key": self.key}) + "\n")
@@ -650,6 +692,10 @@ class Journal:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+        if self._locked is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._locked.unlink()
+            self._locked = None
         if remove:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
@@ -789,9 +835,10 @@ def spotcheck(
                         finished[task.index] = row
             except KeyboardInterrupt:
                 interrupted = True
-            finally:
+            except BaseException:
                 if journal is not None:
                     journal.close()
+                raise
             rows = [finished[t.index] for t in tasks if t.index in finished]
     except TransferkitError:
         raise
@@ -821,9 +868,11 @@ def spotcheck(
         "pairs_left": len(tasks) - len(rows),
     }
     if out is not None:
-        report["files"] = write_report(report, Path(out))
-        if not interrupted and journal is not None:
-            journal.close(remove=True)
+        try:
+            report["files"] = write_report(report, Path(out))
+        finally:  # the journal goes once the report is complete; the lock goes in any case
+            if journal is not None:
+                journal.close(remove=not interrupted and "files" in report)
     if interrupted:
         where = f"written to {out} (marked incomplete)" if out is not None else "not saved"
         again = (
