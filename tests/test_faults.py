@@ -398,8 +398,9 @@ def test_sigkill_during_extraction_and_during_a_flush_then_resume_loses_nothing(
     corpus: tuple[Path, int, Path, dict[str, Any]], plugin_path: Path, tmp_path: Path
 ) -> None:
     """Killed between two flushes, then killed again inside a flush of the resumed run (the
-    features of a new block written, its labels array grown, its paths not): the final
-    ``--resume`` gives the uninterrupted run's store. Meanwhile a second writer is refused."""
+    features of a new block written, its labels array grown, its paths not), then Ctrl-C: the
+    final ``--resume`` gives the uninterrupted run's store. Meanwhile a second writer is
+    refused."""
     from transferkit.store import open_store
 
     images, count, reference, _ = corpus
@@ -431,7 +432,19 @@ def test_sigkill_during_extraction_and_during_a_flush_then_resume_loses_nothing(
     _wait_until(mark.exists, proc)
     assert _stop(proc, signal.SIGKILL).returncode == -signal.SIGKILL
 
-    # 3. the last resume finishes, and the store equals the uninterrupted run's
+    with open_store(out, store="hdf5") as store:
+        kept = len(store)
+
+    # 3. Ctrl-C in the next resumed run: what it computed is flushed and kept
+    mark.unlink()
+    proc = _start([*args, "--resume"], env("batch:1"))
+    _wait_until(mark.exists, proc)
+    interrupted = _stop(proc, signal.SIGINT)
+    assert_fails_cleanly(interrupted, 130, "rows are kept in", "run again with --resume")
+    with open_store(out, store="hdf5") as store:
+        assert len(store) == kept + 4 and not store.complete
+
+    # 4. the last resume finishes, and the store equals the uninterrupted run's
     done = run_cli(*args, "--resume", "--json", env=env())
     assert_succeeds(done)
     summary = json.loads(done.stdout)
