@@ -494,3 +494,43 @@ def test_sigkill_during_finetuning_then_resume_trains_each_epoch_once(
     history = json.loads((out / "history.json").read_text())
     assert [r["epoch"] for r in history["history"]] == [0, 1, 2]  # none lost, none twice
     assert summary["epochs"] == 3 and (out / "model.keras").exists()
+
+
+def test_a_journal_cut_short_or_made_with_other_settings_is_not_trusted(tmp_path: Path) -> None:
+    from transferkit.jobs.spotcheck import ROW_FIELDS, Journal
+
+    def row(name: str, status: str = "ok") -> dict[str, Any]:
+        return {**dict.fromkeys(ROW_FIELDS), "backbone": "f", "classifier": name, "status": status}
+
+    journal = Journal(tmp_path, "key-1")
+    journal.open([row("a")], timeout=5.0)
+    journal.append(row("b"))
+    journal.append(row("slow", "timeout"))
+    journal.close()
+    with open(journal.path, "a") as fh:
+        fh.write('{"row": {"backbone": "f", "classifier": "c", "sta')  # killed mid-line
+    assert set(Journal(tmp_path, "key-1").load(timeout=5.0)) == {
+        ("f", "a"),
+        ("f", "b"),
+        ("f", "slow"),
+    }
+    # a timeout row counts only under the same --timeout: a longer one may let the fit finish
+    assert set(Journal(tmp_path, "key-1").load(timeout=60.0)) == {("f", "a"), ("f", "b")}
+    assert Journal(tmp_path, "key-2").load(timeout=5.0) == {}  # other stores, seed or split
+    assert not Path(f"{journal.path}.lock").exists()
+
+
+def test_the_journal_key_follows_the_stores_and_the_split(tmp_path: Path) -> None:
+    from test_train import write_digits
+
+    from transferkit.jobs.spotcheck import FeatureSource, journal_key
+
+    store = write_digits(tmp_path / "d.h5", rows=100)
+    sources = [FeatureSource("d", str(store))]
+    key = journal_key(sources, 0.2, 0, None)
+    assert journal_key(sources, 0.2, 0, None) == key
+    assert journal_key(sources, 0.3, 0, None) != key and journal_key(sources, 0.2, 1, None) != key
+    time.sleep(0.01)
+    write_digits(tmp_path / "d2.h5", rows=120)
+    os.replace(tmp_path / "d2.h5", store)  # the same path, other features
+    assert journal_key(sources, 0.2, 0, None) != key
