@@ -39,6 +39,10 @@ class TransferkitGroup(click.Group):
             reason = " ".join(details[1].split())
             where = getattr(exc, "filename", None)
             raise click.ClickException(f"{where}: {reason}" if where else reason) from exc
+        except KeyboardInterrupt:
+            # the job has said what it kept; the shell's convention for Ctrl-C is 128 + SIGINT
+            click.echo("transferkit: interrupted", err=True)
+            raise click.exceptions.Exit(130) from None
 
 
 @click.group(cls=TransferkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -253,4 +257,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     # TensorFlow's start-up notices (oneDNN, CPU features) would bury the command's own output;
     # a user who wants them sets TF_CPP_MIN_LOG_LEVEL=0.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    build_cli().main(args=list(argv) if argv is not None else None, prog_name="transferkit")
+    try:
+        group = build_cli()  # loads the plugins
+    except KeyboardInterrupt:
+        click.echo("transferkit: interrupted while loading plugins", err=True)
+        sys.exit(130)
+    group.main(args=list(argv) if argv is not None else None, prog_name="transferkit")

@@ -4,27 +4,42 @@ Built-in plugins are module paths in :data:`DEFAULT_PLUGINS`, registered exactly
 plugins, which come from the ``transferkit`` entry-point group. Loading is lazy (the first call to
 :func:`get_plugin_manager`) and idempotent. A plugin that fails to import, or implements a hook that
 does not exist, is reported on stderr and recorded in :func:`failed_plugins`; it never stops the
-command line.
+command line. That holds for anything a plugin raises at import, ``SystemExit`` and other
+``BaseException`` subclasses included, with one exception: a real Ctrl-C. While plugins load (in
+the main thread) a SIGINT handler notes that the signal arrived; a ``KeyboardInterrupt`` that
+follows a real SIGINT stops the program, one that a plugin raises by itself is isolated like any
+other error.
+
+A plugin whose import takes longer than ``TRANSFERKIT_PLUGIN_SLOW_SECONDS`` (default 5) is named
+on stderr while it is still importing, with ``TRANSFERKIT_LOAD_PLUGINS`` as the way round: a
+message, not a time-out (an import cannot be stopped safely).
 
 Environment:
 
-* ``TRANSFERKIT_STRICT_PLUGINS=1`` re-raises a plugin's error instead of reporting it.
+* ``TRANSFERKIT_STRICT_PLUGINS=1`` re-raises a plugin's error instead of reporting it (a
+  ``BaseException`` that is not an ``Exception`` as a :class:`PluginLoadError`).
 * ``TRANSFERKIT_LOAD_PLUGINS=a,b`` loads only those entry-point plugins (empty: none).
+* ``TRANSFERKIT_PLUGIN_SLOW_SECONDS=N`` the import time after which a plugin is named as slow.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import os
+import signal
 import sys
 import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pluggy
 
 from . import hookspecs
+from .errors import TransferkitError
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "transferkit.plugins.heads",
@@ -41,6 +56,13 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
 ENTRY_POINT_GROUP = "transferkit"
 STRICT_ENV = "TRANSFERKIT_STRICT_PLUGINS"
 LOAD_ENV = "TRANSFERKIT_LOAD_PLUGINS"
+SLOW_ENV = "TRANSFERKIT_PLUGIN_SLOW_SECONDS"
+DEFAULT_SLOW_SECONDS = 5.0
+
+
+class PluginLoadError(TransferkitError):
+    """In strict mode: a plugin raised a ``BaseException`` that is not an ``Exception`` (such as
+    ``SystemExit``) at import; re-raising that itself would end the program silently."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +85,10 @@ def strict_mode() -> bool:
 
 
 def _report(name: str, exc: BaseException, builtin: bool) -> None:
-    message = f"{type(exc).__name__}: {exc}"
+    text = str(exc)
+    message = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    if not isinstance(exc, Exception):
+        message += " (raised at import; the plugin is not loaded)"
     _failed.append(FailedPlugin(name, message, builtin))
     print(f'transferkit: error loading plugin "{name}": {message}', file=sys.stderr)
 
@@ -78,16 +103,109 @@ def _register_checked(pm: pluggy.PluginManager, plugin: Any, name: str, builtin:
         raise exc
 
 
-def _load_builtins(pm: pluggy.PluginManager) -> None:
-    for module_name in DEFAULT_PLUGINS:
+class _InterruptWatch:
+    """Tells a real Ctrl-C from a ``KeyboardInterrupt`` that a plugin raises by itself.
+
+    While active (main thread only), SIGINT goes through a handler that records the signal and
+    then does what the previous handler did. ``genuine(exc)`` is true for a ``KeyboardInterrupt``
+    that followed a recorded SIGINT, or for any when the signal could not be watched (another
+    thread, or a handler installed outside Python).
+    """
+
+    def __init__(self) -> None:
+        self.signalled = False
+        self.watching = False
+        self._previous: Any = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        previous = self._previous
+        if previous == signal.SIG_IGN:
+            return  # ignored, as before
+        self.signalled = True
+        if callable(previous):
+            previous(signum, frame)
+        else:  # SIG_DFL would end the process at once; stop it with the usual exception
+            signal.default_int_handler(signum, frame)
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is None:  # installed outside Python: leave it alone
+            yield
+            return
+        self._previous = previous
+        signal.signal(signal.SIGINT, self._handler)
+        self.watching = True
         try:
+            yield
+        finally:
+            self.watching = False
+            # a plugin that installed its own handler keeps it
+            if signal.getsignal(signal.SIGINT) == self._handler:
+                signal.signal(signal.SIGINT, previous)
+
+    def genuine(self, exc: BaseException) -> bool:
+        return isinstance(exc, KeyboardInterrupt) and (self.signalled or not self.watching)
+
+
+def slow_seconds() -> float:
+    """Seconds of import after which a plugin is named on stderr (default 5)."""
+    text = os.environ.get(SLOW_ENV, "").strip()
+    try:
+        return float(text) if text else DEFAULT_SLOW_SECONDS
+    except ValueError:
+        return DEFAULT_SLOW_SECONDS
+
+
+def _warn_slow(name: str, seconds: float) -> None:
+    print(
+        f'transferkit: plugin "{name}" is still importing after {seconds:g}s; to start without '
+        f"it, name the plugins to load in {LOAD_ENV} (e.g. {LOAD_ENV}= loads none)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _load_one(
+    name: str, builtin: bool, load: Callable[[], None], watch: _InterruptWatch, slow: float | None
+) -> None:
+    """Run ``load``; report and isolate whatever it raises, except a real Ctrl-C."""
+    timer = None
+    if slow is not None and slow >= 0:
+        timer = threading.Timer(slow, _warn_slow, args=(name, slow))
+        timer.daemon = True
+        timer.start()
+    started = time.monotonic()
+    try:
+        load()
+    except BaseException as exc:
+        if watch.genuine(exc):
+            raise
+        if strict_mode():
+            if isinstance(exc, Exception):
+                raise
+            raise PluginLoadError(f'plugin "{name}" raised {type(exc).__name__} at import') from exc
+        _report(name, exc, builtin=builtin)
+    finally:
+        if timer is not None:
+            timer.cancel()
+    took = time.monotonic() - started
+    if slow is not None and took > slow:
+        print(f'transferkit: plugin "{name}" took {took:.1f}s to import', file=sys.stderr)
+
+
+def _load_builtins(pm: pluggy.PluginManager, watch: _InterruptWatch) -> None:
+    for module_name in DEFAULT_PLUGINS:
+
+        def load(module_name: str = module_name) -> None:
             module = importlib.import_module(module_name)
             _register_checked(pm, module, module_name, builtin=True)
             _builtin_names.add(module_name)
-        except Exception as exc:
-            if strict_mode():
-                raise
-            _report(module_name, exc, builtin=True)
+
+        _load_one(module_name, True, load, watch, slow=None)
 
 
 def selected_entry_points() -> list[importlib.metadata.EntryPoint]:
@@ -100,19 +218,19 @@ def selected_entry_points() -> list[importlib.metadata.EntryPoint]:
     return eps
 
 
-def _load_entry_points(pm: pluggy.PluginManager) -> None:
+def _load_entry_points(pm: pluggy.PluginManager, watch: _InterruptWatch) -> None:
+    slow = slow_seconds()
     for ep in selected_entry_points():
         if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
             continue
-        try:
+
+        def load(ep: importlib.metadata.EntryPoint = ep) -> None:
             plugin = ep.load()
             _register_checked(pm, plugin, ep.name, builtin=False)
             if ep.dist is not None:
                 _versions[ep.name] = ep.dist.version
-        except Exception as exc:
-            if strict_mode():
-                raise
-            _report(ep.name, exc, builtin=False)
+
+        _load_one(ep.name, False, load, watch, slow)
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
@@ -122,8 +240,16 @@ def get_plugin_manager() -> pluggy.PluginManager:
         if _pm is None:
             pm = pluggy.PluginManager(hookspecs.PROJECT)
             pm.add_hookspecs(hookspecs)
-            _load_builtins(pm)
-            _load_entry_points(pm)
+            watch = _InterruptWatch()
+            try:
+                with watch.active():
+                    _load_builtins(pm, watch)
+                    _load_entry_points(pm, watch)
+            except BaseException:  # a real Ctrl-C (or strict mode): the next call starts again
+                _failed.clear()
+                _builtin_names.clear()
+                _versions.clear()
+                raise
             _pm = pm
         return _pm
 

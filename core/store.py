@@ -100,6 +100,17 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def lock_holder(path: str | os.PathLike[str]) -> int | None:
+    """The live process (not this one) that holds the writer lock of the store at ``path``, if
+    any: lets a job refuse a second writer before it loads a network."""
+    lock = os.fspath(path).rstrip("/") + ".lock"
+    try:
+        pid = int(Path(lock).read_text().strip() or "0")
+    except (OSError, ValueError):
+        return None
+    return pid if pid != os.getpid() and _pid_alive(pid) else None
+
+
 class FeatureStore:
     """Base class of every store format. Subclasses implement the ``_backend`` hooks only.
 

@@ -29,9 +29,11 @@ from ..specs import POOLINGS
 from ..store import (
     FeatureStoreWriter,
     StoreExistsError,
+    StoreLockedError,
     backend_for,
     check_replaceable_store,
     create_store,
+    lock_holder,
 )
 
 # settings that must match for a store to be resumed
@@ -156,6 +158,12 @@ def extract(
         raise StoreExistsError(
             f"{out} already exists; pass --overwrite to replace it or --resume to continue "
             f"an interrupted extraction into it"
+        )
+    holder = lock_holder(out)
+    if holder is not None:
+        raise StoreLockedError(
+            f"{out} is being written by process {holder}; wait for it to finish or stop it "
+            f"(if no process writes it, delete {out.rstrip('/')}.lock)"
         )
     if mode == "overwrite" and backend.exists(out):
         check_replaceable_store(backend, out)

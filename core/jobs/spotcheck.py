@@ -21,12 +21,19 @@ notebooks and pytest need nothing.
 ``out`` receives ``report.json`` (rows plus ``best_model``, ``best_accuracy`` and
 ``best_features`` at the top level, as the classic recipe's ``final_report.json``), ``report.csv``,
 ``heatmap.png`` (features x classifiers) and ``report.html`` (a sortable table and the picture).
+
+With ``out``, each finished row is also appended to ``out/spotcheck-journal.jsonl`` as it
+completes, under a key of the settings (the stores' identities, the split's seed and size, the
+transferkit version). Ctrl-C writes the finished rows as a report marked ``complete: false``
+with ``pairs_left``, and a rerun with the same settings reads the journal and computes only the
+missing pairs; the journal is removed once the report is complete.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import hashlib
 import html
 import io
@@ -409,10 +416,26 @@ def _failed_row(task: Task, status: str, error: str) -> dict[str, Any]:
     return row
 
 
+def _die_with_parent() -> None:
+    """On Linux, have the kernel kill this worker when its parent dies: the fork server, which
+    ends when the spot-check's process does, however it ends (a SIGKILL included). Without it a
+    worker in a process group of its own outlives a killed spot-check until its fit is done."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent was gone already
+            os._exit(1)
+
+
 def _worker(conn: Connection, env: dict[str, str], plugins: list[str], threads: int) -> None:
     """A long-lived worker: fits the tasks it receives until it gets ``None``."""
     with contextlib.suppress(OSError, AttributeError):
         os.setpgid(0, 0)  # a group of its own: a time-out kills the worker's children too
+    _die_with_parent()
     os.environ.update(env)
     _set_thread_env(threads)
     plugin_error: str | None = None
@@ -554,6 +577,133 @@ def run_grid(
     return [rows[t.index] for t in tasks]
 
 
+# ---------------------------------------------------------------------- the journal
+
+JOURNAL_NAME = "spotcheck-journal.jsonl"
+
+
+def _identity(path: str) -> list[Any]:
+    """A store's identity for the journal key: its path, and the size and modification time of
+    its file (or of every file of a store folder)."""
+    location = Path(path)
+    files = [location] if location.is_file() else sorted(location.rglob("*"))
+    stamps = []
+    for item in files:
+        with contextlib.suppress(OSError):
+            st = item.stat()
+            if item.is_file():
+                stamps.append([str(item.relative_to(location.parent)), st.st_size, st.st_mtime_ns])
+    return [os.path.abspath(path), stamps]
+
+
+def journal_key(sources: list[FeatureSource], test_size: float, seed: int, store: Any) -> str:
+    """What a journal's rows depend on, besides the pair itself: the same key, the same rows."""
+    from .. import __version__
+
+    key = {
+        "version": __version__,
+        "test_size": test_size,
+        "seed": seed,
+        "store": store,
+        "sources": [[s.name, _identity(s.path)] for s in sources],
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+
+
+class Journal:
+    """Finished rows of one spot-check, one JSON line each, appended as they complete.
+
+    The first line holds the settings key; a journal made with other settings is replaced. A
+    line cut short by a kill is ignored (that pair is computed again)."""
+
+    def __init__(self, folder: Path, key: str) -> None:
+        self.path = folder / JOURNAL_NAME
+        self.key = key
+        self._fh: Any = None
+        self._locked: Path | None = None
+
+    def load(self, timeout: float | None) -> dict[tuple[str, str], dict[str, Any]]:
+        """The rows of an earlier run with the same key, by (features, classifier). A
+        ``timeout`` row counts only under the same ``--timeout``."""
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        try:
+            lines = self.path.read_text().splitlines()
+        except (OSError, UnicodeDecodeError):
+            return rows
+        try:
+            header = json.loads(lines[0]) if lines else {}
+        except ValueError:
+            return rows
+        if not isinstance(header, dict) or header.get("key") != self.key:
+            return rows
+        for line in lines[1:]:
+            try:
+                entry = json.loads(line)
+                row = {k: entry["row"][k] for k in ROW_FIELDS}
+            except (ValueError, KeyError, TypeError):
+                continue
+            if row["status"] == "timeout" and entry.get("timeout") != timeout:
+                continue
+            rows[(str(row["backbone"]), str(row["classifier"]))] = row
+        return rows
+
+    def _lock(self) -> None:
+        """One spot-check at a time per output folder; a lock left by a killed run is taken."""
+        from ..store import StoreLockedError, lock_holder
+
+        lock = Path(str(self.path) + ".lock")
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                holder = lock_holder(self.path)
+                if holder is not None:
+                    raise StoreLockedError(
+                        f"{self.path.parent} is being written by another spot-check (process "
+                        f"{holder}); wait for it to finish or pass another --out"
+                    ) from None
+                with contextlib.suppress(FileNotFoundError):
+                    lock.unlink()
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(str(os.getpid()))
+            self._locked = lock
+            return
+        raise StoreLockedError(f"cannot lock {self.path}; delete {lock} if no spot-check runs")
+
+    def open(self, kept: list[dict[str, Any]], timeout: float | None) -> None:
+        """Start the journal afresh with the rows kept from the last run, then append."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        partial = self.path.with_name(self.path.name + ".tmp")
+        with open(partial, "w") as fh:
+            fh.write(json.dumps({"key": self.key}) + "\n")
+            for row in kept:
+                fh.write(json.dumps({"row": row, "timeout": timeout}, default=str) + "\n")
+        os.replace(partial, self.path)
+        self._fh = open(self.path, "a")  # noqa: SIM115 -- closed by close()
+        self._timeout = timeout
+
+    def append(self, row: dict[str, Any]) -> None:
+        if self._fh is None:
+            return
+        entry = {"row": {k: row.get(k) for k in ROW_FIELDS}, "timeout": self._timeout}
+        self._fh.write(json.dumps(entry, default=str) + "\n")
+        self._fh.flush()
+
+    def close(self, remove: bool = False) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        if self._locked is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._locked.unlink()
+            self._locked = None
+        if remove:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+
 # ---------------------------------------------------------------------- the job
 
 
@@ -643,23 +793,58 @@ def spotcheck(
                 folder, label_names = _prepare_split(source, Path(scratch), test_size, seed, store)
                 for name in names:
                     tasks.append(Task(len(tasks), source.name, name, str(folder), seed))
+            journal = (
+                Journal(Path(out), journal_key(sources, test_size, seed, store))
+                if out is not None
+                else None
+            )
+            earlier = journal.load(timeout) if journal is not None else {}
+            finished: dict[int, dict[str, Any]] = {}
+            for task in tasks:
+                if (task.source, task.classifier) in earlier:
+                    finished[task.index] = earlier[(task.source, task.classifier)]
+            todo = [t for t in tasks if t.index not in finished]
+            if journal is not None:
+                journal.open([finished[i] for i in sorted(finished)], timeout)
             print(
                 f"spot-checking {len(names)} classifiers x {len(sources)} feature sets = "
-                f"{len(tasks)} fits on {min(jobs, len(tasks))} worker(s)",
+                f"{len(tasks)} fits on {min(jobs, len(todo))} worker(s)"
+                + (f"; {len(finished)} done in an earlier run" if finished else ""),
                 file=sys.stderr,
             )
+            for index in sorted(finished):
+                _on_row(finished[index])
+
+            by_pair = {(t.source, t.classifier): t.index for t in todo}
+
+            def on_row(row: dict[str, Any]) -> None:
+                index = by_pair.get((row["backbone"], row["classifier"]))
+                if index is not None:
+                    finished[index] = row
+                if journal is not None:
+                    journal.append(row)
+                _on_row(row)
+
             grid: dict[str, Any] = {
                 "jobs": jobs,
                 "timeout": timeout,
                 "progress": progress,
-                "on_row": lambda row: call_lifecycle(
-                    "on_spotcheck_result", row={k: row.get(k) for k in ROW_FIELDS}
-                ),
+                "on_row": on_row,
             }
-            if runner is not None:
-                rows = runner(tasks, **grid)
-            else:
-                rows = run_grid(tasks, isolate=isolate, **grid)
+            interrupted = False
+            try:
+                if todo:
+                    run = runner or functools.partial(run_grid, isolate=isolate)
+                    # the runner's rows are the result; on_row only keeps them on Ctrl-C
+                    for task, row in zip(todo, run(todo, **grid), strict=True):
+                        finished[task.index] = row
+            except KeyboardInterrupt:
+                interrupted = True
+            except BaseException:
+                if journal is not None:
+                    journal.close()
+                raise
+            rows = [finished[t.index] for t in tasks if t.index in finished]
     except TransferkitError:
         raise
     except Exception as exc:
@@ -684,10 +869,33 @@ def spotcheck(
             for status in ("ok", "failed", "timeout")
         },
         "rows": [{k: r.get(k) for k in ROW_FIELDS} for r in rows],
+        "complete": not interrupted,
+        "pairs_left": len(tasks) - len(rows),
     }
     if out is not None:
-        report["files"] = write_report(report, Path(out))
+        try:
+            report["files"] = write_report(report, Path(out))
+        finally:  # the journal goes once the report is complete; the lock goes in any case
+            if journal is not None:
+                journal.close(remove=not interrupted and "files" in report)
+    if interrupted:
+        where = f"written to {out} (marked incomplete)" if out is not None else "not saved"
+        again = (
+            "run the same command again to compute only those"
+            if out is not None
+            else "pass --out to keep finished pairs across runs"
+        )
+        print(
+            f"transferkit: interrupted; {len(rows)} of {len(tasks)} pairs finished, "
+            f"{report['pairs_left']} left; the finished rows are {where}; {again}",
+            file=sys.stderr,
+        )
+        raise KeyboardInterrupt
     return report
+
+
+def _on_row(row: dict[str, Any]) -> None:
+    call_lifecycle("on_spotcheck_result", row={k: row.get(k) for k in ROW_FIELDS})
 
 
 # ---------------------------------------------------------------------- reports
