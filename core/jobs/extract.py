@@ -25,6 +25,7 @@ import numpy as np
 from .. import __version__, plugin_manager, registry
 from ..errors import TransferkitError, UsageError
 from ..images import ImageSource, open_source
+from ..sizes import parse_input_size as _parse_size
 from ..specs import POOLINGS
 from ..store import FeatureStoreWriter, StoreExistsError, backend_for, create_store
 
@@ -33,28 +34,9 @@ _RESUME_KEYS = ("backbone", "weights_source", "input_size", "pooling", "task", "
 
 
 def parse_input_size(value: Any) -> tuple[int, int] | None:
-    """``None``, ``224``, ``"224"``, ``"224x160"`` (height x width) or a pair -> (h, w)."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, int):
-        size = (value, value)
-    elif isinstance(value, str):
-        parts = value.lower().replace(",", "x").split("x")
-        try:
-            nums = [int(p) for p in parts if p.strip()]
-        except ValueError:
-            raise UsageError(
-                f"input size {value!r}: expected N or HxW, e.g. 224 or 224x160"
-            ) from None
-        if len(nums) not in (1, 2):
-            raise UsageError(f"input size {value!r}: expected N or HxW, e.g. 224 or 224x160")
-        size = (nums[0], nums[-1])
-    else:
-        h, w = value
-        size = (int(h), int(w))
-    if min(size) <= 0:
-        raise UsageError(f"input size must be positive, got {value!r}")
-    return size
+    """``None``, ``224``, ``"224"``, ``"224x160"`` (height x width) or a pair -> (h, w); see
+    :func:`transferkit.sizes.parse_input_size`."""
+    return _parse_size(value)
 
 
 def _order(n: int, shuffle: bool, seed: int) -> np.ndarray:

@@ -31,24 +31,11 @@ CHECKPOINT_DIR = "checkpoints"
 
 
 def parse_input_size(value: Any) -> tuple[int, int] | None:
-    """``224``, ``"224"``, ``"224x160"``, ``"224,160"`` or ``(224, 160)`` -> ``(height, width)``."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, int):
-        return (value, value)
-    if isinstance(value, list | tuple):
-        parts = [int(v) for v in value]
-    else:
-        text = str(value).lower().replace(",", "x").replace(" ", "")
-        try:
-            parts = [int(p) for p in text.split("x") if p]
-        except ValueError:
-            parts = []
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) < 8:
-        raise UsageError(f"input size {value!r} must be like 224 or 224x160 (at least 8 pixels)")
-    return (parts[0], parts[1])
+    """``224``, ``"224"``, ``"224x160"``, ``"224,160"`` or ``(224, 160)`` -> ``(height, width)``;
+    see :func:`transferkit.sizes.parse_input_size`."""
+    from ..sizes import parse_input_size as parse
+
+    return parse(value)
 
 
 def _strategy_options(
