@@ -33,7 +33,7 @@ def _is_int(value: Any) -> bool:
 
 def _malformed(value: Any) -> UsageError:
     return UsageError(
-        f"input size {value!r} is not understood: give N or HxW (height x width) in whole "
+        f"input size {value!r} is not understood: give N or HEIGHTxWIDTH in whole "
         f"pixels, e.g. 224 or 224x160"
     )
 
