@@ -80,6 +80,29 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+def path_text(path: Any) -> str:
+    """``path`` as the text a store records (paths, skipped files, class names).
+
+    A file name whose bytes are not valid UTF-8 reaches Python with each bad byte as a lone
+    surrogate (``surrogateescape``); HDF5 and Zarr hold only UTF-8, so each such byte is
+    recorded as ``\\xNN`` (``backslashreplace``). The name is recorded faithfully and the same
+    name always gives the same text (a resume matches it), but a name holding a literal
+    ``\\xNN`` cannot be told from one holding that byte.
+    """
+    text = os.fspath(path) if isinstance(path, os.PathLike) else path
+    if isinstance(text, bytes):
+        return text.decode("utf-8", "backslashreplace")
+    text = str(text)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            return os.fsencode(text).decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # a surrogate that no file name can hold
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def _to_str_list(values: Any) -> list[str]:
     out = []
     for v in np.asarray(values).tolist():
@@ -200,7 +223,7 @@ class FeatureStoreWriter:
         self.backend = backend
         self.path = str(path)
         self.feature_dim = int(feature_dim)
-        self.label_names = [str(n) for n in label_names]
+        self.label_names = [path_text(n) for n in label_names]
         self.buffer_rows = max(1, int(buffer_rows))
         self._buf_x: list[np.ndarray] = []
         self._buf_y: list[np.ndarray] = []
@@ -408,14 +431,14 @@ class FeatureStoreWriter:
             return
         self._buf_x.append(x)
         self._buf_y.append(y)
-        self._buf_p.extend(str(p) for p in paths)
+        self._buf_p.extend(path_text(p) for p in paths)
         self._buf_n += len(x)
         if self._buf_n >= self.buffer_rows:
             self.flush()
 
     def record_skipped(self, path: str, reason: str) -> None:
         """Record a file that could not be used; stored with the next flush."""
-        self._pending_skipped.append([str(path), str(reason)])
+        self._pending_skipped.append([path_text(path), path_text(reason)])
 
     def set_metadata(self, **metadata: Any) -> None:
         for key, value in metadata.items():

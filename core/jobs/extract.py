@@ -27,7 +27,7 @@ from ..errors import TransferkitError, UsageError
 from ..images import ImageSource, open_source
 from ..sizes import parse_input_size as _parse_size
 from ..specs import POOLINGS
-from ..store import FeatureStoreWriter, StoreExistsError, backend_for, create_store
+from ..store import FeatureStoreWriter, StoreExistsError, backend_for, create_store, path_text
 
 # settings that must match for a store to be resumed
 _RESUME_KEYS = ("backbone", "weights_source", "input_size", "pooling", "task", "seed", "shuffle")
@@ -46,18 +46,23 @@ def _order(n: int, shuffle: bool, seed: int) -> np.ndarray:
 
 
 def _remaining(
-    order: np.ndarray, paths: Sequence[str], writer: FeatureStoreWriter
+    order: np.ndarray,
+    paths: Sequence[str],
+    writer: FeatureStoreWriter,
+    listed: Sequence[str] = (),
 ) -> tuple[np.ndarray, int]:
     """The indices still to compute after what ``writer`` already holds, and how many are done.
 
-    What is stored must be a prefix of ``order`` (rows and skipped files); anything else means
-    the images or settings changed since, and resuming would mix two different runs.
+    What is stored must be a prefix of ``order`` (rows and skipped files, leaving out the
+    ``listed`` files that the folder walk skipped itself); anything else means the images or
+    settings changed since, and resuming would mix two different runs.
     """
+    left_out = set(listed)
     stored = Counter(writer.stored_paths)
-    skipped = Counter(p for p, _ in writer.skipped)
+    skipped = Counter(p for p, _ in writer.skipped if p not in left_out)
     total_done = sum(stored.values()) + sum(skipped.values())
     prefix = order[:total_done]
-    seen = Counter(paths[i] for i in prefix)
+    seen = Counter(path_text(paths[i]) for i in prefix)
     if seen != stored + skipped:
         raise UsageError(
             f"cannot resume {writer.path}: the rows it holds are not the first {total_done} "
@@ -130,6 +135,8 @@ def extract(
     source: ImageSource = open_source(images, task=task, seed=seed, max_pixels=max_pixels)
     if len(source) == 0:
         raise UsageError(f"{images} holds no images")
+    for warning in _source_warnings(source):
+        print(f"transferkit: warning: {warning}", file=sys.stderr)
 
     written = None
     if write_images:
@@ -179,6 +186,25 @@ def extract(
         summary["written_images"] = {k: written[k] for k in ("out", "written", "skipped")}
     plugin_manager.call_lifecycle("on_extract_end", output=out, summary=summary)
     return summary
+
+
+def _source_warnings(source: ImageSource) -> list[str]:
+    """What the user should know about the images before the run: one class, empty classes,
+    folders that could not be listed."""
+    notes = list(source.warnings)
+    if source.empty_classes:
+        empty = [path_text(n) for n in source.empty_classes]
+        more = f" and {len(empty) - 10} more" if len(empty) > 10 else ""
+        notes.append(
+            f"{len(empty)} class folder(s) hold no images and are left out: "
+            f"{', '.join(empty[:10])}{more}"
+        )
+    if len(source.label_names) < 2 and not source.task:
+        notes.append(
+            f"the images form one class ({path_text(source.label_names[0])}); training a "
+            f"classifier needs at least two class folders"
+        )
+    return notes
 
 
 def _metadata(
@@ -245,8 +271,14 @@ def _run(
 
     paths = source.paths
     order = _order(len(source), bool(config["shuffle"]), int(config["seed"]))
-    todo, already = _remaining(order, paths, writer) if writer.resumed else (order, 0)
+    listed = [path_text(p) for p, _ in source.listing_skipped]
+    todo, already = _remaining(order, paths, writer, listed) if writer.resumed else (order, 0)
     total = len(order)
+    # files the folder walk left out (second paths to one file, broken links) are recorded once
+    recorded = writer.skipped_paths
+    for path, reason in source.listing_skipped:
+        if path_text(path) not in recorded:
+            writer.record_skipped(path, reason)
     plugin_manager.call_lifecycle(
         "on_extract_start",
         backbone=net.name,
@@ -272,7 +304,7 @@ def _run(
                     f"file: remove or fix it, or run without --strict to skip and record it"
                 )
             writer.record_skipped(paths[i], reason)
-            new_skips.append([paths[i], reason])
+            new_skips.append([path_text(paths[i]), reason])
         if index is not None and pending:
             pending.popleft()
 
@@ -326,6 +358,9 @@ def _run(
         "skipped": len(skipped_files),
         "skipped_files": skipped_files,
         "images": total,
+        "files_found": total + len(source.listing_skipped),
+        "empty_classes": [path_text(n) for n in source.empty_classes],
+        "warnings": _source_warnings(source),
         "resumed": writer.resumed,
         "resumed_from": already,
         "seconds": round(seconds, 3),
@@ -335,6 +370,6 @@ def _run(
         "weights_source": net.weights_source,
         "input_size": list(net.input_size),
         "pooling": net.pooling,
-        "label_names": list(source.label_names),
+        "label_names": [path_text(n) for n in source.label_names],
         "task": config["task"] or None,
     }
