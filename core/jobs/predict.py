@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import estimators, registry
 from ..errors import TransferkitError, UsageError
-from ..models import SavedModel, load_model
+from ..models import SavedModel, identify_file, load_model
 
 
 def image_paths(images: list[str] | tuple[str, ...]) -> list[str]:
@@ -86,7 +86,9 @@ def predict(
     """Predicted class and probability for each image; ``top`` > 1 adds the runners-up."""
     from .finetune import is_finetuned
 
-    if is_finetuned(model_path):  # a classifier saved by `transferkit finetune`
+    if is_finetuned(model_path) or (  # a classifier saved by `transferkit finetune`
+        Path(model_path).is_file() and identify_file(model_path) == "keras"
+    ):
         from .finetune import predict_finetuned
 
         return predict_finetuned(model_path, image_paths(images), batch_size=batch_size, top=top)
