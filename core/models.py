@@ -201,8 +201,8 @@ _NOT_A_MODEL = {
     "`transferkit train STORE --classifier NAME --out model.skops`",
     "folder": "a folder, not a model file (a fine-tuned model's folder holds model.keras)",
     "zip": "a zip archive that is neither a skops model nor a Keras model",
-    "pickle": "a pickle that holds no transferkit model header, so it is not loaded "
-    "(not even with --trust)",
+    "pickle": "a pickle but not a transferkit model (it holds no model header), so it is not "
+    "loaded (trusting the file would not change that)",
     "empty": "an empty file, not a model",
     "unknown": "not a model file that transferkit knows (neither skops, a transferkit "
     "pickle nor .keras)",
@@ -318,8 +318,6 @@ def check_saved_model(path: str | Path, data: Any) -> SavedModel:
                 f"its estimator predicts classes {values.tolist()[:10]} but the model names "
                 f"{len(names)} classes (0 to {len(names) - 1})"
             )
-    elif header["library"] != "river":
-        raise bad("its estimator is not fitted (it has no classes_)")
     width = getattr(estimator, "n_features_in_", None)
     if isinstance(width, int) and dim is not None and width != dim:
         raise bad(f"its estimator takes {width} features but the recipe says {dim}")

@@ -107,6 +107,12 @@ def predict(
     by_row: dict[int, dict[str, Any]] = {}
     if len(X):
         labels = estimators.predict(fitted, X)
+        outside = sorted({int(v) for v in labels} - set(range(len(names))))
+        if outside:  # an estimator without classes_ to check when it was loaded
+            raise TransferkitError(
+                f"{model_path} predicted class index {outside[0]} but names only "
+                f"{len(names)} classes; the model file is damaged or was not saved by transferkit"
+            )
         proba = estimators.predict_proba(fitted, X, classes)
         for i, row in enumerate(rows.tolist()):
             label = int(labels[i])
