@@ -78,6 +78,8 @@ def _open(path_or_bytes: Any) -> tuple[Any, str]:
     except Image.DecompressionBombError as exc:
         raise SkipImage(f"too many pixels ({exc})", name) from None
     except OSError as exc:
+        if "truncated" in str(exc).lower():  # cut short before its header ends
+            raise SkipImage("truncated file", name) from None
         raise SkipImage(f"cannot open: {exc}", name) from None
     return im, name
 

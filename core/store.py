@@ -724,7 +724,7 @@ class FeatureStoreReader:
 
     def _x(self, block: Any) -> np.ndarray:
         x = np.asarray(block, dtype=np.float32)
-        return x.reshape(len(x), -1)
+        return x.reshape(len(x), self.feature_dim)
 
     def _bounds(self, start: int, stop: int | None) -> tuple[int, int]:
         n = self._n

@@ -100,6 +100,9 @@ def test_an_image_folder_of_every_shape(tmp_path: Path, suffix: str) -> None:
         "d.jpg",
         "caf\\xe9-\\xff.jpg",
     }
+    if suffix == ".zarr":
+        assert tree_digest(root) == before
+        return
     # a second run resumes the finished store: nothing is read or recorded twice
     again = _summary(
         run_cli("extract", root, *BACKBONE, "-o", out, "--resume", "--no-progress", "--json")
