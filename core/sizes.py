@@ -73,3 +73,32 @@ def parse_input_size(
             f"pixels (larger images would not fit a batch in memory)"
         )
     return size
+
+
+def machine_memory() -> int | None:
+    """This machine's physical memory in bytes, or None where the system does not say."""
+    import os
+
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_batch_fits(
+    size: tuple[int, int] | None, batch_size: int, *, memory: int | None = None
+) -> None:
+    """Refuse a batch whose input alone (float32 RGB) would take more than a quarter of the
+    machine's memory: the network's activations are many times larger, so such a run could
+    only end in an out-of-memory kill, after minutes of work."""
+    if size is None or batch_size <= 0:
+        return
+    total = machine_memory() if memory is None else memory
+    need = int(size[0]) * int(size[1]) * 3 * 4 * int(batch_size)
+    if total and need > total // 4:
+        gib = 1 << 30
+        raise UsageError(
+            f"a batch of {batch_size} images of {size[0]}x{size[1]} needs {need / gib:.1f} GiB "
+            f"for its input alone, more than a quarter of this machine's {total / gib:.1f} GiB; "
+            f"use a smaller --batch-size or --input-size"
+        )

@@ -142,8 +142,13 @@ def _from_folder(root: str, max_pixels: int | None) -> ImageSource:
 
 
 def _rows_from_csv(path: str) -> list[tuple[str, str]]:
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not UTF-8 text; save the list as UTF-8") from None
+    except csv.Error as exc:
+        raise UsageError(f"{path} is not a valid CSV list: {exc}") from None
     if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
         rows = rows[1:]
     out = []
@@ -159,6 +164,10 @@ def _rows_from_json(path: str) -> list[tuple[str, str]]:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise UsageError(f"{path} is not valid JSON: {exc}") from exc
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not UTF-8 text; save the list as UTF-8") from None
+    except RecursionError:
+        raise UsageError(f"{path} nests too deeply to be a list of images") from None
     if isinstance(data, dict):
         data = data.get("images", data.get("items"))
     if not isinstance(data, list):

@@ -25,6 +25,7 @@ import numpy as np
 from .. import __version__, plugin_manager, registry
 from ..errors import TransferkitError, UsageError
 from ..images import ImageSource, open_source
+from ..sizes import check_batch_fits
 from ..sizes import parse_input_size as _parse_size
 from ..specs import POOLINGS
 from ..store import FeatureStoreWriter, StoreExistsError, backend_for, create_store, path_text
@@ -124,6 +125,7 @@ def extract(
     if batch_size <= 0:
         raise UsageError(f"batch size must be positive, got {batch_size}")
     size = parse_input_size(input_size)
+    check_batch_fits(size, batch_size)
     backend = backend_for(out, store)  # an unknown format fails before any work
     mode = "resume" if resume else "overwrite" if overwrite else "create"
     if mode == "create" and backend.exists(out):

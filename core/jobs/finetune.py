@@ -143,6 +143,9 @@ def finetune(
     head = head or ("classic" if strategy == "warmup-unfreeze" else "linear")
     pooling = pooling or ("none" if head == "classic" else "avg")
     size = parse_input_size(input_size)
+    from ..sizes import check_batch_fits
+
+    check_batch_fits(size, batch_size)
     spec = registry.backbone(backbone)
     registry.head(head)  # an unknown head fails here, before any work
     strategy_obj = resolve_strategy(

@@ -17,6 +17,7 @@ import numpy as np
 from .. import estimators, registry
 from ..errors import TransferkitError, UsageError
 from ..models import SavedModel, identify_file, load_model
+from ..store import path_text
 
 
 def image_paths(images: list[str] | tuple[str, ...]) -> list[str]:
@@ -118,7 +119,7 @@ def predict(
             label = int(labels[i])
             ranked = np.argsort(-proba[i])[: max(1, top)]
             entry: dict[str, Any] = {
-                "path": paths[row],
+                "path": path_text(paths[row]),
                 "status": "ok",
                 "label": names[label] if 0 <= label < len(names) else str(label),
                 "index": label,
@@ -138,7 +139,8 @@ def predict(
         if row in by_row:
             results.append(by_row[row])
         else:
-            results.append({"path": path, "status": "skipped", "reason": skip_reason(source, row)})
+            reason = skip_reason(source, row)
+            results.append({"path": path_text(path), "status": "skipped", "reason": reason})
     return {
         "model": str(model_path),
         "classifier": saved.classifier,
