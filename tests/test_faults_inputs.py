@@ -192,6 +192,16 @@ def test_input_sizes_that_cannot_be_right_are_usage_errors(
     assert tree_digest(tmp_path) == before  # nothing was written or allocated on disk
 
 
+def test_a_batch_larger_than_the_machine_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "photos" / "a").mkdir(parents=True)
+    _jpeg(tmp_path / "photos" / "a" / "0.jpg")
+    before = tree_digest(tmp_path)
+    args = ["--input-size", "2048", "--batch-size", "1000000", "-o", tmp_path / "f.h5"]
+    result = run_cli("extract", tmp_path / "photos", *BACKBONE[:2], *args)
+    assert_fails_cleanly(result, 2, "more than a quarter of this machine's")
+    assert tree_digest(tmp_path) == before
+
+
 def _store(path: Path, **changes: Any) -> Path:
     """A small valid HDF5 store with one thing changed."""
     rng = np.random.default_rng(0)

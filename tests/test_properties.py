@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from transferkit.errors import TransferkitError, UsageError
-from transferkit.sizes import MAX_INPUT_SIDE, MIN_INPUT_SIDE, parse_input_size
+from transferkit.sizes import MAX_INPUT_SIDE, MIN_INPUT_SIDE, check_batch_fits, parse_input_size
 
 SETTINGS = settings(
     max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -97,6 +97,19 @@ def test_sizes_out_of_range_are_refused_with_the_bound(h: int, w: int) -> None:
         return
     with pytest.raises(UsageError, match="too small|too large"):
         parse_input_size(f"{h}x{w}")
+
+
+@SETTINGS
+@given(sides, sides, st.integers(1, 4096), st.integers(1 << 20, 1 << 40))
+def test_a_batch_is_refused_exactly_when_its_input_passes_a_quarter_of_memory(
+    h: int, w: int, batch: int, memory: int
+) -> None:
+    need = h * w * 3 * 4 * batch
+    if need > memory // 4:
+        with pytest.raises(UsageError, match="--batch-size or --input-size"):
+            check_batch_fits((h, w), batch, memory=memory)
+    else:
+        check_batch_fits((h, w), batch, memory=memory)
 
 
 # ---------------------------------------------------------------------------- config files
