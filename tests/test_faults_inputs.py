@@ -122,7 +122,7 @@ def test_one_class_warns_and_train_refuses_it(tmp_path: Path) -> None:
     result = run_cli("extract", root, *BACKBONE, "-o", out, "--no-progress")
     assert_succeeds(result)
     assert "one class (only)" in result.stderr and "at least two" in result.stderr
-    trained = run_cli("train", out, "--classifier", "logreg-cv", "--out", tmp_path / "m.skops")
+    trained = run_cli("train", out, "--classifier", "ridge-1", "--out", tmp_path / "m.skops")
     assert_fails_cleanly(trained, 2, "only class 'only'", "at least two classes")
     assert not (tmp_path / "m.skops").exists()
     assert tree_digest(root) == before
@@ -186,7 +186,7 @@ def test_input_sizes_that_cannot_be_right_are_usage_errors(
     elif command == "finetune":
         args = ["finetune", root, "-b", "efficientnet-lite0", "--input-size", size, "--out", out]
     else:
-        args = ["spotcheck", root, "-b", size, "-c", "logreg-cv", "--out", out]
+        args = ["spotcheck", root, "-b", size, "-c", "ridge-1", "--out", out]
     result = run_cli(*args)
     assert_fails_cleanly(result, 2, needle)
     assert tree_digest(tmp_path) == before  # nothing was written or allocated on disk
@@ -237,7 +237,7 @@ def test_train_on_a_hostile_store_fails_in_one_line(tmp_path: Path, case: str) -
     changes, needle = HOSTILE_STORES[case]
     store = _store(tmp_path / "hostile.h5", **changes)
     before = tree_digest(tmp_path)
-    result = run_cli("train", store, "--classifier", "logreg-cv", "--out", tmp_path / "m.skops")
+    result = run_cli("train", store, "--classifier", "ridge-1", "--out", tmp_path / "m.skops")
     assert_fails_cleanly(result, 1, needle)
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert tree_digest(tmp_path) == before
@@ -250,16 +250,16 @@ def test_files_that_are_not_stores_fail_in_one_line(tmp_path: Path) -> None:
     zarr_dir.mkdir()
     (zarr_dir / "zarr.json").write_text('{"zarr_format": 3, "node_type": "array"')
     for path in (junk, zarr_dir):
-        result = run_cli("train", path, "--classifier", "logreg-cv")
+        result = run_cli("train", path, "--classifier", "ridge-1")
         assert_fails_cleanly(result, 1, "cannot open")
 
 
 def test_train_refuses_classes_too_small_to_split(tmp_path: Path) -> None:
     store = _store(tmp_path / "s.h5", labels=np.array([0] * 11 + [1]))
-    result = run_cli("train", store, "--classifier", "logreg-cv")
+    result = run_cli("train", store, "--classifier", "ridge-1")
     assert_fails_cleanly(result, 2, "at least 2 rows", "'dog' (1)")
     tiny = _store(tmp_path / "tiny.h5", labels=np.array([0, 1] * 6))
-    ok = run_cli("train", tiny, "--classifier", "logreg-cv", "--json")
+    ok = run_cli("train", tiny, "--classifier", "ridge-1", "--json")
     assert_succeeds(ok)
     assert "only 2 test rows" in ok.stderr and "rough" in ok.stderr
 
@@ -290,7 +290,7 @@ def _header(**recipe: Any) -> dict[str, Any]:
     return {
         "format": "transferkit-model",
         "version": 1,
-        "classifier": "logreg-cv",
+        "classifier": "ridge-1",
         "library": "scikit-learn",
         "recipe": {**base, **recipe},
         "info": {},
