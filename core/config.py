@@ -40,16 +40,58 @@ def load_config(path: str | Path) -> dict[str, Any]:
     import yaml
 
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError:
+        raise UsageError(f"config file {path} is not UTF-8 text") from None
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise UsageError(f"config file {path} is not valid YAML: {exc}") from exc
+        problem = " ".join(str(exc).split())
+        raise UsageError(f"config file {path} is not valid YAML: {problem}") from None
+    except RecursionError:
+        raise UsageError(f"config file {path} nests too deeply to be a config file") from None
     if not isinstance(data, dict):
         raise UsageError(f"config file {path} must hold a mapping of option names to values")
     return data
+
+
+_SCALARS = (str, int, float, bool)
+
+
+def _check_value(raw_key: Any, param: click.Parameter, value: Any) -> None:
+    """Refuse what a flag could never hold: a mapping, a list for a single-valued option,
+    nested lists, a number for a flag, a bool or a fraction for a whole number."""
+
+    def bad(why: str) -> UsageError:
+        return UsageError(f"config key {raw_key!r}: {why}; expected {_describe_allowed(param)}")
+
+    many = param.multiple or param.nargs != 1
+    if isinstance(value, dict):
+        raise bad("a mapping is not a valid value")
+    if isinstance(value, list | tuple):
+        if not many:
+            raise bad("a list is not valid here, give one value")
+        if not all(isinstance(v, _SCALARS) for v in value):
+            raise bad("each item of the list must be a single value")
+        items = list(value)
+    elif value is None:
+        if param.default is not None and not many:
+            raise bad("it needs a value")
+        return
+    elif isinstance(value, _SCALARS):
+        items = [value]
+    else:  # a date, a timestamp or other YAML types
+        raise bad(f"a {type(value).__name__} is not a valid value")
+    flag = getattr(param, "is_flag", False) or isinstance(param.type, click.types.BoolParamType)
+    for item in items:
+        if isinstance(item, bool) and not flag:
+            raise bad(f"{item!r} is not valid")
+        if flag and not isinstance(item, bool | str):
+            raise bad(f"{item!r} is not valid (use true or false)")
+        if isinstance(param.type, click.types.IntParamType) and isinstance(item, float):
+            raise bad(f"{item!r} is not a whole number")
 
 
 def merge_config(
@@ -66,6 +108,9 @@ def merge_config(
             raise UsageError(f"unknown config key {raw_key!r}; allowed keys: {allowed}")
         source = ctx.get_parameter_source(key)
         if source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+            continue
+        _check_value(raw_key, param, value)
+        if value is None:
             continue
         try:
             if (param.multiple or param.nargs != 1) and isinstance(value, str):

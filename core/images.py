@@ -78,6 +78,8 @@ def _open(path_or_bytes: Any) -> tuple[Any, str]:
     except Image.DecompressionBombError as exc:
         raise SkipImage(f"too many pixels ({exc})", name) from None
     except OSError as exc:
+        if "truncated" in str(exc).lower():  # cut short before its header ends
+            raise SkipImage("truncated file", name) from None
         raise SkipImage(f"cannot open: {exc}", name) from None
     return im, name
 
@@ -227,6 +229,11 @@ class ImageSource:
         self.max_pixels = max_pixels
         self.location = location
         self.task: str | None = None
+        # what listing the images found but left out: [path, reason] (a second path to a file
+        # already listed, a broken link, not a regular file), and class folders with no images
+        self.listing_skipped: list[list[str]] = []
+        self.empty_classes: list[str] = []
+        self.warnings: list[str] = []
 
     def __len__(self) -> int:
         return len(self.records)
@@ -285,6 +292,9 @@ class TransformedSource(ImageSource):
     ) -> None:
         super().__init__(records, label_names, max_pixels=base.max_pixels, location=base.location)
         self.base = base
+        self.listing_skipped = list(base.listing_skipped)
+        self.empty_classes = list(base.empty_classes)
+        self.warnings = list(base.warnings)
 
 
 def write_images(source: ImageSource, out_dir: str | os.PathLike[str]) -> dict[str, Any]:

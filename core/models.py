@@ -175,18 +175,99 @@ def untrusted_types(path: str | Path) -> list[str]:
     return list(sio.get_untrusted_types(file=path))
 
 
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+def _pickle_holds_header(path: Path) -> bool:
+    """Whether a pickle holds a transferkit model header, read from its opcodes without
+    unpickling (so without running anything it names)."""
+    import pickletools
+
+    marker = f'"format": "{FORMAT}"'
+    try:
+        with open(path, "rb") as fh:
+            for opcode, arg, _pos in pickletools.genops(fh):
+                if isinstance(arg, str) and marker in arg:
+                    return True
+                if opcode.name == "STOP":
+                    return False
+    except Exception:  # noqa: BLE001 - not a well-formed pickle
+        return False
+    return False
+
+
+def identify_file(path: str | Path) -> str:
+    """What ``path`` is, from its first bytes (nothing in it is run): ``"skops"``, ``"keras"``,
+    ``"pickle-model"`` (a pickle holding a transferkit header), ``"pickle"``, ``"hdf5"``,
+    ``"zarr"``, ``"folder"``, ``"zip"``, ``"empty"`` or ``"unknown"``."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / "zarr.json").exists() or (path / ".zgroup").exists():
+            return "zarr"
+        return "folder"
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        return "unknown"
+    if not head:
+        return "empty"
+    if head.startswith(_HDF5_SIGNATURE):
+        return "hdf5"
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = set(archive.namelist())
+        except (OSError, zipfile.BadZipFile):
+            return "unknown"
+        if "schema.json" in names:
+            return "skops"
+        if "config.json" in names and "metadata.json" in names:
+            return "keras"
+        return "zip"
+    if head[:1] == b"\x80" and 2 <= head[1] <= 5:
+        return "pickle-model" if _pickle_holds_header(path) else "pickle"
+    return "unknown"
+
+
+_NOT_A_MODEL = {
+    "hdf5": "an HDF5 file (a feature store?), not a model; train one on it with "
+    "`transferkit train STORE --classifier NAME --out model.skops`",
+    "zarr": "a Zarr feature store, not a model; train one on it with "
+    "`transferkit train STORE --classifier NAME --out model.skops`",
+    "folder": "a folder, not a model file (a fine-tuned model's folder holds model.keras)",
+    "zip": "a zip archive that is neither a skops model nor a Keras model",
+    "pickle": "a pickle but not a transferkit model (it holds no model header), so it is not "
+    "loaded (trusting the file would not change that)",
+    "empty": "an empty file, not a model",
+    "unknown": "not a model file that transferkit knows (neither skops, a transferkit "
+    "pickle nor .keras)",
+}
+
+
 def load_model(path: str | Path, *, trust: bool = False) -> SavedModel:
     """Read a model written by :func:`save_model`.
 
     A skops file loads when every type it holds is skops-trusted or from scikit-learn/NumPy/SciPy;
-    a pickle (river) or a skops file with other types loads only with ``trust=True``.
+    a pickle (river) or a skops file with other types loads only with ``trust=True``. Whatever is
+    read is checked (:func:`check_saved_model`) before it is returned; a file that is not a model
+    says what it is.
     """
     path = Path(path)
     if not path.exists():
         raise UsageError(
             f"model file {path} does not exist; save one with `transferkit train --out`"
         )
-    if zipfile.is_zipfile(path):
+    kind = identify_file(path)
+    if kind in _NOT_A_MODEL or kind == "keras":
+        what = _NOT_A_MODEL.get(kind, "a Keras model that `transferkit finetune` did not save")
+        raise UsageError(f"{path} is {what}")
+    if kind == "skops":
         data = _load_skops(path, trust)
     else:
         if not trust:
@@ -199,18 +280,94 @@ def load_model(path: str | Path, *, trust: bool = False) -> SavedModel:
             with open(path, "rb") as fh:
                 data = pickle.load(fh)  # noqa: S301 - only with trust=True, see above
         except Exception as exc:
-            raise TransferkitError(f"cannot read model {path}: {exc}") from exc
-    if not isinstance(data, dict) or "header" not in data:
-        raise TransferkitError(f"{path} is not a transferkit model (no header)")
-    header = json.loads(data["header"])
+            raise TransferkitError(f"cannot read model {path}: {_one_line(exc)}") from None
+    return check_saved_model(path, data)
+
+
+_RECIPE_TYPES: dict[str, tuple[type, ...]] = {
+    "backbone": (str, type(None)),
+    "weights": (str, type(None)),
+    "input_size": (list, type(None)),
+    "pooling": (str,),
+    "label_names": (list,),
+    "feature_dim": (int, type(None)),
+    "store_metadata": (dict,),
+}
+
+
+def check_saved_model(path: str | Path, data: Any) -> SavedModel:
+    """The :class:`SavedModel` in ``data`` (what a model file held), checked: the header's
+    format, version and types, the recipe's fields, and the classes the estimator can predict
+    against the label names. Raises :class:`TransferkitError` with one line naming the fault."""
+    from .sizes import parse_input_size
+
+    def bad(why: str) -> TransferkitError:
+        return TransferkitError(f"{path} is not a usable transferkit model: {why}")
+
+    if not isinstance(data, dict) or "header" not in data or "estimator" not in data:
+        raise bad("it holds no header and estimator")
+    try:
+        header = json.loads(data["header"]) if isinstance(data["header"], str) else None
+    except (ValueError, RecursionError) as exc:
+        raise bad(f"its header is not valid JSON ({type(exc).__name__})") from None
+    if not isinstance(header, dict):
+        raise bad("its header is not a JSON object")
     if header.get("format") != FORMAT:
-        raise TransferkitError(f"{path} is not a transferkit model (format {header.get('format')})")
+        raise bad(f"format {header.get('format')!r}, expected {FORMAT!r}")
+    version = header.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
+        raise bad(
+            f"format version {version!r}; this transferkit reads version {FORMAT_VERSION} "
+            "(a newer transferkit may have written it)"
+        )
+    for key in ("classifier", "library"):
+        if not isinstance(header.get(key), str):
+            raise bad(f"{key!r} must be text, not {header.get(key)!r}")
+    info = header.get("info", {})
+    if not isinstance(info, dict):
+        raise bad("'info' must be a mapping")
+    recipe = header.get("recipe")
+    if not isinstance(recipe, dict):
+        raise bad("'recipe' must be a mapping")
+    unknown = sorted(set(recipe) - set(_RECIPE_TYPES))
+    if unknown:
+        raise bad(f"unknown recipe keys {unknown}; known: {sorted(_RECIPE_TYPES)}")
+    for key, types in _RECIPE_TYPES.items():
+        if key in recipe and (not isinstance(recipe[key], types) or isinstance(recipe[key], bool)):
+            raise bad(f"recipe {key!r} has the wrong type ({type(recipe[key]).__name__})")
+    names = recipe.get("label_names", [])
+    if not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise bad("its label names must be a non-empty list of distinct names")
+    try:
+        if recipe.get("input_size") is not None:
+            parse_input_size(recipe["input_size"])
+    except UsageError as exc:
+        raise bad(f"recipe input size: {exc}") from None
+    dim = recipe.get("feature_dim")
+    if dim is not None and dim <= 0:
+        raise bad(f"feature width {dim} is not positive")
+    estimator = data["estimator"]
+    classes = getattr(estimator, "classes_", None)
+    if classes is not None:
+        import numpy as np
+
+        values = np.asarray(classes).reshape(-1)
+        if values.dtype.kind not in "iu" or (
+            len(values) and (values.min() < 0 or values.max() >= len(names))
+        ):
+            raise bad(
+                f"its estimator predicts classes {values.tolist()[:10]} but the model names "
+                f"{len(names)} classes (0 to {len(names) - 1})"
+            )
+    width = getattr(estimator, "n_features_in_", None)
+    if isinstance(width, int) and dim is not None and width != dim:
+        raise bad(f"its estimator takes {width} features but the recipe says {dim}")
     return SavedModel(
-        estimator=data["estimator"],
-        recipe=FeatureRecipe(**header["recipe"]),
+        estimator=estimator,
+        recipe=FeatureRecipe(**recipe),
         classifier=header["classifier"],
         library=header["library"],
-        info=header.get("info", {}),
+        info=info,
     )
 
 
@@ -240,7 +397,7 @@ def _load_skops(path: Path, trust: bool) -> Any:
     try:
         found = untrusted_types(path)
     except Exception as exc:
-        raise TransferkitError(f"cannot read model {path}: {exc}") from exc
+        raise TransferkitError(f"cannot read model {path}: {_one_line(exc)}") from None
     foreign = [t for t in found if not _is_library_class(t)]
     if foreign and not trust:
         raise TransferkitError(
@@ -251,4 +408,4 @@ def _load_skops(path: Path, trust: bool) -> Any:
     try:
         return sio.load(path, trusted=found)
     except Exception as exc:
-        raise TransferkitError(f"cannot read model {path}: {exc}") from exc
+        raise TransferkitError(f"cannot read model {path}: {_one_line(exc)}") from None

@@ -15,6 +15,7 @@ row indices, so the caller sees which ones are missing and asks :func:`skip_reas
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -215,7 +216,11 @@ def image_dataset(
         np.asarray(plan["labels"], np.int32) if plan is not None else source.labels.astype(np.int32)
     )
     rotations = plan.get("rotations") if plan is not None else None
-    paths_t = tf.constant(plan["paths"] if plan is not None else [""] * len(source), tf.string)
+    # file names as their bytes, so that names that are not valid UTF-8 are read too
+    paths_t = tf.constant(
+        [os.fsencode(p) for p in plan["paths"]] if plan is not None else [b""] * len(source),
+        tf.string,
+    )
     labels_t = tf.constant(labels_np, tf.int32)
     rot_t = tf.constant(np.asarray(rotations, np.int32)) if rotations is not None else None
     prepare = _probe_and_load(source, plan, max(height, width), fast_jpeg)

@@ -61,12 +61,83 @@ def _encode_attr(value: Any) -> Any:
 
 def _decode_attr(value: Any) -> Any:
     if isinstance(value, bytes):
-        value = value.decode("utf-8")
+        value = value.decode("utf-8", "backslashreplace")
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, str) and value.startswith("json:"):
         return json.loads(value[5:])
     return value
+
+
+class StoreDamagedError(TransferkitError):
+    """A file opened as a store is not one transferkit can read: damaged, hostile or foreign."""
+
+
+# metadata keys whose type a reader checks: a store that says otherwise is refused
+_INT_ATTRS = ("rows", "feature_dim", "schema_version", "image_count")
+_MAX_ATTR_DEPTH = 32
+_MAX_UNNAMED_CLASSES = 1 << 16  # a store without label_names numbers its classes up to this
+
+
+def _depth(value: Any, limit: int = _MAX_ATTR_DEPTH) -> int:
+    """How deeply lists and dicts nest in ``value`` (stops counting past ``limit``)."""
+    stack, deepest = [(value, 1)], 0
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            if deepest > limit:
+                return deepest
+            stack.extend(
+                (v, level + 1) for v in (item.values() if isinstance(item, dict) else item)
+            )
+    return deepest
+
+
+def _checked_attrs(path: str, raw: Any) -> dict[str, Any]:
+    """The store's attributes decoded, each checked: one clear error for anything malformed."""
+    attrs: dict[str, Any] = {}
+    for key, value in raw:
+        key = str(key)
+        try:
+            decoded = _decode_attr(value)
+        except (ValueError, RecursionError) as exc:  # bad JSON, nesting past Python's stack
+            raise StoreDamagedError(
+                f"{path}: attribute {key!r} cannot be decoded ({type(exc).__name__}); the store "
+                f"is damaged or was not written by transferkit"
+            ) from None
+        if isinstance(decoded, np.ndarray):
+            decoded = decoded.tolist()
+        if _depth(decoded) > _MAX_ATTR_DEPTH:
+            raise StoreDamagedError(
+                f"{path}: attribute {key!r} nests deeper than {_MAX_ATTR_DEPTH} levels"
+            )
+        attrs[key] = decoded
+    for key in _INT_ATTRS:
+        if key in attrs:
+            value = attrs[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise StoreDamagedError(
+                    f"{path}: attribute {key!r} must be a whole number >= 0, not {value!r}"
+                )
+    if "complete" in attrs and not isinstance(attrs["complete"], bool | int):
+        raise StoreDamagedError(f"{path}: attribute 'complete' must be true or false")
+    skipped = attrs.get("skipped", [])
+    if not isinstance(skipped, list) or not all(
+        isinstance(s, list) and len(s) == 2 and all(isinstance(v, str) for v in s) for s in skipped
+    ):
+        raise StoreDamagedError(f"{path}: attribute 'skipped' must be a list of [path, reason]")
+    for key in ("backbone", "pooling", "weights", "task"):
+        if key in attrs and attrs[key] is not None and not isinstance(attrs[key], str):
+            raise StoreDamagedError(f"{path}: attribute {key!r} must be text, not {attrs[key]!r}")
+    if attrs.get("input_size") not in (None, ""):
+        from .sizes import parse_input_size
+
+        try:
+            parse_input_size(attrs["input_size"], minimum=1)
+        except UsageError as exc:
+            raise StoreDamagedError(f"{path}: attribute 'input_size': {exc}") from None
+    return attrs
 
 
 def _json_default(value: Any) -> Any:
@@ -79,6 +150,29 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, _dt.datetime):
         return value.isoformat()
     return str(value)
+
+
+def path_text(path: Any) -> str:
+    """``path`` as the text a store records (paths, skipped files, class names).
+
+    A file name whose bytes are not valid UTF-8 reaches Python with each bad byte as a lone
+    surrogate (``surrogateescape``); HDF5 and Zarr hold only UTF-8, so each such byte is
+    recorded as ``\\xNN`` (``backslashreplace``). The name is recorded faithfully and the same
+    name always gives the same text (a resume matches it), but a name holding a literal
+    ``\\xNN`` cannot be told from one holding that byte.
+    """
+    text = os.fspath(path) if isinstance(path, os.PathLike) else path
+    if isinstance(text, bytes):
+        return text.decode("utf-8", "backslashreplace")
+    text = str(text)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            return os.fsencode(text).decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # a surrogate that no file name can hold
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def _to_str_list(values: Any) -> list[str]:
@@ -232,7 +326,7 @@ class FeatureStoreWriter:
         self.backend = backend
         self.path = str(path)
         self.feature_dim = int(feature_dim)
-        self.label_names = [str(n) for n in label_names]
+        self.label_names = [path_text(n) for n in label_names]
         self.buffer_rows = max(1, int(buffer_rows))
         self._buf_x: list[np.ndarray] = []
         self._buf_y: list[np.ndarray] = []
@@ -369,7 +463,11 @@ class FeatureStoreWriter:
         self._features = self.root["features"]
         self._labels = self.root["labels"]
         self._paths = self.root["paths"]
-        attrs = {k: _decode_attr(v) for k, v in self.root.attrs.items()}
+        try:
+            attrs = _checked_attrs(self.path, self.root.attrs.items())
+        except StoreDamagedError as exc:
+            b._backend_close(self.root)
+            raise UsageError(f"cannot resume: {exc}; pass --overwrite to start again") from None
         stored_dim = int(self._features.shape[1])
         stored_names = _to_str_list(self.root["label_names"][:])
         problems = []
@@ -459,14 +557,14 @@ class FeatureStoreWriter:
             return
         self._buf_x.append(x)
         self._buf_y.append(y)
-        self._buf_p.extend(str(p) for p in paths)
+        self._buf_p.extend(path_text(p) for p in paths)
         self._buf_n += len(x)
         if self._buf_n >= self.buffer_rows:
             self.flush()
 
     def record_skipped(self, path: str, reason: str) -> None:
         """Record a file that could not be used; stored with the next flush."""
-        self._pending_skipped.append([str(path), str(reason)])
+        self._pending_skipped.append([path_text(path), path_text(reason)])
 
     def set_metadata(self, **metadata: Any) -> None:
         for key, value in metadata.items():
@@ -560,22 +658,98 @@ class FeatureStoreReader:
             raise TransferkitError(
                 f"cannot open {self.path} as a {backend.name or 'feature'} store: {exc}"
             ) from exc
+        try:
+            self._n = self._validate()
+        except BaseException as exc:
+            backend._backend_close(self.root)
+            self.root = None
+            if isinstance(exc, TransferkitError) or not isinstance(exc, Exception):
+                raise
+            raise StoreDamagedError(
+                f"{self.path} cannot be read as a feature store ({type(exc).__name__}: {exc})"
+            ) from None
+
+    def _validate(self) -> int:
+        """Check the store once, when it is opened: the arrays transferkit reads, their types
+        and row counts, the labels against the class names, and the metadata transferkit uses.
+        Returns the number of readable rows. Raises :class:`StoreDamagedError`."""
+        b, path = self.backend, self.path
         for name in ("features", "labels"):
-            if not backend._backend_has(self.root, name):
-                backend._backend_close(self.root)
-                raise TransferkitError(
-                    f"{self.path} is not a feature store: it has no {name!r} array"
+            if not b._backend_has(self.root, name):
+                raise StoreDamagedError(f"{path} is not a feature store: it has no {name!r} array")
+        arrays = {}
+        for name in ("features", "labels", "paths", "label_names"):
+            if name in ("paths", "label_names") and not b._backend_has(self.root, name):
+                continue
+            arr = self.root[name]
+            if not hasattr(arr, "shape") or not hasattr(arr, "dtype"):
+                raise StoreDamagedError(f"{path}: {name!r} is not an array")
+            arrays[name] = arr
+        features, labels = arrays["features"], arrays["labels"]
+        if len(features.shape) != 2 or np.dtype(features.dtype).kind not in "fiub":
+            raise StoreDamagedError(
+                f"{path}: 'features' must be a 2-D array of numbers, not {features.dtype} "
+                f"{tuple(features.shape)}"
+            )
+        if features.shape[1] < 1:
+            raise StoreDamagedError(f"{path}: 'features' has no columns")
+        if len(labels.shape) != 1 or np.dtype(labels.dtype).kind not in "iu":
+            raise StoreDamagedError(
+                f"{path}: 'labels' must be a 1-D array of class indexes, not {labels.dtype} "
+                f"{tuple(labels.shape)}"
+            )
+        for name in ("paths", "label_names"):
+            if name in arrays and len(arrays[name].shape) != 1:
+                raise StoreDamagedError(f"{path}: {name!r} must be a 1-D array of text")
+        attrs = _checked_attrs(path, self.root.attrs.items())
+        if "rows" in attrs:  # written by transferkit: arrays may run past the committed rows
+            n = int(attrs["rows"])
+            short = [
+                k for k in ("features", "labels", "paths") if k in arrays and arrays[k].shape[0] < n
+            ]
+            if short:
+                raise StoreDamagedError(
+                    f"{path}: the store says it holds {n} rows but "
+                    + ", ".join(f"{k!r} has {arrays[k].shape[0]}" for k in short)
                 )
-        self._features = self.root["features"]
-        self._labels = self.root["labels"]
-        attrs = self._attrs()
-        n = min(self._features.shape[0], self._labels.shape[0])
-        if "rows" in attrs:
-            n = min(n, int(attrs["rows"]))
-        self._n = int(n)
+        else:  # a classic store: every array holds one entry per row
+            n = int(features.shape[0])
+            counts = {
+                k: int(arrays[k].shape[0]) for k in ("features", "labels", "paths") if k in arrays
+            }
+            if len(set(counts.values())) > 1:
+                raise StoreDamagedError(
+                    f"{path}: its arrays disagree on the number of rows ("
+                    + ", ".join(f"{k} {v}" for k, v in counts.items())
+                    + ")"
+                )
+        if "feature_dim" in attrs and int(attrs["feature_dim"]) != int(features.shape[1]):
+            raise StoreDamagedError(
+                f"{path}: the store says its features are {attrs['feature_dim']}-d but the "
+                f"'features' array has {features.shape[1]} columns"
+            )
+        self._attrs_cache = attrs
+        if "label_names" in arrays:
+            names = _to_str_list(arrays["label_names"][:])
+            if len(set(names)) != len(names):
+                raise StoreDamagedError(f"{path}: 'label_names' holds a name twice")
+        else:
+            names = None
+        if n:
+            y = np.asarray(labels[:n])
+            low, high = int(y.min()), int(y.max())
+            if low < 0 or high >= (len(names) if names is not None else _MAX_UNNAMED_CLASSES):
+                raise StoreDamagedError(
+                    f"{path}: label indexes run from {low} to {high} but the store names "
+                    f"{len(names) if names is not None else 0} classes (0 to "
+                    f"{len(names) - 1 if names else -1}); the store is damaged"
+                )
+        self._label_names = names
+        self._features, self._labels = features, labels
+        return n
 
     def _attrs(self) -> dict[str, Any]:
-        return {str(k): _decode_attr(v) for k, v in self.root.attrs.items()}
+        return dict(self._attrs_cache)
 
     def __len__(self) -> int:
         return self._n
@@ -587,8 +761,8 @@ class FeatureStoreReader:
 
     @property
     def label_names(self) -> list[str]:
-        if self.backend._backend_has(self.root, "label_names"):
-            return _to_str_list(self.root["label_names"][:])
+        if self._label_names is not None:
+            return list(self._label_names)
         # a store without names: number the classes
         k = int(self.labels.max()) + 1 if len(self) else 0
         return [str(i) for i in range(k)]
@@ -621,7 +795,7 @@ class FeatureStoreReader:
 
     def _x(self, block: Any) -> np.ndarray:
         x = np.asarray(block, dtype=np.float32)
-        return x.reshape(len(x), -1)
+        return x.reshape(len(x), self.feature_dim)
 
     def _bounds(self, start: int, stop: int | None) -> tuple[int, int]:
         n = self._n

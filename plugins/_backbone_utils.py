@@ -8,6 +8,7 @@ import warnings
 from typing import Any
 
 from transferkit import UsageError, WeightsUnavailableError
+from transferkit.sizes import parse_input_size
 
 OFFLINE_HINT = (
     "use --weights none (random initialisation), --weights PATH (a local weights file), "
@@ -42,26 +43,10 @@ def is_download_failure(exc: BaseException) -> bool:
 
 
 def input_size_of(input_size: Any, default: int) -> tuple[int, int]:
-    """``(height, width)`` from None (the default), an int, ``"160"``/``"160x128"`` or a pair."""
-    if input_size is None:
-        return (default, default)
-    given = input_size
-    if isinstance(input_size, str):
-        input_size = input_size.lower().replace(",", "x").split("x")
-    elif isinstance(input_size, int):
-        input_size = (input_size, input_size)
-    try:
-        values = [int(v) for v in input_size]
-        if len(values) == 1:
-            values *= 2
-        height, width = values
-    except (TypeError, ValueError):
-        raise UsageError(
-            f"input size {given!r} is not understood; give HEIGHTxWIDTH such as 224x224"
-        ) from None
-    if height < 32 or width < 32:
-        raise UsageError(f"input size {height}x{width} is too small; use at least 32x32")
-    return (height, width)
+    """``(height, width)`` from None (the default), an int, ``"160"``/``"160x128"`` or a pair;
+    these networks need at least 32 pixels a side."""
+    size = parse_input_size(input_size, minimum=32)
+    return (default, default) if size is None else size
 
 
 def add_pooling(base: Any, pooling: str, name: str) -> Any:

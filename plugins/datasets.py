@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,14 +36,67 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_SUFFIXES)
 
 
-def _walk_images(folder: str) -> list[str]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if not name.startswith(".") and _is_image(name):
-                found.append(os.path.join(dirpath, name))
-    return sorted(found)
+def _dir_key(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+class _Listing:
+    """What a folder walk found: each real file once (by device and inode, so a second path
+    through a symbolic or hard link is recorded, not read again), and what it left out."""
+
+    def __init__(self, reserved: Sequence[str] = ()) -> None:
+        self.seen: dict[tuple[int, int], str] = {}
+        # folders walked on their own (the root, each class folder): a link to one of them from
+        # elsewhere is not followed, and a folder reached twice is walked once
+        self.visited: set[tuple[int, int]] = set()
+        self.reserved = {k for k in map(_dir_key, reserved) if k is not None}
+        self.skipped: list[list[str]] = []
+        self.warnings: list[str] = []
+
+    def keep(self, path: str) -> bool:
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            reason = "broken symbolic link" if os.path.islink(path) else exc.strerror
+            self.skipped.append([path, f"cannot read file ({reason})"])
+            return False
+        if not stat.S_ISREG(st.st_mode):
+            self.skipped.append([path, "not a regular file"])
+            return False
+        key = (st.st_dev, st.st_ino)
+        first = self.seen.get(key)
+        if first is not None:
+            self.skipped.append([path, f"same file as {first} (read once)"])
+            return False
+        self.seen[key] = path
+        return True
+
+    def walk(self, folder: str) -> list[str]:
+        """Image files under ``folder``, sorted; links are followed, but a folder reached again
+        (a loop of links, or two links to one folder) is walked once."""
+        found: list[str] = []
+        top = _dir_key(folder)
+
+        def failed(exc: OSError) -> None:
+            self.warnings.append(f"cannot list {exc.filename}: {exc.strerror}")
+
+        for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=failed):
+            key = _dir_key(dirpath)
+            if key is None or key in self.visited or (key in self.reserved and key != top):
+                dirnames[:] = []
+                continue
+            self.visited.add(key)
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            found.extend(
+                os.path.join(dirpath, name)
+                for name in filenames
+                if not name.startswith(".") and _is_image(name)
+            )
+        return [p for p in sorted(found) if self.keep(p)]
 
 
 def _sort_names(names: set[str]) -> list[str]:
@@ -53,31 +107,48 @@ def _sort_names(names: set[str]) -> list[str]:
 
 def _from_folder(root: str, max_pixels: int | None) -> ImageSource:
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    listing = _Listing([root, *(os.path.join(root, name) for name in classes)])
     records: list[ImageRecord] = []
     names: list[str] = []
+    empty: list[str] = []
     for name in classes:
-        files = _walk_images(os.path.join(root, name))
+        before = len(listing.skipped)
+        files = listing.walk(os.path.join(root, name))
         if not files:
+            if len(listing.skipped) == before:
+                empty.append(name)
             continue
         label = len(names)
         names.append(name)
         records.extend(ImageRecord(p, label) for p in files)
-    if not records:
+    if not records and not listing.skipped:
         loose = [os.path.join(root, f) for f in sorted(os.listdir(root)) if _is_image(f)]
+        loose = [p for p in loose if listing.keep(p)]
         if loose:  # a flat folder: one class named after it
             names = [os.path.basename(os.path.normpath(root)) or "images"]
             records = [ImageRecord(p, 0) for p in loose]
+            empty = []
     if not records:
+        unusable = f" ({len(listing.skipped)} file(s) could not be used)" if listing.skipped else ""
         raise UsageError(
             f"no images in {root}: expected one sub-folder per class holding "
-            f"{', '.join(IMAGE_SUFFIXES)} files, or a CSV/JSON list of path,label"
+            f"{', '.join(IMAGE_SUFFIXES)} files, or a CSV/JSON list of path,label{unusable}"
         )
-    return ImageSource(records, names, max_pixels=max_pixels, location=root)
+    source = ImageSource(records, names, max_pixels=max_pixels, location=root)
+    source.listing_skipped = listing.skipped
+    source.empty_classes = empty
+    source.warnings = listing.warnings
+    return source
 
 
 def _rows_from_csv(path: str) -> list[tuple[str, str]]:
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not UTF-8 text; save the list as UTF-8") from None
+    except csv.Error as exc:
+        raise UsageError(f"{path} is not a valid CSV list: {exc}") from None
     if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
         rows = rows[1:]
     out = []
@@ -93,6 +164,10 @@ def _rows_from_json(path: str) -> list[tuple[str, str]]:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise UsageError(f"{path} is not valid JSON: {exc}") from exc
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not UTF-8 text; save the list as UTF-8") from None
+    except RecursionError:
+        raise UsageError(f"{path} nests too deeply to be a list of images") from None
     if isinstance(data, dict):
         data = data.get("images", data.get("items"))
     if not isinstance(data, list):

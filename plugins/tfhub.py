@@ -43,6 +43,7 @@ from transferkit.plugins._backbone_utils import (
     load_local_weights,
     output_width,
 )
+from transferkit.sizes import parse_input_size
 
 DEFAULT_SIZE = 224
 PREPROCESSING = "x / 255: RGB scaled to [0, 1] (the TF Hub image convention)"
@@ -301,8 +302,7 @@ def build(
     path = None if str(weights).lower() in ("default", "imagenet") else os.path.expanduser(weights)
     if path is not None and not os.path.exists(path):
         raise WeightsUnavailableError(f"weights file {weights!r} does not exist")
-    if input_size is not None:
-        input_size = (input_size, input_size) if isinstance(input_size, int) else input_size
+    input_size = parse_input_size(input_size)
     layer = _hub_layer_class()(handle, input_size=input_size, trainable=trainable, name="tfhub")
     size = layer.input_size
     inputs = keras.Input((*size, 3), name="input_layer")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,8 @@ def tree_digest(root: Path) -> dict[str, str]:
             rel = os.path.relpath(path, root)
             if os.path.islink(path):
                 digest[rel] = "-> " + os.readlink(path)
+            elif not stat.S_ISREG(os.lstat(path).st_mode):  # a FIFO or socket: never opened
+                digest[rel] = f"<special {stat.S_IFMT(os.lstat(path).st_mode):o}>"
             else:
                 with open(path, "rb") as fh:
                     digest[rel] = hashlib.sha256(fh.read()).hexdigest()

@@ -107,8 +107,8 @@ def test_a_doctored_pickle_never_runs_without_trust(tmp_path: Path) -> None:
         load_model(path)
     assert not marker.exists()
     with pytest.raises(TransferkitError, match="not a transferkit model"):
-        load_model(path, trust=True)  # trusted: unpickled (the code ran), then rejected
-    assert marker.exists()
+        load_model(path, trust=True)  # no model header: never unpickled, even when trusted
+    assert not marker.exists()
 
 
 def test_skops_refuses_foreign_types(digits_h5: Path, tmp_path: Path) -> None:

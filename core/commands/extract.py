@@ -26,6 +26,8 @@ def print_extract_summary(result: dict[str, Any]) -> None:
             click.echo(f"  ... and {len(skipped) - 20} more (listed in the store's metadata)")
     else:
         click.echo("Skipped 0 files.")
+    if result.get("empty_classes"):
+        click.echo("Empty class folders (left out): " + ", ".join(result["empty_classes"]))
     if result.get("written_images"):
         w = result["written_images"]
         click.echo(f"Wrote {w['written']} images as read to {w['out']}.")

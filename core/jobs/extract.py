@@ -25,6 +25,8 @@ import numpy as np
 from .. import __version__, outputs, plugin_manager, registry
 from ..errors import TransferkitError, UsageError
 from ..images import ImageSource, open_source
+from ..sizes import check_batch_fits
+from ..sizes import parse_input_size as _parse_size
 from ..specs import POOLINGS
 from ..store import (
     FeatureStoreWriter,
@@ -34,6 +36,7 @@ from ..store import (
     check_replaceable_store,
     create_store,
     lock_holder,
+    path_text,
 )
 
 # settings that must match for a store to be resumed
@@ -41,28 +44,9 @@ _RESUME_KEYS = ("backbone", "weights_source", "input_size", "pooling", "task", "
 
 
 def parse_input_size(value: Any) -> tuple[int, int] | None:
-    """``None``, ``224``, ``"224"``, ``"224x160"`` (height x width) or a pair -> (h, w)."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, int):
-        size = (value, value)
-    elif isinstance(value, str):
-        parts = value.lower().replace(",", "x").split("x")
-        try:
-            nums = [int(p) for p in parts if p.strip()]
-        except ValueError:
-            raise UsageError(
-                f"input size {value!r}: expected N or HxW, e.g. 224 or 224x160"
-            ) from None
-        if len(nums) not in (1, 2):
-            raise UsageError(f"input size {value!r}: expected N or HxW, e.g. 224 or 224x160")
-        size = (nums[0], nums[-1])
-    else:
-        h, w = value
-        size = (int(h), int(w))
-    if min(size) <= 0:
-        raise UsageError(f"input size must be positive, got {value!r}")
-    return size
+    """``None``, ``224``, ``"224"``, ``"224x160"`` (height x width) or a pair -> (h, w); see
+    :func:`transferkit.sizes.parse_input_size`."""
+    return _parse_size(value)
 
 
 def _order(n: int, shuffle: bool, seed: int) -> np.ndarray:
@@ -72,18 +56,23 @@ def _order(n: int, shuffle: bool, seed: int) -> np.ndarray:
 
 
 def _remaining(
-    order: np.ndarray, paths: Sequence[str], writer: FeatureStoreWriter
+    order: np.ndarray,
+    paths: Sequence[str],
+    writer: FeatureStoreWriter,
+    listed: Sequence[str] = (),
 ) -> tuple[np.ndarray, int]:
     """The indices still to compute after what ``writer`` already holds, and how many are done.
 
-    What is stored must be a prefix of ``order`` (rows and skipped files); anything else means
-    the images or settings changed since, and resuming would mix two different runs.
+    What is stored must be a prefix of ``order`` (rows and skipped files, leaving out the
+    ``listed`` files that the folder walk skipped itself); anything else means the images or
+    settings changed since, and resuming would mix two different runs.
     """
+    left_out = set(listed)
     stored = Counter(writer.stored_paths)
-    skipped = Counter(p for p, _ in writer.skipped)
+    skipped = Counter(p for p, _ in writer.skipped if p not in left_out)
     total_done = sum(stored.values()) + sum(skipped.values())
     prefix = order[:total_done]
-    seen = Counter(paths[i] for i in prefix)
+    seen = Counter(path_text(paths[i]) for i in prefix)
     if seen != stored + skipped:
         raise UsageError(
             f"cannot resume {writer.path}: the rows it holds are not the first {total_done} "
@@ -145,6 +134,7 @@ def extract(
     if batch_size <= 0:
         raise UsageError(f"batch size must be positive, got {batch_size}")
     size = parse_input_size(input_size)
+    check_batch_fits(size, batch_size)
     backend = backend_for(out, store)  # an unknown format fails before any work
     mode = "resume" if resume else "overwrite" if overwrite else "create"
     spec = registry.backbone(backbone)
@@ -170,6 +160,8 @@ def extract(
     if len(source) == 0:
         raise UsageError(f"{images} holds no images")
     outputs.check_writable(out)  # a read-only disk fails now, before the network is built
+    for warning in _source_warnings(source):
+        print(f"transferkit: warning: {warning}", file=sys.stderr)
 
     written = None
     if write_images:
@@ -236,6 +228,23 @@ def input_paths(source: ImageSource, images: Any) -> list[str]:
     if location and os.path.isdir(location):
         return [location]
     return [p for p in [location, *(r.path for r in source.records)] if p]
+def _source_warnings(source: ImageSource) -> list[str]:
+    """What the user should know about the images before the run: one class, empty classes,
+    folders that could not be listed."""
+    notes = list(source.warnings)
+    if source.empty_classes:
+        empty = [path_text(n) for n in source.empty_classes]
+        more = f" and {len(empty) - 10} more" if len(empty) > 10 else ""
+        notes.append(
+            f"{len(empty)} class folder(s) hold no images and are left out: "
+            f"{', '.join(empty[:10])}{more}"
+        )
+    if len(source.label_names) < 2 and not source.task:
+        notes.append(
+            f"the images form one class ({path_text(source.label_names[0])}); training a "
+            f"classifier needs at least two class folders"
+        )
+    return notes
 
 
 def _metadata(
@@ -302,8 +311,14 @@ def _run(
 
     paths = source.paths
     order = _order(len(source), bool(config["shuffle"]), int(config["seed"]))
-    todo, already = _remaining(order, paths, writer) if writer.resumed else (order, 0)
+    listed = [path_text(p) for p, _ in source.listing_skipped]
+    todo, already = _remaining(order, paths, writer, listed) if writer.resumed else (order, 0)
     total = len(order)
+    # files the folder walk left out (second paths to one file, broken links) are recorded once
+    recorded = writer.skipped_paths
+    for path, reason in source.listing_skipped:
+        if path_text(path) not in recorded:
+            writer.record_skipped(path, reason)
     plugin_manager.call_lifecycle(
         "on_extract_start",
         backbone=net.name,
@@ -329,7 +344,7 @@ def _run(
                     f"file: remove or fix it, or run without --strict to skip and record it"
                 )
             writer.record_skipped(paths[i], reason)
-            new_skips.append([paths[i], reason])
+            new_skips.append([path_text(paths[i]), reason])
         if index is not None and pending:
             pending.popleft()
 
@@ -383,6 +398,9 @@ def _run(
         "skipped": len(skipped_files),
         "skipped_files": skipped_files,
         "images": total,
+        "files_found": total + len(source.listing_skipped),
+        "empty_classes": [path_text(n) for n in source.empty_classes],
+        "warnings": _source_warnings(source),
         "resumed": writer.resumed,
         "resumed_from": already,
         "seconds": round(seconds, 3),
@@ -392,6 +410,6 @@ def _run(
         "weights_source": net.weights_source,
         "input_size": list(net.input_size),
         "pooling": net.pooling,
-        "label_names": list(source.label_names),
+        "label_names": [path_text(n) for n in source.label_names],
         "task": config["task"] or None,
     }

@@ -32,24 +32,11 @@ CHECKPOINT_DIR = "checkpoints"
 
 
 def parse_input_size(value: Any) -> tuple[int, int] | None:
-    """``224``, ``"224"``, ``"224x160"``, ``"224,160"`` or ``(224, 160)`` -> ``(height, width)``."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, int):
-        return (value, value)
-    if isinstance(value, list | tuple):
-        parts = [int(v) for v in value]
-    else:
-        text = str(value).lower().replace(",", "x").replace(" ", "")
-        try:
-            parts = [int(p) for p in text.split("x") if p]
-        except ValueError:
-            parts = []
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) < 8:
-        raise UsageError(f"input size {value!r} must be like 224 or 224x160 (at least 8 pixels)")
-    return (parts[0], parts[1])
+    """``224``, ``"224"``, ``"224x160"``, ``"224,160"`` or ``(224, 160)`` -> ``(height, width)``;
+    see :func:`transferkit.sizes.parse_input_size`."""
+    from ..sizes import parse_input_size as parse
+
+    return parse(value)
 
 
 def _strategy_options(
@@ -187,6 +174,9 @@ def finetune(
     head = head or ("classic" if strategy == "warmup-unfreeze" else "linear")
     pooling = pooling or ("none" if head == "classic" else "avg")
     size = parse_input_size(input_size)
+    from ..sizes import check_batch_fits
+
+    check_batch_fits(size, batch_size)
     spec = registry.backbone(backbone)
     registry.head(head)  # an unknown head fails here, before any work
     strategy_obj = resolve_strategy(
@@ -266,7 +256,12 @@ class FinetunedModel:
         labels = model.get_layer("labels")
         self.label_names: list[str] = list(labels.label_names)
         self.metadata: dict[str, Any] = dict(labels.metadata)
-        self.input_size = tuple(int(v) for v in self.metadata["input_size"])
+        from ..sizes import parse_input_size
+
+        size = parse_input_size(self.metadata.get("input_size"))
+        if size is None:
+            raise TransferkitError(f"{path} records no input size")
+        self.input_size = size
         self._preprocess: Any = None
         if not self.metadata.get("preprocess_in_model", True):
             spec = registry.backbone(self.metadata["backbone"])
@@ -314,22 +309,21 @@ def _registered_names(path: Path) -> set[str]:
     try:
         with zipfile.ZipFile(path) as archive:
             config = json.loads(archive.read("config.json"))
-    except (OSError, KeyError, zipfile.BadZipFile, ValueError) as exc:
-        raise TransferkitError(f"{path} is not a .keras model file: {exc}") from exc
+    except (OSError, KeyError, zipfile.BadZipFile, ValueError, RecursionError) as exc:
+        raise TransferkitError(
+            f"{path} is not a .keras model file: {type(exc).__name__}: {str(exc)[:200]}"
+        ) from None
     names: set[str] = set()
-
-    def walk(node: Any) -> None:
+    stack = [config]  # a loop, not recursion: the file may nest as deep as it likes
+    while stack:
+        node = stack.pop()
         if isinstance(node, dict):
             name = node.get("registered_name")
             if isinstance(name, str) and ">" in name:
                 names.add(name)
-            for value in node.values():
-                walk(value)
+            stack.extend(node.values())
         elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(config)
+            stack.extend(node)
     return names
 
 
@@ -372,10 +366,11 @@ def load_finetuned(path: str | Path) -> FinetunedModel:
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as exc:
+        text = " ".join(str(exc).split())[:300]
         raise TransferkitError(
-            f"cannot load {path}: {exc}. If it holds a plugin's layer (a TF Hub backbone), "
-            "make sure that plugin is installed and its model reachable"
-        ) from exc
+            f"cannot load {path}: {type(exc).__name__}: {text}. If it holds a plugin's layer "
+            "(a TF Hub backbone), make sure that plugin is installed and its model reachable"
+        ) from None
     try:
         model.get_layer("labels")
     except ValueError as exc:
@@ -383,7 +378,27 @@ def load_finetuned(path: str | Path) -> FinetunedModel:
             f"{path} is a Keras model but not one saved by `transferkit finetune` (it has no "
             "label names)"
         ) from exc
-    return FinetunedModel(model, path)
+    try:
+        loaded = FinetunedModel(model, path)
+    except TransferkitError:
+        raise
+    except Exception as exc:  # metadata of the wrong shape or type
+        raise TransferkitError(
+            f"{path} is not a usable fine-tuned model: its label layer is malformed "
+            f"({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None
+    width = int(model.outputs[0].shape[-1]) if getattr(model, "outputs", None) else None
+    names = loaded.label_names
+    if (
+        not names
+        or not all(isinstance(n, str) for n in names)
+        or (width is not None and width != len(names))
+    ):
+        raise TransferkitError(
+            f"{path} is not a usable fine-tuned model: it outputs {width} classes but names "
+            f"{len(names)}"
+        )
+    return loaded
 
 
 def is_finetuned(path: str | Path) -> bool:

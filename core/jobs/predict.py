@@ -16,7 +16,8 @@ import numpy as np
 
 from .. import estimators, registry
 from ..errors import TransferkitError, UsageError
-from ..models import SavedModel, load_model
+from ..models import SavedModel, identify_file, load_model
+from ..store import path_text
 
 
 def image_paths(images: list[str] | tuple[str, ...]) -> list[str]:
@@ -86,7 +87,9 @@ def predict(
     """Predicted class and probability for each image; ``top`` > 1 adds the runners-up."""
     from .finetune import is_finetuned
 
-    if is_finetuned(model_path):  # a classifier saved by `transferkit finetune`
+    if is_finetuned(model_path) or (  # a classifier saved by `transferkit finetune`
+        Path(model_path).is_file() and identify_file(model_path) == "keras"
+    ):
         from .finetune import predict_finetuned
 
         return predict_finetuned(model_path, image_paths(images), batch_size=batch_size, top=top)
@@ -105,12 +108,18 @@ def predict(
     by_row: dict[int, dict[str, Any]] = {}
     if len(X):
         labels = estimators.predict(fitted, X)
+        outside = sorted({int(v) for v in labels} - set(range(len(names))))
+        if outside:  # an estimator without classes_ to check when it was loaded
+            raise TransferkitError(
+                f"{model_path} predicted class index {outside[0]} but names only "
+                f"{len(names)} classes; the model file is damaged or was not saved by transferkit"
+            )
         proba = estimators.predict_proba(fitted, X, classes)
         for i, row in enumerate(rows.tolist()):
             label = int(labels[i])
             ranked = np.argsort(-proba[i])[: max(1, top)]
             entry: dict[str, Any] = {
-                "path": paths[row],
+                "path": path_text(paths[row]),
                 "status": "ok",
                 "label": names[label] if 0 <= label < len(names) else str(label),
                 "index": label,
@@ -130,7 +139,8 @@ def predict(
         if row in by_row:
             results.append(by_row[row])
         else:
-            results.append({"path": path, "status": "skipped", "reason": skip_reason(source, row)})
+            reason = skip_reason(source, row)
+            results.append({"path": path_text(path), "status": "skipped", "reason": reason})
     return {
         "model": str(model_path),
         "classifier": saved.classifier,

@@ -55,6 +55,7 @@ import numpy as np
 from .. import estimators, outputs, registry
 from ..errors import TransferkitError, UsageError
 from ..plugin_manager import call_lifecycle, notify_exception
+from ..sizes import parse_input_size
 
 ROW_FIELDS = (
     "backbone",
@@ -119,11 +120,11 @@ def parse_backbone(text: str, input_size: Any = None, pooling: str = "avg") -> d
     setting: dict[str, Any] = {"backbone": name.strip(), "pooling": pool.strip() or pooling}
     if size:
         try:
-            setting["input_size"] = (int(size), int(size))
-        except ValueError as exc:
-            raise UsageError(f"bad input size in {text!r}; write NAME@160") from exc
+            setting["input_size"] = parse_input_size(size.strip() or "?")
+        except UsageError as exc:
+            raise UsageError(f"{exc} (in {text!r}; write NAME@160 or NAME@160x128)") from None
     else:
-        setting["input_size"] = tuple(input_size) if input_size else None
+        setting["input_size"] = parse_input_size(input_size)
     return setting
 
 
@@ -136,7 +137,8 @@ def image_list_digest(records: list[Any]) -> str:
             stamp = f"{st.st_size}:{st.st_mtime_ns}"
         except OSError:
             stamp = "missing"
-        digest.update(f"{os.path.abspath(record.path)}\0{record.label}\0{stamp}\n".encode())
+        line = f"{os.path.abspath(record.path)}\0{record.label}\0{stamp}\n"
+        digest.update(line.encode("utf-8", "surrogateescape"))  # names that are not UTF-8
     return digest.hexdigest()
 
 

@@ -65,6 +65,34 @@ def subset_indices(labels: np.ndarray, fraction: float | None, seed: int = 0) ->
     return np.sort(np.concatenate(keep))
 
 
+# a test set smaller than this gives scores too rough to compare; train says so
+FEW_TEST_ROWS = 10
+
+
+def check_trainable(labels: np.ndarray, label_names: list[str], store_path: Any) -> None:
+    """Refuse rows that cannot be split and scored: fewer than two classes, or a class with
+    fewer than two rows (one to train on and one to test on)."""
+    present, counts = np.unique(np.asarray(labels), return_counts=True)
+
+    def name(i: int) -> str:
+        return label_names[i] if 0 <= i < len(label_names) else str(i)
+
+    if len(present) < 2:
+        held = f"only class {name(int(present[0]))!r}" if len(present) else "no rows"
+        raise UsageError(
+            f"store {store_path} holds {held}; training a classifier needs rows of at least "
+            f"two classes (extract a folder with one sub-folder per class)"
+        )
+    few = [f"{name(int(c))!r} ({int(k)})" for c, k in zip(present, counts, strict=True) if k < 2]
+    if few:
+        raise UsageError(
+            f"too few rows to split for training and testing: every class needs at least 2 "
+            f"rows (one to train on, one to test on), but {', '.join(few[:10])} "
+            f"{'has' if len(few) == 1 else 'have'} fewer; add images of "
+            f"{'that class' if len(few) == 1 else 'those classes'} or leave it out"
+        )
+
+
 def open_reader(store_path: str | Path, store: str | None = None) -> Any:
     from ..store import open_store
 
@@ -122,6 +150,7 @@ def train(
         if len(labels) < 2:
             raise UsageError(f"store {store_path} has {len(labels)} rows; training needs more")
         rows = subset_indices(labels, subset, seed)
+        check_trainable(labels[rows], label_names, store_path)
         train_pos, test_pos = split_indices(labels[rows], test_size, seed)
         train_rows, test_rows = rows[train_pos], rows[test_pos]
         X_train, y_train = reader.read_rows(train_rows)
@@ -137,6 +166,12 @@ def train(
         f"({X_train.shape[1]} features, {len(label_names)} classes)",
         file=sys.stderr,
     )
+    if len(test_rows) < FEW_TEST_ROWS:
+        print(
+            f"transferkit: warning: only {len(test_rows)} test rows; the scores below are rough "
+            "(more images, or a larger --test-size, make them meaningful)",
+            file=sys.stderr,
+        )
     try:
         start = time.perf_counter()
         fitted = estimators.fit(model, X_train, y_train, classes=classes)
