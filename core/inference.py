@@ -118,13 +118,14 @@ def gpu_present() -> bool:
 
 
 def weights_digest(model: Any) -> str:
-    """A SHA-256 of the model's weights (names, shapes and values), in their order."""
+    """A SHA-256 of the model's weights (shapes and values), in their order."""
     import numpy as np
 
     digest = hashlib.sha256()
     for variable in model.weights:
         value = np.ascontiguousarray(np.asarray(variable))
-        digest.update(f"{getattr(variable, 'path', variable.name)}:{value.shape}:".encode())
+        # shapes and values only: Keras numbers layer names per process (conv2d_3/kernel)
+        digest.update(f"{value.shape}:".encode())
         digest.update(value.dtype.str.encode())
         digest.update(value.tobytes())
     return digest.hexdigest()
@@ -191,7 +192,7 @@ def _folder_name(spec: RuntimeSpec, backbone: str, key: str) -> str:
 def _op_of(message: str) -> str:
     """The op named in a converter's error, if it names one."""
     patterns = (
-        r"[Nn]o (?:conversion rule|translator) found for (?:op(?:eration)? )?['\"]?([\w.:/]+)",
+        r"[Nn]o (?:conversion rule|translator) found for (?:operations?:?\s*)?['\"]?([\w.:/]+)",
         r"ops? (?:are|is) not supported[^:]*:\s*([\w.]+)",
         r"'(tf\.[A-Za-z0-9_]+)'",
         r"\b(tf\.[A-Za-z0-9_]+)\b",
