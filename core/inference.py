@@ -178,7 +178,7 @@ def conversion_key(net: Any, spec: RuntimeSpec, precision: str, backbone: str) -
         "weights": weights_digest(net.model),
         "runtime": spec.name,
         "runtime_version": runtime_version(spec),
-        "precision": precision,
+        "precision": precision if spec.convert_per_precision else "any",
         "tensorflow": tf.__version__,
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]

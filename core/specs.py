@@ -151,7 +151,9 @@ class RuntimeSpec(Spec):
     ``check(precision)`` says why the runtime cannot run here at that precision (package
     missing, no native bf16 on this CPU, no GPU), or returns ``""`` when it can; it must not
     import heavy packages. ``version()`` names the version of what converts and runs (part of
-    the conversion cache key). ``auto_order``: the runtime's place in the order ``auto`` tries
+    the conversion cache key). ``convert_per_precision=False`` says that one conversion serves
+    every precision (the precision is then chosen when ``factory`` compiles it).
+    ``auto_order``: the runtime's place in the order ``auto`` tries
     (lowest first; None: never chosen by ``auto``); only runtimes whose 32-bit features match
     Keras to 1e-4 relative error should have one.
     """
@@ -161,6 +163,7 @@ class RuntimeSpec(Spec):
     convert: Callable[..., None] | None = None
     version: Callable[[], str] | None = None
     auto_order: int | None = None
+    convert_per_precision: bool = True
     kind = "runtime"
 
     def validate(self) -> None:

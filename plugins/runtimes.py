@@ -104,6 +104,9 @@ def openvino_forward(
     }
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
+    # OpenVINO's own cache of compiled kernels, beside the converted model: a second run
+    # compiles in milliseconds instead of seconds
+    core.set_property({"CACHE_DIR": os.path.join(converted, "compiled")})
     compiled = core.compile_model(network, "CPU", config)
     request = compiled.create_infer_request()
 
@@ -197,6 +200,7 @@ def register_runtimes(register: Any) -> None:
             convert=openvino_convert,
             version=lambda: _version("openvino"),
             auto_order=10,
+            convert_per_precision=False,  # the IR is float32; the precision is a compile hint
         )
     )
     register(

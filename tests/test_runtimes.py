@@ -105,12 +105,12 @@ def _example_plugin(register_plugin: Any) -> None:
 
 
 # (backbone, weights, input size, pooling): every pooling is covered, each network once
+# (VGG16: random weights give spread-out features; MobileNetV2's are all about 1e-12)
 CASES = {
-    "efficientnet-lite0": ("efficientnet-lite0", "default", (64, 64), "avg"),
-    "keras-applications": ("resnet50-v2", "none", (32, 32), "max"),
+    "efficientnet-lite0": ("efficientnet-lite0", "default", (32, 32), "avg"),
+    "keras-applications": ("vgg16", "none", (32, 32), "max"),
     "tfhub": ("tfhub:{hub}", "default", None, "flatten"),
     "plugin-template": ("example-cnn", "default", (32, 32), "avg"),
-    "plugin-template-max": ("example-cnn", "default", (32, 32), "max"),
 }
 
 
@@ -141,7 +141,7 @@ def test_runtime_matches_keras_per_row(
 @pytest.mark.skipif(bool(NO_BF16), reason=f"bf16: {NO_BF16}")
 def test_bf16_linear_probe_within_one_point_of_32_bit(conversions: Path) -> None:
     from sklearn.datasets import load_digits
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.linear_model import RidgeClassifier
     from sklearn.model_selection import train_test_split
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -162,10 +162,12 @@ def test_bf16_linear_probe_within_one_point_of_32_bit(conversions: Path) -> None
         a, b, ya, yb = train_test_split(
             feats, digits.target, test_size=0.3, random_state=0, stratify=digits.target
         )
-        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+        probe = make_pipeline(StandardScaler(), RidgeClassifier(alpha=10.0))
         return float(probe.fit(a, ya).score(b, yb))
 
-    f32, bf16 = features("keras", "32"), features("openvino", "bf16")
+    # the 32-bit features from openvino (the same conversion as the test above: one conversion
+    # serves both precisions), which match keras to 1e-4
+    f32, bf16 = features("openvino", "32"), features("openvino", "bf16")
     assert relative_error(bf16, f32).max() > 1e-4  # really another arithmetic
     assert abs(score(bf16) - score(f32)) <= 0.01, (score(bf16), score(f32))
 
@@ -266,8 +268,12 @@ def test_a_plugin_runtime_runs_an_extraction(
     )
     with open_store(result["path"]) as a, open_store(reference["path"]) as b:
         assert a.metadata["runtime"] == "eager-numpy" and b.metadata["runtime"] == "keras"
-        np.testing.assert_allclose(a.read_rows(np.arange(len(a)))[0], b.read_rows(
-            np.arange(len(b)))[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            a.read_rows(np.arange(len(a)))[0],
+            b.read_rows(np.arange(len(b)))[0],
+            rtol=1e-5,
+            atol=1e-6,
+        )
 
 
 def test_two_plugins_cannot_register_the_same_runtime(register_plugin: Any) -> None:
