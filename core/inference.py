@@ -159,6 +159,21 @@ class Forward:
         }
 
 
+def thread_split(cores: int, decode_ms: float, forward_ms: float | None) -> int:
+    """Threads for the runtime so that the network and decoding share ``cores`` by their cost.
+
+    ``decode_ms`` and ``forward_ms`` are core-milliseconds per image of the input pipeline and
+    of the network. The network gets the cores its share of the work calls for, rounded, at
+    least one; the input pipeline's parallel map keeps one call per core, so that it can use
+    whatever the network leaves idle. With a network 5x as costly as decoding (Keras, 32-bit
+    runtimes on 2 cores) that is every core; with bf16 (about 2x) one of two.
+    """
+    if cores <= 1 or not forward_ms or forward_ms <= 0 or decode_ms <= 0:
+        return max(1, cores)
+    share = forward_ms / (forward_ms + decode_ms)
+    return max(1, min(cores, round(cores * share)))
+
+
 def runtime_version(spec: RuntimeSpec) -> str:
     if spec.version is None:
         return ""
