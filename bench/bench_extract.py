@@ -1,21 +1,28 @@
-"""Extraction throughput: transferkit.extract vs the network's forward-only ceiling vs the classic
-per-image loop, on the same JPEG photographs, plus peak memory at N and 4N images.
+"""Extraction throughput per inference runtime and precision: transferkit.extract end to end vs
+the runtime's forward-only rate vs the decode-bound rate, against keras in the same run; the
+classic per-image loop; peak memory.
 
-    python bench/bench_extract.py                      # N=400, efficientnet-lite0 and mobilenet-v2
-    python bench/bench_extract.py --n 32 --no-rss      # a quick check
+    python bench/bench_extract.py                       # N=400, efficientnet-lite0 and mobilenet-v2
+    python bench/bench_extract.py --n 64 --repeat 1 --no-rss      # a quick check (a few minutes)
 
-For each backbone at 224 px it prints, in one run:
+For each backbone at 224 px, and each runtime (``keras``, ``openvino``, ``litert``; plus
+``openvino`` bf16 where the CPU has native bf16), each in a fresh process, it prints:
 
-* end-to-end images/s of ``transferkit.extract`` (decode + resize + preprocess + forward + HDF5
-  writes, streaming rate after the model is built);
-* forward-only images/s on pre-decoded, preprocessed tensors already in memory (the ceiling);
-* the classic per-image loop: ``keras.utils.load_img``, ``img_to_array``, ``preprocess_input`` per
-  image, ``model.predict`` per batch, buffered h5py writes (the baseline);
+* ``forward``: forward-only images/s on preprocessed tensors already in memory (the runtime's
+  ceiling, with its default threads: all cores);
+* ``e2e``: end-to-end images/s of ``transferkit.extract(runtime=..., precision=...)`` (decode +
+  resize + preprocess + forward + HDF5 writes, streaming rate after the model is built), with the
+  runtime's default threads and with the thread split of ``inference.thread_split``;
+* ``vs_keras``: e2e / keras e2e of the same run (targets: best 32-bit >= 1.8, bf16 >= 3.5);
+* ``of_bound``: e2e / min(forward, decode-bound rate) (target >= 0.85);
+* ``peak_rss_mib``: the peak resident memory of that process;
 
-and the ratios end-to-end / ceiling (target >= 0.85; best of each, and the median of each run
-against the ceiling measured just before it) and end-to-end / classic (target > 1).
-With ``--rss`` (default on) it runs the extraction of N and of 4N images each in a fresh process
-and prints their peak resident memory, which should stay flat.
+plus the decode-bound rate (the input pipeline alone, no network, all cores) and the decode cost
+in core-ms per image, and the classic loop (``keras.utils.load_img`` per image, ``model.predict``
+per batch, buffered h5py writes). With ``--rss`` (default on) it runs the default (``auto``)
+extraction of N and of 4N images in fresh processes and prints their peak memory, which should
+stay flat. Converted models are cached in a temporary folder: the first run of a runtime
+converts (not timed: the streaming rate starts once the model is ready).
 
 XLA stays off (CPU). Run it on a quiet machine: the figures depend on the load (printed).
 """
@@ -27,7 +34,6 @@ import csv
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -82,10 +88,19 @@ def write_list(paths: list[Path], repeat: int, out: Path) -> Path:
     return out
 
 
-# ---------------------------------------------------------------------------- the three rates
+# ---------------------------------------------------------------------------- the rates
 
 
-def end_to_end(folder: Path, backbone: str, weights: str, batch: int, out: Path) -> dict[str, Any]:
+def end_to_end(
+    folder: Path,
+    backbone: str,
+    weights: str,
+    batch: int,
+    out: Path,
+    runtime: str = "auto",
+    precision: str = "32",
+    threads: int | None = None,
+) -> dict[str, Any]:
     import transferkit
 
     summary = transferkit.extract(
@@ -97,20 +112,19 @@ def end_to_end(folder: Path, backbone: str, weights: str, batch: int, out: Path)
         batch_size=batch,
         input_size=224,
         progress=False,
+        runtime=runtime,
+        precision=precision,
+        threads=threads,
     )
     return summary
 
 
-def ceiling(folder: Path, backbone: str, weights: str, batch: int, n: int) -> float:
-    """Forward-only rate on preprocessed tensors held in memory (the same images)."""
+def _batches(folder: Path, net: Any, batch: int, n: int) -> list[Any]:
     import tensorflow as tf
 
-    from transferkit import registry
     from transferkit.images import open_source
-    from transferkit.jobs.extract import _forward_fn
     from transferkit.pipeline import image_dataset
 
-    net = registry.backbone(backbone).factory(weights=weights, input_size=(224, 224))
     source = open_source(folder)
     keep = min(n, 8 * batch)
     ds = image_dataset(
@@ -120,18 +134,49 @@ def ceiling(folder: Path, backbone: str, weights: str, batch: int, n: int) -> fl
         batch_size=batch,
         preprocess=net.preprocess,
     )
-    batches = [tf.constant(x) for x, _ in ds]
-    forward = _forward_fn(net.model, net.input_size)
-    forward(batches[0]).numpy()  # trace once, as extract does before its timer
+    return [tf.constant(x).numpy() for x, _ in ds]
+
+
+def forward_only(
+    folder: Path, backbone: str, weights: str, batch: int, n: int, runtime: str, precision: str
+) -> float:
+    """Forward-only rate of ``runtime`` on preprocessed tensors held in memory (same images)."""
+    from transferkit import inference, registry
+
+    net = registry.backbone(backbone).factory(weights=weights, input_size=(224, 224))
+    batches = _batches(folder, net, batch, n)
+    forward = inference.build_forward(
+        net, backbone=backbone, runtime=runtime, precision=precision, batch_size=batch
+    )
+    forward(batches[0])  # warm, as extract does before its timer
     done, i = 0, 0
     t0 = time.perf_counter()
     while done < n:
         x = batches[i % len(batches)]
         take = min(len(x), n - done)
-        forward(x[:take]).numpy()
+        forward(x[:take])
         done += take
         i += 1
     return n / (time.perf_counter() - t0)
+
+
+def decode_bound(folder: Path, batch: int) -> float:
+    """The input pipeline alone (decode, resize, preprocess; no network), all cores: images/s."""
+    from transferkit import registry
+    from transferkit.images import open_source
+    from transferkit.pipeline import image_dataset
+
+    net = registry.backbone("mobilenet-v2").factory(weights="none", input_size=(224, 224))
+    source = open_source(folder)
+    rates = []
+    for _ in range(2):
+        ds = image_dataset(
+            source, input_size=(224, 224), batch_size=batch, preprocess=net.preprocess
+        )
+        t0 = time.perf_counter()
+        count = sum(int(x.shape[0]) for x, _ in ds)
+        rates.append(count / (time.perf_counter() - t0))
+    return max(rates)
 
 
 def classic_loop(paths: list[Path], backbone: str, weights: str, batch: int, out: Path) -> float:
@@ -178,36 +223,62 @@ def classic_loop(paths: list[Path], backbone: str, weights: str, batch: int, out
     return len(paths) / (time.perf_counter() - t0)
 
 
-# ---------------------------------------------------------------------------- memory
+# ---------------------------------------------------------------------------- one variant
 
 
-def rates(folder: Path, name: str, weights: str, batch: int, repeat: int, out: Path) -> dict:
-    """The three rates of one backbone, ``repeat`` interleaved runs of each."""
-    paths = sorted(folder.rglob("*.jpg"))
-    n = len(paths)
-    tops, e2es, classics = [], [], []
-    for _ in range(repeat):
-        tops.append(ceiling(folder, name, weights, batch, n))
-        e2es.append(end_to_end(folder, name, weights, batch, out / "e2e.h5")["images_per_second"])
-        classics.append(classic_loop(paths, name, weights, batch, out / "classic.h5"))
-    # best of each: other processes on the machine only slow a run
-    top, rate, classic = max(tops), max(e2es), max(classics)
-    paired = statistics.median(r / t for r, t in zip(e2es, tops, strict=True))
-    return {
-        "backbone": name,
-        "weights": weights,
-        "end_to_end": round(rate, 1),
-        "ceiling": round(top, 1),
-        "classic": round(classic, 1),
-        "e2e/ceiling": round(rate / top, 3),
-        # each end-to-end run against the ceiling measured just before it: robust to a lucky
-        # best-of ceiling on a machine whose speed drifts by +-10 % within a minute
-        "paired_median": round(paired, 3),
-        "e2e/classic": round(rate / classic, 2),
-        "ceiling_runs": [round(v, 1) for v in tops],
-        "end_to_end_runs": [round(v, 1) for v in e2es],
-        "classic_runs": [round(v, 1) for v in classics],
+def variant(args: argparse.Namespace) -> dict[str, Any]:
+    """One runtime and precision of one backbone, in this (fresh) process."""
+    from transferkit import inference
+
+    folder, out = Path(args.child_variant), Path(args.child_out)
+    n = len(sorted(folder.rglob("*.jpg")))
+    runtime, precision = args.runtime, args.precision
+    forwards, e2es, split = [], [], []
+    cores = os.cpu_count() or 1
+    threads = cores
+    for _ in range(args.repeat):
+        rate = forward_only(
+            folder, args.backbones, args.weights, args.batch_size, n, runtime, precision
+        )
+        forwards.append(rate)
+        # the split for this runtime's measured cost: core-ms per image of network and decoding
+        threads = inference.thread_split(cores, args.decode_ms, 1000.0 * cores / max(forwards))
+        e2es.append(
+            end_to_end(
+                folder, args.backbones, args.weights, args.batch_size, out / "e2e.h5",
+                runtime, precision,
+            )["images_per_second"]
+        )  # fmt: skip
+        if runtime != "keras":
+            split.append(
+                end_to_end(
+                    folder, args.backbones, args.weights, args.batch_size, out / "e2e.h5",
+                    runtime, precision, threads,
+                )["images_per_second"]
+            )  # fmt: skip
+    row: dict[str, Any] = {
+        "forward": round(max(forwards), 1),
+        "e2e": round(max(e2es), 1),
+        "e2e_split": round(max(split), 1) if split else None,
+        "split_threads": threads if split else None,
+        "forward_runs": [round(v, 1) for v in forwards],
+        "e2e_runs": [round(v, 1) for v in e2es],
+        "e2e_split_runs": [round(v, 1) for v in split],
     }
+    if args.classic:
+        paths = sorted(folder.rglob("*.jpg"))
+        row["classic"] = round(
+            max(
+                classic_loop(paths, args.backbones, args.weights, args.batch_size, out / "c.h5")
+                for _ in range(args.repeat)
+            ),
+            1,
+        )
+    row["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return row
+
+
+# ---------------------------------------------------------------------------- memory
 
 
 def child(*argv: str) -> dict:
@@ -234,6 +305,13 @@ def measure_rss(images: Path, backbone: str, weights: str, batch: int, out: Path
 # ---------------------------------------------------------------------------- main
 
 
+def variants(cpu_bf16: str) -> list[tuple[str, str]]:
+    found = [("keras", "32"), ("openvino", "32"), ("litert", "32")]
+    if not cpu_bf16:
+        found.append(("openvino", "bf16"))
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=400, help="number of images")
@@ -248,43 +326,78 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="runs of each rate (best kept)")
     parser.add_argument("--no-rss", action="store_true", help="skip the N vs 4N memory runs")
     parser.add_argument("--child-rss", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--child-rates", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child-variant", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child-decode", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--runtime", default="keras", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="32", help=argparse.SUPPRESS)
+    parser.add_argument("--decode-ms", type=float, default=2.0, help=argparse.SUPPRESS)
+    parser.add_argument("--classic", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    if args.child_rates:
-        row = rates(
-            Path(args.child_rates),
-            args.backbones,
-            args.weights,
-            args.batch_size,
-            args.repeat,
-            Path(args.child_out),
-        )
-        print(json.dumps(row))
+    if args.child_variant:
+        print(json.dumps(variant(args)))
+        return
+    if args.child_decode:
+        print(json.dumps({"decode_bound": decode_bound(Path(args.child_decode), args.batch_size)}))
         return
     if args.child_rss:
         child_rss(args.child_rss, args.backbones, args.weights, args.batch_size, args.child_out)
         return
 
+    from transferkit import inference
+
+    cores = os.cpu_count() or 1
+    cpu_bf16 = inference.native_bf16()
     load = os.getloadavg()[0]
+    started = time.perf_counter()
     print(
-        f"load average before: {load:.2f} on {os.cpu_count()} CPUs; N={args.n}, "
-        f"batch {args.batch_size}, 224 px, XLA off"
+        f"load average before: {load:.2f} on {cores} CPUs; N={args.n}, batch {args.batch_size}, "
+        f"224 px, XLA off; native bf16: {cpu_bf16 or 'yes'}"
     )
     with tempfile.TemporaryDirectory(prefix="tk-bench-") as tmp:
         root = Path(tmp)
+        os.environ["TRANSFERKIT_CACHE"] = str(root / "cache")  # conversions of this run only
         paths = make_images(root / "images", args.n)
+        decode = child("--child-decode", str(root / "images"), "--batch-size", str(args.batch_size))
+        bound = decode["decode_bound"]
+        decode_ms = 1000.0 * cores / bound
+        print(f"decode-bound rate {bound:.1f} img/s on {cores} cores: {decode_ms:.2f} core-ms/img")
         rows = []
         for name in [b.strip() for b in args.backbones.split(",") if b.strip()]:
             weights = args.weights or ("default" if name == "efficientnet-lite0" else "none")
-            # each backbone in a fresh process, so that one's models and threads do not linger
-            row = child(
-                "--child-rates", str(root / "images"), "--backbones", name, "--weights", weights,
-                "--batch-size", str(args.batch_size), "--repeat", str(args.repeat),
-                "--child-out", str(root),
-            )  # fmt: skip
-            print(json.dumps({k: row.pop(k) for k in list(row) if k.endswith("_runs")}))
+            keras_e2e = None
+            for runtime, precision in variants(cpu_bf16):
+                # each variant in a fresh process: its threads, memory and models are its own
+                row = child(
+                    "--child-variant", str(root / "images"), "--backbones", name,
+                    "--weights", weights, "--batch-size", str(args.batch_size),
+                    "--repeat", str(args.repeat), "--child-out", str(root),
+                    "--runtime", runtime, "--precision", precision,
+                    "--decode-ms", f"{decode_ms:.3f}",
+                    *(["--classic"] if runtime == "keras" else []),
+                )  # fmt: skip
+                runs = {k: row.pop(k) for k in list(row) if k.endswith("_runs")}
+                print(json.dumps({"backbone": name, "runtime": runtime, **runs}))
+                best = max(v for v in (row["e2e"], row["e2e_split"]) if v is not None)
+                if runtime == "keras":
+                    keras_e2e = best
+                out = {
+                    "backbone": name,
+                    "runtime": runtime,
+                    "precision": precision,
+                    "forward": row["forward"],
+                    "e2e": row["e2e"],
+                    "e2e_split": row["e2e_split"] if row["e2e_split"] is not None else "",
+                    "threads": row["split_threads"] or "",
+                    "vs_keras": round(best / keras_e2e, 2) if keras_e2e else "",
+                    "of_bound": round(best / min(row["forward"], bound), 3),
+                    "peak_rss_mib": row["peak_rss_mib"],
+                    "classic": row.get("classic", ""),
+                    "e2e/classic": round(best / row["classic"], 2) if row.get("classic") else "",
+                }
+                rows.append(out)
+                print(json.dumps(out), flush=True)
             if not args.no_rss:
                 small = measure_rss(
                     root / "images", name, weights, args.batch_size, root / "rss1.h5"
@@ -296,18 +409,19 @@ def main() -> None:
                     args.batch_size,
                     root / "rss4.h5",
                 )
-                row["peak_rss_mib_N"] = round(small["peak_rss_mib"])
-                row["peak_rss_mib_4N"] = round(big["peak_rss_mib"])
-                row["rss_4N/N"] = round(big["peak_rss_mib"] / small["peak_rss_mib"], 3)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+                print(
+                    f"{name} auto: peak RSS N {small['peak_rss_mib']:.0f} MiB, 4N "
+                    f"{big['peak_rss_mib']:.0f} MiB (ratio "
+                    f"{big['peak_rss_mib'] / small['peak_rss_mib']:.3f})"
+                )
     print()
     cols = list(rows[0])
     widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in cols]
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
     for r in rows:
         print("  ".join(str(r[c]).ljust(w) for c, w in zip(cols, widths, strict=True)))
-    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    print(f"decode-bound {bound:.1f} img/s ({decode_ms:.2f} core-ms/img)")
+    print(f"load average after: {os.getloadavg()[0]:.2f}; {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":

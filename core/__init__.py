@@ -18,6 +18,7 @@ from .specs import (
     ClassifierSpec,
     DatasetSpec,
     HeadSpec,
+    RuntimeSpec,
     StoreSpec,
     StrategySpec,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "ClassifierSpec",
     "DatasetSpec",
     "HeadSpec",
+    "RuntimeSpec",
     "StoreSpec",
     "StrategySpec",
     "TransferkitError",

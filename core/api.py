@@ -11,7 +11,9 @@ def extract(images: Any, *, backbone: str, out: Any, **options: Any) -> dict[str
 
     Options: ``store``, ``weights`` (``"default"``, ``"none"``, a path), ``pooling``
     (``avg``/``max``/``flatten``), ``input_size``, ``batch_size``, ``task`` (``"rotation"``),
-    ``shuffle``, ``seed``, ``resume``, ``overwrite``, ``strict``, ``max_pixels``, ``progress``.
+    ``shuffle``, ``seed``, ``resume``, ``overwrite``, ``strict``, ``max_pixels``, ``progress``,
+    ``runtime`` (``"auto"``, ``"keras"``, ``"openvino"``, ``"litert"``: what runs the network),
+    ``precision`` (``"32"`` or ``"bf16"``), ``threads`` (the runtime's).
     Returns a summary with ``path``, ``rows``, ``skipped``, ``skipped_files``, ``seconds``,
     ``images_per_second``, ``feature_dim`` and ``backbone``.
     """
@@ -64,7 +66,8 @@ def stream(store_path: Any, *, classifier: str, **options: Any) -> dict[str, Any
 
 def predict(model_path: Any, images: Any, **options: Any) -> dict[str, Any]:
     """Classify images with a model saved by ``train`` or ``stream`` (features made with the
-    model's own recipe). A pickled (river) model needs ``trust=True``."""
+    model's own recipe). A pickled (river) model needs ``trust=True``. ``runtime`` runs the
+    backbone; ``precision``, when given, must be the model's own."""
     from .jobs.predict import predict as _predict
 
     return _predict(model_path, images, **options)
@@ -72,7 +75,7 @@ def predict(model_path: Any, images: Any, **options: Any) -> dict[str, Any]:
 
 def demo(out: Any = "transferkit-demo", **options: Any) -> dict[str, Any]:
     """The whole flow offline on scikit-learn's digits: images, features, spot-check, train,
-    predict. Returns what each step produced."""
+    predict. Returns what each step produced. ``runtime``/``precision`` run the backbone."""
     from .jobs.demo import demo as _demo
 
     return _demo(out, **options)

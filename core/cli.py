@@ -185,6 +185,11 @@ LISTINGS: dict[str, tuple[str, list[str], str]] = {
         "Image sources and tasks",
     ),
     "heads": ("head", ["name", "plugin", "description"], "Classification heads"),
+    "runtimes": (
+        "runtime",
+        ["name", "available", "reason", "precisions", "bf16", "plugin"],
+        "Inference runtimes",
+    ),
 }
 
 

@@ -24,7 +24,15 @@ import pluggy
 if TYPE_CHECKING:  # pragma: no cover
     import click
 
-    from .specs import BackboneSpec, ClassifierSpec, DatasetSpec, HeadSpec, StoreSpec, StrategySpec
+    from .specs import (
+        BackboneSpec,
+        ClassifierSpec,
+        DatasetSpec,
+        HeadSpec,
+        RuntimeSpec,
+        StoreSpec,
+        StrategySpec,
+    )
 
 PROJECT = "transferkit"
 
@@ -72,6 +80,17 @@ def register_datasets(register: Callable[[DatasetSpec], None]) -> None:
 @hookspec
 def register_heads(register: Callable[[HeadSpec], None]) -> None:
     """Register classification heads (``HeadSpec``) that fine-tuning can put on a backbone."""
+
+
+@hookspec
+def register_runtimes(register: Callable[[RuntimeSpec], None]) -> None:
+    """Register inference runtimes (``RuntimeSpec``) that run a backbone's feature model.
+
+    Called once when the registry is first used. Each spec says which precisions it offers,
+    how to tell whether it can run here (``check``), how to convert the backbone's SavedModel
+    (``convert``, cached by the host) and how to build the forward callable (``factory``).
+    ``--runtime NAME`` picks one; ``auto`` tries those with an ``auto_order``, lowest first.
+    """
 
 
 @hookspec

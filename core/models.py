@@ -51,6 +51,10 @@ class FeatureRecipe:
     label_names: list[str] = field(default_factory=list)
     feature_dim: int | None = None
     store_metadata: dict[str, Any] = field(default_factory=dict)
+    # how the network ran: the precision is part of the features' identity, the runtime is not
+    # (every runtime's 32-bit features are interchangeable); older files hold neither
+    precision: str = "32"
+    runtime: str = "keras"
 
     @classmethod
     def from_store(cls, reader: Any) -> FeatureRecipe:
@@ -70,6 +74,8 @@ class FeatureRecipe:
             label_names=[str(n) for n in reader.label_names],
             feature_dim=int(reader.feature_dim),
             store_metadata={k: _plain(v) for k, v in meta.items()},
+            precision=str(meta.get("precision") or "32"),
+            runtime=str(meta.get("runtime") or "keras"),
         )
 
 

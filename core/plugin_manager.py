@@ -51,6 +51,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "transferkit.plugins.efficientnet_lite",
     "transferkit.plugins.tfhub",
     "transferkit.plugins.strategies",
+    "transferkit.plugins.runtimes",
 )
 
 ENTRY_POINT_GROUP = "transferkit"

@@ -16,6 +16,7 @@ from .specs import (
     ClassifierSpec,
     DatasetSpec,
     HeadSpec,
+    RuntimeSpec,
     Spec,
     StoreSpec,
     StrategySpec,
@@ -31,6 +32,7 @@ HOOKS: dict[str, tuple[str, type[Spec]]] = {
     "strategy": ("register_finetune_strategies", StrategySpec),
     "dataset": ("register_datasets", DatasetSpec),
     "head": ("register_heads", HeadSpec),
+    "runtime": ("register_runtimes", RuntimeSpec),
 }
 
 _lock = threading.RLock()
@@ -166,6 +168,11 @@ def dataset(name: str) -> DatasetSpec:
 
 def head(name: str) -> HeadSpec:
     spec: HeadSpec = get("head", name)
+    return spec
+
+
+def runtime(name: str) -> RuntimeSpec:
+    spec: RuntimeSpec = get("runtime", name)
     return spec
 
 

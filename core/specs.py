@@ -20,6 +20,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 POOLINGS = ("avg", "max", "flatten")
+# Precisions of the forward pass: "32" (float32, the features' reference) and "bf16" (bfloat16
+# arithmetic where the CPU has it natively; a different feature recipe).
+PRECISIONS = ("32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,72 @@ class HeadSpec(Spec):
     kind = "head"
 
 
+@dataclass(frozen=True)
+class RuntimeSpec(Spec):
+    """An inference runtime: what runs a backbone's feature model (with its pooling).
+
+    ``factory(model, *, input_size, precision, threads, converted)`` returns a callable from a
+    float32 batch ``(N, H, W, 3)`` of preprocessed images, any ``N`` >= 1, to a float32 array
+    ``(N, D)`` of feature rows. ``model`` is the Keras feature model; ``converted`` is the folder
+    that ``convert`` filled (None for a runtime without ``convert``), ``threads`` the number of
+    threads it may use (None: its own default).
+
+    ``convert(saved_model, folder, *, precision)``, when given, turns the TensorFlow SavedModel
+    that ``keras.Model.export(..., format="tf_saved_model")`` wrote into the runtime's own form,
+    written into ``folder``; the host caches that folder (see ``docs/runtimes.md``).
+    ``check(precision)`` says why the runtime cannot run here at that precision (package
+    missing, no native bf16 on this CPU, no GPU), or returns ``""`` when it can; it must not
+    import heavy packages. ``version()`` names the version of what converts and runs (part of
+    the conversion cache key). ``convert_per_precision=False`` says that one conversion serves
+    every precision (the precision is then chosen when ``factory`` compiles it).
+    ``auto_order``: the runtime's place in the order ``auto`` tries
+    (lowest first; None: never chosen by ``auto``); only runtimes whose 32-bit features match
+    Keras to 1e-4 relative error should have one.
+    """
+
+    precisions: tuple[str, ...] = ("32",)
+    check: Callable[[str], str] | None = None
+    convert: Callable[..., None] | None = None
+    version: Callable[[], str] | None = None
+    auto_order: int | None = None
+    convert_per_precision: bool = True
+    kind = "runtime"
+
+    def validate(self) -> None:
+        super().validate()
+        unknown = set(self.precisions) - set(PRECISIONS)
+        if not self.precisions or unknown:
+            raise ValueError(
+                f"runtime {self.name!r}: precisions must be a non-empty subset of {PRECISIONS}"
+            )
+        for name in ("check", "convert", "version"):
+            value = getattr(self, name)
+            if value is not None and not callable(value):
+                raise ValueError(f"runtime {self.name!r}: {name} must be callable")
+
+    def unavailable(self, precision: str = "32") -> str:
+        """Why this runtime cannot run here at ``precision`` ("" when it can)."""
+        if precision not in self.precisions:
+            return f"offers {'/'.join(self.precisions)}-bit only, not {precision}"
+        if self.check is None:
+            return ""
+        try:
+            return str(self.check(precision) or "")
+        except Exception as exc:  # a broken check says so instead of breaking the listing
+            return f"availability check failed: {type(exc).__name__}: {exc}"
+
+    def describe(self) -> dict[str, Any]:
+        data = super().describe()
+        reason = self.unavailable("32")
+        data["available"] = not reason
+        data["reason"] = reason
+        data["precisions"] = list(self.precisions)
+        data["bf16"] = (
+            "" if "bf16" not in self.precisions else (self.unavailable("bf16") or "available")
+        )
+        return data
+
+
 SPEC_KINDS: dict[str, type[Spec]] = {
     "backbone": BackboneSpec,
     "store": StoreSpec,
@@ -139,6 +208,7 @@ SPEC_KINDS: dict[str, type[Spec]] = {
     "strategy": StrategySpec,
     "dataset": DatasetSpec,
     "head": HeadSpec,
+    "runtime": RuntimeSpec,
 }
 
 

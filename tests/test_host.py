@@ -248,7 +248,8 @@ def test_help_and_listing_do_not_import_tensorflow() -> None:
     code = (
         "import sys\n"
         "from transferkit.cli import main\n"
-        "for args in (['--help'], ['plugins', '--all'], ['backbones'], ['classifiers']):\n"
+        "for args in (['--help'], ['plugins', '--all'], ['backbones'], ['classifiers'],\n"
+        "             ['runtimes']):\n"
         "    try:\n"
         "        main(args)\n"
         "    except SystemExit as e:\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..config import config_options
+from .options import runtime_options
 
 
 def register(cli: click.Group) -> None:
@@ -25,10 +26,17 @@ def register(cli: click.Group) -> None:
     )
     @click.option("--classifiers", "-c", default="fast", show_default=True)
     @click.option("--jobs", "-j", type=int, default=None, help="Worker processes [all cores].")
+    @runtime_options()
     @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
     @config_options
     def demo_command(
-        out: str, backbones: str, classifiers: str, jobs: int | None, as_json: bool
+        out: str,
+        backbones: str,
+        classifiers: str,
+        jobs: int | None,
+        runtime: str,
+        precision: str,
+        as_json: bool,
     ) -> None:
         """Run the whole flow offline on the handwritten digits that ship with scikit-learn.
 
@@ -49,6 +57,8 @@ def register(cli: click.Group) -> None:
             backbones=[b.strip() for b in backbones.split(",") if b.strip()],
             classifiers=classifiers,
             jobs=jobs,
+            runtime=runtime,
+            precision=precision,
         )
         if as_json:
             echo_json(result)

@@ -7,13 +7,15 @@ from typing import Any
 import click
 
 from ..config import config_options
+from .options import runtime_options
 
 
 def print_extract_summary(result: dict[str, Any]) -> None:
     click.echo(
         f"Wrote {result['rows']} feature vectors ({result['feature_dim']}-d, {result['backbone']}, "
         f"{result['pooling']} pooling) to {result['path']} in {result['seconds']:.1f} s "
-        f"({result['images_per_second']:.1f} images/s)."
+        f"({result['images_per_second']:.1f} images/s, {result.get('runtime', 'keras')} "
+        f"runtime, {result.get('precision', '32')}-bit)."
     )
     if result.get("resumed"):
         click.echo(f"Resumed: {result['resumed_from']} images were already done.")
@@ -86,6 +88,7 @@ def register(cli: click.Group) -> None:
         default=None,
         help="Also write the images as read (e.g. rotated by --task rotation) to this folder.",
     )
+    @runtime_options()
     @click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
     @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
     @config_options
@@ -108,6 +111,8 @@ def register(cli: click.Group) -> None:
         compression: str,
         buffer_rows: int | None,
         write_images: str | None,
+        runtime: str,
+        precision: str,
         no_progress: bool,
         as_json: bool,
     ) -> None:
@@ -149,6 +154,8 @@ def register(cli: click.Group) -> None:
             compression=None if compression == "none" else compression,
             buffer_rows=buffer_rows,
             write_images=write_images,
+            runtime=runtime,
+            precision=precision,
             progress=not no_progress,
         )
         if as_json:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..config import config_options
+from .options import runtime_options
 
 
 def register(cli: click.Group) -> None:
@@ -18,6 +19,7 @@ def register(cli: click.Group) -> None:
     )
     @click.option("--top", type=int, default=1, show_default=True, help="Classes shown per image.")
     @click.option("--batch-size", type=int, default=32, show_default=True)
+    @runtime_options(precision_default=None)
     @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
     @config_options
     def predict_command(
@@ -26,6 +28,8 @@ def register(cli: click.Group) -> None:
         trust: bool,
         top: int,
         batch_size: int,
+        runtime: str,
+        precision: str | None,
         as_json: bool,
     ) -> None:
         """Predict the class of images (files or folders) with a model from train, stream or
@@ -44,7 +48,15 @@ def register(cli: click.Group) -> None:
         from .. import api
         from ..cli import echo_json, print_table
 
-        result = api.predict(model_path, images, trust=trust, top=top, batch_size=batch_size)
+        result = api.predict(
+            model_path,
+            images,
+            trust=trust,
+            top=top,
+            batch_size=batch_size,
+            runtime=runtime,
+            precision=precision,
+        )
         if as_json:
             echo_json(result)
             return

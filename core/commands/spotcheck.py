@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from ..config import config_options
+from .options import runtime_options
 
 
 def _fmt(value: Any) -> str:
@@ -97,6 +98,7 @@ def register(cli: click.Group) -> None:
         help="Feature cache [$TRANSFERKIT_CACHE or ~/.cache/transferkit].",
     )
     @click.option("--store", default=None, help="Store format, when the suffix does not tell.")
+    @runtime_options()
     @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
     @config_options
     def spotcheck_command(
@@ -115,6 +117,8 @@ def register(cli: click.Group) -> None:
         batch_size: int,
         cache_dir: str | None,
         store: str | None,
+        runtime: str,
+        precision: str,
         as_json: bool,
     ) -> None:
         """Spot-check classifiers on feature stores, or on an image folder with backbones.
@@ -150,6 +154,8 @@ def register(cli: click.Group) -> None:
             batch_size=batch_size,
             cache_dir=cache_dir,
             store=store,
+            runtime=runtime,
+            precision=precision,
         )
         if as_json:
             echo_json(report)

@@ -85,8 +85,11 @@ def demo(
     timeout: float = 300.0,
     seed: int = 0,
     progress: bool = True,
+    runtime: str = "auto",
+    precision: Any = "32",
 ) -> dict[str, Any]:
-    """Run the demo into ``out``; returns what each step produced (see the module docstring)."""
+    """Run the demo into ``out``; returns what each step produced (see the module docstring).
+    ``runtime`` and ``precision`` run the backbone (extraction and prediction)."""
     from .predict import predict
     from .spotcheck import cached_store, parse_backbone, spotcheck
     from .train import train
@@ -107,7 +110,12 @@ def demo(
     _say(f"2/5 extracting features ({', '.join(backbones)}; cached in {root / 'cache'})")
     for text in backbones:
         path, extracted = cached_store(
-            images["images"], parse_backbone(text), cache_dir=root / "cache", progress=progress
+            images["images"],
+            parse_backbone(text),
+            cache_dir=root / "cache",
+            progress=progress,
+            runtime=runtime,
+            precision=precision,
         )
         print(f"{text}: {'extracted' if extracted else 'reused from cache'}", file=sys.stderr)
 
@@ -122,6 +130,8 @@ def demo(
         out=root / "report",
         cache_dir=root / "cache",
         progress=progress,
+        runtime=runtime,
+        precision=precision,
     )
     if not report["best_model"]:
         from ..errors import TransferkitError
@@ -149,7 +159,7 @@ def demo(
     print(trained["report_text"], file=sys.stderr)
 
     _say(f"5/5 predicting the {len(images['new'])} images kept apart")
-    predicted = predict(trained["model_path"], images["new"], trust=False)
+    predicted = predict(trained["model_path"], images["new"], trust=False, runtime=runtime)
     correct = 0
     for row in predicted["predictions"]:
         row["true"] = Path(row["path"]).name.split("-")[0]

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__, outputs, plugin_manager, registry
+from .. import __version__, inference, outputs, plugin_manager, registry
 from ..errors import TransferkitError, UsageError
 from ..images import ImageSource, open_source
 from ..sizes import check_batch_fits
@@ -40,7 +40,17 @@ from ..store import (
 )
 
 # settings that must match for a store to be resumed
-_RESUME_KEYS = ("backbone", "weights_source", "input_size", "pooling", "task", "seed", "shuffle")
+# (the runtime is recorded but not compared: 32-bit features of every runtime are interchangeable)
+_RESUME_KEYS = (
+    "backbone",
+    "weights_source",
+    "input_size",
+    "pooling",
+    "precision",
+    "task",
+    "seed",
+    "shuffle",
+)
 
 
 def parse_input_size(value: Any) -> tuple[int, int] | None:
@@ -83,6 +93,7 @@ def _remaining(
 
 
 def _forward_fn(model: Any, size: tuple[int, int]) -> Any:
+    """The Keras forward pass as a traced function (what the ``keras`` runtime runs)."""
     import tensorflow as tf
 
     @tf.function(
@@ -118,6 +129,9 @@ def extract(
     compression: str | None = "gzip",
     buffer_rows: int | None = None,
     write_images: str | os.PathLike[str] | None = None,
+    runtime: str = "auto",
+    precision: Any = "32",
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Extract one feature vector per image of ``images`` into the store ``out``.
 
@@ -125,6 +139,9 @@ def extract(
     reason]), ``seconds`` (the whole call), ``images_per_second`` (the streaming rate, once the
     network and the input pipeline are built), ``feature_dim``, ``backbone`` and more.
     ``write_images`` also writes the images as read (e.g. rotated by the task) to that folder.
+    ``runtime`` (``auto``, ``keras``, ``openvino``, ``litert``, a plugin's) runs the network at
+    ``precision`` (``"32"`` or ``"bf16"``) with ``threads`` threads (None: the split of
+    :func:`transferkit.inference.thread_split`); see ``docs/runtimes.md``.
     """
     out = os.fspath(out)
     if resume and overwrite:
@@ -135,6 +152,9 @@ def extract(
         raise UsageError(f"batch size must be positive, got {batch_size}")
     size = parse_input_size(input_size)
     check_batch_fits(size, batch_size)
+    precision = inference.parse_precision(precision)
+    if runtime and runtime != inference.AUTO:
+        registry.runtime(runtime)  # an unknown runtime fails before any work
     backend = backend_for(out, store)  # an unknown format fails before any work
     mode = "resume" if resume else "overwrite" if overwrite else "create"
     spec = registry.backbone(backbone)
@@ -172,7 +192,18 @@ def extract(
     writer: FeatureStoreWriter | None = None
     try:
         net = spec.factory(weights=weights, input_size=size, pooling=pooling)
+        forward = inference.build_forward(
+            net,
+            backbone=spec.name,
+            runtime=runtime,
+            precision=precision,
+            images=len(source),
+            batch_size=batch_size,
+            threads=threads,
+        )
         metadata = _metadata(spec, net, source, images, weights, task, seed, shuffle)
+        metadata["precision"] = forward.precision
+        metadata["runtime"] = forward.runtime
         config = {
             **metadata,
             "out": out,
@@ -194,7 +225,7 @@ def extract(
             buffer_rows=buffer_rows or max(batch_size, 1024),
             must_match=_RESUME_KEYS,
         )
-        summary = _run(source, net, writer, config, strict=strict, progress=progress)
+        summary = _run(source, net, forward, writer, config, strict=strict, progress=progress)
     except BaseException as exc:
         if writer is not None:
             writer.abort()  # keep every finished row: --resume continues from here
@@ -228,6 +259,8 @@ def input_paths(source: ImageSource, images: Any) -> list[str]:
     if location and os.path.isdir(location):
         return [location]
     return [p for p in [location, *(r.path for r in source.records)] if p]
+
+
 def _source_warnings(source: ImageSource) -> list[str]:
     """What the user should know about the images before the run: one class, empty classes,
     folders that could not be listed."""
@@ -299,6 +332,7 @@ def _batches(
 def _run(
     source: ImageSource,
     net: Any,
+    forward: Any,
     writer: FeatureStoreWriter,
     config: dict[str, Any],
     *,
@@ -326,10 +360,6 @@ def _run(
         output=writer.path,
         config=config,
     )
-    forward = _forward_fn(net.model, tuple(net.input_size))
-    if len(todo):  # trace the forward pass now, so that the first batch is not slow
-        h, w = net.input_size
-        forward(np.zeros((min(len(todo), int(config["batch_size"])), h, w, 3), np.float32))
     skipped_before = len(writer.skipped)
     new_skips: list[list[str]] = []
     pending: deque[int] = deque(int(i) for i in todo)
@@ -363,7 +393,7 @@ def _run(
     skips_shown = 0
     try:
         for images, labels, idx in batches:
-            features = forward(images).numpy()
+            features = forward(images)
             if features.shape[1] != writer.feature_dim:
                 raise TransferkitError(
                     f"backbone {net.name} gave {features.shape[1]}-d features but said "
@@ -412,4 +442,5 @@ def _run(
         "pooling": net.pooling,
         "label_names": [path_text(n) for n in source.label_names],
         "task": config["task"] or None,
+        **forward.describe(),
     }

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import estimators, registry
+from .. import estimators, inference, registry
 from ..errors import TransferkitError, UsageError
 from ..models import SavedModel, identify_file, load_model
 from ..store import path_text
@@ -44,11 +44,32 @@ def image_paths(images: list[str] | tuple[str, ...]) -> list[str]:
     return found
 
 
+def check_precision(saved: SavedModel, precision: Any, model_path: Any = "the model") -> str:
+    """The precision to compute features at: the model's own; a different one is refused."""
+    own = inference.parse_precision(saved.recipe.precision)
+    if precision is None or precision == "":
+        return own
+    asked = inference.parse_precision(precision)
+    if asked != own:
+        raise UsageError(
+            f"{model_path} was trained on {own}-bit features ({saved.recipe.backbone}); "
+            f"features made at precision {asked} would not be the same; predict with "
+            f"--precision {own} (or leave --precision out)"
+        )
+    return own
+
+
 def extract_features(
-    saved: SavedModel, paths: list[str], batch_size: int = 32
+    saved: SavedModel,
+    paths: list[str],
+    batch_size: int = 32,
+    *,
+    runtime: str = "auto",
+    precision: Any = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Features of ``paths`` made as the model's training features were: ``(X, rows)`` where
-    ``rows`` are the indices of the images that decoded."""
+    ``rows`` are the indices of the images that decoded. ``runtime`` runs the network at the
+    model's own precision (``precision`` other than that is refused)."""
     from ..pipeline import map_files
 
     recipe = saved.recipe
@@ -58,6 +79,7 @@ def extract_features(
             "store?), so new images cannot be turned into the same features; train on a store "
             "written by `transferkit extract`"
         )
+    precision = check_precision(saved, precision)
     spec = registry.backbone(recipe.backbone)
     size = tuple(recipe.input_size) if recipe.input_size else None
     backbone = spec.factory(weights=recipe.weights, input_size=size, pooling=recipe.pooling)
@@ -66,8 +88,16 @@ def extract_features(
             f"backbone {recipe.backbone} now gives {backbone.feature_dim} features but the model "
             f"was trained on {recipe.feature_dim}; was the backbone plugin changed?"
         )
+    forward = inference.build_forward(
+        backbone,
+        backbone=spec.name,
+        runtime=runtime,
+        precision=precision,
+        images=len(paths),
+        batch_size=batch_size,
+    )
     return map_files(
-        lambda images: backbone.model(images, training=False),
+        forward,
         paths,
         input_size=backbone.input_size,
         preprocess=backbone.preprocess,
@@ -83,8 +113,13 @@ def predict(
     trust: bool = False,
     batch_size: int = 32,
     top: int = 1,
+    runtime: str = "auto",
+    precision: Any = None,
 ) -> dict[str, Any]:
-    """Predicted class and probability for each image; ``top`` > 1 adds the runners-up."""
+    """Predicted class and probability for each image; ``top`` > 1 adds the runners-up.
+
+    ``runtime`` runs the backbone (``auto``, ``keras``, ``openvino``, ``litert``); the features
+    are made at the model's own precision, and a ``precision`` other than that is refused."""
     from .finetune import is_finetuned
 
     if is_finetuned(model_path) or (  # a classifier saved by `transferkit finetune`
@@ -94,6 +129,7 @@ def predict(
 
         return predict_finetuned(model_path, image_paths(images), batch_size=batch_size, top=top)
     saved = load_model(model_path, trust=trust)
+    check_precision(saved, precision, model_path)
     paths = image_paths(images)
     names = saved.label_names
     classes = np.arange(len(names))
@@ -102,7 +138,7 @@ def predict(
         "features",
         file=sys.stderr,
     )
-    X, rows = extract_features(saved, paths, batch_size)
+    X, rows = extract_features(saved, paths, batch_size, runtime=runtime, precision=precision)
     fitted = estimators.as_fitted(saved.estimator, classes)
     results: list[dict[str, Any]] = []
     by_row: dict[int, dict[str, Any]] = {}

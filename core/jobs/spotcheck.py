@@ -105,10 +105,9 @@ class FeatureSource:
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get(CACHE_ENV) or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "transferkit"
-    )
-    return Path(root) / "features"
+    from ..inference import cache_root
+
+    return cache_root() / "features"
 
 
 def parse_backbone(text: str, input_size: Any = None, pooling: str = "avg") -> dict[str, Any]:
@@ -142,7 +141,9 @@ def image_list_digest(records: list[Any]) -> str:
     return digest.hexdigest()
 
 
-def cache_key(setting: dict[str, Any], weights: Any, images_digest: str) -> str:
+def cache_key(
+    setting: dict[str, Any], weights: Any, images_digest: str, precision: str = "32"
+) -> str:
     size = setting.get("input_size")
     key = {
         "backbone": setting["backbone"],
@@ -151,6 +152,8 @@ def cache_key(setting: dict[str, Any], weights: Any, images_digest: str) -> str:
         "pooling": setting["pooling"],
         "images": images_digest,
     }
+    if precision != "32":  # 32-bit keys stay as they were: any runtime's 32-bit features match
+        key["precision"] = precision
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -162,20 +165,23 @@ def cached_store(
     cache_dir: str | Path | None = None,
     batch_size: int = 32,
     progress: bool = True,
+    runtime: str = "auto",
+    precision: Any = "32",
 ) -> tuple[str, bool]:
     """The store of ``images`` under ``setting``: from the cache, or extracted into it.
 
     Returns ``(path, extracted_now)``. Extraction writes to a temporary name and renames it when
     complete, so an interrupted run never leaves a half store that a later run would reuse.
     """
-    from .. import api
+    from .. import api, inference
     from ..images import open_source
 
+    precision = inference.parse_precision(precision)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     outputs.check_outside_inputs(cache, [images], "feature cache")
     outputs.ensure_folder(cache)
     source = open_source(str(images))
-    key = cache_key(setting, weights, image_list_digest(list(source.records)))
+    key = cache_key(setting, weights, image_list_digest(list(source.records)), precision)
     final = cache / f"{setting['backbone']}-{key}.h5"
     if final.exists():
         return str(final), False
@@ -190,6 +196,8 @@ def cached_store(
         batch_size=batch_size,
         overwrite=True,
         progress=progress,
+        runtime=runtime,
+        precision=precision,
     )
     with outputs.writing(final):
         os.replace(partial, final)
@@ -238,6 +246,8 @@ def resolve_sources(
     cache_dir: str | Path | None,
     batch_size: int,
     progress: bool,
+    runtime: str = "auto",
+    precision: Any = "32",
 ) -> list[FeatureSource]:
     if not inputs:
         raise UsageError("give feature stores, or an image folder with --backbones a,b")
@@ -258,6 +268,8 @@ def resolve_sources(
                 cache_dir=cache_dir,
                 batch_size=batch_size,
                 progress=progress,
+                runtime=runtime,
+                precision=precision,
             )
             note = "extracted" if extracted else "reused from cache"
             print(f"features {text}: {note} ({path})", file=sys.stderr)
@@ -758,11 +770,15 @@ def spotcheck(
     isolate: bool = True,
     progress: bool = True,
     runner: Any = None,
+    runtime: str = "auto",
+    precision: Any = "32",
 ) -> dict[str, Any]:
     """Score every (features x classifier) pair; see the module docstring. Returns the report.
 
     ``runner`` replaces the local worker processes: called like :func:`run_grid` (without
-    ``isolate``), e.g. the Dask runner of ``transferkit.distributed``.
+    ``isolate``), e.g. the Dask runner of ``transferkit.distributed``. ``runtime`` and
+    ``precision`` are how images are extracted (see ``docs/runtimes.md``); bf16 features are
+    cached apart from 32-bit ones.
     """
     if isinstance(inputs, str | Path):
         inputs = [str(inputs)]
@@ -787,6 +803,8 @@ def spotcheck(
             cache_dir=cache_dir,
             batch_size=batch_size,
             progress=progress,
+            runtime=runtime,
+            precision=precision,
         )
         with tempfile.TemporaryDirectory(prefix="transferkit-spotcheck-") as scratch:
             tasks: list[Task] = []

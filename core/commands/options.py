@@ -1,0 +1,33 @@
+"""Options several commands share (not a command module: nothing to register)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+
+def runtime_options(precision_default: str | None = "32") -> Callable[[Any], Any]:
+    """``--runtime NAME|auto`` and ``--precision 32|bf16`` (``precision_default=None``: the
+    precision of what is being used, e.g. a saved model's)."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        func = click.option(
+            "--precision",
+            type=click.Choice(["32", "bf16"]),
+            default=precision_default,
+            show_default=precision_default is not None,
+            help="Arithmetic of the network: 32-bit, or bf16 where the CPU has it natively "
+            "(different features; see docs/runtimes.md)."
+            + ("" if precision_default else " Default: the model's own."),
+        )(func)
+        return click.option(
+            "--runtime",
+            default="auto",
+            show_default=True,
+            help="Inference runtime (see `transferkit runtimes`): keras, openvino, litert, or "
+            "auto (the fastest available that is exact at 32-bit).",
+        )(func)
+
+    return decorate
