@@ -38,6 +38,8 @@ FORMAT_VERSION = 1
 # estimators are made of. skops rebuilds them from their ``__dict__`` state, calling no function
 # that the file names, so accepting them does not let a file run code.
 TRUSTED_MODULE_PREFIXES = ("sklearn.", "numpy.", "scipy.")
+# transferkit's own estimators, whose state is NumPy arrays and numbers only (rebuilt the same way).
+TRUSTED_TYPES = ("transferkit.plugins._softmax.SoftmaxRegression",)
 
 
 @dataclass
@@ -387,6 +389,8 @@ def _is_library_class(name: str) -> bool:
     import importlib
     import inspect
 
+    if name in TRUSTED_TYPES:
+        return True
     if not name.startswith(TRUSTED_MODULE_PREFIXES):
         return False
     module_name, _, attr = name.rpartition(".")

@@ -1,5 +1,5 @@
-"""Built-in fine-tune strategies: ``warmup-unfreeze`` (the classic recipe), ``head-only``,
-``full`` and ``gradual``.
+"""Built-in fine-tune strategies: ``warmup-unfreeze`` (today's practice by default, the classic
+recipe with ``schedule="classic"``), ``head-only``, ``full`` and ``gradual``.
 
 Every strategy takes ``epochs`` and ``learning_rate`` either as one number or as one value per
 phase, so the command line's ``--epochs``/``--learning-rate`` work for all of them.
@@ -34,8 +34,9 @@ def _per_phase(value: Any, names: Sequence[str], what: str, strategy: str) -> li
     return values
 
 
-def default_unfreeze_from(model: Any) -> int:
-    """Where phase 2 of ``warmup-unfreeze`` starts for ``model``'s backbone."""
+def default_unfreeze_from(model: Any, top_blocks: int = 1) -> int:
+    """Where phase 2 of ``warmup-unfreeze`` starts for ``model``'s backbone: the table above, the
+    spec's metadata, else the first layer of the base's last ``top_blocks`` blocks."""
     name = model.backbone.name
     if name in UNFREEZE_FROM:
         return UNFREEZE_FROM[name]
@@ -48,36 +49,71 @@ def default_unfreeze_from(model: Any) -> int:
     except Exception:
         pass
     blocks = trainable_blocks(model.base_layers)
-    return blocks[-1][1] if blocks else 0
+    if not blocks:
+        return 0
+    return blocks[-min(max(1, top_blocks), len(blocks))][1]
+
+
+# The two schedules of warmup-unfreeze: (epochs, learning rates, optimizers, top blocks unfrozen).
+SCHEDULES: dict[str, tuple[tuple[int, int], tuple[float, float], tuple[str, str], int]] = {
+    # the Keras transfer-learning guide and Lightning's BackboneFinetuning: Adam for the head,
+    # then the top blocks with a learning rate 10x lower (early stopping decides the length)
+    "modern": ((10, 10), (1e-3, 1e-4), ("adam", "adam"), 2),
+    # the classic recipe: RMSprop for the head, then SGD with momentum on the last block
+    "classic": ((20, 50), (1e-3, 1e-3), ("rmsprop", "sgd"), 1),
+}
 
 
 class WarmupUnfreeze(FinetuneStrategy):
-    """Phase ``warmup``: only the new head trains on the frozen base (RMSprop 1e-3, 20 epochs).
-    Phase ``finetune``: the base's layers from ``unfreeze_from`` on train too (SGD 1e-3 with
-    momentum 0.9, 50 epochs). The test set is evaluated after each phase."""
+    """Phase ``warmup``: only the new head trains on the frozen base. Phase ``finetune``: the
+    base's layers from ``unfreeze_from`` on train too, BatchNorm staying in inference mode. The
+    test set is evaluated after each phase.
+
+    ``schedule="modern"`` (the default): Adam 1e-3 for 10 epochs, then the top two blocks with
+    Adam 1e-4 for 10 (``transferkit finetune`` adds early stopping on the validation loss and
+    restores the best weights). ``schedule="classic"`` (what ``--head classic`` picks): RMSprop
+    1e-3 for 20 epochs, then the last block with SGD 1e-3, momentum 0.9, for 50."""
 
     name = "warmup-unfreeze"
 
     def __init__(
         self,
-        epochs: Any = (20, 50),
-        learning_rate: Any = (1e-3, 1e-3),
+        epochs: Any = None,
+        learning_rate: Any = None,
         unfreeze_from: int | None = None,
         momentum: float = 0.9,
-        warmup_optimizer: str = "rmsprop",
-        finetune_optimizer: str = "sgd",
+        warmup_optimizer: str | None = None,
+        finetune_optimizer: str | None = None,
+        schedule: str = "modern",
+        top_blocks: int | None = None,
     ) -> None:
         super().__init__()
+        if schedule not in SCHEDULES:
+            raise UsageError(
+                f"warmup-unfreeze: unknown schedule {schedule!r}; use one of {sorted(SCHEDULES)}"
+            )
+        default_epochs, default_lrs, optimizers, blocks = SCHEDULES[schedule]
         names = ["warmup", "finetune"]
-        self.epochs = _per_phase(epochs, names, "epoch count", self.name)
-        self.lrs = _per_phase(learning_rate, names, "learning rate", self.name)
+        self.schedule = schedule
+        self.epochs = _per_phase(
+            default_epochs if epochs is None else epochs, names, "epoch count", self.name
+        )
+        self.lrs = _per_phase(
+            default_lrs if learning_rate is None else learning_rate,
+            names,
+            "learning rate",
+            self.name,
+        )
         self.unfreeze_from = unfreeze_from
         self.momentum = momentum
-        self.optimizers = (warmup_optimizer, finetune_optimizer)
+        self.optimizers = (warmup_optimizer or optimizers[0], finetune_optimizer or optimizers[1])
+        self.top_blocks = blocks if top_blocks is None else int(top_blocks)
 
     def build_phases(self, model: Any) -> list[Phase]:
         start = (
-            self.unfreeze_from if self.unfreeze_from is not None else default_unfreeze_from(model)
+            self.unfreeze_from
+            if self.unfreeze_from is not None
+            else default_unfreeze_from(model, self.top_blocks)
         )
         assert self.epochs is not None and self.lrs is not None
         return [
@@ -213,8 +249,8 @@ def register_finetune_strategies(register: Any) -> None:
     register(
         StrategySpec(
             name="warmup-unfreeze",
-            description="the classic recipe: head on a frozen base (RMSprop), then the top of "
-            "the base too (SGD); test accuracy after each phase",
+            description="head on a frozen base (Adam), then the top blocks too at a 10x lower "
+            "rate, BatchNorm frozen; schedule=classic: RMSprop, then SGD (the classic recipe)",
             factory=WarmupUnfreeze,
         )
     )

@@ -127,11 +127,20 @@ def test_strategies_freeze_what_they_say_and_batchnorm_stays_in_inference_mode()
     strategy = resolve_strategy("warmup-unfreeze", epochs=[1, 0], learning_rate=1e-2)
     _trainer().fit(model, _data(), strategy)
     np.testing.assert_array_equal(base.get_layer("block2_conv").kernel.numpy(), conv2)
-    # default unfreeze point: the start of the last block (block2)
-    assert strategy.phases[1].unfreeze_from == [l.name for l in base.layers].index("block2_conv")  # noqa: E741
+    # default unfreeze point: the start of the top two blocks (block1 of two); the classic
+    # schedule's: the start of the last block (block2)
+    names = [layer.name for layer in base.layers]
+    assert strategy.phases[1].unfreeze_from == names.index("block1_conv")
+    assert [p.optimizer for p in strategy.phases] == ["adam", "adam"]
+    classic = resolve_strategy("warmup-unfreeze", schedule="classic")
+    assert [p.unfreeze_from for p in classic.build_phases(model)] == [
+        None,
+        names.index("block2_conv"),
+    ]
+    assert [p.optimizer for p in classic.build_phases(model)] == ["rmsprop", "sgd"]
 
     model = _model()
-    strategy = resolve_strategy("warmup-unfreeze", epochs=[1, 2], learning_rate=1e-2)
+    strategy = resolve_strategy("warmup-unfreeze", epochs=[1, 2], learning_rate=1e-2, top_blocks=1)
     _trainer().fit(model, _data(), strategy)
     base = model.base
     np.testing.assert_array_equal(base.get_layer("block1_conv").kernel.numpy(), conv1)

@@ -78,7 +78,7 @@ def test_finetune_saves_a_classifier_that_reloads_with_labels_and_preprocessing(
     )
     assert [p["phase"] for p in result["phases"]] == ["warmup", "finetune"]
     assert all("test_accuracy" in p for p in result["phases"])
-    assert result["head"] == "classic" and result["label_names"] == ["digit0", "digit1", "digit2"]
+    assert result["head"] == "linear" and result["label_names"] == ["digit0", "digit1", "digit2"]
     for name in ("model.keras", "history.csv", "history.json", "summary.json"):
         assert (out / name).exists(), name
     assert (out / "checkpoints" / "last.ckpt.npz").exists()

@@ -42,14 +42,15 @@ def register(cli: click.Group) -> None:
     )
     @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Folder.")
     @click.option(
-        "--head", default=None, help="Head: classic, linear, dense or a plugin's (default: "
-        "classic for warmup-unfreeze, linear otherwise)."
+        "--head", default=None, help="Head: linear (default: pooling, dropout, dense), classic "
+        "(with warmup-unfreeze also the classic recipe's RMSprop/SGD schedule), dense or a "
+        "plugin's."
     )  # fmt: skip
     @click.option(
         "--epochs",
         type=int,
         multiple=True,
-        help="Epochs, once or once per phase (warmup-unfreeze: --epochs 20 --epochs 50).",
+        help="Epochs, once or once per phase (warmup-unfreeze: --epochs 10 --epochs 10).",
     )
     @click.option(
         "--learning-rate", "--lr", "learning_rate", type=float, multiple=True,
@@ -79,8 +80,17 @@ def register(cli: click.Group) -> None:
         "--split", type=float, nargs=3, default=(0.7, 0.15, 0.15), show_default=True,
         help="Train, validation and test fractions.",
     )  # fmt: skip
+    @click.option(
+        "--test", "test", type=click.Path(), default=None,
+        help="Separate test images (same class sub-folders); IMAGES is then split into train "
+        "and validation only (the test fraction goes to training).",
+    )  # fmt: skip
     @click.option("--seed", type=int, default=0, show_default=True)
-    @click.option("--patience", type=int, default=None, help="Early stopping patience (epochs).")
+    @click.option(
+        "--patience", type=int, default=None,
+        help="Early stopping patience in epochs (default warmup-unfreeze: 3, the best "
+        "epoch's weights restored; --head classic: none).",
+    )  # fmt: skip
     @click.option("--max-epochs", type=int, default=None, help="Cap on the epochs of all phases.")
     @click.option("--train-bn", is_flag=True, help="Train BatchNorm layers of the base too.")
     @click.option(
@@ -110,6 +120,7 @@ def register(cli: click.Group) -> None:
         weights: str,
         task: str | None,
         split: tuple[float, float, float],
+        test: str | None,
         seed: int,
         patience: int | None,
         max_epochs: int | None,
@@ -155,6 +166,7 @@ def register(cli: click.Group) -> None:
             weights=weights,
             task=task,
             split=tuple(split),
+            test=test,
             seed=seed,
             patience=patience,
             max_epochs=max_epochs,

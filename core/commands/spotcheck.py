@@ -54,9 +54,10 @@ def register(cli: click.Group) -> None:
     @click.option(
         "--classifiers",
         "-c",
-        default="fast",
+        default="recommended",
         show_default=True,
-        help="Classifier names and/or groups (classic, fast, linear, incremental, river, all).",
+        help="Classifier names and/or groups (recommended, classic, fast, linear, incremental, "
+        "river, all).",
     )
     @click.option(
         "--timeout",
@@ -73,6 +74,14 @@ def register(cli: click.Group) -> None:
         "or 'local' for a local Dask cluster of --jobs processes. Default: local processes.",
     )
     @click.option("--test-size", type=float, default=0.2, show_default=True)
+    @click.option(
+        "--test",
+        "test",
+        type=click.Path(),
+        default=None,
+        help="Score on this store (features of a separate test folder, same recipe and classes) "
+        "instead of splitting; with --backbones, a test image folder, extracted the same way.",
+    )
     @click.option("--seed", type=int, default=0, show_default=True)
     @click.option(
         "--out",
@@ -109,6 +118,7 @@ def register(cli: click.Group) -> None:
         jobs: int | None,
         scheduler: str | None,
         test_size: float,
+        test: str | None,
         seed: int,
         out: str | None,
         weights: str,
@@ -146,6 +156,7 @@ def register(cli: click.Group) -> None:
             jobs=jobs,
             scheduler=scheduler,
             test_size=test_size,
+            test=test,
             seed=seed,
             out=out,
             weights=None if weights == "none" else weights,

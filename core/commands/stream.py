@@ -25,7 +25,23 @@ def register(cli: click.Group) -> None:
         show_default=True,
         help="Print the progressive accuracy every N samples.",
     )
+    @click.option(
+        "--passes",
+        type=int,
+        default=1,
+        show_default=True,
+        help="Epochs over the store, each in a fresh seeded order (progressive accuracy: "
+        "the first pass).",
+    )
     @click.option("--test-size", type=float, default=0.2, show_default=True)
+    @click.option(
+        "--test",
+        "test",
+        type=click.Path(),
+        default=None,
+        help="Score on this store (features of a separate test folder, same recipe and "
+        "classes) instead of holding rows out.",
+    )
     @click.option("--seed", type=int, default=0, show_default=True)
     @click.option(
         "--shuffle-blocks",
@@ -46,7 +62,9 @@ def register(cli: click.Group) -> None:
         classifier: str,
         batch_size: int,
         report_every: int,
+        passes: int,
         test_size: float,
+        test: str | None,
         seed: int,
         shuffle_blocks: int,
         out: str | None,
@@ -72,7 +90,9 @@ def register(cli: click.Group) -> None:
             classifier=classifier,
             batch_size=batch_size,
             report_every=report_every,
+            passes=passes,
             test_size=test_size,
+            test=test,
             seed=seed,
             shuffle_blocks=shuffle_blocks,
             out=out,
@@ -91,7 +111,9 @@ def register(cli: click.Group) -> None:
         click.echo("")
         held_out = result["accuracy"]
         click.echo(
-            f"{classifier}: {result['n_train']} rows learnt at "
+            f"{classifier}: {result['n_train']} rows"
+            + (f" x {result['passes']} passes" if result["passes"] > 1 else "")
+            + " learnt at "
             f"{result['samples_per_second']:.0f} samples/s; progressive accuracy "
             f"{result['progressive_accuracy']:.4f}"
             + (f", held-out accuracy {held_out:.4f}" if held_out is not None else "")

@@ -28,6 +28,14 @@ def register(cli: click.Group) -> None:
     @click.option(
         "--test-size", type=float, default=0.2, show_default=True, help="Held-out fraction."
     )
+    @click.option(
+        "--test",
+        "test",
+        type=click.Path(),
+        default=None,
+        help="Score on this store (features of a separate test folder, same recipe and "
+        "classes) instead of splitting; every row of STORE then trains.",
+    )
     @click.option("--subset", type=float, default=None, help="Use only this fraction of the store.")
     @click.option("--seed", type=int, default=0, show_default=True, help="Seed of split and model.")
     @click.option(
@@ -46,6 +54,7 @@ def register(cli: click.Group) -> None:
         store_path: str,
         classifier: str,
         test_size: float,
+        test: str | None,
         subset: float | None,
         seed: int,
         out: str | None,
@@ -55,7 +64,8 @@ def register(cli: click.Group) -> None:
     ) -> None:
         """Train a classifier on a feature store and print the per-class report.
 
-        The rows are split stratified and seeded (80/20 by default); the report names the
+        The rows are split stratified and seeded (80/20 by default), or all train and --test
+        names a separate test store; the report names the
         store's classes and ends with accuracy and fit time. --out saves the model with the
         recipe of its features, ready for `transferkit predict`.
 
@@ -70,6 +80,7 @@ def register(cli: click.Group) -> None:
             store_path,
             classifier=classifier,
             test_size=test_size,
+            test=test,
             subset=subset,
             seed=seed,
             out=out,

@@ -143,22 +143,30 @@ def finetune(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    test: Any = None,
+    restore_best: bool | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``backbone`` with ``head`` on ``images`` and save the classifier in ``out``.
 
     ``images`` is a folder (one sub-folder per class), a CSV/JSON list, or an ``ImageSource``.
     ``augment`` defaults to ``classic`` (``none`` with ``task="rotation"``). ``head`` defaults to
-    ``classic`` for ``warmup-unfreeze`` (the classic recipe, on the unpooled
-    feature map) and ``linear`` otherwise. ``epochs`` and ``learning_rate`` are one value or one
-    per phase of the strategy. Returns a summary: ``model_path``, ``label_names``, ``phases``
-    (with the test accuracy after each), ``test_accuracy``, ``epochs``, ``seconds``...
+    ``linear`` (global average pooling, dropout, one dense layer). With the default
+    ``warmup-unfreeze`` and that head, the schedule is today's practice (Adam, then the top blocks
+    at a 10x lower rate), with early stopping on the validation loss (``patience`` 3 unless given)
+    and the best epoch's weights restored before the test and the export (``restore_best``);
+    ``head="classic"`` brings the classic recipe's schedule too (RMSprop, then SGD; no early
+    stopping unless ``patience`` is given). ``epochs`` and ``learning_rate`` are one value or one
+    per phase of the strategy. ``test`` (a folder, a CSV/JSON list or an ``ImageSource`` of
+    separate test images with the same class names) replaces the test part of ``split``: the
+    images are then split into train and validation only. Returns a summary: ``model_path``,
+    ``label_names``, ``phases`` (with the test accuracy after each), ``test_accuracy`` (of the
+    exported weights), ``restored_best_epoch``, ``epochs``, ``seconds``...
     """
     _check_out(Path(out), resume, overwrite, images)  # before TensorFlow loads
     outputs.check_writable(Path(out) / outputs.MARKER)
     from ..trainer import (
         EarlyStopping,
         HistoryLogger,
-        ImageDataModule,
         LearningRateMonitor,
         ModelCheckpoint,
         Trainer,
@@ -171,7 +179,7 @@ def finetune(
     start = time.perf_counter()
     out = Path(out)
     augment = _augmentation_for(augment, task)
-    head = head or ("classic" if strategy == "warmup-unfreeze" else "linear")
+    head = head or "linear"
     pooling = pooling or ("none" if head == "classic" else "avg")
     size = parse_input_size(input_size)
     from ..sizes import check_batch_fits
@@ -179,16 +187,20 @@ def finetune(
     check_batch_fits(size, batch_size)
     spec = registry.backbone(backbone)
     registry.head(head)  # an unknown head fails here, before any work
-    strategy_obj = resolve_strategy(
-        strategy, **_strategy_options(strategy, epochs, learning_rate, unfreeze_from)
-    )
+    options = _strategy_options(strategy, epochs, learning_rate, unfreeze_from)
+    modern = strategy == "warmup-unfreeze" and head != "classic"
+    if strategy == "warmup-unfreeze" and head == "classic":
+        options["schedule"] = "classic"
+    strategy_obj = resolve_strategy(strategy, **options)
+    if restore_best is None:
+        restore_best = modern
+    if patience is None and modern:
+        patience = 3
     _prepare_out(out, resume, overwrite, images)
 
     with precision_scope(precision):
         seed_everything(seed, deterministic=deterministic)
-        data = ImageDataModule(
-            images, task=task, fractions=split, seed=seed, batch_size=batch_size, augment=augment
-        )
+        data = _data_module(images, test, task, split, seed, batch_size, augment)
         built = spec.factory(weights=weights, input_size=size, pooling=pooling)
         model = TransferModel(
             built,
@@ -197,12 +209,14 @@ def finetune(
             label_names=data.label_names,
             train_bn=train_bn,
         )
+        checkpoint = ModelCheckpoint(out / CHECKPOINT_DIR, save_best=bool(len(data.val_indices)))
         callbacks: list[Any] = [
             LearningRateMonitor(),
-            ModelCheckpoint(out / CHECKPOINT_DIR, save_best=bool(len(data.val_indices))),
+            checkpoint,
             HistoryLogger(out / "history.csv", out / "history.json"),
         ]
-        if patience:
+        has_val = bool(len(data.val_indices))
+        if patience and has_val:
             callbacks.insert(0, EarlyStopping(patience=patience))
         trainer = Trainer(
             max_epochs=max_epochs,
@@ -214,6 +228,14 @@ def finetune(
         )
         result = trainer.fit(model, data, strategy_obj, ckpt_path="last" if resume else None)
         tested = [p for p in result["phases"] if "test_accuracy" in p]
+        test_accuracy = tested[-1]["test_accuracy"] if tested else None
+        best = out / CHECKPOINT_DIR / ModelCheckpoint.BEST
+        restored = None
+        if restore_best and has_val and best.exists():
+            model.network.load_weights(best)
+            restored = checkpoint.best_epoch
+            if len(data.test_indices):
+                test_accuracy = float(trainer.test(model, data)["accuracy"])
         summary: dict[str, Any] = {
             "model_path": str(out / MODEL_FILE),
             "backbone": built.name,
@@ -223,7 +245,8 @@ def finetune(
             "data": data.describe(),
             "epochs": result["epochs"],
             "phases": result["phases"],
-            "test_accuracy": tested[-1]["test_accuracy"] if tested else None,
+            "test_accuracy": test_accuracy,
+            "restored_best_epoch": restored,  # numbered as in history.csv
             "input_size": list(built.input_size),
             "preprocessing": built.preprocessing,
             "checkpoint": str(out / CHECKPOINT_DIR / ModelCheckpoint.LAST),
@@ -241,6 +264,60 @@ def finetune(
         summary["seconds"] = round(time.perf_counter() - start, 3)
         outputs.atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
         return summary
+
+
+def _data_module(
+    images: Any,
+    test: Any,
+    task: str | None,
+    split: Sequence[float],
+    seed: int,
+    batch_size: int,
+    augment: Any,
+) -> Any:
+    """The data module: ``images`` split train/validation/test by ``split``, or with a separate
+    ``test`` set, ``images`` split train/validation (the test fraction goes to training) and
+    every image of ``test`` (same class names) as the test split."""
+    from ..images import ImageSource, open_source
+    from ..trainer import ImageDataModule
+    from ..trainer.data import _split
+
+    options = {"seed": seed, "batch_size": batch_size, "augment": augment}
+    if test is None:
+        return ImageDataModule(images, task=task, fractions=split, **options)
+    if task:
+        raise UsageError(
+            f"--test cannot be combined with --task {task}: the task makes its own labels; "
+            "leave out --test to split the images"
+        )
+    train_source, test_source = open_source(images), open_source(test)
+    for source, where in ((train_source, images), (test_source, test)):
+        if type(source).load is not ImageSource.load or type(source).plan is not ImageSource.plan:
+            raise UsageError(f"--test needs plain image files; {where} makes its images itself")
+    train_names, test_names = list(train_source.label_names), list(test_source.label_names)
+    if train_names != test_names:
+        raise UsageError(
+            f"test images {test} have the classes {test_names}, training images {images} have "
+            f"{train_names}; give both folders the same class sub-folders"
+        )
+    n = len(train_source.records)
+    merged = ImageSource(
+        list(train_source.records) + list(test_source.records),
+        train_names,
+        max_pixels=getattr(train_source, "max_pixels", None),
+    )
+    fractions = tuple(float(f) for f in split)
+    if len(fractions) == 3:
+        fractions = (fractions[0] + fractions[2], fractions[1])
+    data = ImageDataModule(merged, fractions=(0.5, 0.5), **options)
+    parts = _split(data.labels[:n], fractions, seed)
+    data.train_indices = parts[0]
+    data.val_indices = parts[1] if len(parts) > 1 else np.zeros(0, np.int64)
+    data.test_indices = np.arange(n, len(merged.records), dtype=np.int64)
+    data.fractions = fractions
+    if not len(data.test_indices):
+        raise UsageError(f"the test set {test} has no images")
+    return data
 
 
 # --------------------------------------------------------------------------- loading

@@ -85,6 +85,7 @@ PRELOAD = [
     "sklearn.naive_bayes",
     "sklearn.neural_network",
     "sklearn.metrics",
+    "sklearn.model_selection",
     "threadpoolctl",
     "transferkit.estimators",
     "transferkit.plugin_manager",
@@ -722,17 +723,28 @@ class Journal:
 
 
 def _prepare_split(
-    source: FeatureSource, scratch: Path, test_size: float, seed: int, store: str | None
+    source: FeatureSource,
+    scratch: Path,
+    test_size: float,
+    seed: int,
+    store: str | None,
+    test: str | None = None,
 ) -> tuple[Path, list[str]]:
-    from .train import open_reader, split_indices
+    """The source's train/test arrays as ``.npy`` files: a stratified split of its rows, or all
+    of them against every row of the ``test`` store (checked to share recipe and classes)."""
+    from .train import open_reader, read_test_store, split_indices
 
     reader = open_reader(source.path, store)
     try:
         labels = np.asarray(reader.labels)
         label_names = [str(n) for n in reader.label_names]
-        train_rows, test_rows = split_indices(labels, test_size, seed)
-        X_train, y_train = reader.read_rows(train_rows)
-        X_test, y_test = reader.read_rows(test_rows)
+        if test is not None:
+            X_test, y_test = read_test_store(reader, source.path, test, store)
+            X_train, y_train = reader.read_rows(np.arange(len(labels)))
+        else:
+            train_rows, test_rows = split_indices(labels, test_size, seed)
+            X_train, y_train = reader.read_rows(train_rows)
+            X_test, y_test = reader.read_rows(test_rows)
     finally:
         reader.close()
     folder = Path(tempfile.mkdtemp(prefix="split-", dir=scratch))
@@ -742,6 +754,44 @@ def _prepare_split(
     np.save(folder / "y_test.npy", np.asarray(y_test, dtype=np.int64))
     np.save(folder / "classes.npy", np.arange(len(label_names)))
     return folder, label_names
+
+
+def _test_stores(
+    test: str | Path | None,
+    sources: list[FeatureSource],
+    backbones: list[str] | None,
+    **extract: Any,
+) -> list[str | None]:
+    """The test store of each source: ``test`` itself, or with ``--backbones`` and an image
+    folder as ``test``, that folder's features under each source's setting (cached)."""
+    if test is None:
+        return [None] * len(sources)
+    location = Path(test)
+    if not location.exists():
+        raise UsageError(f"test set {test} does not exist; pass a feature store")
+    if location.is_dir() and not str(test).rstrip("/").endswith(".zarr"):
+        if not backbones:
+            raise UsageError(
+                f"test set {test} is a folder: give the feature store of the test images, or "
+                "spot-check an image folder with --backbones (the test folder is then "
+                "extracted the same way)"
+            )
+        stores: list[str | None] = []
+        for text in backbones:
+            setting = parse_backbone(text, extract["input_size"], extract["pooling"])
+            path, _ = cached_store(
+                str(test),
+                setting,
+                weights=extract["weights"],
+                cache_dir=extract["cache_dir"],
+                batch_size=extract["batch_size"],
+                progress=extract["progress"],
+                runtime=extract.get("runtime", "auto"),
+                precision=extract.get("precision", "32"),
+            )
+            stores.append(path)
+        return stores
+    return [str(test)] * len(sources)
 
 
 def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -754,7 +804,7 @@ def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 def spotcheck(
     inputs: list[str] | str,
     *,
-    classifiers: str | list[str] = "fast",
+    classifiers: str | list[str] = "recommended",
     backbones: list[str] | str | None = None,
     weights: Any = "default",
     input_size: Any = None,
@@ -772,8 +822,13 @@ def spotcheck(
     runner: Any = None,
     runtime: str = "auto",
     precision: Any = "32",
+    test: str | Path | None = None,
 ) -> dict[str, Any]:
     """Score every (features x classifier) pair; see the module docstring. Returns the report.
+
+    ``test`` replaces the split: a feature store of separate test images (same recipe and class
+    names as every source; all of each source's rows then train), or with ``backbones`` an image
+    folder, extracted (and cached) with each backbone setting.
 
     ``runner`` replaces the local worker processes: called like :func:`run_grid` (without
     ``isolate``), e.g. the Dask runner of ``transferkit.distributed``. ``runtime`` and
@@ -806,11 +861,26 @@ def spotcheck(
             runtime=runtime,
             precision=precision,
         )
+        tests = _test_stores(
+            test,
+            sources,
+            backbones,
+            weights=weights,
+            input_size=input_size,
+            pooling=pooling,
+            cache_dir=cache_dir,
+            batch_size=batch_size,
+            progress=progress,
+            runtime=runtime,
+            precision=precision,
+        )
         with tempfile.TemporaryDirectory(prefix="transferkit-spotcheck-") as scratch:
             tasks: list[Task] = []
             label_names: list[str] = []
-            for source in sources:
-                folder, label_names = _prepare_split(source, Path(scratch), test_size, seed, store)
+            for source, test_store in zip(sources, tests, strict=True):
+                folder, label_names = _prepare_split(
+                    source, Path(scratch), test_size, seed, store, test_store
+                )
                 for name in names:
                     tasks.append(Task(len(tasks), source.name, name, str(folder), seed))
             journal = (
@@ -879,7 +949,8 @@ def spotcheck(
         "classifiers": names,
         "features": [{"name": s.name, "store": s.path, "extracted": s.extracted} for s in sources],
         "label_names": label_names,
-        "test_size": test_size,
+        "test_size": None if test is not None else test_size,
+        "test": None if test is None else str(test),
         "seed": seed,
         "jobs": jobs,
         "timeout": timeout,

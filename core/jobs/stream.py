@@ -10,8 +10,12 @@ stratified, seeded held-out split; the training rows then arrive in batches:
   rows;
 * each batch is first predicted, then learnt (test-then-train: progressive validation), and the
   running accuracy is reported every ``report_every`` samples;
+* ``passes`` > 1 goes over the training rows again (epochs), each pass in a fresh seeded block
+  order; the progressive (test-then-train) accuracy is that of the first pass, when every batch
+  is still unseen; later passes only learn;
 * at the end the held-out rows are read in batches and scored (accuracy, macro F1, per-class
-  report).
+  report); with ``test`` (a second store, checked to share the recipe and the class names) every
+  row of the first store trains and the test store's rows are scored instead.
 
 Learners go through :class:`transferkit.estimators.Incremental`: scikit-learn ``partial_fit``,
 river ``learn_many`` on DataFrames where every step has it, ``learn_one`` otherwise.
@@ -37,7 +41,7 @@ from ..models import (
     save_model,
 )
 from ..plugin_manager import notify_exception
-from .train import evaluate, open_reader, split_indices
+from .train import check_test_store, evaluate, open_reader, split_indices
 
 
 def shuffled_batches(
@@ -60,6 +64,16 @@ def shuffled_batches(
             yield X[i : i + batch_size], y[i : i + batch_size]
 
 
+def _epochs(
+    reader: Any, rows: np.ndarray, batch_size: int, shuffle_blocks: int, seed: int, passes: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+    """``(X, y, pass)`` for ``passes`` passes over ``rows``; pass ``p`` is shuffled with the seed
+    ``seed + p`` (pass 0 is exactly the single-pass order)."""
+    for epoch in range(passes):
+        for X, y in shuffled_batches(reader, rows, batch_size, shuffle_blocks, seed + epoch):
+            yield X, y, epoch
+
+
 def stream(
     store_path: str | Path,
     *,
@@ -73,8 +87,12 @@ def stream(
     store: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    passes: int = 1,
+    test: str | Path | None = None,
 ) -> dict[str, Any]:
     """Learn ``classifier`` batch by batch from the store; see the module docstring."""
+    if passes < 1:
+        raise UsageError(f"--passes must be at least 1, got {passes}")
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
     if report_every < 1:
@@ -97,7 +115,13 @@ def stream(
         label_names = [str(n) for n in reader.label_names]
         classes = np.arange(len(label_names))
         labels = np.asarray(reader.labels)
-        if test_size > 0:
+        test_reader = None
+        if test is not None:
+            test_reader = open_reader(test, store)
+            check_test_store(reader, test_reader, store_path, test)
+            train_rows = np.arange(len(labels))
+            test_rows = np.arange(len(np.asarray(test_reader.labels)))
+        elif test_size > 0:
             train_rows, test_rows = split_indices(labels, test_size, seed)
         else:
             train_rows, test_rows = np.arange(len(labels)), np.arange(0)
@@ -108,7 +132,7 @@ def stream(
         seen = correct = window_seen = window_correct = 0
         learn_seconds = 0.0
         bar = tqdm(
-            total=len(train_rows),
+            total=len(train_rows) * passes,
             desc=f"stream {classifier}",
             unit="row",
             file=sys.stderr,
@@ -116,7 +140,15 @@ def stream(
         )
         start = time.perf_counter()
         try:
-            for X, y in shuffled_batches(reader, train_rows, batch_size, shuffle_blocks, seed):
+            for X, y, epoch in _epochs(
+                reader, train_rows, batch_size, shuffle_blocks, seed, passes
+            ):
+                if epoch > 0:  # later passes only learn; their batches are not unseen
+                    t = time.perf_counter()
+                    learner.learn_batch(X, y, classes)
+                    learn_seconds += time.perf_counter() - t
+                    bar.update(len(y))
+                    continue
                 hits = int(np.sum(learner.predict_batch(X) == y))
                 t = time.perf_counter()
                 learner.learn_batch(X, y, classes)
@@ -159,11 +191,14 @@ def stream(
 
         y_true: list[np.ndarray] = []
         y_pred: list[np.ndarray] = []
-        for X, y in reader.iter_batches(batch_size, indices=test_rows):
+        scored = test_reader if test_reader is not None else reader
+        for X, y in scored.iter_batches(batch_size, indices=test_rows):
             y_true.append(y)
             y_pred.append(learner.predict_batch(X))
     finally:
         reader.close()
+        if test_reader is not None:
+            test_reader.close()
 
     result: dict[str, Any] = {
         "store": str(store_path),
@@ -171,6 +206,8 @@ def stream(
         "library": spec.library,
         "batched": learner.batched,
         "batch_size": batch_size,
+        "passes": passes,
+        "test_store": None if test is None else str(test),
         "n_train": int(len(train_rows)),
         "n_test": int(len(test_rows)),
         "label_names": label_names,
@@ -179,7 +216,9 @@ def stream(
         "progressive_accuracy": correct / max(seen, 1),
         "train_seconds": train_seconds,
         "learn_seconds": learn_seconds,
-        "samples_per_second": seen / train_seconds if train_seconds > 0 else None,
+        "samples_per_second": (
+            len(train_rows) * passes / train_seconds if train_seconds > 0 else None
+        ),
     }
     if len(test_rows):
         result.update(evaluate(np.concatenate(y_true), np.concatenate(y_pred), label_names))

@@ -1,9 +1,12 @@
 """``transferkit train``: fit one classifier on a feature store and report per-class scores.
 
 The store's rows are split stratified and seeded (default 80/20); ``subset`` first keeps a
-stratified fraction of the store. Only the selected rows are read from disk. The result holds
-accuracy, macro F1, fit and predict seconds, and scikit-learn's per-class precision/recall/F1
-report with the store's class names; ``out`` saves the fitted model with its feature recipe.
+stratified fraction of the store. With ``test`` (a second store: the features of a separate test
+folder, made with the same recipe and holding the same class names, which
+:func:`check_test_store` checks) every row of the first store trains and the test store scores.
+Only the selected rows are read from disk. The result holds accuracy, macro F1, fit and predict
+seconds, and scikit-learn's per-class precision/recall/F1 report with the store's class names;
+``out`` saves the fitted model with its feature recipe.
 """
 
 from __future__ import annotations
@@ -104,6 +107,50 @@ def open_reader(store_path: str | Path, store: str | None = None) -> Any:
     return open_store(str(path), store=store)
 
 
+RECIPE_FIELDS = ("backbone", "weights", "input_size", "pooling", "feature_dim")
+
+
+def check_test_store(train_reader: Any, test_reader: Any, train_path: Any, test_path: Any) -> None:
+    """Refuse a test store whose features were made another way or whose classes differ."""
+    from ..models import FeatureRecipe
+
+    a, b = FeatureRecipe.from_store(train_reader), FeatureRecipe.from_store(test_reader)
+    differ = [
+        f"{name} {getattr(a, name)!r} vs {getattr(b, name)!r}"
+        for name in RECIPE_FIELDS
+        if getattr(a, name) != getattr(b, name)
+    ]
+    if differ:
+        raise UsageError(
+            f"test store {test_path} was not made with the recipe of {train_path} "
+            f"({'; '.join(differ)}); extract the test images with the same backbone settings"
+        )
+    if a.label_names != b.label_names:
+        missing = [n for n in b.label_names if n not in a.label_names]
+        detail = f"classes not in training: {missing}" if missing else "classes in another order"
+        raise UsageError(
+            f"test store {test_path} has class names {b.label_names}, training store "
+            f"{train_path} has {a.label_names} ({detail}); give both folders the same "
+            "class sub-folders"
+        )
+
+
+def read_test_store(
+    train_reader: Any, train_path: Any, test_path: str | Path, store: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """All rows of the test store ``test_path``, after :func:`check_test_store`."""
+    test_reader = open_reader(test_path, store)
+    try:
+        check_test_store(train_reader, test_reader, train_path, test_path)
+        rows = np.arange(len(np.asarray(test_reader.labels)))
+        if not len(rows):
+            raise UsageError(f"test store {test_path} has no rows")
+        X, y = test_reader.read_rows(rows)
+    finally:
+        test_reader.close()
+    return X, y
+
+
 def evaluate(y_true: np.ndarray, y_pred: np.ndarray, label_names: list[str]) -> dict[str, Any]:
     """Accuracy, macro F1, balanced accuracy and the per-class report (dict and text)."""
     from sklearn.metrics import (
@@ -137,8 +184,10 @@ def train(
     out: str | Path | None = None,
     store: str | None = None,
     overwrite: bool = False,
+    test: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Fit ``classifier`` on a stratified split of the store; see the module docstring."""
+    """Fit ``classifier`` on a stratified split of the store (or all of it, scored on the store
+    ``test``); see the module docstring."""
     estimators.select(classifier)  # unknown names fail before any reading
     spec = registry.classifier(classifier)
     if out is not None:  # refused before any work: an input, or a file that is not ours
@@ -151,10 +200,14 @@ def train(
             raise UsageError(f"store {store_path} has {len(labels)} rows; training needs more")
         rows = subset_indices(labels, subset, seed)
         check_trainable(labels[rows], label_names, store_path)
-        train_pos, test_pos = split_indices(labels[rows], test_size, seed)
-        train_rows, test_rows = rows[train_pos], rows[test_pos]
+        if test is not None:
+            X_test, y_test = read_test_store(reader, store_path, test, store)
+            train_rows, test_rows = rows, np.arange(len(y_test))
+        else:
+            train_pos, test_pos = split_indices(labels[rows], test_size, seed)
+            train_rows, test_rows = rows[train_pos], rows[test_pos]
+            X_test, y_test = reader.read_rows(test_rows)
         X_train, y_train = reader.read_rows(train_rows)
-        X_test, y_test = reader.read_rows(test_rows)
         recipe = FeatureRecipe.from_store(reader)
     finally:
         reader.close()
@@ -195,7 +248,8 @@ def train(
         "feature_dim": int(X_train.shape[1]),
         "label_names": label_names,
         "seed": seed,
-        "test_size": test_size,
+        "test_size": None if test is not None else test_size,
+        "test_store": None if test is None else str(test),
         "subset": subset,
         "fit_seconds": fit_seconds,
         "predict_seconds": predict_seconds,

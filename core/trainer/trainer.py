@@ -395,7 +395,9 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
 
     def _ensure_compiled(self, model: TransferModel) -> None:
-        if model.keras_model.optimizer is None or not getattr(model.keras_model, "compiled", True):
+        if getattr(model.keras_model, "optimizer", None) is None or not getattr(
+            model.keras_model, "compiled", True
+        ):
             model.compile("rmsprop")
 
     def _evaluate(self, dataset: Any) -> dict[str, float]:
