@@ -15,11 +15,18 @@ from typing import Any
 import click
 
 from . import __version__, plugin_manager, registry
+from .config import ConfigCommand
 from .errors import TransferkitError, UsageError
 
 
 class TransferkitGroup(click.Group):
-    """A click group that turns transferkit errors into clean messages and exit codes."""
+    """A click group that turns transferkit errors into clean messages and exit codes.
+
+    Its commands are ConfigCommand instances, so ``--config`` can supply
+    their required options and arguments.
+    """
+
+    command_class = ConfigCommand
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

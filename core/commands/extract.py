@@ -84,7 +84,9 @@ def register(cli: click.Group) -> None:
         default=None,
         help="Also write the images as read (e.g. rotated by --task rotation) to this folder.",
     )
-    @click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
+    @click.option(
+        "--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr."
+    )
     @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
     @config_options
     def extract_command(
@@ -106,7 +108,7 @@ def register(cli: click.Group) -> None:
         compression: str,
         buffer_rows: int | None,
         write_images: str | None,
-        no_progress: bool,
+        progress: bool,
         as_json: bool,
     ) -> None:
         """Extract one feature vector per image into an HDF5 or Zarr store.
@@ -147,7 +149,7 @@ def register(cli: click.Group) -> None:
             compression=None if compression == "none" else compression,
             buffer_rows=buffer_rows,
             write_images=write_images,
-            progress=not no_progress,
+            progress=progress,
         )
         if as_json:
             echo_json(result)

@@ -92,7 +92,12 @@ def register(cli: click.Group) -> None:
     @click.option("--deterministic", is_flag=True, help="TensorFlow op determinism on.")
     @click.option("--resume", is_flag=True, help="Continue from OUT's last checkpoint.")
     @click.option("--overwrite", is_flag=True, help="Start afresh even if OUT has a checkpoint.")
-    @click.option("--no-progress", is_flag=True, help="No per-epoch lines on stderr.")
+    @click.option(
+        "--progress/--no-progress",
+        default=True,
+        show_default=True,
+        help="Per-epoch lines on stderr.",
+    )
     @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
     @config_options
     def finetune_command(
@@ -118,7 +123,7 @@ def register(cli: click.Group) -> None:
         deterministic: bool,
         resume: bool,
         overwrite: bool,
-        no_progress: bool,
+        progress: bool,
         as_json: bool,
     ) -> None:
         """Fine-tune a backbone with a classification head on a folder of images.
@@ -163,7 +168,7 @@ def register(cli: click.Group) -> None:
             deterministic=deterministic,
             resume=resume,
             overwrite=overwrite,
-            progress=not no_progress,
+            progress=progress,
         )
         if as_json:
             echo_json(result)
