@@ -232,9 +232,9 @@ class FinetunedModel:
     def __init__(self, model: Any, path: Path) -> None:
         self.model = model
         self.path = path
-        labels = model.get_layer("labels")
-        self.label_names: list[str] = list(labels.label_names)
-        self.metadata: dict[str, Any] = dict(labels.metadata)
+        labels, metadata = _labels_and_metadata(model, path)
+        self.label_names: list[str] = labels
+        self.metadata: dict[str, Any] = metadata
         self.input_size = tuple(int(v) for v in self.metadata["input_size"])
         self._preprocess: Any = None
         if not self.metadata.get("preprocess_in_model", True):
@@ -276,6 +276,27 @@ class FinetunedModel:
             width=len(self.label_names),
             batch_size=batch_size,
         )
+
+
+def _labels_and_metadata(model: Any, path: Path) -> tuple[list[str], dict[str, Any]]:
+    """The label names and metadata of a fine-tuned file: its ``transferkit.json`` (files that
+    load with plain Keras) or, in older files, its ``ClassLabels`` layer."""
+    from ..trainer.model import METADATA_FILE
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            sidecar = json.loads(archive.read(METADATA_FILE))
+        return [str(n) for n in sidecar["label_names"]], dict(sidecar["metadata"])
+    except (OSError, KeyError, zipfile.BadZipFile, ValueError, TypeError):
+        pass
+    try:
+        labels = model.get_layer("labels")
+        return list(labels.label_names), dict(labels.metadata)
+    except (ValueError, AttributeError) as exc:
+        raise UsageError(
+            f"{path} is a Keras model but not one saved by `transferkit finetune` (it has no "
+            "label names)"
+        ) from exc
 
 
 def _registered_names(path: Path) -> set[str]:
@@ -344,13 +365,6 @@ def load_finetuned(path: str | Path) -> FinetunedModel:
         raise TransferkitError(
             f"cannot load {path}: {exc}. If it holds a plugin's layer (a TF Hub backbone), "
             "make sure that plugin is installed and its model reachable"
-        ) from exc
-    try:
-        model.get_layer("labels")
-    except ValueError as exc:
-        raise UsageError(
-            f"{path} is a Keras model but not one saved by `transferkit finetune` (it has no "
-            "label names)"
         ) from exc
     return FinetunedModel(model, path)
 
