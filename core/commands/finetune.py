@@ -90,6 +90,12 @@ def register(cli: click.Group) -> None:
         show_default=True,
     )
     @click.option("--deterministic", is_flag=True, help="TensorFlow op determinism on.")
+    @click.option(
+        "--tensorboard",
+        type=click.Path(file_okay=False),
+        default=None,
+        help="Write TensorBoard logs to this folder (`tensorboard --logdir DIR`).",
+    )
     @click.option("--resume", is_flag=True, help="Continue from OUT's last checkpoint.")
     @click.option("--overwrite", is_flag=True, help="Start afresh even if OUT has a checkpoint.")
     @click.option(
@@ -121,6 +127,7 @@ def register(cli: click.Group) -> None:
         train_bn: bool,
         precision: str,
         deterministic: bool,
+        tensorboard: str | None,
         resume: bool,
         overwrite: bool,
         progress: bool,
@@ -166,6 +173,7 @@ def register(cli: click.Group) -> None:
             train_bn=train_bn,
             precision=precision,
             deterministic=deterministic,
+            tensorboard=tensorboard,
             resume=resume,
             overwrite=overwrite,
             progress=progress,

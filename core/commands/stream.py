@@ -35,6 +35,14 @@ def register(cli: click.Group) -> None:
         help="Batches mixed together in the shuffle buffer (0: store order).",
     )
     @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Save the model.")
+    @click.option(
+        "--param",
+        "-p",
+        "params",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Set a parameter of the classifier (one of its get_params()), e.g. -p alpha=1e-4.",
+    )
     @click.option("--store", default=None, help="Store format, when the suffix does not tell.")
     @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
     @config_options
@@ -47,6 +55,7 @@ def register(cli: click.Group) -> None:
         seed: int,
         shuffle_blocks: int,
         out: str | None,
+        params: tuple[str, ...],
         store: str | None,
         as_json: bool,
     ) -> None:
@@ -73,6 +82,7 @@ def register(cli: click.Group) -> None:
             shuffle_blocks=shuffle_blocks,
             out=out,
             store=store,
+            params=list(params),
         )
         if as_json:
             echo_json({k: v for k, v in result.items() if k != "report_text"})

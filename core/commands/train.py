@@ -36,6 +36,14 @@ def register(cli: click.Group) -> None:
         default=None,
         help="Save the fitted model here (.skops for scikit-learn, .pkl for river).",
     )
+    @click.option(
+        "--param",
+        "-p",
+        "params",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Set a parameter of the classifier (one of its get_params()), e.g. --param C=0.1.",
+    )
     @click.option("--store", default=None, help="Store format, when the suffix does not tell.")
     @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
     @config_options
@@ -46,6 +54,7 @@ def register(cli: click.Group) -> None:
         subset: float | None,
         seed: int,
         out: str | None,
+        params: tuple[str, ...],
         store: str | None,
         as_json: bool,
     ) -> None:
@@ -58,6 +67,7 @@ def register(cli: click.Group) -> None:
         \b
         Example:
           transferkit train features.h5 --classifier logistic-regression --out model.skops
+          transferkit train features.h5 -c logistic-regression --param C=0.1
         """
         from .. import api
         from ..cli import echo_json
@@ -70,6 +80,7 @@ def register(cli: click.Group) -> None:
             seed=seed,
             out=out,
             store=store,
+            params=list(params),
         )
         if as_json:
             echo_json({k: v for k, v in result.items() if k != "report_text"})

@@ -22,11 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__, plugin_manager, registry
+from .. import __version__, plugin_manager
 from ..errors import TransferkitError, UsageError
 from ..images import ImageSource, open_source
 from ..specs import POOLINGS
 from ..store import FeatureStoreWriter, StoreExistsError, backend_for, create_store
+from ..user_objects import backbone_spec
 
 # settings that must match for a store to be resumed
 _RESUME_KEYS = ("backbone", "weights_source", "input_size", "pooling", "task", "seed", "shuffle")
@@ -103,7 +104,7 @@ def _forward_fn(model: Any, size: tuple[int, int]) -> Any:
 def extract(
     images: Any,
     *,
-    backbone: str,
+    backbone: Any,
     out: str | os.PathLike[str],
     store: str | None = None,
     weights: Any = "default",
@@ -144,7 +145,7 @@ def extract(
             f"{out} already exists; pass --overwrite to replace it or --resume to continue "
             f"an interrupted extraction into it"
         )
-    spec = registry.backbone(backbone)
+    spec = backbone_spec(backbone)  # a name, or a Backbone / Keras model of the caller
     source: ImageSource = open_source(images, task=task, seed=seed, max_pixels=max_pixels)
     if len(source) == 0:
         raise UsageError(f"{images} holds no images")
@@ -341,12 +342,14 @@ def _run(
         "store": config["store"],
         "rows": writer.rows,
         "new_rows": computed - len(new_skips),
+        "computed": computed,  # images this call looked at (0: a resume with nothing left)
         "skipped": len(skipped_files),
         "skipped_files": skipped_files,
         "images": total,
         "resumed": writer.resumed,
         "resumed_from": already,
         "seconds": round(seconds, 3),
+        "stream_seconds": round(seconds, 3),  # "seconds" becomes the whole call's wall time
         "images_per_second": round(computed / seconds, 2) if seconds > 0 else 0.0,
         "feature_dim": writer.feature_dim,
         "backbone": net.name,

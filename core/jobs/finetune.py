@@ -25,6 +25,7 @@ import numpy as np
 
 from .. import plugin_manager, registry
 from ..errors import TransferkitError, UsageError
+from ..user_objects import backbone_spec
 
 MODEL_FILE = "model.keras"
 CHECKPOINT_DIR = "checkpoints"
@@ -104,7 +105,7 @@ def _prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
 def finetune(
     images: Any,
     *,
-    backbone: str,
+    backbone: Any,
     out: str | Path,
     strategy: str = "warmup-unfreeze",
     head: str | None = None,
@@ -127,8 +128,15 @@ def finetune(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    callbacks: Sequence[Any] = (),
+    tensorboard: str | Path | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``backbone`` with ``head`` on ``images`` and save the classifier in ``out``.
+
+    ``backbone`` is a registered name, a ``transferkit.Backbone`` or a Keras model (taking RGB
+    0..255 images). ``callbacks`` are added to transferkit's own: Trainer callbacks or Keras ones
+    (``keras.callbacks.TensorBoard``, ``EarlyStopping``, ``CSVLogger``...); ``tensorboard`` is a
+    log folder for a ``TensorBoard`` callback.
 
     ``images`` is a folder (one sub-folder per class), a CSV/JSON list, or an ``ImageSource``.
     ``augment`` defaults to ``classic`` (``none`` with ``task="rotation"``). ``head`` defaults to
@@ -156,7 +164,7 @@ def finetune(
     head = head or ("classic" if strategy == "warmup-unfreeze" else "linear")
     pooling = pooling or ("none" if head == "classic" else "avg")
     size = parse_input_size(input_size)
-    spec = registry.backbone(backbone)
+    spec = backbone_spec(backbone)
     registry.head(head)  # an unknown head fails here, before any work
     strategy_obj = resolve_strategy(
         strategy, **_strategy_options(strategy, epochs, learning_rate, unfreeze_from)
@@ -176,16 +184,28 @@ def finetune(
             label_names=data.label_names,
             train_bn=train_bn,
         )
-        callbacks: list[Any] = [
+        own: list[Any] = [
             LearningRateMonitor(),
             ModelCheckpoint(out / CHECKPOINT_DIR, save_best=bool(len(data.val_indices))),
             HistoryLogger(out / "history.csv", out / "history.json"),
         ]
         if patience:
-            callbacks.insert(0, EarlyStopping(patience=patience))
+            own.insert(0, EarlyStopping(patience=patience))
+        if tensorboard is not None:
+            import importlib.util
+
+            import keras
+
+            if importlib.util.find_spec("tensorboard") is None:
+                raise UsageError(
+                    "--tensorboard needs the tensorboard package: pip install tensorboard "
+                    "(or transferkit[tensorboard])"
+                )
+
+            own.append(keras.callbacks.TensorBoard(log_dir=str(tensorboard)))
         trainer = Trainer(
             max_epochs=max_epochs,
-            callbacks=callbacks,
+            callbacks=[*own, *callbacks],
             seed=seed,
             precision=precision,
             deterministic=deterministic,

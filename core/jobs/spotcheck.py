@@ -136,6 +136,7 @@ def cache_key(setting: dict[str, Any], weights: Any, images_digest: str) -> str:
     size = setting.get("input_size")
     key = {
         "backbone": setting["backbone"],
+        **({"fingerprint": setting["fingerprint"]} if "fingerprint" in setting else {}),
         "weights": "none" if weights in (None, "none") else str(weights),
         "input_size": list(size) if size else None,
         "pooling": setting["pooling"],
@@ -171,7 +172,7 @@ def cached_store(
     partial = cache / f"{setting['backbone']}-{key}.partial.h5"
     api.extract(  # type: ignore[attr-defined,unused-ignore]
         str(images),
-        backbone=setting["backbone"],
+        backbone=setting.get("spec") or setting["backbone"],
         out=str(partial),
         weights=weights,
         pooling=setting["pooling"],
@@ -236,9 +237,19 @@ def resolve_sources(
                 "to compare stores, pass the stores without --backbones"
             )
         sources = []
-        for text in backbones:
-            setting = parse_backbone(text, input_size, pooling)
-            registry.backbone(setting["backbone"])  # unknown names fail before any work
+        for item in backbones:
+            if isinstance(item, str):
+                text = item
+                setting = parse_backbone(text, input_size, pooling)
+                registry.backbone(setting["backbone"])  # unknown names fail before any work
+            else:  # a caller's Backbone or Keras model: cached by a hash of its weights
+                from ..user_objects import backbone_spec
+
+                spec = backbone_spec(item)
+                size = tuple(input_size) if input_size else None
+                setting = {"backbone": spec.name, "pooling": pooling, "input_size": size,
+                           "spec": spec, "fingerprint": spec.metadata["fingerprint"]}  # fmt: skip
+                text = setting_label(setting, None, "avg")
             path, extracted = cached_store(
                 inputs[0],
                 setting,
@@ -280,6 +291,7 @@ class Task:
     data: str  # folder of the source's memory-mapped split
     seed: int
     threads: int = 1
+    estimator: Any = None  # a caller's own estimator (cloned in the worker), else built by name
 
 
 def _set_thread_env(threads: int) -> None:
@@ -317,7 +329,12 @@ def run_pair(task: Task, split: dict[str, np.ndarray] | None = None) -> dict[str
 
         data = split if split is not None else load_split(task.data)
         with threadpool_limits(limits=task.threads):
-            model = estimators.build(task.classifier, seed=task.seed)
+            if task.estimator is not None:
+                from ..user_objects import fresh_estimator
+
+                model = fresh_estimator(task.estimator)
+            else:
+                model = estimators.build(task.classifier, seed=task.seed)
             start = time.perf_counter()
             fitted = estimators.fit(
                 model, np.asarray(data["X_train"]), data["y_train"], classes=data["classes"]
@@ -584,11 +601,33 @@ def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return max(ok, key=lambda r: (r["accuracy"], r["macro_f1"] or 0.0, -(r["fit_seconds"] or 0)))
 
 
+def _select_classifiers(classifiers: Any) -> tuple[list[str], dict[str, Any]]:
+    """Names of the grid's classifiers (registered names and groups, in order), and the caller's
+    own estimators among them by the name they get in the report (their one-line repr)."""
+    from ..user_objects import estimator_label, is_estimator
+
+    items = [classifiers] if is_estimator(classifiers) else classifiers
+    if isinstance(items, str) or not any(is_estimator(c) for c in items):
+        return estimators.select(items), {}
+    names: list[str] = []
+    own: dict[str, Any] = {}
+    for item in items:
+        if is_estimator(item):
+            label = estimator_label(item)
+            while label in own or label in names:
+                label += "'"
+            own[label] = item
+            names.append(label)
+        else:
+            names.extend(n for n in estimators.select(item) if n not in names)
+    return names, own
+
+
 def spotcheck(
     inputs: list[str] | str,
     *,
     classifiers: str | list[str] = "fast",
-    backbones: list[str] | str | None = None,
+    backbones: Any = None,
     weights: Any = "default",
     input_size: Any = None,
     pooling: str = "avg",
@@ -613,7 +652,9 @@ def spotcheck(
         inputs = [str(inputs)]
     if isinstance(backbones, str):
         backbones = [b.strip() for b in backbones.split(",") if b.strip()]
-    names = estimators.select(classifiers)
+    elif backbones is not None and not isinstance(backbones, list | tuple):
+        backbones = [backbones]  # one Backbone or Keras model
+    names, own = _select_classifiers(classifiers)
     jobs = jobs or os.cpu_count() or 1
     if jobs < 1:
         raise UsageError(f"--jobs must be at least 1, got {jobs}")
@@ -637,7 +678,9 @@ def spotcheck(
             for source in sources:
                 folder, label_names = _prepare_split(source, Path(scratch), test_size, seed, store)
                 for name in names:
-                    tasks.append(Task(len(tasks), source.name, name, str(folder), seed))
+                    tasks.append(
+                        Task(len(tasks), source.name, name, str(folder), seed, 1, own.get(name))
+                    )
             print(
                 f"spot-checking {len(names)} classifiers x {len(sources)} feature sets = "
                 f"{len(tasks)} fits on {min(jobs, len(tasks))} worker(s)",

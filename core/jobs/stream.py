@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import estimators, registry
+from .. import estimators
 from ..errors import TransferkitError, UsageError
 from ..models import FeatureRecipe, SavedModel, default_suffix, save_model
 from ..plugin_manager import notify_exception
@@ -57,7 +57,7 @@ def shuffled_batches(
 def stream(
     store_path: str | Path,
     *,
-    classifier: str,
+    classifier: Any,
     batch_size: int = 256,
     report_every: int = 1000,
     test_size: float = 0.2,
@@ -66,14 +66,20 @@ def stream(
     out: str | Path | None = None,
     store: str | None = None,
     progress: bool = True,
+    params: Any = None,
 ) -> dict[str, Any]:
-    """Learn ``classifier`` batch by batch from the store; see the module docstring."""
+    """Learn ``classifier`` batch by batch from the store; see the module docstring.
+
+    ``classifier`` is a registered name or an incremental estimator of the caller's (with
+    ``partial_fit``, or a river model), cloned first; ``params`` as for :func:`train`.
+    """
+    from .train import _estimator_for
+
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
     if report_every < 1:
         raise UsageError(f"--report-every must be at least 1, got {report_every}")
-    spec = registry.classifier(classifier)
-    model = estimators.build(classifier, seed=seed)
+    model, classifier, library = _estimator_for(classifier, seed, params)
     if not estimators.is_incremental(model):
         incremental = sorted(estimators.select("incremental"))
         raise UsageError(
@@ -159,7 +165,7 @@ def stream(
     result: dict[str, Any] = {
         "store": str(store_path),
         "classifier": classifier,
-        "library": spec.library,
+        "library": library,
         "batched": learner.batched,
         "batch_size": batch_size,
         "n_train": int(len(train_rows)),
