@@ -10,12 +10,22 @@ from ..config import config_options
 
 
 def print_extract_summary(result: dict[str, Any]) -> None:
-    click.echo(
-        f"Wrote {result['rows']} feature vectors ({result['feature_dim']}-d, {result['backbone']}, "
-        f"{result['pooling']} pooling) to {result['path']} in {result['seconds']:.1f} s "
-        f"({result['images_per_second']:.1f} images/s)."
-    )
-    if result.get("resumed"):
+    computed = result.get("computed", result["rows"])
+    if result.get("resumed") and result.get("resumed_from") and computed <= 0:
+        click.echo(
+            f"Nothing left to extract: all {result['resumed_from']} images were already done; "
+            f"{result['path']} holds {result['rows']} feature vectors."
+        )
+    else:
+        stream = result.get("stream_seconds", result["seconds"])
+        click.echo(
+            f"Wrote {result['rows']} feature vectors ({result['feature_dim']}-d, "
+            f"{result['backbone']}, {result['pooling']} pooling) to {result['path']} in "
+            f"{result['seconds']:.1f} s wall time ({result['seconds'] - stream:.1f} s building "
+            f"the network and pipeline, then {result['images_per_second']:.1f} images/s "
+            f"streaming for {stream:.1f} s)."
+        )
+    if result.get("resumed") and result.get("resumed_from") and computed > 0:
         click.echo(f"Resumed: {result['resumed_from']} images were already done.")
     skipped = result["skipped_files"]
     if skipped:

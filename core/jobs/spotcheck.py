@@ -13,10 +13,11 @@ on the degree of parallelism. A pair that raises is a ``failed`` row with the er
 runs past ``timeout`` seconds is killed and becomes a ``timeout`` row. Results are seeded, so a
 parallel run gives the same rows as a serial one.
 
-Workers are started with multiprocessing's forkserver method, so a *script* that calls
-:func:`spotcheck` must guard its entry point with ``if __name__ == "__main__":`` (each worker
-imports the main module, as with any non-fork multiprocessing); the ``transferkit`` command,
-notebooks and pytest need nothing.
+Workers are started with multiprocessing's forkserver method. A script with an
+``if __name__ == "__main__":`` guard is imported by the workers as usual (so classes it defines
+unpickle there); a plain script without one is not (:func:`_unguarded_main_hidden`): importing
+it would run the spot-check again inside the worker. The ``transferkit`` command, notebooks and
+pytest need nothing.
 
 ``out`` receives ``report.json`` (rows plus ``best_model``, ``best_accuracy`` and
 ``best_features`` at the top level, as the classic recipe's ``final_report.json``), ``report.csv``,
@@ -37,6 +38,7 @@ import tempfile
 import time
 import traceback
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -452,7 +454,8 @@ class _Worker:
     def __init__(self, ctx: Any, env: dict[str, str], plugins: list[str], threads: int) -> None:
         self.conn, child = ctx.Pipe(duplex=True)
         self.proc = ctx.Process(target=_worker, args=(child, env, plugins, threads), daemon=True)
-        self.proc.start()
+        with _unguarded_main_hidden():
+            self.proc.start()
         child.close()
         self.task: Task | None = None
         self.started = 0.0
@@ -472,6 +475,42 @@ class _Worker:
     def kill(self) -> None:
         _kill(self.proc)
         self.conn.close()
+
+
+def _is_unguarded_script(path: str) -> bool:
+    """Whether the script at ``path`` has no top-level ``if __name__ == "__main__":`` test."""
+    import ast
+
+    try:
+        tree = ast.parse(Path(path).read_text())
+    except (OSError, SyntaxError, ValueError):
+        return False
+    for node in tree.body:
+        if isinstance(node, ast.If) and "__name__" in ast.unparse(node.test):
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def _unguarded_main_hidden() -> Iterator[None]:
+    """While a worker starts: hide the main module's file from multiprocessing when it is a plain
+    script without a ``__main__`` guard, so that the worker (and the forkserver) does not import
+    it and run the caller's spot-check again."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if (
+        main is None
+        or not path
+        or getattr(main, "__spec__", None) is not None  # `python -m module`: imported by name
+        or not _is_unguarded_script(path)
+    ):
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
 
 
 def _mp_context() -> Any:
