@@ -24,6 +24,8 @@ def print_finetune_summary(result: dict[str, Any]) -> None:
             line += f", test accuracy {phase['test_accuracy']:.4f}"
         click.echo(line)
     click.echo(f"Saved {result['model_path']} (use it with `transferkit predict`).")
+    if result.get("curves"):
+        click.echo(f"Curves: {result['curves']}")
 
 
 def register(cli: click.Group) -> None:
@@ -139,7 +141,7 @@ def register(cli: click.Group) -> None:
         images are split (stratified, seeded) into train/validation/test; the strategy decides
         what trains in each phase, and the test accuracy is printed after each phase. OUT gets
         model.keras (for `transferkit predict`), checkpoints/ (an interrupted run continues with
-        --resume), history.csv/json and summary.json.
+        --resume), history.csv/json, summary.json and curves.png (loss and accuracy per epoch).
 
         \b
         Example:

@@ -8,7 +8,8 @@ frozen in each phase. Everything lands in ``out``:
   preprocessing inside (:func:`load_finetuned` reloads it; ``transferkit predict`` uses it);
 * ``checkpoints/`` -- ``last.ckpt.npz`` (resume with ``resume=True``), ``best.weights.h5``,
   ``state.json``;
-* ``history.csv``, ``history.json`` and ``summary.json``.
+* ``history.csv``, ``history.json``, ``summary.json`` and ``curves.png`` (loss and accuracy per
+  epoch, phase boundaries marked).
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def _prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
     if overwrite and not resume and out.exists():
         for name in (CHECKPOINT_DIR,):
             shutil.rmtree(out / name, ignore_errors=True)
-        for name in (MODEL_FILE, "history.csv", "history.json", "summary.json"):
+        for name in (MODEL_FILE, "history.csv", "history.json", "summary.json", "curves.png"):
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -237,6 +238,11 @@ def finetune(
                 "pooling": built.pooling,
             },
         )
+        from ..trainer.curves import plot_curves
+
+        curves = plot_curves(trainer.history, out / "curves.png")
+        if curves is not None:
+            summary["curves"] = str(curves)
         summary["seconds"] = round(time.perf_counter() - start, 3)
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         return summary

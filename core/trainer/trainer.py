@@ -532,10 +532,25 @@ def _make_bridge_class(base: Any) -> Any:
             self.end = end
             self.changed_ahead: bool | None = None
             self.started = 0.0
+            base_hook = Callback.on_train_batch_end
+            self.batch_callbacks = [
+                cb for cb in trainer.callbacks if type(cb).on_train_batch_end is not base_hook
+            ]
+            if self.batch_callbacks and watch is None:
+                self.on_train_batch_end = self._batch_end  # only then a call per batch
             # a watcher (after the user's Keras callbacks) instead of a bridge: a stop that
             # the bridge did not ask for (Keras' EarlyStopping) ends the phase
             self.watch = watch
             self.stop_asked = False
+
+        def _batch_end(self, batch: int, logs: Any = None) -> None:
+            steps = (self.params or {}).get("steps")
+            if steps is None:
+                known = getattr(self.trainer.data, "steps_per_epoch", None)
+                steps = known() if callable(known) else known
+            values = {k: float(v) for k, v in (logs or {}).items() if np.ndim(v) == 0}
+            for cb in self.batch_callbacks:
+                cb.on_train_batch_end(self.trainer, batch, steps, values)
 
         def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
             if self.watch is not None:
