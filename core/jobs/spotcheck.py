@@ -219,6 +219,28 @@ def _store_label(location: Path) -> str:
         return stem
 
 
+def recipe_label(path: str | Path) -> str | None:
+    """How a store's features were made, as ``NAME@SIZE:POOLING`` (``efficientnet-lite0@96:max``),
+    from its metadata; None when it does not say."""
+    try:
+        from ..store import open_store
+
+        with open_store(str(path)) as reader:
+            meta = reader.metadata
+        if not meta.get("backbone"):
+            return None
+        label = str(meta["backbone"])
+        size = meta.get("input_size")
+        if isinstance(size, str):
+            size = json.loads(size)
+        if size:
+            h, w = int(size[0]), int(size[1])
+            label += f"@{h}" + (f"x{w}" if w != h else "")
+        return label + f":{meta.get('pooling') or 'avg'}"
+    except Exception:
+        return None
+
+
 def resolve_sources(
     inputs: list[str],
     backbones: list[str] | None,
@@ -357,6 +379,10 @@ def run_pair(task: Task, split: dict[str, np.ndarray] | None = None) -> dict[str
             predict_seconds=predict_seconds,
             error=None,
         )
+        from sklearn.metrics import confusion_matrix
+
+        # for the report's picture of the best pair (not a row field)
+        row["confusion"] = confusion_matrix(y_test, predicted, labels=data["classes"]).tolist()
     except Exception as exc:
         row.update(_empty_metrics(), status="failed", error=f"{type(exc).__name__}: {exc}")
         row["traceback"] = traceback.format_exc(limit=8)
@@ -749,7 +775,16 @@ def spotcheck(
         "best_features": best["backbone"] if best else None,
         "best_macro_f1": best["macro_f1"] if best else None,
         "classifiers": names,
-        "features": [{"name": s.name, "store": s.path, "extracted": s.extracted} for s in sources],
+        "features": [
+            {
+                "name": s.name,
+                "store": s.path,
+                "extracted": s.extracted,
+                "recipe": recipe_label(s.path),
+            }
+            for s in sources
+        ],
+        "best_confusion": best.get("confusion") if best else None,
         "label_names": label_names,
         "test_size": test_size,
         "seed": seed,
@@ -784,8 +819,22 @@ def write_report(report: dict[str, Any], out: Path) -> dict[str, str]:
         writer.writeheader()
         for row in report["rows"]:
             writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in ROW_FIELDS})
-    heatmap(report["rows"], files["heatmap"])
-    files["html"].write_text(html_page(report, files["heatmap"].name))
+    labels = _row_labels(report)
+    heatmap(report["rows"], files["heatmap"], labels=labels)
+    pictures = {"heatmap": files["heatmap"]}
+    classifiers = list(dict.fromkeys(r["classifier"] for r in report["rows"]))
+    if len(classifiers) > COMPACT_TOP:
+        files["heatmap_top"] = out / "heatmap-top.png"
+        heatmap(report["rows"], files["heatmap_top"], labels=labels, top=COMPACT_TOP)
+        pictures["heatmap_top"] = files["heatmap_top"]
+    if report.get("best_confusion"):
+        files["confusion"] = out / "confusion.png"
+        confusion_picture(
+            report["best_confusion"], report.get("label_names") or [], files["confusion"],
+            title=f"{report['best_model']} on {labels.get(report['best_features'], '')}",
+        )  # fmt: skip
+        pictures["confusion"] = files["confusion"]
+    files["html"].write_text(html_page(report, files["heatmap"].name, pictures=pictures))
     result = {k: str(v) for k, v in files.items()}
     files["json"].write_text(json.dumps({**report, "files": result}, indent=2))
     return result
@@ -803,14 +852,76 @@ def _grid(rows: list[dict[str, Any]]) -> tuple[list[str], list[str], np.ndarray]
     return features, classifiers, values
 
 
-def heatmap(rows: list[dict[str, Any]], path: Path) -> None:
-    """Accuracy of every pair as a features x classifiers picture (blank: failed/timeout)."""
+COMPACT_TOP = 12  # more classifiers than this: also a heat map of the best ones
+
+
+def _row_labels(report: dict[str, Any]) -> dict[str, str]:
+    """Each feature source's name -> its recipe (``efficientnet-lite0@96:max``), the store's
+    name added where two sources share a recipe."""
+    features = report.get("features") or []
+    recipes = [f.get("recipe") or f["name"] for f in features]
+    labels = {}
+    for f, recipe in zip(features, recipes, strict=True):
+        labels[f["name"]] = (
+            recipe if recipes.count(recipe) == 1 or recipe == f["name"] else
+            f"{recipe} ({Path(f['name']).stem})"
+        )  # fmt: skip
+    return labels
+
+
+def confusion_picture(
+    matrix: list[list[int]], label_names: list[str], path: Path, title: str = ""
+) -> None:
+    """The best pair's confusion matrix (rows: true class, columns: predicted), class names on
+    both axes, counts in the cells."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = np.asarray(matrix)
+    k = len(values)
+    names = [str(n) for n in label_names] if len(label_names) == k else [str(i) for i in range(k)]
+    side = max(4.0, 0.45 * k + 2.5)
+    fig, ax = plt.subplots(figsize=(side + 1, side))
+    image = ax.imshow(values, cmap="Blues")
+    ax.set_xticks(range(k), names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(k), names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if k <= 30:
+        top = values.max() or 1
+        for i in range(k):
+            for j in range(k):
+                color = "white" if values[i, j] > 0.6 * top else "black"
+                ax.text(j, i, str(values[i, j]), ha="center", va="center", fontsize=7, color=color)
+    fig.colorbar(image, ax=ax, label="images")
+    ax.set_title(f"Confusion matrix: {title}" if title else "Confusion matrix", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def heatmap(
+    rows: list[dict[str, Any]],
+    path: Path,
+    labels: dict[str, str] | None = None,
+    top: int | None = None,
+) -> None:
+    """Accuracy of every pair as a features x classifiers picture (blank: failed/timeout);
+    ``labels`` names the feature rows; ``top`` keeps only the best classifiers, best first."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     features, classifiers, values = _grid(rows)
+    if top is not None:
+        best = np.nan_to_num(values, nan=-1.0).max(axis=0)
+        keep = sorted(np.argsort(-best, kind="stable")[:top], key=lambda j: -best[j])
+        classifiers = [classifiers[j] for j in keep]
+        values = values[:, keep]
+    features = [(labels or {}).get(f, f) for f in features]
     width = max(6.0, 0.45 * len(classifiers) + 3)
     height = max(2.5, 0.5 * len(features) + 2)
     fig, ax = plt.subplots(figsize=(width, height))
@@ -829,7 +940,11 @@ def heatmap(rows: list[dict[str, Any]], path: Path) -> None:
                 )  # viridis is light up high
                 ax.text(j, i, text, ha="center", va="center", fontsize=7, color=color)
     fig.colorbar(image, ax=ax, label="accuracy")
-    ax.set_title("Spot-check accuracy (held-out split)")
+    ax.set_title(
+        f"The best {len(classifiers)} classifiers (held-out accuracy)"
+        if top is not None
+        else "Spot-check accuracy (held-out split)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -854,7 +969,22 @@ document.querySelectorAll('th').forEach(function (th, col) {
 """
 
 
-def html_page(report: dict[str, Any], picture: str) -> str:
+def _embedded(path: Path, alt: str) -> str:
+    import base64
+
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return (
+        f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}" '
+        f'title="{html.escape(Path(path).name)}" style="max-width: 100%">'
+    )
+
+
+def html_page(report: dict[str, Any], picture: str, pictures: dict[str, Path] | None = None) -> str:
+    """The report as one self-contained page: the rows sorted by accuracy (best first), each
+    labelled by its features' recipe, the heat maps and the best pair's confusion matrix
+    embedded (the PNG files are written next to it too)."""
+    labels = _row_labels(report)
+
     def cell(value: Any) -> str:
         shown = "" if value is None else str(value)
         if isinstance(value, float):
@@ -862,13 +992,43 @@ def html_page(report: dict[str, Any], picture: str) -> str:
         sort_value = "" if value is None else str(value)
         return f'<td data-v="{html.escape(sort_value)}">{html.escape(shown)}</td>'
 
-    head = "".join(f"<th>{html.escape(f)}</th>" for f in ROW_FIELDS)
-    body = "\n".join(
-        "<tr>" + "".join(cell(row.get(f)) for f in ROW_FIELDS) + "</tr>" for row in report["rows"]
+    fields = ["features", *ROW_FIELDS]
+    shown_as = {"backbone": "store"}  # the rows' "backbone" field is the feature source's name
+    head = "".join(f"<th>{html.escape(shown_as.get(f, f))}</th>" for f in fields)
+    ordered = sorted(
+        report["rows"],
+        key=lambda r: (r["status"] != "ok" or r["accuracy"] is None, -(r["accuracy"] or 0.0)),
     )
+    body = "\n".join(
+        "<tr>"
+        + "".join(
+            cell(labels.get(row["backbone"], row["backbone"]) if f == "features" else row.get(f))
+            for f in fields
+        )
+        + "</tr>"
+        for row in ordered
+    )
+    pictures = pictures or {}
+    shown = (
+        _embedded(pictures["heatmap"], "accuracy heat map")
+        if "heatmap" in pictures
+        else f'<img src="{html.escape(picture)}" alt="accuracy heat map" style="max-width: 100%">'
+    )
+    if "heatmap_top" in pictures:
+        shown = (
+            f"<h2>The best {COMPACT_TOP} classifiers</h2>\n"
+            + _embedded(pictures["heatmap_top"], "heat map of the best classifiers")
+            + "\n<h2>All pairs</h2>\n"
+            + shown
+        )
+    if "confusion" in pictures:
+        shown += "\n<h2>The best pair's confusion matrix</h2>\n" + _embedded(
+            pictures["confusion"], "confusion matrix of the best pair"
+        )
     best = (
         f"Best: <b>{html.escape(str(report['best_model']))}</b> on "
-        f"<b>{html.escape(str(report['best_features']))}</b>, accuracy "
+        f"<b>{html.escape(labels.get(report['best_features'], str(report['best_features'])))}"
+        f"</b>, accuracy "
         f"{report['best_accuracy']:.4f}"
         if report["best_model"]
         else "No pair succeeded."
@@ -883,8 +1043,10 @@ th {{ cursor: pointer; background: #eee; }}
 </style></head>
 <body>
 <h1>Spot-check</h1>
-<p>{best}. {len(report["rows"])} pairs; click a column header to sort.</p>
-<img src="{html.escape(picture)}" alt="accuracy heat map" style="max-width: 100%">
+<p>{best}. {len(report["rows"])} pairs, best first (saved as {html.escape(picture)} too); click a
+column header to sort.</p>
+{shown}
+<h2>Every pair</h2>
 <table><thead><tr>{head}</tr></thead>
 <tbody>
 {body}
