@@ -78,3 +78,47 @@ def test_finetune_draws_curves_and_shows_progress_within_epochs(
     assert f"batch {steps}/{steps}" in shown
     # off a terminal (a pipe, a log file) there are no redrawn lines
     assert "batch 1/" not in capsys.readouterr().err
+
+
+def test_predict_on_a_labelled_folder_shows_the_truth_and_draws_the_confusion_matrix(
+    tmp_path: Path, register_plugin: Any
+) -> None:
+    from click.testing import CliRunner
+
+    import transferkit
+    from transferkit.cli import build_cli
+
+    register_plugin(TinyBackbones(), "tiny-pics")
+    images = image_folder(tmp_path / "images")
+    store = tmp_path / "f.h5"
+    transferkit.extract(images, backbone="tiny-pics", out=store, weights="none", progress=False)
+    transferkit.train(store, classifier="ridge-1", out=tmp_path / "m.skops")
+    picture = tmp_path / "pics" / "confusion.png"
+    result = CliRunner().invoke(
+        build_cli(), ["predict", str(tmp_path / "m.skops"), str(images), "--out", str(picture)]
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["IMAGE", "TRUE", "CLASS", "PROBABILITY"]
+    table = [line.split() for line in lines[1:31]]
+    assert {row[1] for row in table} == {"cat", "dog", "owl"}
+    correct = sum(row[1] == row[2] for row in table)
+    assert f"accuracy {correct / 30:.4f} on 30 labelled images" in result.stdout
+    with Image.open(picture) as drawn:
+        assert drawn.format == "PNG" and min(drawn.size) > 300
+    as_json = json.loads(
+        CliRunner()
+        .invoke(build_cli(), ["predict", str(tmp_path / "m.skops"), str(images), "--json"])
+        .stdout
+    )
+    assert as_json["accuracy"] == correct / 30 and as_json["labelled"] == 30
+    # loose files are not a labelled folder: no TRUE column, and --out says what it needs
+    loose = CliRunner().invoke(
+        build_cli(), ["predict", str(tmp_path / "m.skops"), str(images / "cat" / "0.png")]
+    )
+    assert loose.exit_code == 0 and "TRUE" not in loose.stdout
+    refused = CliRunner().invoke(
+        build_cli(),
+        ["predict", str(tmp_path / "m.skops"), str(images / "cat"), "--out", str(picture)],
+    )
+    assert refused.exit_code == 2 and "labelled images" in refused.stderr

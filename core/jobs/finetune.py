@@ -442,5 +442,6 @@ def predict_finetuned(
         "model": str(model_path),
         "classifier": f"finetuned {loaded.metadata.get('head', '')} head".strip(),
         "backbone": loaded.metadata.get("backbone"),
+        "label_names": list(names),
         "predictions": results,
     }
