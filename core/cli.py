@@ -40,6 +40,11 @@ class TransferkitGroup(click.Group):
             raise click.ClickException(str(exc)) from exc
 
 
+def _set_verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        os.environ[VERBOSE_ENV] = "1"
+
+
 @click.group(cls=TransferkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="transferkit")
 @click.option(
@@ -47,6 +52,7 @@ class TransferkitGroup(click.Group):
     "-v",
     is_flag=True,
     expose_value=False,
+    callback=_set_verbose,
     help="Show TensorFlow's start-up lines and pip's output (also accepted after the command).",
 )
 def cli() -> None:

@@ -150,3 +150,31 @@ def test_plugins_show_distributions_and_uninstall_fails_when_nothing_goes() -> N
     assert gone.exit_code == 1
     assert "nothing was uninstalled" in gone.stderr
     assert "Skipping" not in gone.output  # pip's own lines only with -v
+
+
+def test_install_shows_pips_output_only_with_verbose(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("TRANSFERKIT_VERBOSE", raising=False)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # a dry run of the local template: never the network
+    args = [
+        "install",
+        "--dry-run",
+        "--no-deps",
+        "--no-build-isolation",
+        str(ROOT / "plugin_template"),
+    ]
+    runner = CliRunner()
+    quiet = runner.invoke(build_cli(), args)
+    assert quiet.exit_code == 0, quiet.output
+    assert "$ " in quiet.stderr
+    assert "Would install" not in quiet.output + capfd.readouterr().out
+    loud = runner.invoke(build_cli(), ["-v", *args])
+    assert loud.exit_code == 0, loud.output
+    monkeypatch.delenv("TRANSFERKIT_VERBOSE", raising=False)
+    # pip's own lines went straight to the terminal
+    assert "Would install transferkit-example-plugin" in capfd.readouterr().out
+    # a failure shows pip's lines even without -v
+    failing = runner.invoke(build_cli(), ["install", "--no-deps", str(ROOT / "no-such-plugin")])
+    assert failing.exit_code == 1
+    assert "pip install failed" in failing.stderr and "no-such-plugin" in failing.stderr
