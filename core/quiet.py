@@ -92,7 +92,8 @@ def filter_native_stderr() -> bool:
         with contextlib.suppress(OSError, ValueError):
             sys.stderr.flush()
         os.dup2(original, 2)  # closes this process's end of the pipe
-        thread.join(timeout=2.0)  # children that still hold it must not block the exit
+        thread.join(timeout=0.3)  # drain what is in the pipe; children still holding it (a
+        # forkserver) must not delay the exit
 
     atexit.register(restore)
     return True
