@@ -292,6 +292,11 @@ class ProgressPrinter(Callback):
     def _out(self) -> Any:
         return self.stream or sys.stderr
 
+    @property
+    def wants_batches(self) -> bool:
+        """Only a terminal gets the within-epoch line (and the Trainer a call per batch)."""
+        return bool(getattr(self._out(), "isatty", lambda: False)())
+
     def _print(self, text: str) -> None:
         if self._drawn:
             text = "\r\033[K" + text  # replace the within-epoch line

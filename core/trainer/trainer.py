@@ -534,7 +534,10 @@ def _make_bridge_class(base: Any) -> Any:
             self.started = 0.0
             base_hook = Callback.on_train_batch_end
             self.batch_callbacks = [
-                cb for cb in trainer.callbacks if type(cb).on_train_batch_end is not base_hook
+                cb
+                for cb in trainer.callbacks
+                if type(cb).on_train_batch_end is not base_hook
+                and getattr(cb, "wants_batches", True)
             ]
             if self.batch_callbacks and watch is None:
                 self.on_train_batch_end = self._batch_end  # only then a call per batch
