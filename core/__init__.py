@@ -25,7 +25,7 @@ from .specs import (
 
 __version__ = "0.1.0"
 
-_API = ("extract", "train", "spotcheck", "stream", "finetune", "predict", "demo")
+_API = ("extract", "train", "spotcheck", "stream", "finetune", "predict", "demo", "load_finetuned")
 
 __all__ = [
     "Backbone",

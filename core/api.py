@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 
-def extract(images: Any, *, backbone: str, out: Any, **options: Any) -> dict[str, Any]:
+def extract(images: Any, *, backbone: Any, out: Any, **options: Any) -> dict[str, Any]:
     """Extract features of ``images`` (a folder, a CSV/JSON list or an ``ImageSource``) with the
-    backbone ``backbone`` into the store ``out`` (``.h5``/``.hdf5``/``.zarr``).
+    backbone ``backbone`` (a name, a ``transferkit.Backbone`` or a Keras model taking RGB 0..255
+    images) into the store ``out`` (``.h5``/``.hdf5``/``.zarr``).
 
     Options: ``store``, ``weights`` (``"default"``, ``"none"``, a path), ``pooling``
     (``avg``/``max``/``flatten``), ``input_size``, ``batch_size``, ``task`` (``"rotation"``),
@@ -22,8 +23,11 @@ def extract(images: Any, *, backbone: str, out: Any, **options: Any) -> dict[str
     return _extract(images, backbone=backbone, out=out, **options)
 
 
-def train(store_path: Any, *, classifier: str, **options: Any) -> dict[str, Any]:
+def train(store_path: Any, *, classifier: Any, **options: Any) -> dict[str, Any]:
     """Fit one classifier on a feature store (stratified split); optionally save it with ``out``.
+
+    ``classifier`` is a name or your own scikit-learn/river estimator (cloned, then fitted);
+    ``params={"C": 0.1}`` sets parameters of a named one, checked against its ``get_params()``.
 
     Returns accuracy, macro F1, the per-class report, fit seconds and ``model_path``.
     """
@@ -36,7 +40,9 @@ def spotcheck(inputs: Any, **options: Any) -> dict[str, Any]:
     """Score every (features x classifier) pair in worker processes, with time-outs.
 
     ``inputs`` are feature stores, or one image folder with ``backbones=[...]`` (extracted once
-    into a cache). Returns the report (rows, ``best_model``, ``best_accuracy``, ``best_features``);
+    into a cache; names, ``transferkit.Backbone`` objects or Keras models). ``classifiers`` are
+    names, groups and/or your own estimators. Returns the report (rows, ``best_model``,
+    ``best_accuracy``, ``best_features``);
     ``out`` writes report.json, report.csv, heatmap.png and report.html. ``scheduler`` (a Dask
     scheduler address, or ``"local"``) fans the pairs out over a Dask cluster instead of local
     worker processes.
@@ -53,7 +59,7 @@ def spotcheck(inputs: Any, **options: Any) -> dict[str, Any]:
     return _spotcheck(inputs, **options)
 
 
-def stream(store_path: Any, *, classifier: str, **options: Any) -> dict[str, Any]:
+def stream(store_path: Any, *, classifier: Any, **options: Any) -> dict[str, Any]:
     """Learn an incremental classifier batch by batch from a store that need not fit in memory.
 
     Reports progressive (test-then-train) accuracy every ``report_every`` samples, then the
@@ -81,13 +87,15 @@ def demo(out: Any = "transferkit-demo", **options: Any) -> dict[str, Any]:
     return _demo(out, **options)
 
 
-def finetune(images: Any, *, backbone: str, out: Any, **options: Any) -> dict[str, Any]:
+def finetune(images: Any, *, backbone: Any, out: Any, **options: Any) -> dict[str, Any]:
     """Fine-tune ``backbone`` with a head on ``images`` (a folder, a CSV/JSON list or an
     ``ImageSource``) with a strategy (``warmup-unfreeze`` by default) and save the classifier as
     ``out/model.keras``. Options: ``strategy``, ``head``, ``epochs``, ``learning_rate``,
     ``unfreeze_from``, ``augment``, ``batch_size``, ``input_size``, ``weights``, ``task``,
     ``split``, ``seed``, ``patience``, ``max_epochs``, ``train_bn``, ``precision``, ``resume``,
-    ``overwrite``, ``progress``. Returns the phases with their test accuracy and ``model_path``.
+    ``overwrite``, ``progress``, ``callbacks`` (Trainer or Keras callbacks), ``tensorboard`` (a log
+    folder). ``backbone`` is a name, a ``transferkit.Backbone`` or a Keras model. Returns the phases
+    with their test accuracy and ``model_path``.
     """
     from .jobs.finetune import finetune as _finetune
 

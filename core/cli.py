@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 a failed job, 2 a usage error. Human output goes to std
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterable, Sequence
@@ -15,11 +16,20 @@ from typing import Any
 import click
 
 from . import __version__, plugin_manager, registry
+from .config import ConfigCommand
 from .errors import TransferkitError, UsageError
+
+VERBOSE_ENV = "TRANSFERKIT_VERBOSE"
 
 
 class TransferkitGroup(click.Group):
-    """A click group that turns transferkit errors into clean messages and exit codes."""
+    """A click group that turns transferkit errors into clean messages and exit codes.
+
+    Its commands are ConfigCommand instances, so ``--config`` can supply
+    their required options and arguments.
+    """
+
+    command_class = ConfigCommand
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -45,8 +55,21 @@ class TransferkitGroup(click.Group):
             raise click.exceptions.Exit(130) from None
 
 
+def _set_verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        os.environ[VERBOSE_ENV] = "1"
+
+
 @click.group(cls=TransferkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="transferkit")
+@click.option(
+    "--verbose",
+    "-v",
+    is_flag=True,
+    expose_value=False,
+    callback=_set_verbose,
+    help="Show TensorFlow's start-up lines and pip's output (also accepted after the command).",
+)
 def cli() -> None:
     """transferkit: transfer learning on images with Keras 3, everything pluggable.
 
@@ -87,7 +110,11 @@ def plugins_command(include_all: bool, as_json: bool) -> None:
     Example:
       transferkit plugins --all --json
     """
-    rows = plugin_manager.list_plugins(include_builtin=include_all)
+    dists = _distributions()
+    rows = [
+        {**r, "distribution": dists.get(r["name"], "transferkit" if r["builtin"] else "")}
+        for r in plugin_manager.list_plugins(include_builtin=include_all)
+    ]
     if as_json:
         echo_json(rows)
         return
@@ -101,16 +128,36 @@ def plugins_command(include_all: bool, as_json: bool) -> None:
         }
         for r in rows
     ]
-    print_table(table, ["name", "version", "status", "hooks"])
+    print_table(table, ["name", "distribution", "version", "status", "hooks"])
+
+
+def _distributions() -> dict[str, str]:
+    """Plugin (entry point) name -> the distribution (pip) name that provides it."""
+    found: dict[str, str] = {}
+    for ep in plugin_manager.selected_entry_points():
+        if ep.dist is not None:
+            found[ep.name] = ep.dist.name
+    return found
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV) == "1"
 
 
 def _pip(action: str, packages: Iterable[str]) -> None:
     command = [sys.executable, "-m", "pip", action, *(["-y"] if action == "uninstall" else [])]
     command += list(packages)
     click.echo("$ " + " ".join(command), err=True)
-    result = subprocess.run(command, check=False)
-    if result.returncode != 0:
-        raise TransferkitError(f"pip {action} failed with exit code {result.returncode}")
+    output = ""
+    if verbose():
+        returncode = subprocess.run(command, check=False).returncode
+    else:  # pip's own lines only with -v, or when it fails
+        result = subprocess.run(command, check=False, capture_output=True, text=True)
+        returncode, output = result.returncode, (result.stdout or "") + (result.stderr or "")
+    if returncode != 0:
+        if output:
+            click.echo(output.rstrip()[-4000:], err=True)
+        raise TransferkitError(f"pip {action} failed with exit code {returncode}")
 
 
 def _registered_by_plugin() -> dict[str, list[str]]:
@@ -126,7 +173,8 @@ def _registered_by_plugin() -> dict[str, list[str]]:
 def install_command(packages: tuple[str, ...]) -> None:
     """Install plugin packages with pip into this Python, then show what they registered.
 
-    Arguments are passed to `pip install` as they are.
+    Arguments are passed to `pip install` as they are; pip's output is shown with -v (or when
+    it fails).
 
     \b
     Example:
@@ -152,12 +200,37 @@ def install_command(packages: tuple[str, ...]) -> None:
 def uninstall_command(packages: tuple[str, ...]) -> None:
     """Uninstall plugin packages with pip (no confirmation prompt).
 
+    PACKAGES are distribution (pip) names or the plugin names `transferkit plugins` shows. Fails
+    (exit 1) when nothing was uninstalled.
+
     \b
     Example:
       transferkit uninstall my-plugin
     """
-    _pip("uninstall", packages)
+    import importlib.metadata
+
+    dists = _distributions()
+    names = [dists.get(p, p) for p in packages]
+    for given, name in zip(packages, names, strict=True):
+        if name != given:
+            click.echo(f"{given}: the plugin of distribution {name}", err=True)
+
+    def installed() -> set[str]:
+        return {
+            (d.metadata["Name"] or "").lower().replace("_", "-")
+            for d in importlib.metadata.distributions()
+        }
+
+    before = installed()
+    _pip("uninstall", names)
+    removed = sorted(before - installed())
     plugin_manager.reset()
+    if not removed:
+        raise TransferkitError(
+            f"nothing was uninstalled: {', '.join(packages)} is not installed "
+            "(`transferkit plugins` shows the plugins and their distributions)"
+        )
+    click.echo("Uninstalled: " + ", ".join(removed))
     click.echo(
         "Plugins now installed: "
         + (", ".join(r["name"] for r in plugin_manager.list_plugins()) or "none")
@@ -169,7 +242,7 @@ def uninstall_command(packages: tuple[str, ...]) -> None:
 LISTINGS: dict[str, tuple[str, list[str], str]] = {
     "backbones": (
         "backbone",
-        ["name", "input_size", "feature_dims", "param_count", "weights", "plugin"],
+        ["name", "input_size", "feature_dims", "param_count", "offline", "weights", "plugin"],
         "Backbones",
     ),
     "classifiers": (
@@ -212,12 +285,44 @@ def _natural_key(spec: Any) -> list[Any]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", spec.name)]
 
 
+def _offline(row: dict[str, Any]) -> str:
+    """Whether a backbone's default weights need no download: ``yes`` (they ship with an installed
+    package), ``cached`` (already in the Keras cache), ``download``, or ``-`` (a family)."""
+    import re
+
+    weights = str(row.get("weights", ""))
+    if row["name"].endswith(":"):
+        return "-"
+    if "offline" in weights.lower() or row.get("metadata", {}).get("offline"):
+        return "yes"
+    if "keras cache" in weights.lower():
+        home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+        try:
+            files = os.listdir(os.path.join(home, "models"))
+        except OSError:
+            files = []
+        stem = re.sub(r"[^a-z0-9]", "", row["name"].lower())
+        for f in files:
+            flat = re.sub(r"[^a-z0-9]", "", f.lower())
+            if flat.startswith((stem + "weights", stem + "notop")):
+                return "cached"
+    return "download"
+
+
 def _make_listing(command_name: str, kind: str, columns: list[str], title: str) -> None:
     @cli.command(command_name)
+    @click.argument("pattern", required=False)
     @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-    def listing(as_json: bool) -> None:
+    def listing(pattern: str | None, as_json: bool) -> None:
+        import fnmatch
+
         specs = registry.all_specs(kind)
         rows = [spec.describe() for spec in sorted(specs.values(), key=_natural_key)]
+        if pattern:  # a shell-style name filter; a plain word matches names containing it
+            glob = pattern if any(c in pattern for c in "*?[") else f"*{pattern}*"
+            rows = [r for r in rows if fnmatch.fnmatchcase(r["name"], glob)]
+        if kind == "backbone":
+            rows = [{**r, "offline": _offline(r)} for r in rows]
         if as_json:
             echo_json(rows)
             return
@@ -225,9 +330,17 @@ def _make_listing(command_name: str, kind: str, columns: list[str], title: str) 
         flat = [{**r.get("metadata", {}), **r} for r in rows]
         print_table([{c: _short(r.get(c, "")) for c in columns} for r in flat], columns)
 
+    offline = (
+        " OFFLINE says whether the default weights need no download (yes: they ship with a "
+        "package; cached: already in the Keras cache)."
+        if kind == "backbone"
+        else ""
+    )
     listing.__doc__ = (
         f"List the registered {title.lower()}, with their metadata and providing plugin.\n\n"
-        f"\b\nExample:\n  transferkit {command_name} --json"
+        f"PATTERN filters the names (shell-style, e.g. 'efficientnet*').{offline}\n\n"
+        f"\b\nExample:\n  transferkit {command_name} --json\n"
+        f"  transferkit {command_name} '{'efficientnet*' if kind == 'backbone' else 'k*'}'"
     )
     listing.help = listing.__doc__
 
@@ -257,14 +370,24 @@ def build_cli() -> click.Group:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    import os
+    args = list(argv) if argv is not None else sys.argv[1:]
+    # -v / --verbose anywhere before `--` (so also after the command's name)
+    end = args.index("--") if "--" in args else len(args)
+    is_verbose = any(a in ("-v", "--verbose") for a in args[:end])
+    if is_verbose:
+        os.environ[VERBOSE_ENV] = "1"
+        args = [a for i, a in enumerate(args) if i >= end or a not in ("-v", "--verbose")]
+    elif "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
+        # TensorFlow's start-up notices (oneDNN, CPU features, absl's pre-init lines, CUDA
+        # probes) would bury the command's own output; -v or TF_CPP_MIN_LOG_LEVEL shows them.
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+        if argv is None:  # the real command line (not a test calling main in-process)
+            from .quiet import filter_native_stderr
 
-    # TensorFlow's start-up notices (oneDNN, CPU features) would bury the command's own output;
-    # a user who wants them sets TF_CPP_MIN_LOG_LEVEL=0.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+            filter_native_stderr()
     try:
         group = build_cli()  # loads the plugins
     except KeyboardInterrupt:
         click.echo("transferkit: interrupted while loading plugins", err=True)
         sys.exit(130)
-    group.main(args=list(argv) if argv is not None else None, prog_name="transferkit")
+    group.main(args=args, prog_name="transferkit")

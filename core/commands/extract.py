@@ -11,13 +11,23 @@ from .options import runtime_options
 
 
 def print_extract_summary(result: dict[str, Any]) -> None:
-    click.echo(
-        f"Wrote {result['rows']} feature vectors ({result['feature_dim']}-d, {result['backbone']}, "
-        f"{result['pooling']} pooling) to {result['path']} in {result['seconds']:.1f} s "
-        f"({result['images_per_second']:.1f} images/s, {result.get('runtime', 'keras')} "
-        f"runtime, {result.get('precision', '32')}-bit)."
-    )
-    if result.get("resumed"):
+    computed = result.get("computed", result["rows"])
+    if result.get("resumed") and result.get("resumed_from") and computed <= 0:
+        click.echo(
+            f"Nothing left to extract: all {result['resumed_from']} images were already done; "
+            f"{result['path']} holds {result['rows']} feature vectors."
+        )
+    else:
+        stream = result.get("stream_seconds", result["seconds"])
+        click.echo(
+            f"Wrote {result['rows']} feature vectors ({result['feature_dim']}-d, "
+            f"{result['backbone']}, {result['pooling']} pooling, "
+            f"{result.get('runtime', 'keras')} runtime, {result.get('precision', '32')}-bit) to "
+            f"{result['path']} in {result['seconds']:.1f} s wall time "
+            f"({result['seconds'] - stream:.1f} s building the network and pipeline, then "
+            f"{result['images_per_second']:.1f} images/s streaming for {stream:.1f} s)."
+        )
+    if result.get("resumed") and result.get("resumed_from") and computed > 0:
         click.echo(f"Resumed: {result['resumed_from']} images were already done.")
     skipped = result["skipped_files"]
     if skipped:
@@ -89,7 +99,9 @@ def register(cli: click.Group) -> None:
         help="Also write the images as read (e.g. rotated by --task rotation) to this folder.",
     )
     @runtime_options()
-    @click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
+    @click.option(
+        "--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr."
+    )
     @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
     @config_options
     def extract_command(
@@ -113,7 +125,7 @@ def register(cli: click.Group) -> None:
         write_images: str | None,
         runtime: str,
         precision: str,
-        no_progress: bool,
+        progress: bool,
         as_json: bool,
     ) -> None:
         """Extract one feature vector per image into an HDF5 or Zarr store.
@@ -156,7 +168,7 @@ def register(cli: click.Group) -> None:
             write_images=write_images,
             runtime=runtime,
             precision=precision,
-            progress=not no_progress,
+            progress=progress,
         )
         if as_json:
             echo_json(result)

@@ -24,6 +24,8 @@ def print_finetune_summary(result: dict[str, Any]) -> None:
             line += f", test accuracy {phase['test_accuracy']:.4f}"
         click.echo(line)
     click.echo(f"Saved {result['model_path']} (use it with `transferkit predict`).")
+    if result.get("curves"):
+        click.echo(f"Curves: {result['curves']}")
 
 
 def register(cli: click.Group) -> None:
@@ -100,9 +102,20 @@ def register(cli: click.Group) -> None:
         show_default=True,
     )
     @click.option("--deterministic", is_flag=True, help="TensorFlow op determinism on.")
+    @click.option(
+        "--tensorboard",
+        type=click.Path(file_okay=False),
+        default=None,
+        help="Write TensorBoard logs to this folder (`tensorboard --logdir DIR`).",
+    )
     @click.option("--resume", is_flag=True, help="Continue from OUT's last checkpoint.")
     @click.option("--overwrite", is_flag=True, help="Start afresh even if OUT has a checkpoint.")
-    @click.option("--no-progress", is_flag=True, help="No per-epoch lines on stderr.")
+    @click.option(
+        "--progress/--no-progress",
+        default=True,
+        show_default=True,
+        help="Per-epoch lines on stderr.",
+    )
     @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
     @config_options
     def finetune_command(
@@ -127,9 +140,10 @@ def register(cli: click.Group) -> None:
         train_bn: bool,
         precision: str,
         deterministic: bool,
+        tensorboard: str | None,
         resume: bool,
         overwrite: bool,
-        no_progress: bool,
+        progress: bool,
         as_json: bool,
     ) -> None:
         """Fine-tune a backbone with a classification head on a folder of images.
@@ -138,7 +152,7 @@ def register(cli: click.Group) -> None:
         images are split (stratified, seeded) into train/validation/test; the strategy decides
         what trains in each phase, and the test accuracy is printed after each phase. OUT gets
         model.keras (for `transferkit predict`), checkpoints/ (an interrupted run continues with
-        --resume), history.csv/json and summary.json.
+        --resume), history.csv/json, summary.json and curves.png (loss and accuracy per epoch).
 
         \b
         Example:
@@ -173,9 +187,10 @@ def register(cli: click.Group) -> None:
             train_bn=train_bn,
             precision=precision,
             deterministic=deterministic,
+            tensorboard=tensorboard,
             resume=resume,
             overwrite=overwrite,
-            progress=not no_progress,
+            progress=progress,
         )
         if as_json:
             echo_json(result)

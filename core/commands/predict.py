@@ -20,6 +20,13 @@ def register(cli: click.Group) -> None:
     @click.option("--top", type=int, default=1, show_default=True, help="Classes shown per image.")
     @click.option("--batch-size", type=int, default=32, show_default=True)
     @runtime_options(precision_default=None)
+    @click.option(
+        "--out",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="With a labelled folder (one sub-folder per class): write its confusion matrix "
+        "picture here (.png).",
+    )
     @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
     @config_options
     def predict_command(
@@ -30,6 +37,7 @@ def register(cli: click.Group) -> None:
         batch_size: int,
         runtime: str,
         precision: str | None,
+        out: str | None,
         as_json: bool,
     ) -> None:
         """Predict the class of images (files or folders) with a model from train, stream or
@@ -44,6 +52,7 @@ def register(cli: click.Group) -> None:
           transferkit predict model.skops photos/cat.jpg photos/dog.png
           transferkit predict model.pkl new-images/ --trust --json
           transferkit predict run/model.keras new-images/
+          transferkit predict model.skops test-photos/ --out confusion.png   # labelled folder
         """
         from .. import api
         from ..cli import echo_json, print_table
@@ -56,6 +65,7 @@ def register(cli: click.Group) -> None:
             batch_size=batch_size,
             runtime=runtime,
             precision=precision,
+            out=out,
         )
         if as_json:
             echo_json(result)
@@ -63,12 +73,20 @@ def register(cli: click.Group) -> None:
         rows = []
         for p in result["predictions"]:
             if p["status"] != "ok":
-                rows.append({"image": p["path"], "class": "-", "probability": p["reason"]})
+                rows.append(
+                    {
+                        "image": p["path"],
+                        "true": p.get("true", ""),
+                        "class": "-",
+                        "probability": p["reason"],
+                    }
+                )
                 continue
             shown = p.get("top") or [{"label": p["label"], "probability": p["probability"]}]
             rows.append(
                 {
                     "image": p["path"],
+                    "true": p.get("true", ""),
                     "class": p["label"],
                     "probability": "" if p["probability"] is None else f"{p['probability']:.3f}",
                     **(
@@ -82,5 +100,14 @@ def register(cli: click.Group) -> None:
                     ),
                 }
             )
-        columns = ["image", "class", "probability"] + (["runners-up"] if top > 1 else [])
+        labelled = "accuracy" in result
+        columns = ["image", *(["true"] if labelled else []), "class", "probability"] + (
+            ["runners-up"] if top > 1 else []
+        )
         print_table(rows, columns)
+        if labelled and result["accuracy"] is not None:
+            click.echo(
+                f"\naccuracy {result['accuracy']:.4f} on {result['labelled']} labelled images"
+            )
+        if result.get("confusion"):
+            click.echo(f"Confusion matrix: {result['confusion']}")

@@ -54,6 +54,14 @@ def register(cli: click.Group) -> None:
     @click.option(
         "--overwrite", is_flag=True, help="Replace --out if it is a model transferkit saved."
     )
+    @click.option(
+        "--param",
+        "-p",
+        "params",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Set a parameter of the classifier (one of its get_params()), e.g. -p alpha=1e-4.",
+    )
     @click.option("--store", default=None, help="Store format, when the suffix does not tell.")
     @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
     @config_options
@@ -69,6 +77,7 @@ def register(cli: click.Group) -> None:
         shuffle_blocks: int,
         out: str | None,
         overwrite: bool,
+        params: tuple[str, ...],
         store: str | None,
         as_json: bool,
     ) -> None:
@@ -98,6 +107,7 @@ def register(cli: click.Group) -> None:
             out=out,
             overwrite=overwrite,
             store=store,
+            params=list(params),
         )
         if as_json:
             echo_json({k: v for k, v in result.items() if k != "report_text"})

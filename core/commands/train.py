@@ -47,6 +47,14 @@ def register(cli: click.Group) -> None:
     @click.option(
         "--overwrite", is_flag=True, help="Replace --out if it is a model transferkit saved."
     )
+    @click.option(
+        "--param",
+        "-p",
+        "params",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Set a parameter of the classifier (one of its get_params()), e.g. --param C=0.1.",
+    )
     @click.option("--store", default=None, help="Store format, when the suffix does not tell.")
     @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
     @config_options
@@ -59,6 +67,7 @@ def register(cli: click.Group) -> None:
         seed: int,
         out: str | None,
         overwrite: bool,
+        params: tuple[str, ...],
         store: str | None,
         as_json: bool,
     ) -> None:
@@ -72,6 +81,7 @@ def register(cli: click.Group) -> None:
         \b
         Example:
           transferkit train features.h5 --classifier logistic-regression --out model.skops
+          transferkit train features.h5 -c logistic-regression --param C=0.1
         """
         from .. import api
         from ..cli import echo_json
@@ -86,6 +96,7 @@ def register(cli: click.Group) -> None:
             out=out,
             overwrite=overwrite,
             store=store,
+            params=list(params),
         )
         if as_json:
             echo_json({k: v for k, v in result.items() if k != "report_text"})

@@ -38,6 +38,7 @@ from ..store import (
     lock_holder,
     path_text,
 )
+from ..user_objects import backbone_spec
 
 # settings that must match for a store to be resumed
 # (the runtime is recorded but not compared: 32-bit features of every runtime are interchangeable)
@@ -111,7 +112,7 @@ def _forward_fn(model: Any, size: tuple[int, int]) -> Any:
 def extract(
     images: Any,
     *,
-    backbone: str,
+    backbone: Any,
     out: str | os.PathLike[str],
     store: str | None = None,
     weights: Any = "default",
@@ -157,7 +158,7 @@ def extract(
         registry.runtime(runtime)  # an unknown runtime fails before any work
     backend = backend_for(out, store)  # an unknown format fails before any work
     mode = "resume" if resume else "overwrite" if overwrite else "create"
-    spec = registry.backbone(backbone)
+    spec = backbone_spec(backbone)  # a name, or a Backbone / Keras model of the caller
     source: ImageSource = open_source(images, task=task, seed=seed, max_pixels=max_pixels)
     inputs = input_paths(source, images)
     outputs.check_outside_inputs(out, inputs, "output store")
@@ -425,6 +426,7 @@ def _run(
         "store": config["store"],
         "rows": writer.rows,
         "new_rows": computed - len(new_skips),
+        "computed": computed,  # images this call looked at (0: a resume with nothing left)
         "skipped": len(skipped_files),
         "skipped_files": skipped_files,
         "images": total,
@@ -434,6 +436,7 @@ def _run(
         "resumed": writer.resumed,
         "resumed_from": already,
         "seconds": round(seconds, 3),
+        "stream_seconds": round(seconds, 3),  # "seconds" becomes the whole call's wall time
         "images_per_second": round(computed / seconds, 2) if seconds > 0 else 0.0,
         "feature_dim": writer.feature_dim,
         "backbone": net.name,

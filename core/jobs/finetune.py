@@ -8,7 +8,8 @@ frozen in each phase. Everything lands in ``out``:
   preprocessing inside (:func:`load_finetuned` reloads it; ``transferkit predict`` uses it);
 * ``checkpoints/`` -- ``last.ckpt.npz`` (resume with ``resume=True``), ``best.weights.h5``,
   ``state.json``;
-* ``history.csv``, ``history.json`` and ``summary.json``.
+* ``history.csv``, ``history.json``, ``summary.json`` and ``curves.png`` (loss and accuracy per
+  epoch, phase boundaries marked).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 
 from .. import outputs, plugin_manager, registry
 from ..errors import TransferkitError, UsageError
+from ..user_objects import backbone_spec
 
 MODEL_FILE = "model.keras"
 RUN_KIND = "finetune-run"  # the kind in a run folder's marker file
@@ -112,7 +114,7 @@ def _prepare_out(out: Path, resume: bool, overwrite: bool, images: Any = None) -
             for name in (CHECKPOINT_DIR,):
                 if (out / name).is_dir():
                     shutil.rmtree(out / name)
-            for name in (MODEL_FILE, "history.csv", "history.json", "summary.json"):
+            for name in (MODEL_FILE, "history.csv", "history.json", "summary.json", "curves.png"):
                 (out / name).unlink(missing_ok=True)
     outputs.mark_folder(out, RUN_KIND)
 
@@ -120,7 +122,7 @@ def _prepare_out(out: Path, resume: bool, overwrite: bool, images: Any = None) -
 def finetune(
     images: Any,
     *,
-    backbone: str,
+    backbone: Any,
     out: str | Path,
     strategy: str = "warmup-unfreeze",
     head: str | None = None,
@@ -145,8 +147,15 @@ def finetune(
     progress: bool = True,
     test: Any = None,
     restore_best: bool | None = None,
+    callbacks: Sequence[Any] = (),
+    tensorboard: str | Path | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``backbone`` with ``head`` on ``images`` and save the classifier in ``out``.
+
+    ``backbone`` is a registered name, a ``transferkit.Backbone`` or a Keras model (taking RGB
+    0..255 images). ``callbacks`` are added to transferkit's own: Trainer callbacks or Keras ones
+    (``keras.callbacks.TensorBoard``, ``EarlyStopping``, ``CSVLogger``...); ``tensorboard`` is a
+    log folder for a ``TensorBoard`` callback.
 
     ``images`` is a folder (one sub-folder per class), a CSV/JSON list, or an ``ImageSource``.
     ``augment`` defaults to ``classic`` (``none`` with ``task="rotation"``). ``head`` defaults to
@@ -185,7 +194,7 @@ def finetune(
     from ..sizes import check_batch_fits
 
     check_batch_fits(size, batch_size)
-    spec = registry.backbone(backbone)
+    spec = backbone_spec(backbone)
     registry.head(head)  # an unknown head fails here, before any work
     options = _strategy_options(strategy, epochs, learning_rate, unfreeze_from)
     modern = strategy == "warmup-unfreeze" and head != "classic"
@@ -210,17 +219,29 @@ def finetune(
             train_bn=train_bn,
         )
         checkpoint = ModelCheckpoint(out / CHECKPOINT_DIR, save_best=bool(len(data.val_indices)))
-        callbacks: list[Any] = [
+        own: list[Any] = [
             LearningRateMonitor(),
             checkpoint,
             HistoryLogger(out / "history.csv", out / "history.json"),
         ]
         has_val = bool(len(data.val_indices))
         if patience and has_val:
-            callbacks.insert(0, EarlyStopping(patience=patience))
+            own.insert(0, EarlyStopping(patience=patience))
+        if tensorboard is not None:
+            import importlib.util
+
+            import keras
+
+            if importlib.util.find_spec("tensorboard") is None:
+                raise UsageError(
+                    "--tensorboard needs the tensorboard package: pip install tensorboard "
+                    "(or transferkit[tensorboard])"
+                )
+
+            own.append(keras.callbacks.TensorBoard(log_dir=str(tensorboard)))
         trainer = Trainer(
             max_epochs=max_epochs,
-            callbacks=callbacks,
+            callbacks=[*own, *callbacks],
             seed=seed,
             precision=precision,
             deterministic=deterministic,
@@ -261,6 +282,11 @@ def finetune(
                 "pooling": built.pooling,
             },
         )
+        from ..trainer.curves import plot_curves
+
+        curves = plot_curves(trainer.history, out / "curves.png")
+        if curves is not None:
+            summary["curves"] = str(curves)
         summary["seconds"] = round(time.perf_counter() - start, 3)
         outputs.atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
         return summary
@@ -330,9 +356,9 @@ class FinetunedModel:
     def __init__(self, model: Any, path: Path) -> None:
         self.model = model
         self.path = path
-        labels = model.get_layer("labels")
-        self.label_names: list[str] = list(labels.label_names)
-        self.metadata: dict[str, Any] = dict(labels.metadata)
+        labels, metadata = _labels_and_metadata(model, path)
+        self.label_names: list[str] = labels
+        self.metadata: dict[str, Any] = metadata
         from ..sizes import parse_input_size
 
         size = parse_input_size(self.metadata.get("input_size"))
@@ -379,6 +405,27 @@ class FinetunedModel:
             width=len(self.label_names),
             batch_size=batch_size,
         )
+
+
+def _labels_and_metadata(model: Any, path: Path) -> tuple[list[str], dict[str, Any]]:
+    """The label names and metadata of a fine-tuned file: its ``transferkit.json`` (files that
+    load with plain Keras) or, in older files, its ``ClassLabels`` layer."""
+    from ..trainer.model import METADATA_FILE
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            sidecar = json.loads(archive.read(METADATA_FILE))
+        return [str(n) for n in sidecar["label_names"]], dict(sidecar["metadata"])
+    except (OSError, KeyError, zipfile.BadZipFile, ValueError, TypeError):
+        pass
+    try:
+        labels = model.get_layer("labels")
+        return list(labels.label_names), dict(labels.metadata)
+    except (ValueError, AttributeError) as exc:
+        raise UsageError(
+            f"{path} is a Keras model but not one saved by `transferkit finetune` (it has no "
+            "label names)"
+        ) from exc
 
 
 def _registered_names(path: Path) -> set[str]:
@@ -449,19 +496,12 @@ def load_finetuned(path: str | Path) -> FinetunedModel:
             "(a TF Hub backbone), make sure that plugin is installed and its model reachable"
         ) from None
     try:
-        model.get_layer("labels")
-    except ValueError as exc:
-        raise UsageError(
-            f"{path} is a Keras model but not one saved by `transferkit finetune` (it has no "
-            "label names)"
-        ) from exc
-    try:
         loaded = FinetunedModel(model, path)
     except TransferkitError:
         raise
     except Exception as exc:  # metadata of the wrong shape or type
         raise TransferkitError(
-            f"{path} is not a usable fine-tuned model: its label layer is malformed "
+            f"{path} is not a usable fine-tuned model: its label names or metadata are malformed "
             f"({type(exc).__name__}: {str(exc)[:200]})"
         ) from None
     width = int(model.outputs[0].shape[-1]) if getattr(model, "outputs", None) else None
@@ -525,5 +565,6 @@ def predict_finetuned(
         "model": str(model_path),
         "classifier": f"finetuned {loaded.metadata.get('head', '')} head".strip(),
         "backbone": loaded.metadata.get("backbone"),
+        "label_names": list(names),
         "predictions": results,
     }

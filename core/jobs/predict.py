@@ -115,11 +115,16 @@ def predict(
     top: int = 1,
     runtime: str = "auto",
     precision: Any = None,
+    out: str | Path | None = None,
 ) -> dict[str, Any]:
     """Predicted class and probability for each image; ``top`` > 1 adds the runners-up.
 
     ``runtime`` runs the backbone (``auto``, ``keras``, ``openvino``, ``litert``); the features
-    are made at the model's own precision, and a ``precision`` other than that is refused."""
+    are made at the model's own precision, and a ``precision`` other than that is refused.
+    Images under a labelled folder (one sub-folder per class, named as the model's classes) also
+    get their ``true`` class, and the result the ``accuracy`` over them; ``out`` (a ``.png``)
+    then receives their confusion matrix with the class names.
+    """
     from .finetune import is_finetuned
 
     if is_finetuned(model_path) or (  # a classifier saved by `transferkit finetune`
@@ -127,7 +132,8 @@ def predict(
     ):
         from .finetune import predict_finetuned
 
-        return predict_finetuned(model_path, image_paths(images), batch_size=batch_size, top=top)
+        result = predict_finetuned(model_path, image_paths(images), batch_size=batch_size, top=top)
+        return with_truth(result, images, out)
     saved = load_model(model_path, trust=trust)
     check_precision(saved, precision, model_path)
     paths = image_paths(images)
@@ -177,9 +183,73 @@ def predict(
         else:
             reason = skip_reason(source, row)
             results.append({"path": path_text(path), "status": "skipped", "reason": reason})
-    return {
-        "model": str(model_path),
-        "classifier": saved.classifier,
-        "backbone": saved.recipe.backbone,
-        "predictions": results,
-    }
+    return with_truth(
+        {
+            "model": str(model_path),
+            "classifier": saved.classifier,
+            "backbone": saved.recipe.backbone,
+            "label_names": list(names),
+            "predictions": results,
+        },
+        images,
+        out,
+    )
+
+
+def true_labels(images: list[str] | tuple[str, ...], names: list[str]) -> dict[str, str]:
+    """Image path -> its class, for the images under a labelled folder: one whose files all lie
+    in sub-folders, at least one of them named as a class of the model."""
+    truth: dict[str, str] = {}
+    for item in images:
+        folder = Path(item)
+        if not folder.is_dir():
+            continue
+        found = {p: Path(os.path.relpath(p, folder)).parts for p in image_paths([str(folder)])}
+        if any(len(parts) < 2 for parts in found.values()):
+            continue  # loose files at the top: not a labelled folder
+        if not {parts[0] for parts in found.values()} & set(names):
+            continue
+        truth.update({p: parts[0] for p, parts in found.items()})
+    return truth
+
+
+def with_truth(
+    result: dict[str, Any], images: list[str] | tuple[str, ...], out: str | Path | None
+) -> dict[str, Any]:
+    """Add ``true`` to the predictions of labelled images, ``accuracy`` and ``labelled`` to the
+    result, and with ``out`` the confusion matrix picture (``confusion`` is its path)."""
+    names = list(result.get("label_names") or [])
+    truth = true_labels(images, names)
+    if not truth:
+        if out is not None:
+            raise UsageError(
+                "--out draws the confusion matrix of labelled images: pass a folder with one "
+                "sub-folder per class, named as the model's classes"
+            )
+        return result
+    labelled = [p for p in result["predictions"] if p["path"] in truth]
+    for p in labelled:
+        p["true"] = truth[p["path"]]
+    scored = [p for p in labelled if p["status"] == "ok"]
+    correct = sum(p["label"] == p["true"] for p in scored)
+    result["labelled"] = len(scored)
+    result["accuracy"] = correct / len(scored) if scored else None
+    if out is not None:
+        from .spotcheck import confusion_picture
+
+        classes = names + sorted({p["true"] for p in scored} - set(names))
+        index = {n: i for i, n in enumerate(classes)}
+        matrix = np.zeros((len(classes), len(classes)), dtype=int)
+        for p in scored:
+            if p["label"] in index:
+                matrix[index[p["true"]], index[p["label"]]] += 1
+        path = Path(out)
+        if path.suffix.lower() != ".png":
+            raise UsageError(f"--out is the confusion matrix picture, a .png file; got {out}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        confusion_picture(
+            matrix.tolist(), classes, path, title=f"{result.get('classifier')}, accuracy "
+            f"{result['accuracy']:.3f} on {len(scored)} images",
+        )  # fmt: skip
+        result["confusion"] = str(path)
+    return result

@@ -13,10 +13,11 @@ on the degree of parallelism. A pair that raises is a ``failed`` row with the er
 runs past ``timeout`` seconds is killed and becomes a ``timeout`` row. Results are seeded, so a
 parallel run gives the same rows as a serial one.
 
-Workers are started with multiprocessing's forkserver method, so a *script* that calls
-:func:`spotcheck` must guard its entry point with ``if __name__ == "__main__":`` (each worker
-imports the main module, as with any non-fork multiprocessing); the ``transferkit`` command,
-notebooks and pytest need nothing.
+Workers are started with multiprocessing's forkserver method. A script with an
+``if __name__ == "__main__":`` guard is imported by the workers as usual (so classes it defines
+unpickle there); a plain script without one is not (:func:`_unguarded_main_hidden`): importing
+it would run the spot-check again inside the worker. The ``transferkit`` command, notebooks and
+pytest need nothing.
 
 ``out`` receives ``report.json`` (rows plus ``best_model``, ``best_accuracy`` and
 ``best_features`` at the top level, as the classic recipe's ``final_report.json``), ``report.csv``,
@@ -45,6 +46,7 @@ import tempfile
 import time
 import traceback
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -148,6 +150,7 @@ def cache_key(
     size = setting.get("input_size")
     key = {
         "backbone": setting["backbone"],
+        **({"fingerprint": setting["fingerprint"]} if "fingerprint" in setting else {}),
         "weights": "none" if weights in (None, "none") else str(weights),
         "input_size": list(size) if size else None,
         "pooling": setting["pooling"],
@@ -189,7 +192,7 @@ def cached_store(
     partial = cache / f"{setting['backbone']}-{key}.partial.h5"
     api.extract(  # type: ignore[attr-defined,unused-ignore]
         str(images),
-        backbone=setting["backbone"],
+        backbone=setting.get("spec") or setting["backbone"],
         out=str(partial),
         weights=weights,
         pooling=setting["pooling"],
@@ -237,6 +240,28 @@ def _store_label(location: Path) -> str:
         return stem
 
 
+def recipe_label(path: str | Path) -> str | None:
+    """How a store's features were made, as ``NAME@SIZE:POOLING`` (``efficientnet-lite0@96:max``),
+    from its metadata; None when it does not say."""
+    try:
+        from ..store import open_store
+
+        with open_store(str(path)) as reader:
+            meta = reader.metadata
+        if not meta.get("backbone"):
+            return None
+        label = str(meta["backbone"])
+        size = meta.get("input_size")
+        if isinstance(size, str):
+            size = json.loads(size)
+        if size:
+            h, w = int(size[0]), int(size[1])
+            label += f"@{h}" + (f"x{w}" if w != h else "")
+        return label + f":{meta.get('pooling') or 'avg'}"
+    except Exception:
+        return None
+
+
 def resolve_sources(
     inputs: list[str],
     backbones: list[str] | None,
@@ -259,9 +284,19 @@ def resolve_sources(
                 "to compare stores, pass the stores without --backbones"
             )
         sources = []
-        for text in backbones:
-            setting = parse_backbone(text, input_size, pooling)
-            registry.backbone(setting["backbone"])  # unknown names fail before any work
+        for item in backbones:
+            if isinstance(item, str):
+                text = item
+                setting = parse_backbone(text, input_size, pooling)
+                registry.backbone(setting["backbone"])  # unknown names fail before any work
+            else:  # a caller's Backbone or Keras model: cached by a hash of its weights
+                from ..user_objects import backbone_spec
+
+                spec = backbone_spec(item)
+                size = tuple(input_size) if input_size else None
+                setting = {"backbone": spec.name, "pooling": pooling, "input_size": size,
+                           "spec": spec, "fingerprint": spec.metadata["fingerprint"]}  # fmt: skip
+                text = setting_label(setting, None, "avg")
             path, extracted = cached_store(
                 inputs[0],
                 setting,
@@ -305,6 +340,7 @@ class Task:
     data: str  # folder of the source's memory-mapped split
     seed: int
     threads: int = 1
+    estimator: Any = None  # a caller's own estimator (cloned in the worker), else built by name
 
 
 def _set_thread_env(threads: int) -> None:
@@ -342,7 +378,12 @@ def run_pair(task: Task, split: dict[str, np.ndarray] | None = None) -> dict[str
 
         data = split if split is not None else load_split(task.data)
         with threadpool_limits(limits=task.threads):
-            model = estimators.build(task.classifier, seed=task.seed)
+            if task.estimator is not None:
+                from ..user_objects import fresh_estimator
+
+                model = fresh_estimator(task.estimator)
+            else:
+                model = estimators.build(task.classifier, seed=task.seed)
             start = time.perf_counter()
             fitted = estimators.fit(
                 model, np.asarray(data["X_train"]), data["y_train"], classes=data["classes"]
@@ -363,6 +404,10 @@ def run_pair(task: Task, split: dict[str, np.ndarray] | None = None) -> dict[str
             predict_seconds=predict_seconds,
             error=None,
         )
+        from sklearn.metrics import confusion_matrix
+
+        # for the report's picture of the best pair (not a row field)
+        row["confusion"] = confusion_matrix(y_test, predicted, labels=data["classes"]).tolist()
     except Exception as exc:
         row.update(_empty_metrics(), status="failed", error=f"{type(exc).__name__}: {exc}")
         row["traceback"] = traceback.format_exc(limit=8)
@@ -476,7 +521,8 @@ class _Worker:
     def __init__(self, ctx: Any, env: dict[str, str], plugins: list[str], threads: int) -> None:
         self.conn, child = ctx.Pipe(duplex=True)
         self.proc = ctx.Process(target=_worker, args=(child, env, plugins, threads), daemon=True)
-        self.proc.start()
+        with _unguarded_main_hidden():
+            self.proc.start()
         child.close()
         self.task: Task | None = None
         self.started = 0.0
@@ -496,6 +542,42 @@ class _Worker:
     def kill(self) -> None:
         _kill(self.proc)
         self.conn.close()
+
+
+def _is_unguarded_script(path: str) -> bool:
+    """Whether the script at ``path`` has no top-level ``if __name__ == "__main__":`` test."""
+    import ast
+
+    try:
+        tree = ast.parse(Path(path).read_text())
+    except (OSError, SyntaxError, ValueError):
+        return False
+    for node in tree.body:
+        if isinstance(node, ast.If) and "__name__" in ast.unparse(node.test):
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def _unguarded_main_hidden() -> Iterator[None]:
+    """While a worker starts: hide the main module's file from multiprocessing when it is a plain
+    script without a ``__main__`` guard, so that the worker (and the forkserver) does not import
+    it and run the caller's spot-check again."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if (
+        main is None
+        or not path
+        or getattr(main, "__spec__", None) is not None  # `python -m module`: imported by name
+        or not _is_unguarded_script(path)
+    ):
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
 
 
 def _mp_context() -> Any:
@@ -611,13 +693,20 @@ def _identity(path: str) -> list[Any]:
     return [os.path.abspath(path), stamps]
 
 
-def journal_key(sources: list[FeatureSource], test_size: float, seed: int, store: Any) -> str:
+def journal_key(
+    sources: list[FeatureSource],
+    test_size: float,
+    seed: int,
+    store: Any,
+    tests: list[str | None] | None = None,
+) -> str:
     """What a journal's rows depend on, besides the pair itself: the same key, the same rows."""
     from .. import __version__
 
     key = {
         "version": __version__,
         "test_size": test_size,
+        "tests": [None if t is None else _identity(t) for t in (tests or [])],
         "seed": seed,
         "store": store,
         "sources": [[s.name, _identity(s.path)] for s in sources],
@@ -801,11 +890,33 @@ def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return max(ok, key=lambda r: (r["accuracy"], r["macro_f1"] or 0.0, -(r["fit_seconds"] or 0)))
 
 
+def _select_classifiers(classifiers: Any) -> tuple[list[str], dict[str, Any]]:
+    """Names of the grid's classifiers (registered names and groups, in order), and the caller's
+    own estimators among them by the name they get in the report (their one-line repr)."""
+    from ..user_objects import estimator_label, is_estimator
+
+    items = [classifiers] if is_estimator(classifiers) else classifiers
+    if isinstance(items, str) or not any(is_estimator(c) for c in items):
+        return estimators.select(items), {}
+    names: list[str] = []
+    own: dict[str, Any] = {}
+    for item in items:
+        if is_estimator(item):
+            label = estimator_label(item)
+            while label in own or label in names:
+                label += "'"
+            own[label] = item
+            names.append(label)
+        else:
+            names.extend(n for n in estimators.select(item) if n not in names)
+    return names, own
+
+
 def spotcheck(
     inputs: list[str] | str,
     *,
     classifiers: str | list[str] = "recommended",
-    backbones: list[str] | str | None = None,
+    backbones: Any = None,
     weights: Any = "default",
     input_size: Any = None,
     pooling: str = "avg",
@@ -839,7 +950,9 @@ def spotcheck(
         inputs = [str(inputs)]
     if isinstance(backbones, str):
         backbones = [b.strip() for b in backbones.split(",") if b.strip()]
-    names = estimators.select(classifiers)
+    elif backbones is not None and not isinstance(backbones, list | tuple):
+        backbones = [backbones]  # one Backbone or Keras model
+    names, own = _select_classifiers(classifiers)
     jobs = jobs or os.cpu_count() or 1
     if jobs < 1:
         raise UsageError(f"--jobs must be at least 1, got {jobs}")
@@ -882,9 +995,11 @@ def spotcheck(
                     source, Path(scratch), test_size, seed, store, test_store
                 )
                 for name in names:
-                    tasks.append(Task(len(tasks), source.name, name, str(folder), seed))
+                    tasks.append(
+                        Task(len(tasks), source.name, name, str(folder), seed, 1, own.get(name))
+                    )
             journal = (
-                Journal(Path(out), journal_key(sources, test_size, seed, store))
+                Journal(Path(out), journal_key(sources, test_size, seed, store, tests))
                 if out is not None
                 else None
             )
@@ -947,7 +1062,16 @@ def spotcheck(
         "best_features": best["backbone"] if best else None,
         "best_macro_f1": best["macro_f1"] if best else None,
         "classifiers": names,
-        "features": [{"name": s.name, "store": s.path, "extracted": s.extracted} for s in sources],
+        "features": [
+            {
+                "name": s.name,
+                "store": s.path,
+                "extracted": s.extracted,
+                "recipe": recipe_label(s.path),
+            }
+            for s in sources
+        ],
+        "best_confusion": best.get("confusion") if best else None,
         "label_names": label_names,
         "test_size": None if test is not None else test_size,
         "test": None if test is None else str(test),
@@ -1019,9 +1143,27 @@ def write_report(report: dict[str, Any], out: Path) -> dict[str, str]:
     for row in report["rows"]:
         writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in ROW_FIELDS})
     outputs.atomic_write_text(files["csv"], table.getvalue())
+    labels = _row_labels(report)
     with outputs.atomic_path(files["heatmap"]) as tmp:
-        heatmap(report["rows"], tmp)
-    outputs.atomic_write_text(files["html"], html_page(report, files["heatmap"].name))
+        heatmap(report["rows"], tmp, labels=labels)
+    pictures = {"heatmap": files["heatmap"]}
+    classifiers = list(dict.fromkeys(r["classifier"] for r in report["rows"]))
+    if len(classifiers) > COMPACT_TOP:
+        files["heatmap_top"] = out / "heatmap-top.png"
+        with outputs.atomic_path(files["heatmap_top"]) as tmp:
+            heatmap(report["rows"], tmp, labels=labels, top=COMPACT_TOP)
+        pictures["heatmap_top"] = files["heatmap_top"]
+    if report.get("best_confusion"):
+        files["confusion"] = out / "confusion.png"
+        with outputs.atomic_path(files["confusion"]) as tmp:
+            confusion_picture(
+                report["best_confusion"], report.get("label_names") or [], tmp,
+                title=f"{report['best_model']} on {labels.get(report['best_features'], '')}",
+            )  # fmt: skip
+        pictures["confusion"] = files["confusion"]
+    outputs.atomic_write_text(
+        files["html"], html_page(report, files["heatmap"].name, pictures=pictures)
+    )
     result = {k: str(v) for k, v in files.items()}
     outputs.atomic_write_text(files["json"], json.dumps({**report, "files": result}, indent=2))
     return result
@@ -1039,14 +1181,76 @@ def _grid(rows: list[dict[str, Any]]) -> tuple[list[str], list[str], np.ndarray]
     return features, classifiers, values
 
 
-def heatmap(rows: list[dict[str, Any]], path: Path) -> None:
-    """Accuracy of every pair as a features x classifiers picture (blank: failed/timeout)."""
+COMPACT_TOP = 12  # more classifiers than this: also a heat map of the best ones
+
+
+def _row_labels(report: dict[str, Any]) -> dict[str, str]:
+    """Each feature source's name -> its recipe (``efficientnet-lite0@96:max``), the store's
+    name added where two sources share a recipe."""
+    features = report.get("features") or []
+    recipes = [f.get("recipe") or f["name"] for f in features]
+    labels = {}
+    for f, recipe in zip(features, recipes, strict=True):
+        labels[f["name"]] = (
+            recipe if recipes.count(recipe) == 1 or recipe == f["name"] else
+            f"{recipe} ({Path(f['name']).stem})"
+        )  # fmt: skip
+    return labels
+
+
+def confusion_picture(
+    matrix: list[list[int]], label_names: list[str], path: Path, title: str = ""
+) -> None:
+    """The best pair's confusion matrix (rows: true class, columns: predicted), class names on
+    both axes, counts in the cells."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = np.asarray(matrix)
+    k = len(values)
+    names = [str(n) for n in label_names] if len(label_names) == k else [str(i) for i in range(k)]
+    side = max(4.0, 0.45 * k + 2.5)
+    fig, ax = plt.subplots(figsize=(side + 1, side))
+    image = ax.imshow(values, cmap="Blues")
+    ax.set_xticks(range(k), names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(k), names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if k <= 30:
+        top = values.max() or 1
+        for i in range(k):
+            for j in range(k):
+                color = "white" if values[i, j] > 0.6 * top else "black"
+                ax.text(j, i, str(values[i, j]), ha="center", va="center", fontsize=7, color=color)
+    fig.colorbar(image, ax=ax, label="images")
+    ax.set_title(f"Confusion matrix: {title}" if title else "Confusion matrix", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def heatmap(
+    rows: list[dict[str, Any]],
+    path: Path,
+    labels: dict[str, str] | None = None,
+    top: int | None = None,
+) -> None:
+    """Accuracy of every pair as a features x classifiers picture (blank: failed/timeout);
+    ``labels`` names the feature rows; ``top`` keeps only the best classifiers, best first."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     features, classifiers, values = _grid(rows)
+    if top is not None:
+        best = np.nan_to_num(values, nan=-1.0).max(axis=0)
+        keep = sorted(np.argsort(-best, kind="stable")[:top], key=lambda j: -best[j])
+        classifiers = [classifiers[j] for j in keep]
+        values = values[:, keep]
+    features = [(labels or {}).get(f, f) for f in features]
     width = max(6.0, 0.45 * len(classifiers) + 3)
     height = max(2.5, 0.5 * len(features) + 2)
     fig, ax = plt.subplots(figsize=(width, height))
@@ -1065,7 +1269,11 @@ def heatmap(rows: list[dict[str, Any]], path: Path) -> None:
                 )  # viridis is light up high
                 ax.text(j, i, text, ha="center", va="center", fontsize=7, color=color)
     fig.colorbar(image, ax=ax, label="accuracy")
-    ax.set_title("Spot-check accuracy (held-out split)")
+    ax.set_title(
+        f"The best {len(classifiers)} classifiers (held-out accuracy)"
+        if top is not None
+        else "Spot-check accuracy (held-out split)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -1090,7 +1298,22 @@ document.querySelectorAll('th').forEach(function (th, col) {
 """
 
 
-def html_page(report: dict[str, Any], picture: str) -> str:
+def _embedded(path: Path, alt: str) -> str:
+    import base64
+
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return (
+        f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}" '
+        f'title="{html.escape(Path(path).name)}" style="max-width: 100%">'
+    )
+
+
+def html_page(report: dict[str, Any], picture: str, pictures: dict[str, Path] | None = None) -> str:
+    """The report as one self-contained page: the rows sorted by accuracy (best first), each
+    labelled by its features' recipe, the heat maps and the best pair's confusion matrix
+    embedded (the PNG files are written next to it too)."""
+    labels = _row_labels(report)
+
     def cell(value: Any) -> str:
         shown = "" if value is None else str(value)
         if isinstance(value, float):
@@ -1098,13 +1321,43 @@ def html_page(report: dict[str, Any], picture: str) -> str:
         sort_value = "" if value is None else str(value)
         return f'<td data-v="{html.escape(sort_value)}">{html.escape(shown)}</td>'
 
-    head = "".join(f"<th>{html.escape(f)}</th>" for f in ROW_FIELDS)
-    body = "\n".join(
-        "<tr>" + "".join(cell(row.get(f)) for f in ROW_FIELDS) + "</tr>" for row in report["rows"]
+    fields = ["features", *ROW_FIELDS]
+    shown_as = {"backbone": "store"}  # the rows' "backbone" field is the feature source's name
+    head = "".join(f"<th>{html.escape(shown_as.get(f, f))}</th>" for f in fields)
+    ordered = sorted(
+        report["rows"],
+        key=lambda r: (r["status"] != "ok" or r["accuracy"] is None, -(r["accuracy"] or 0.0)),
     )
+    body = "\n".join(
+        "<tr>"
+        + "".join(
+            cell(labels.get(row["backbone"], row["backbone"]) if f == "features" else row.get(f))
+            for f in fields
+        )
+        + "</tr>"
+        for row in ordered
+    )
+    pictures = pictures or {}
+    shown = (
+        _embedded(pictures["heatmap"], "accuracy heat map")
+        if "heatmap" in pictures
+        else f'<img src="{html.escape(picture)}" alt="accuracy heat map" style="max-width: 100%">'
+    )
+    if "heatmap_top" in pictures:
+        shown = (
+            f"<h2>The best {COMPACT_TOP} classifiers</h2>\n"
+            + _embedded(pictures["heatmap_top"], "heat map of the best classifiers")
+            + "\n<h2>All pairs</h2>\n"
+            + shown
+        )
+    if "confusion" in pictures:
+        shown += "\n<h2>The best pair's confusion matrix</h2>\n" + _embedded(
+            pictures["confusion"], "confusion matrix of the best pair"
+        )
     best = (
         f"Best: <b>{html.escape(str(report['best_model']))}</b> on "
-        f"<b>{html.escape(str(report['best_features']))}</b>, accuracy "
+        f"<b>{html.escape(labels.get(report['best_features'], str(report['best_features'])))}"
+        f"</b>, accuracy "
         f"{report['best_accuracy']:.4f}"
         if report["best_model"]
         else "No pair succeeded."
@@ -1119,8 +1372,10 @@ th {{ cursor: pointer; background: #eee; }}
 </style></head>
 <body>
 <h1>Spot-check</h1>
-<p>{best}. {len(report["rows"])} pairs; click a column header to sort.</p>
-<img src="{html.escape(picture)}" alt="accuracy heat map" style="max-width: 100%">
+<p>{best}. {len(report["rows"])} pairs, best first (saved as {html.escape(picture)} too); click a
+column header to sort.</p>
+{shown}
+<h2>Every pair</h2>
 <table><thead><tr>{head}</tr></thead>
 <tbody>
 {body}

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import estimators, registry
+from .. import estimators
 from ..errors import TransferkitError, UsageError
 from ..models import (
     FeatureRecipe,
@@ -77,7 +77,7 @@ def _epochs(
 def stream(
     store_path: str | Path,
     *,
-    classifier: str,
+    classifier: Any,
     batch_size: int = 256,
     report_every: int = 1000,
     test_size: float = 0.2,
@@ -89,18 +89,24 @@ def stream(
     progress: bool = True,
     passes: int = 1,
     test: str | Path | None = None,
+    params: Any = None,
 ) -> dict[str, Any]:
-    """Learn ``classifier`` batch by batch from the store; see the module docstring."""
+    """Learn ``classifier`` batch by batch from the store; see the module docstring.
+
+    ``classifier`` is a registered name or an incremental estimator of the caller's (with
+    ``partial_fit``, or a river model), cloned first; ``params`` as for :func:`train`.
+    """
+    from .train import _estimator_for
+
     if passes < 1:
         raise UsageError(f"--passes must be at least 1, got {passes}")
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
     if report_every < 1:
         raise UsageError(f"--report-every must be at least 1, got {report_every}")
-    spec = registry.classifier(classifier)
+    model, classifier, library = _estimator_for(classifier, seed, params)
     if out is not None:  # refused before any work: an input, or a file that is not ours
-        check_model_out(model_path_for(out, spec.library), overwrite=overwrite, inputs=[store_path])
-    model = estimators.build(classifier, seed=seed)
+        check_model_out(model_path_for(out, library), overwrite=overwrite, inputs=[store_path])
     if not estimators.is_incremental(model):
         incremental = sorted(estimators.select("incremental"))
         raise UsageError(
@@ -203,7 +209,7 @@ def stream(
     result: dict[str, Any] = {
         "store": str(store_path),
         "classifier": classifier,
-        "library": spec.library,
+        "library": library,
         "batched": learner.batched,
         "batch_size": batch_size,
         "passes": passes,

@@ -174,10 +174,36 @@ def evaluate(y_true: np.ndarray, y_pred: np.ndarray, label_names: list[str]) -> 
     }
 
 
+def _estimator_for(classifier: Any, seed: int, params: Any) -> tuple[Any, str, str]:
+    """``(fresh estimator, its name, its library)`` for a registered name or a user's estimator;
+    unknown names and parameters fail here, before any reading."""
+    from ..user_objects import (
+        apply_params,
+        estimator_label,
+        fresh_estimator,
+        is_estimator,
+        parse_params,
+    )
+
+    values = parse_params(params)
+    if is_estimator(classifier):
+        model = apply_params(fresh_estimator(classifier), values, estimator_label(classifier))
+        return model, estimator_label(model), estimators.library_of(model)
+    if not isinstance(classifier, str):
+        raise UsageError(
+            f"classifier must be a name (see `transferkit classifiers`) or an estimator with "
+            f"fit/get_params; got {type(classifier).__name__}"
+        )
+    estimators.select(classifier)
+    spec = registry.classifier(classifier)
+    model = apply_params(estimators.build(classifier, seed=seed), values, classifier)
+    return model, classifier, spec.library
+
+
 def train(
     store_path: str | Path,
     *,
-    classifier: str,
+    classifier: Any,
     test_size: float = 0.2,
     subset: float | None = None,
     seed: int = 0,
@@ -185,13 +211,18 @@ def train(
     store: str | None = None,
     overwrite: bool = False,
     test: str | Path | None = None,
+    params: Any = None,
 ) -> dict[str, Any]:
     """Fit ``classifier`` on a stratified split of the store (or all of it, scored on the store
-    ``test``); see the module docstring."""
-    estimators.select(classifier)  # unknown names fail before any reading
-    spec = registry.classifier(classifier)
+    ``test``); see the module docstring.
+
+    ``classifier`` is a registered name or an estimator of the caller's (scikit-learn or river,
+    cloned before fitting); ``params`` (``{"C": 0.1}`` or ``["C=0.1"]``) are set on it, each
+    checked against its ``get_params()``.
+    """
+    model, classifier, library = _estimator_for(classifier, seed, params)
     if out is not None:  # refused before any work: an input, or a file that is not ours
-        check_model_out(model_path_for(out, spec.library), overwrite=overwrite, inputs=[store_path])
+        check_model_out(model_path_for(out, library), overwrite=overwrite, inputs=[store_path])
     reader = open_reader(store_path, store)
     try:
         label_names = [str(n) for n in reader.label_names]
@@ -212,7 +243,6 @@ def train(
     finally:
         reader.close()
 
-    model = estimators.build(classifier, seed=seed)
     classes = np.arange(len(label_names))
     print(
         f"training {classifier} on {len(train_rows)} rows, testing on {len(test_rows)} "
@@ -242,7 +272,7 @@ def train(
     result: dict[str, Any] = {
         "store": str(store_path),
         "classifier": classifier,
-        "library": spec.library,
+        "library": library,
         "n_train": int(len(train_rows)),
         "n_test": int(len(test_rows)),
         "feature_dim": int(X_train.shape[1]),

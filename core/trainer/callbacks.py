@@ -44,6 +44,12 @@ class Callback:
 
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None: ...
 
+    def on_train_batch_end(
+        self, trainer: Trainer, batch: int, steps: int | None, logs: dict[str, float]
+    ) -> None:
+        """After training batch ``batch`` (0-based) of ``steps`` in this epoch (None: unknown).
+        Called only for callbacks that override it, so others cost nothing per batch."""
+
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
         """After the epoch's training and validation; ``logs`` may be extended."""
 
@@ -251,7 +257,8 @@ class HistoryLogger(Callback):
         self.write(trainer)
 
     def write(self, trainer: Trainer) -> None:
-        rows = trainer.history
+        # epochs numbered from 1 in the files, as on stderr ("epoch 3/10")
+        rows = [{**row, "epoch": int(row["epoch"]) + 1} for row in trainer.history]
         if self.csv_path:
             columns: list[str] = []
             for row in rows:
@@ -272,13 +279,58 @@ def _fmt(logs: dict[str, float]) -> str:
 
 
 class ProgressPrinter(Callback):
-    """One line per epoch and per phase on stderr."""
+    """One line per epoch and per phase on stderr; on a terminal, a line within the epoch too
+    (batches done, batches per second, time left), redrawn at most every ``interval`` seconds."""
 
-    def __init__(self, stream: Any = None) -> None:
+    def __init__(self, stream: Any = None, interval: float = 0.25) -> None:
         self.stream = stream
+        self.interval = interval
+        self._started = 0.0
+        self._shown = 0.0
+        self._drawn = False
+
+    def _out(self) -> Any:
+        return self.stream or sys.stderr
+
+    @property
+    def wants_batches(self) -> bool:
+        """Only a terminal gets the within-epoch line (and the Trainer a call per batch)."""
+        return bool(getattr(self._out(), "isatty", lambda: False)())
 
     def _print(self, text: str) -> None:
-        print(text, file=self.stream or sys.stderr, flush=True)
+        if self._drawn:
+            text = "\r\033[K" + text  # replace the within-epoch line
+            self._drawn = False
+        print(text, file=self._out(), flush=True)
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        import time
+
+        self._started = self._shown = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: Trainer, batch: int, steps: int | None, logs: dict[str, float]
+    ) -> None:
+        import time
+
+        out = self._out()
+        if not getattr(out, "isatty", lambda: False)():
+            return
+        now = time.perf_counter()
+        if now - self._shown < self.interval and (steps is None or batch + 1 < steps):
+            return
+        self._shown = now
+        done = batch + 1
+        rate = done / max(now - self._started, 1e-9)
+        total = f"/{steps}" if steps else ""
+        eta = f", {(steps - done) / rate:.0f}s left" if steps else ""
+        loss = f" loss {logs['loss']:.4g}" if "loss" in logs else ""
+        out.write(
+            f"\r\033[K  epoch {trainer.epoch + 1}/{trainer.planned_epochs}: batch {done}{total}"
+            f" ({rate:.1f} batches/s{eta}){loss}"
+        )
+        out.flush()
+        self._drawn = True
 
     def on_phase_start(self, trainer: Trainer, phase: Phase) -> None:
         self._print(

@@ -168,3 +168,47 @@ class PoolIfMap(keras.layers.Layer):
         if len(input_shape) == 4:
             return (input_shape[0], input_shape[3])
         return input_shape
+
+
+def _affine_form(args: dict[str, Any]) -> tuple[Any, Any] | None:
+    """``ImagePreprocessing(**args)`` as ``x @ matrix + bias`` (3x3, 3), None for ``none``."""
+    import numpy as np
+
+    mode = args.get("mode", "none")
+    if mode == "none":
+        return None
+    eye = np.eye(3, dtype="float64")
+    if mode == "unit":
+        return eye / 255.0, np.zeros(3)
+    if mode == "tf":
+        return eye / 127.5, -np.ones(3)
+    if mode == "caffe":
+        return eye[::-1].copy(), -np.asarray(_MEANS_CAFFE)
+    if mode == "torch":
+        std = np.asarray(_TORCH_STD)
+        return np.diag(1.0 / (255.0 * std)), -np.asarray(_TORCH_MEAN) / std
+    return np.diag(np.asarray(args["scale"], dtype="float64")), np.asarray(args["offset"])
+
+
+def standard_preprocessing(args: dict[str, Any], inputs: Any) -> Any:
+    """Apply ``ImagePreprocessing(**args)`` to ``inputs`` built from standard Keras layers only, so
+    that a saved model loads with plain Keras: ``Rescaling(scale, offset)`` where every channel is
+    treated the same (``tf``, ``unit``, ``(x - 127) / 128``), otherwise a frozen ``Dense(3)`` on the
+    channel axis whose kernel is the per-channel scale (and, for ``caffe``, the RGB-to-BGR swap)."""
+    import numpy as np
+
+    form = _affine_form(args)
+    if form is None:
+        return inputs
+    matrix, bias = form
+    diagonal = np.allclose(matrix, np.diag(np.diag(matrix)))
+    scales = np.diag(matrix)
+    if diagonal and np.allclose(scales, scales[0]) and np.allclose(bias, bias[0]):
+        layer = keras.layers.Rescaling(
+            float(scales[0]), offset=float(bias[0]), name="preprocess", dtype="float32"
+        )
+        return layer(inputs)
+    dense = keras.layers.Dense(3, trainable=False, name="preprocess", dtype="float32")
+    outputs = dense(inputs)
+    dense.set_weights([matrix.astype("float32"), np.asarray(bias, dtype="float32")])
+    return outputs

@@ -25,6 +25,7 @@ from ..errors import UsageError
 from ..specs import Backbone
 
 LOSS = "sparse_categorical_crossentropy"
+METADATA_FILE = "transferkit.json"  # label names and recipe, inside an exported .keras file
 METRICS = ("accuracy",)
 
 
@@ -73,6 +74,24 @@ def build_head(head: Any, num_classes: int, **options: Any) -> Any:
                 f"head {head.name!r} does not accept options {options}: {exc}"
             ) from exc
     return head
+
+
+def _apply_portable(head: Any, x: Any) -> Any:
+    """Call ``head`` on ``x`` with transferkit's own layers in it swapped for standard Keras ones
+    (``PoolIfMap`` -> ``GlobalAveragePooling2D`` or nothing); the weights are the same objects."""
+    import keras
+
+    from .layers import PoolIfMap
+
+    if not isinstance(head, keras.Sequential):
+        return head(x)
+    for layer in head.layers:
+        if isinstance(layer, PoolIfMap):
+            if len(x.shape) == 4:
+                x = keras.layers.GlobalAveragePooling2D(name=f"{head.name}_pool")(x)
+            continue
+        x = layer(x)
+    return x
 
 
 class TransferModel:
@@ -199,10 +218,19 @@ class TransferModel:
 
     def export(self, path: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
         """Save a ``.keras`` classifier that takes float RGB 0..255 images at ``input_size`` and
-        carries its label names and preprocessing (see :func:`load_finetuned`)."""
+        carries its label names and preprocessing (see :func:`load_finetuned`).
+
+        The file holds standard Keras layers only, wherever the backbone's do: the preprocessing
+        (when it is affine) as ``Rescaling`` or a frozen ``Dense(3)``, the head's pooling as
+        ``GlobalAveragePooling2D``, no gradient scale, and an ``Identity`` named ``labels`` at the
+        end. So ``keras.saving.load_model(path)`` loads it in safe mode without transferkit. The
+        label names and metadata travel in the file as ``transferkit.json`` next to Keras' own.
+        """
+        import zipfile
+
         import keras
 
-        from .layers import ClassLabels, ImagePreprocessing
+        from .layers import standard_preprocessing
 
         path = Path(path)
         if path.suffix != ".keras":
@@ -211,7 +239,8 @@ class TransferModel:
         mode = args["mode"] if args else None
         h, w = self.input_size
         inputs = keras.Input((h, w, 3), name="image")
-        x = ImagePreprocessing(**args, name="preprocess")(inputs) if args else inputs
+        x = standard_preprocessing(args, inputs) if args else inputs
+        x = _apply_portable(self.head, self.base(x))
         metadata = {
             "backbone": self.backbone.name,
             "input_size": [h, w],
@@ -222,14 +251,15 @@ class TransferModel:
             "weights_source": self.backbone.weights_source,
             **(extra or {}),
         }
-        outputs = ClassLabels(
-            self.label_names, json.loads(json.dumps(metadata)), name="labels", dtype="float32"
-        )(self.network(x))
+        outputs = keras.layers.Identity(name="labels", dtype="float32")(x)
         exported = keras.Model(inputs, outputs, name="finetuned")
         from ..outputs import atomic_path
 
         with atomic_path(path) as tmp:
             exported.save(tmp)
+            sidecar = {"label_names": self.label_names, "metadata": metadata}
+            with zipfile.ZipFile(tmp, "a") as archive:
+                archive.writestr(METADATA_FILE, json.dumps(sidecar, indent=2, default=str))
         return path
 
     def _checked_preprocess_mode(self) -> dict[str, Any] | None:

@@ -118,7 +118,15 @@ class Trainer:
         if str(precision) not in PRECISIONS:
             raise UsageError(f"unknown precision {precision!r}; use one of {sorted(PRECISIONS)}")
         self.max_epochs = max_epochs
-        self.callbacks: list[Callback] = list(callbacks)
+        self.callbacks: list[Callback] = [c for c in callbacks if isinstance(c, Callback)]
+        # Keras callbacks (TensorBoard, EarlyStopping, CSVLogger, ...) run inside Keras' fit
+        self.keras_callbacks: list[Any] = [c for c in callbacks if not isinstance(c, Callback)]
+        for cb in self.keras_callbacks:
+            if not callable(getattr(cb, "set_model", None)):
+                raise UsageError(
+                    f"callback {cb!r} is neither a transferkit.trainer.Callback nor a Keras "
+                    "callback (keras.callbacks.Callback)"
+                )
         if enable_progress and not any(isinstance(c, ProgressPrinter) for c in self.callbacks):
             self.callbacks.append(ProgressPrinter())
         self.seed = int(seed)
@@ -140,6 +148,7 @@ class Trainer:
         self._compiled_phase: int | None = None
         self._pending: Any = None
         self._phase_done = False
+        self._keras_run: Any = None
         self.where = ""
 
     # ------------------------------------------------------------------ public entry points
@@ -252,6 +261,8 @@ class Trainer:
         if not strategy.finished and self._phase_has_epochs():
             self._end_phase()  # stopped by max_epochs or a callback: still report the phase
         result = self.result()
+        if self._keras_run is not None:
+            self._keras_run.finish()
         for cb in self.callbacks:
             cb.on_fit_end(self, result)
         plugin_manager.call_lifecycle("on_fit_end", trainer=self, model=model, history=result)
@@ -310,6 +321,11 @@ class Trainer:
         else:
             dataset, steps = segment
         bridge = _EpochBridge(self, end)
+        extra: list[Any] = []
+        if self.keras_callbacks:
+            if self._keras_run is None:
+                self._keras_run = _make_keras_run_class(_bridge_base())(self.keras_callbacks)
+            extra = [self._keras_run, _EpochBridge(self, end, watch=bridge)]
         with _quiet_end_of_data():
             self.model.keras_model.fit(
                 dataset,
@@ -317,7 +333,7 @@ class Trainer:
                 initial_epoch=start,
                 epochs=end,
                 steps_per_epoch=steps,
-                callbacks=[bridge],
+                callbacks=[bridge, *extra],
                 shuffle=False,
                 verbose=0,
             )
@@ -500,11 +516,11 @@ class _EpochBridge:
     """A Keras callback (built on first use, so that this module does not import Keras) that
     runs the Trainer's per-epoch work inside a multi-epoch ``fit`` call."""
 
-    def __new__(cls, trainer: Trainer, end: int) -> Any:
+    def __new__(cls, trainer: Trainer, end: int, watch: Any = None) -> Any:
         global _EpochBridgeImpl
         if _EpochBridgeImpl is None:
             _EpochBridgeImpl = _make_bridge_class(_bridge_base())
-        return _EpochBridgeImpl(trainer, end)
+        return _EpochBridgeImpl(trainer, end, watch)
 
 
 _EpochBridgeImpl: Any = None
@@ -512,26 +528,55 @@ _EpochBridgeImpl: Any = None
 
 def _make_bridge_class(base: Any) -> Any:
     class EpochBridge(base):  # type: ignore[misc, valid-type]
-        def __init__(self, trainer: Trainer, end: int) -> None:
+        def __init__(self, trainer: Trainer, end: int, watch: Any = None) -> None:
             super().__init__()
             self.trainer = trainer
             self.end = end
             self.changed_ahead: bool | None = None
             self.started = 0.0
+            base_hook = Callback.on_train_batch_end
+            self.batch_callbacks = [
+                cb
+                for cb in trainer.callbacks
+                if type(cb).on_train_batch_end is not base_hook
+                and getattr(cb, "wants_batches", True)
+            ]
+            if self.batch_callbacks and watch is None:
+                self.on_train_batch_end = self._batch_end  # only then a call per batch
+            # a watcher (after the user's Keras callbacks) instead of a bridge: a stop that
+            # the bridge did not ask for (Keras' EarlyStopping) ends the phase
+            self.watch = watch
+            self.stop_asked = False
+
+        def _batch_end(self, batch: int, logs: Any = None) -> None:
+            steps = (self.params or {}).get("steps")
+            if steps is None:
+                known = getattr(self.trainer.data, "steps_per_epoch", None)
+                steps = known() if callable(known) else known
+            values = {k: float(v) for k, v in (logs or {}).items() if np.ndim(v) == 0}
+            for cb in self.batch_callbacks:
+                cb.on_train_batch_end(self.trainer, batch, steps, values)
 
         def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            if self.watch is not None:
+                return
+            self.stop_asked = False
             self.started = time.perf_counter()
             for cb in self.trainer.callbacks:
                 cb.on_epoch_start(self.trainer, epoch)
 
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
             trainer, strategy = self.trainer, self.trainer.strategy
+            if self.watch is not None:
+                if self.model.stop_training and not self.watch.stop_asked:
+                    trainer._phase_done = True
+                return
             values = {k: float(v) for k, v in (logs or {}).items()}
             values["seconds"] = round(time.perf_counter() - self.started, 4)
             trainer._after_epoch(epoch, values)
             if strategy.phase_complete(epoch + 1) or trainer.should_stop_phase:
                 trainer._phase_done = True  # the Trainer ends the phase after this fit call
-                self.model.stop_training = True
+                self.model.stop_training = self.stop_asked = True
                 return
             if not trainer.should_stop and epoch + 1 < self.end:
                 signature = trainer.model.trainable_signature()
@@ -541,7 +586,58 @@ def _make_bridge_class(base: Any) -> Any:
                     self.model.stop_training = True
             if trainer.should_stop:
                 self.model.stop_training = True
+            self.stop_asked = bool(self.model.stop_training)
             for cb in trainer.callbacks:
                 cb.on_epoch_complete(trainer, epoch)
 
     return EpochBridge
+
+
+def _make_keras_run_class(base: Any) -> Any:
+    class KerasCallbacks(base):  # type: ignore[misc, valid-type]
+        """The user's Keras callbacks over the many ``fit`` calls of one :meth:`Trainer.fit`
+        (one per phase or segment): they see one training run, so ``on_train_begin`` runs once
+        (EarlyStopping keeps its patience, CSVLogger its file) and ``on_train_end`` at the end."""
+
+        def __init__(self, callbacks: list[Any]) -> None:
+            super().__init__()
+            self.callbacks = list(callbacks)
+            self.started = False
+
+        def set_model(self, model: Any) -> None:
+            super().set_model(model)
+            for cb in self.callbacks:
+                cb.set_model(model)
+
+        def set_params(self, params: Any) -> None:
+            super().set_params(params)
+            for cb in self.callbacks:
+                cb.set_params(params)
+
+        def on_train_begin(self, logs: Any = None) -> None:
+            if not self.started:
+                self.started = True
+                for cb in self.callbacks:
+                    cb.on_train_begin(logs)
+
+        def on_train_end(self, logs: Any = None) -> None:
+            """Deferred to :meth:`finish`."""
+
+        def finish(self) -> None:
+            for cb in self.callbacks:
+                cb.on_train_end(None)
+
+    def forward(name: str) -> Any:
+        def method(self: Any, *args: Any, **kwargs: Any) -> None:
+            for cb in self.callbacks:
+                getattr(cb, name)(*args, **kwargs)
+
+        method.__name__ = name
+        return method
+
+    for hook in (
+        "on_epoch_begin", "on_epoch_end", "on_train_batch_begin", "on_train_batch_end",
+        "on_test_begin", "on_test_end", "on_test_batch_begin", "on_test_batch_end",
+    ):  # fmt: skip
+        setattr(KerasCallbacks, hook, forward(hook))
+    return KerasCallbacks
