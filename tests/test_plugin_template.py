@@ -52,6 +52,7 @@ def test_install_list_and_uninstall_the_template(tmp_path: Path) -> None:
         ("example", "0.1.0", "loaded")
     ]
     assert plugins[0]["hooks"] == ["register_backbones", "register_classifiers"]
+    assert plugins[0]["distribution"] == "transferkit-example-plugin"
     backbones = json.loads(run(python, "-m", "transferkit", "backbones", "--json").stdout)
     example = [b for b in backbones if b["name"] == "example-cnn"]
     assert example and example[0]["plugin"] == "example"
@@ -60,7 +61,14 @@ def test_install_list_and_uninstall_the_template(tmp_path: Path) -> None:
     # the template's own tests pass against the installed plugin
     run(python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests", cwd=plugin_dir)
 
-    run(python, "-m", "transferkit", "uninstall", "transferkit-example-plugin")
+    # by the plugin name `plugins` shows; a second time there is nothing to uninstall: exit 1
+    gone = run(python, "-m", "transferkit", "uninstall", "example")
+    assert "Uninstalled: transferkit-example-plugin" in gone.stdout
     assert json.loads(run(python, "-m", "transferkit", "plugins", "--json").stdout) == []
+    again = subprocess.run(
+        [str(python), "-m", "transferkit", "uninstall", "transferkit-example-plugin"],
+        capture_output=True, text=True, env={**os.environ, "PIP_NO_INDEX": "1"}, timeout=600,
+    )  # fmt: skip
+    assert again.returncode == 1 and "nothing was uninstalled" in again.stderr
     backbones = json.loads(run(python, "-m", "transferkit", "backbones", "--json").stdout)
     assert "example-cnn" not in {b["name"] for b in backbones}
