@@ -252,6 +252,7 @@ def test_files_that_are_not_stores_fail_in_one_line(tmp_path: Path) -> None:
     for path in (junk, zarr_dir):
         result = run_cli("train", path, "--classifier", "ridge-1")
         assert_fails_cleanly(result, 1, "cannot open")
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_train_refuses_classes_too_small_to_split(tmp_path: Path) -> None:
