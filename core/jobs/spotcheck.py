@@ -559,12 +559,13 @@ def run_grid(
 def _prepare_split(
     source: FeatureSource, scratch: Path, test_size: float, seed: int, store: str | None
 ) -> tuple[Path, list[str]]:
-    from .train import open_reader, split_indices
+    from .train import check_trainable, open_reader, split_indices
 
     reader = open_reader(source.path, store)
     try:
         labels = np.asarray(reader.labels)
         label_names = [str(n) for n in reader.label_names]
+        check_trainable(labels, label_names, source.path)
         train_rows, test_rows = split_indices(labels, test_size, seed)
         X_train, y_train = reader.read_rows(train_rows)
         X_test, y_test = reader.read_rows(test_rows)

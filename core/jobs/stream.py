@@ -31,7 +31,7 @@ from .. import estimators, registry
 from ..errors import TransferkitError, UsageError
 from ..models import FeatureRecipe, SavedModel, default_suffix, save_model
 from ..plugin_manager import notify_exception
-from .train import evaluate, open_reader, split_indices
+from .train import check_trainable, evaluate, open_reader, split_indices
 
 
 def shuffled_batches(
@@ -88,6 +88,7 @@ def stream(
         label_names = [str(n) for n in reader.label_names]
         classes = np.arange(len(label_names))
         labels = np.asarray(reader.labels)
+        check_trainable(labels, label_names, store_path, split=test_size > 0)
         if test_size > 0:
             train_rows, test_rows = split_indices(labels, test_size, seed)
         else:
