@@ -655,8 +655,9 @@ class FeatureStoreReader:
         try:
             self.root = backend._backend_open(self.path, "r")
         except Exception as exc:
-            raise TransferkitError(
-                f"cannot open {self.path} as a {backend.name or 'feature'} store: {exc}"
+            problem = " ".join(str(exc).split())[:300] or type(exc).__name__
+            raise StoreDamagedError(
+                f"cannot open {self.path} as a {backend.name or 'feature'} store: {problem}"
             ) from exc
         try:
             self._n = self._validate()
@@ -665,8 +666,9 @@ class FeatureStoreReader:
             self.root = None
             if isinstance(exc, TransferkitError) or not isinstance(exc, Exception):
                 raise
+            problem = " ".join(str(exc).split())[:300]
             raise StoreDamagedError(
-                f"{self.path} cannot be read as a feature store ({type(exc).__name__}: {exc})"
+                f"{self.path} cannot be read as a feature store ({type(exc).__name__}: {problem})"
             ) from None
 
     def _validate(self) -> int:

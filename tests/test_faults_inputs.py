@@ -125,6 +125,10 @@ def test_one_class_warns_and_train_refuses_it(tmp_path: Path) -> None:
     trained = run_cli("train", out, "--classifier", "ridge-1", "--out", tmp_path / "m.skops")
     assert_fails_cleanly(trained, 2, "only class 'only'", "at least two classes")
     assert not (tmp_path / "m.skops").exists()
+    streamed = run_cli("stream", out, "--classifier", "river-logreg")
+    assert_fails_cleanly(streamed, 2, "only class 'only'")
+    checked = run_cli("spotcheck", out, "-c", "ridge-1", "--out", tmp_path / "report")
+    assert_fails_cleanly(checked, 2, "only class 'only'")
     assert tree_digest(root) == before
 
 
@@ -252,6 +256,7 @@ def test_files_that_are_not_stores_fail_in_one_line(tmp_path: Path) -> None:
     for path in (junk, zarr_dir):
         result = run_cli("train", path, "--classifier", "ridge-1")
         assert_fails_cleanly(result, 1, "cannot open")
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_train_refuses_classes_too_small_to_split(tmp_path: Path) -> None:

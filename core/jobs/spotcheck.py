@@ -821,12 +821,13 @@ def _prepare_split(
 ) -> tuple[Path, list[str]]:
     """The source's train/test arrays as ``.npy`` files: a stratified split of its rows, or all
     of them against every row of the ``test`` store (checked to share recipe and classes)."""
-    from .train import open_reader, read_test_store, split_indices
+    from .train import check_trainable, open_reader, read_test_store, split_indices
 
     reader = open_reader(source.path, store)
     try:
         labels = np.asarray(reader.labels)
         label_names = [str(n) for n in reader.label_names]
+        check_trainable(labels, label_names, source.path, split=test is None)
         if test is not None:
             X_test, y_test = read_test_store(reader, source.path, test, store)
             X_train, y_train = reader.read_rows(np.arange(len(labels)))

@@ -41,7 +41,7 @@ from ..models import (
     save_model,
 )
 from ..plugin_manager import notify_exception
-from .train import check_test_store, evaluate, open_reader, split_indices
+from .train import check_test_store, check_trainable, evaluate, open_reader, split_indices
 
 
 def shuffled_batches(
@@ -121,6 +121,7 @@ def stream(
         label_names = [str(n) for n in reader.label_names]
         classes = np.arange(len(label_names))
         labels = np.asarray(reader.labels)
+        check_trainable(labels, label_names, store_path, split=test is None and test_size > 0)
         test_reader = None
         if test is not None:
             test_reader = open_reader(test, store)

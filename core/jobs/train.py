@@ -72,9 +72,11 @@ def subset_indices(labels: np.ndarray, fraction: float | None, seed: int = 0) ->
 FEW_TEST_ROWS = 10
 
 
-def check_trainable(labels: np.ndarray, label_names: list[str], store_path: Any) -> None:
-    """Refuse rows that cannot be split and scored: fewer than two classes, or a class with
-    fewer than two rows (one to train on and one to test on)."""
+def check_trainable(
+    labels: np.ndarray, label_names: list[str], store_path: Any, *, split: bool = True
+) -> None:
+    """Refuse rows that cannot be split and scored: fewer than two classes, or (``split``) a
+    class with fewer than two rows (one to train on and one to test on)."""
     present, counts = np.unique(np.asarray(labels), return_counts=True)
 
     def name(i: int) -> str:
@@ -87,6 +89,7 @@ def check_trainable(labels: np.ndarray, label_names: list[str], store_path: Any)
             f"two classes (extract a folder with one sub-folder per class)"
         )
     few = [f"{name(int(c))!r} ({int(k)})" for c, k in zip(present, counts, strict=True) if k < 2]
+    few = few if split else []
     if few:
         raise UsageError(
             f"too few rows to split for training and testing: every class needs at least 2 "
@@ -230,7 +233,7 @@ def train(
         if len(labels) < 2:
             raise UsageError(f"store {store_path} has {len(labels)} rows; training needs more")
         rows = subset_indices(labels, subset, seed)
-        check_trainable(labels[rows], label_names, store_path)
+        check_trainable(labels[rows], label_names, store_path, split=test is None)
         if test is not None:
             X_test, y_test = read_test_store(reader, store_path, test, store)
             train_rows, test_rows = rows, np.arange(len(y_test))
