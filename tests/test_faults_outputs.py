@@ -47,11 +47,13 @@ def assert_one_line(result: subprocess.CompletedProcess[str], code: int, *needle
 
 
 def leftovers(folder: Path) -> list[str]:
-    """Temporary names transferkit's writers use (none may survive a failure)."""
+    """Temporary names transferkit's and Zarr's writers use (none may survive a failure)."""
     found = []
     for _dirpath, dirnames, filenames in os.walk(folder):
         for name in dirnames + filenames:
-            if ".tmp" in name or ".old-" in name or name.endswith(".lock"):
+            if any(mark in name for mark in (".tmp", ".old-", ".partial", "-probe-")) or (
+                name.endswith(".lock")
+            ):
                 found.append(name)
     return found
 
