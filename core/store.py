@@ -460,6 +460,12 @@ class FeatureStoreWriter:
                     f"{self.path} has no {name!r} array, so it cannot be resumed; "
                     f"pass --overwrite to replace it"
                 )
+        if "schema_version" not in self.root.attrs:  # arrays of those names, not our store
+            b._backend_close(self.root)
+            raise UsageError(
+                f"{self.path} is not a store transferkit wrote (it has no schema_version), so "
+                "it cannot be resumed; choose another output"
+            )
         self._features = self.root["features"]
         self._labels = self.root["labels"]
         self._paths = self.root["paths"]

@@ -47,11 +47,13 @@ def assert_one_line(result: subprocess.CompletedProcess[str], code: int, *needle
 
 
 def leftovers(folder: Path) -> list[str]:
-    """Temporary names transferkit's writers use (none may survive a failure)."""
+    """Temporary names transferkit's and Zarr's writers use (none may survive a failure)."""
     found = []
     for _dirpath, dirnames, filenames in os.walk(folder):
         for name in dirnames + filenames:
-            if ".tmp" in name or ".old-" in name or name.endswith(".lock"):
+            if any(mark in name for mark in (".tmp", ".old-", ".partial", "-probe-")) or (
+                name.endswith(".lock")
+            ):
                 found.append(name)
     return found
 
@@ -561,3 +563,20 @@ def test_overwrite_replaces_a_damaged_hdf5_store_it_wrote_but_not_a_locked_one(
     with pytest.raises(StoreLockedError, match="being written by process"):
         create_store(path, feature_dim=3, label_names=["a", "b"], mode="overwrite")
     assert (tmp_path / "f.h5").exists()
+
+
+def test_resume_refuses_a_group_with_the_same_array_names_that_it_did_not_write(
+    tmp_path: Path,
+) -> None:
+    import zarr
+
+    from transferkit.store import create_store
+
+    path = tmp_path / "theirs.zarr"
+    group = zarr.open_group(str(path), mode="w")
+    for name in ("features", "labels", "paths", "label_names"):
+        group.create_array(name, shape=(4,), dtype="int64")[:] = np.arange(4)
+    before = tree_digest(path)
+    with pytest.raises(UsageError, match="not a store transferkit wrote"):
+        create_store(path, feature_dim=3, label_names=["a"], mode="resume")
+    assert tree_digest(path) == before and not (tmp_path / "theirs.zarr.lock").exists()
