@@ -253,8 +253,8 @@ def run_set(name: str, train: Path, test: Path, args: argparse.Namespace) -> lis
     print(
         f"  targets: spot-check best {best['accuracy']:.4f} >= probe {probe_accuracy:.4f}: "
         f"{best['accuracy'] >= probe_accuracy}; fine-tune {tuned['accuracy']:.4f} > probe: "
-        f"{tuned['accuracy'] > probe_accuracy}; stream after {args.passes} passes within a point: "
-        f"{abs(stream_n - probe_accuracy) <= 0.01 or stream_n > probe_accuracy}"
+        f"{tuned['accuracy'] > probe_accuracy + 1e-6}; stream after {args.passes} passes "
+        f"within a point: {abs(stream_n - probe_accuracy) <= 0.01 or stream_n > probe_accuracy}"
     )
     return rows
 
