@@ -21,7 +21,8 @@ def extract(images: Any, *, backbone: str, out: Any, **options: Any) -> dict[str
 
 
 def train(store_path: Any, *, classifier: str, **options: Any) -> dict[str, Any]:
-    """Fit one classifier on a feature store (stratified split); optionally save it with ``out``.
+    """Fit one classifier on a feature store (stratified split, or all rows scored on the store
+    ``test``, checked to share the recipe and class names); optionally save it with ``out``.
 
     Returns accuracy, macro F1, the per-class report, fit seconds and ``model_path``.
     """
@@ -34,10 +35,11 @@ def spotcheck(inputs: Any, **options: Any) -> dict[str, Any]:
     """Score every (features x classifier) pair in worker processes, with time-outs.
 
     ``inputs`` are feature stores, or one image folder with ``backbones=[...]`` (extracted once
-    into a cache). Returns the report (rows, ``best_model``, ``best_accuracy``, ``best_features``);
-    ``out`` writes report.json, report.csv, heatmap.png and report.html. ``scheduler`` (a Dask
-    scheduler address, or ``"local"``) fans the pairs out over a Dask cluster instead of local
-    worker processes.
+    into a cache); ``test`` scores on a separate test store instead of a split. Returns the
+    report (rows, ``best_model``, ``best_accuracy``, ``best_features``); ``out`` writes
+    report.json, report.csv, heatmap.png and report.html. ``scheduler`` (a Dask scheduler
+    address, or ``"local"``) fans the pairs out over a Dask cluster instead of local worker
+    processes.
     """
     from .jobs.spotcheck import spotcheck as _spotcheck
 
@@ -55,7 +57,8 @@ def stream(store_path: Any, *, classifier: str, **options: Any) -> dict[str, Any
     """Learn an incremental classifier batch by batch from a store that need not fit in memory.
 
     Reports progressive (test-then-train) accuracy every ``report_every`` samples, then the
-    held-out accuracy; ``out`` saves the model for ``predict``.
+    held-out accuracy (or that on the store ``test``); ``passes`` goes over the store several
+    times; ``out`` saves the model for ``predict``.
     """
     from .jobs.stream import stream as _stream
 
@@ -83,8 +86,9 @@ def finetune(images: Any, *, backbone: str, out: Any, **options: Any) -> dict[st
     ``ImageSource``) with a strategy (``warmup-unfreeze`` by default) and save the classifier as
     ``out/model.keras``. Options: ``strategy``, ``head``, ``epochs``, ``learning_rate``,
     ``unfreeze_from``, ``augment``, ``batch_size``, ``input_size``, ``weights``, ``task``,
-    ``split``, ``seed``, ``patience``, ``max_epochs``, ``train_bn``, ``precision``, ``resume``,
-    ``overwrite``, ``progress``. Returns the phases with their test accuracy and ``model_path``.
+    ``split``, ``test`` (separate test images), ``seed``, ``patience``, ``max_epochs``,
+    ``train_bn``, ``precision``, ``resume``, ``overwrite``, ``progress``, ``restore_best``,
+    ``probe_init``. Returns the phases with their test accuracy and ``model_path``.
     """
     from .jobs.finetune import finetune as _finetune
 
