@@ -24,7 +24,8 @@ def extract(images: Any, *, backbone: Any, out: Any, **options: Any) -> dict[str
 
 
 def train(store_path: Any, *, classifier: Any, **options: Any) -> dict[str, Any]:
-    """Fit one classifier on a feature store (stratified split); optionally save it with ``out``.
+    """Fit one classifier on a feature store (stratified split, or all rows scored on the store
+    ``test``, checked to share the recipe and class names); optionally save it with ``out``.
 
     ``classifier`` is a name or your own scikit-learn/river estimator (cloned, then fitted);
     ``params={"C": 0.1}`` sets parameters of a named one, checked against its ``get_params()``.
@@ -41,8 +42,8 @@ def spotcheck(inputs: Any, **options: Any) -> dict[str, Any]:
 
     ``inputs`` are feature stores, or one image folder with ``backbones=[...]`` (extracted once
     into a cache; names, ``transferkit.Backbone`` objects or Keras models). ``classifiers`` are
-    names, groups and/or your own estimators. Returns the report (rows, ``best_model``,
-    ``best_accuracy``, ``best_features``);
+    names, groups and/or your own estimators; ``test`` scores on a separate test store instead of
+    a split. Returns the report (rows, ``best_model``, ``best_accuracy``, ``best_features``);
     ``out`` writes report.json, report.csv, heatmap.png and report.html. ``scheduler`` (a Dask
     scheduler address, or ``"local"``) fans the pairs out over a Dask cluster instead of local
     worker processes.
@@ -63,7 +64,8 @@ def stream(store_path: Any, *, classifier: Any, **options: Any) -> dict[str, Any
     """Learn an incremental classifier batch by batch from a store that need not fit in memory.
 
     Reports progressive (test-then-train) accuracy every ``report_every`` samples, then the
-    held-out accuracy; ``out`` saves the model for ``predict``.
+    held-out accuracy (or that on the store ``test``); ``passes`` goes over the store several
+    times; ``out`` saves the model for ``predict``.
     """
     from .jobs.stream import stream as _stream
 
@@ -92,10 +94,11 @@ def finetune(images: Any, *, backbone: Any, out: Any, **options: Any) -> dict[st
     ``ImageSource``) with a strategy (``warmup-unfreeze`` by default) and save the classifier as
     ``out/model.keras``. Options: ``strategy``, ``head``, ``epochs``, ``learning_rate``,
     ``unfreeze_from``, ``augment``, ``batch_size``, ``input_size``, ``weights``, ``task``,
-    ``split``, ``seed``, ``patience``, ``max_epochs``, ``train_bn``, ``precision``, ``resume``,
-    ``overwrite``, ``progress``, ``callbacks`` (Trainer or Keras callbacks), ``tensorboard`` (a log
-    folder). ``backbone`` is a name, a ``transferkit.Backbone`` or a Keras model. Returns the phases
-    with their test accuracy and ``model_path``.
+    ``split``, ``test`` (separate test images), ``seed``, ``patience``, ``max_epochs``,
+    ``train_bn``, ``precision``, ``resume``, ``overwrite``, ``progress``, ``restore_best``,
+    ``probe_init``, ``callbacks`` (Trainer or Keras callbacks), ``tensorboard`` (a log folder).
+    ``backbone`` is a name, a ``transferkit.Backbone`` or a Keras model. Returns the phases with
+    their test accuracy and ``model_path``.
     """
     from .jobs.finetune import finetune as _finetune
 

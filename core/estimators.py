@@ -248,8 +248,8 @@ def predict_proba(fitted: Any, X: np.ndarray, classes: Sequence[int] | np.ndarra
 def select(names: str | Sequence[str]) -> list[str]:
     """Classifier names from a comma-separated list of names and group names, in order, once.
 
-    A group (``classic``, ``fast``, ``linear``, ``incremental``, ``river``, ``all``, or any group a
-    plugin declares) expands to its members in registration order.
+    A group (``recommended``, ``classic``, ``fast``, ``linear``, ``incremental``, ``river``,
+    ``all``, or any group a plugin declares) expands to its members in registration order.
     """
     items = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
     specs = registry.all_specs("classifier")

@@ -149,6 +149,7 @@ def finetune(
     restore_best: bool | None = None,
     callbacks: Sequence[Any] = (),
     tensorboard: str | Path | None = None,
+    probe_init: bool | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``backbone`` with ``head`` on ``images`` and save the classifier in ``out``.
 
@@ -158,14 +159,19 @@ def finetune(
     log folder for a ``TensorBoard`` callback.
 
     ``images`` is a folder (one sub-folder per class), a CSV/JSON list, or an ``ImageSource``.
-    ``augment`` defaults to ``classic`` (``none`` with ``task="rotation"``). ``head`` defaults to
+    ``augment`` defaults to ``flip`` with the default recipe below, else ``classic`` (``none`` with
+    ``task="rotation"``). ``head`` defaults to
     ``linear`` (global average pooling, dropout, one dense layer). With the default
     ``warmup-unfreeze`` and that head, the schedule is today's practice (Adam, then the top blocks
     at a 10x lower rate), with early stopping on the validation loss (``patience`` 3 unless given)
     and the best epoch's weights restored before the test and the export (``restore_best``);
     ``head="classic"`` brings the classic recipe's schedule too (RMSprop, then SGD; no early
     stopping unless ``patience`` is given). ``epochs`` and ``learning_rate`` are one value or one
-    per phase of the strategy. ``test`` (a folder, a CSV/JSON list or an ``ImageSource`` of
+    per phase of the strategy. ``probe_init`` (default: with that default recipe) starts the
+    linear head from a logistic regression fitted on the frozen base's features of the training
+    images (linear probing, then fine-tuning: Kumar et al., ICLR 2022), so the warm-up begins at
+    the frozen probe rather than at random. ``test`` (a folder, a CSV/JSON list or an
+    ``ImageSource`` of
     separate test images with the same class names) replaces the test part of ``split``: the
     images are then split into train and validation only. Returns a summary: ``model_path``,
     ``label_names``, ``phases`` (with the test accuracy after each), ``test_accuracy`` (of the
@@ -187,8 +193,10 @@ def finetune(
 
     start = time.perf_counter()
     out = Path(out)
-    augment = _augmentation_for(augment, task)
     head = head or "linear"
+    if augment is None and strategy == "warmup-unfreeze" and head != "classic" and not task:
+        augment = "flip"  # the Keras guide's light augmentation; the classic preset is heavier
+    augment = _augmentation_for(augment, task)
     pooling = pooling or ("none" if head == "classic" else "avg")
     size = parse_input_size(input_size)
     from ..sizes import check_batch_fits
@@ -203,6 +211,8 @@ def finetune(
     strategy_obj = resolve_strategy(strategy, **options)
     if restore_best is None:
         restore_best = modern
+    if probe_init is None:
+        probe_init = modern
     if patience is None and modern:
         patience = 3
     _prepare_out(out, resume, overwrite, images)
@@ -247,6 +257,8 @@ def finetune(
             deterministic=deterministic,
             enable_progress=progress,
         )
+        if probe_init and not (resume and (out / CHECKPOINT_DIR / "last.ckpt.npz").exists()):
+            _probe_head(model, data)
         result = trainer.fit(model, data, strategy_obj, ckpt_path="last" if resume else None)
         tested = [p for p in result["phases"] if "test_accuracy" in p]
         test_accuracy = tested[-1]["test_accuracy"] if tested else None
@@ -290,6 +302,48 @@ def finetune(
         summary["seconds"] = round(time.perf_counter() - start, 3)
         outputs.atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
         return summary
+
+
+def _probe_head(model: Any, data: Any) -> bool:
+    """Set the last Dense layer of ``model``'s head to a logistic regression fitted on the frozen
+    base's pooled features of the training images (no augmentation). Returns whether it did:
+    only heads whose input to that layer is the pooled feature vector (``linear``, ``dense``)."""
+    import keras
+    from sklearn.linear_model import LogisticRegression
+
+    layers = list(getattr(model.head, "layers", []))
+    dense = layers[-1] if layers else None
+    if not isinstance(dense, keras.layers.Dense) or any(
+        isinstance(layer, keras.layers.Dense) for layer in layers[:-1]
+    ):
+        return False
+    data.setup(preprocess=model.backbone.preprocess, input_size=model.input_size)
+    features, labels = [], []
+    for images, y in data._dataset(np.sort(data.train_indices)):
+        x = model.base(images, training=False)
+        if len(x.shape) == 4:
+            x = keras.ops.mean(x, axis=(1, 2))
+        features.append(keras.ops.convert_to_numpy(x).astype(np.float64))
+        labels.append(np.asarray(y).reshape(-1))
+    X, y = np.concatenate(features), np.concatenate(labels).astype(np.int64)
+    if len(np.unique(y)) < 2 or X.shape[1] != dense.kernel.shape[0]:
+        return False
+    probe = LogisticRegression(C=1.0, max_iter=1000).fit(X, y)
+    k = int(dense.kernel.shape[1])
+    kernel = np.zeros((X.shape[1], k))
+    bias = np.full(k, -10.0)  # a class without training images stays improbable
+    coef = probe.coef_ if len(probe.classes_) > 2 else np.vstack([-probe.coef_, probe.coef_]) / 2
+    intercept = (
+        probe.intercept_
+        if len(probe.classes_) > 2
+        else np.array([-probe.intercept_[0], probe.intercept_[0]]) / 2
+    )
+    for row, label in enumerate(probe.classes_):
+        kernel[:, int(label)] = coef[row]
+        bias[int(label)] = intercept[row]
+    dense.kernel.assign(kernel.astype(dense.kernel.dtype))
+    dense.bias.assign(bias.astype(dense.bias.dtype))
+    return True
 
 
 def _data_module(
