@@ -300,6 +300,8 @@ _RECIPE_TYPES: dict[str, tuple[type, ...]] = {
     "label_names": (list,),
     "feature_dim": (int, type(None)),
     "store_metadata": (dict,),
+    "precision": (str,),
+    "runtime": (str,),
 }
 
 
