@@ -115,12 +115,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("runtime", CONVERTING)
-@pytest.mark.parametrize(
-    "case",
-    [  # efficientnet-lite0: building the port and exporting it take most of 20 s
-        pytest.param(c, marks=pytest.mark.slow) if c == "efficientnet-lite0" else c for c in CASES
-    ],
-)
+@pytest.mark.parametrize("case", list(CASES))
 def test_runtime_matches_keras_per_row(
     case: str, runtime: str, conversions: Path, hub_featuremap: Path, register_plugin: Any
 ) -> None:
