@@ -15,11 +15,11 @@ that fails leaves a ``.failed`` note beside it, so that ``auto`` does not retry 
 ``auto`` (see ``docs/runtimes.md``):
 
 1. on a machine where TensorFlow sees a GPU, ``keras`` (TensorFlow's GPU path is the right one);
-2. otherwise the first available runtime by ``auto_order`` that offers the precision
-   (built-ins: ``openvino``, then ``litert``), when its conversion is cached already, or when
-   Keras would take longer than :data:`AUTO_CONVERT_SECONDS` over the images to compute
-   (measured on one warm-up batch), so that a small extraction never pays a conversion that
-   costs more than it saves;
+2. otherwise, among the available runtimes that offer the precision, by ``auto_order``
+   (built-ins: ``litert``, then ``openvino``): the first whose conversion is cached already;
+   else the first one, when Keras would take longer than :data:`AUTO_CONVERT_SECONDS` over the
+   images to compute (measured on one warm-up batch), so that a small extraction never pays a
+   conversion that costs more than it saves;
 3. otherwise ``keras``. A runtime that cannot convert the backbone is skipped with one line on
    stderr, and ``keras`` runs.
 
@@ -397,9 +397,22 @@ def build_forward(
                 f"no runtime can run precision {precision} here ({reasons}); use --precision 32"
             )
     keras_forward: Forward | None = None
+    ahead = []  # the candidates before keras in the order
     for spec in candidates:
         if spec.name == keras_spec.name:
             break
+        ahead.append(spec)
+    for spec in ahead:  # a conversion in the cache costs nothing: the first one found wins
+        if spec.convert is not None and _is_cached(net, spec, precision, name, cache):
+            try:
+                forward = _build(spec, net, precision, name, threads, cache)
+                forward(warm)
+            except ConversionError as exc:
+                say(f"{exc}; auto tries the next runtime")
+                continue
+            forward.note = f"auto: {spec.name} (its converted model is in the cache)"
+            return forward
+    for spec in ahead:
         needs_conversion = spec.convert is not None and not _is_cached(
             net, spec, precision, name, cache
         )

@@ -141,8 +141,9 @@ def extract(
     network and the input pipeline are built), ``feature_dim``, ``backbone`` and more.
     ``write_images`` also writes the images as read (e.g. rotated by the task) to that folder.
     ``runtime`` (``auto``, ``keras``, ``openvino``, ``litert``, a plugin's) runs the network at
-    ``precision`` (``"32"`` or ``"bf16"``) with ``threads`` threads (None: the split of
-    :func:`transferkit.inference.thread_split`); see ``docs/runtimes.md``.
+    ``precision`` (``"32"`` or ``"bf16"``) with ``threads`` threads (None: the runtime's
+    default, every core; :func:`transferkit.inference.thread_split` computes a split from the
+    measured costs); see ``docs/runtimes.md``.
     """
     out = os.fspath(out)
     if resume and overwrite:
