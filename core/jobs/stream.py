@@ -121,8 +121,8 @@ def stream(
         label_names = [str(n) for n in reader.label_names]
         classes = np.arange(len(label_names))
         labels = np.asarray(reader.labels)
-        check_trainable(labels, label_names, store_path, split=test is None and test_size > 0)
         test_reader = None
+        check_trainable(labels, label_names, store_path, split=test is None and test_size > 0)
         if test is not None:
             test_reader = open_reader(test, store)
             check_test_store(reader, test_reader, store_path, test)
