@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import json
 import os
 import shutil
@@ -205,6 +206,19 @@ def lock_holder(path: str | os.PathLike[str]) -> int | None:
     return pid if pid != os.getpid() and _pid_alive(pid) else None
 
 
+def _chunk_bytes(array: Any) -> int:
+    """Bytes of one uncompressed chunk of ``array`` (0 when it has no chunks): what a format
+    may allocate at once when a block starts a new chunk."""
+    chunks = getattr(array, "chunks", None)
+    if not chunks:
+        return 0
+    itemsize = getattr(getattr(array, "dtype", None), "itemsize", 8) or 8
+    return int(np.prod(chunks)) * int(itemsize)
+
+
+FREE_SPACE_MARGIN = 64 << 10  # bytes kept free beyond a block's own size (formats that check)
+
+
 class FeatureStore:
     """Base class of every store format. Subclasses implement the ``_backend`` hooks only.
 
@@ -213,6 +227,9 @@ class FeatureStore:
 
     name: ClassVar[str] = ""
     suffixes: ClassVar[tuple[str, ...]] = ()
+    # a format that cannot recover from a full disk in the middle of a write sets this: each
+    # block is then refused, whole, when the disk has no room for it
+    checks_free_space: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ backend hooks (thin)
 
@@ -597,6 +614,10 @@ class FeatureStoreWriter:
             x = np.concatenate(self._buf_x)
             y = np.concatenate(self._buf_y)
             p = np.array(self._buf_p, dtype=object)
+            if b.checks_free_space:
+                chunks = sum(_chunk_bytes(a) for a in (self._features, self._labels, self._paths))
+                block = x.nbytes + y.nbytes + sum(len(q) for q in self._buf_p)
+                self._check_free_space(2 * block + chunks)
             start, stop = self._rows_on_disk, self._rows_on_disk + self._buf_n
             for arr, data in ((self._features, x), (self._labels, y), (self._paths, p)):
                 if arr.shape[0] < stop:
@@ -612,6 +633,20 @@ class FeatureStoreWriter:
             self.root.attrs["skipped"] = _encode_attr(self._skipped)
         self.root.attrs["rows"] = self._rows_on_disk
         b._backend_flush(self.root)
+
+    def _check_free_space(self, nbytes: int) -> None:
+        """Refuse a block the disk cannot take before writing any of it: a format that cannot
+        recover from a full disk mid-write (HDF5) keeps its committed rows intact this way."""
+        folder = os.path.dirname(os.path.abspath(self.path))
+        need = nbytes + FREE_SPACE_MARGIN  # with room for metadata to spare
+        free = shutil.disk_usage(folder).free
+        if free < need:
+            raise OSError(
+                errno.ENOSPC,
+                f"{os.strerror(errno.ENOSPC)} (the next block needs about {need >> 10} KiB, "
+                f"{free >> 10} KiB are free)",
+                self.path,
+            )
 
     def close(self, complete: bool = True) -> None:
         """Flush, mark the store complete (unless ``complete=False``), close, release the lock."""

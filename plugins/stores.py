@@ -17,6 +17,8 @@ class HDF5Store(FeatureStore):
 
     name = "hdf5"
     suffixes = (".h5", ".hdf5")
+    # HDF5 is not journaled: a write that fails on a full disk can leave the file unreadable
+    checks_free_space = True
 
     @classmethod
     def _backend_open(cls, path: str, mode: str) -> Any:

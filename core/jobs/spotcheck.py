@@ -41,6 +41,7 @@ import io
 import json
 import multiprocessing
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -778,14 +779,21 @@ class Journal:
     def open(self, kept: list[dict[str, Any]], timeout: float | None) -> None:
         """Start the journal afresh with the rows kept from the last run, then append. The
         folder (checked by :func:`check_report_folder`) is marked as a report folder first."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        outputs.mark_folder(self.path.parent, REPORT_KIND)
-        self._lock()
-        lines = [json.dumps({"key": self.key})]
-        lines += [json.dumps({"row": row, "timeout": timeout}, default=str) for row in kept]
-        outputs.atomic_write_text(self.path, "\n".join(lines) + "\n")
-        with outputs.writing(self.path, "write the spot-check journal"):
-            self._fh = open(self.path, "a")  # noqa: SIM115 -- closed by close()
+        folder = self.path.parent
+        new = not os.path.lexists(folder)
+        try:
+            outputs.mark_folder(folder, REPORT_KIND)
+            self._lock()
+            lines = [json.dumps({"key": self.key})]
+            lines += [json.dumps({"row": row, "timeout": timeout}, default=str) for row in kept]
+            outputs.atomic_write_text(self.path, "\n".join(lines) + "\n")
+            with outputs.writing(self.path, "write the spot-check journal"):
+                self._fh = open(self.path, "a")  # noqa: SIM115 -- closed by close()
+        except BaseException:
+            self.close()
+            if new:  # a folder made for this run and nothing in it yet: leave nothing behind
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
         self._timeout = timeout
 
     def append(self, row: dict[str, Any]) -> None:
