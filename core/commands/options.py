@@ -31,3 +31,23 @@ def runtime_options(precision_default: str | None = "32") -> Callable[[Any], Any
         )(func)
 
     return decorate
+
+
+def model_out_options(example: str) -> Callable[[Any], Any]:
+    """``--overwrite`` (for ``--out``) and ``--param KEY=VALUE`` of the commands that fit and
+    save a classifier (``train``, ``stream``); ``example`` is the help's ``--param`` example."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        func = click.option(
+            "--param",
+            "-p",
+            "params",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help=f"Set a parameter of the classifier (one of its get_params()), e.g. {example}.",
+        )(func)
+        return click.option(
+            "--overwrite", is_flag=True, help="Replace --out if it is a model transferkit saved."
+        )(func)
+
+    return decorate

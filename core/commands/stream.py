@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..config import config_options
+from .options import model_out_options
 
 
 def register(cli: click.Group) -> None:
@@ -51,17 +52,7 @@ def register(cli: click.Group) -> None:
         help="Batches mixed together in the shuffle buffer (0: store order).",
     )
     @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Save the model.")
-    @click.option(
-        "--overwrite", is_flag=True, help="Replace --out if it is a model transferkit saved."
-    )
-    @click.option(
-        "--param",
-        "-p",
-        "params",
-        multiple=True,
-        metavar="KEY=VALUE",
-        help="Set a parameter of the classifier (one of its get_params()), e.g. -p alpha=1e-4.",
-    )
+    @model_out_options("-p alpha=1e-4")
     @click.option("--store", default=None, help="Store format, when the suffix does not tell.")
     @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
     @config_options

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from ..config import config_options
+from .options import model_out_options
 
 
 def print_train_result(result: dict[str, Any]) -> None:
@@ -44,17 +45,7 @@ def register(cli: click.Group) -> None:
         default=None,
         help="Save the fitted model here (.skops for scikit-learn, .pkl for river).",
     )
-    @click.option(
-        "--overwrite", is_flag=True, help="Replace --out if it is a model transferkit saved."
-    )
-    @click.option(
-        "--param",
-        "-p",
-        "params",
-        multiple=True,
-        metavar="KEY=VALUE",
-        help="Set a parameter of the classifier (one of its get_params()), e.g. --param C=0.1.",
-    )
+    @model_out_options("--param C=0.1")
     @click.option("--store", default=None, help="Store format, when the suffix does not tell.")
     @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
     @config_options

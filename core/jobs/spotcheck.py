@@ -885,8 +885,8 @@ def _test_stores(
                 cache_dir=extract["cache_dir"],
                 batch_size=extract["batch_size"],
                 progress=extract["progress"],
-                runtime=extract.get("runtime", "auto"),
-                precision=extract.get("precision", "32"),
+                runtime=extract["runtime"],
+                precision=extract["precision"],
             )
             stores.append(path)
         return stores
@@ -972,31 +972,19 @@ def spotcheck(
         check_report_folder(Path(out), [str(i) for i in inputs])
     started = time.perf_counter()
     try:
-        sources = resolve_sources(
-            list(inputs),
-            backbones,
-            weights=weights,
-            input_size=input_size,
-            pooling=pooling,
-            cache_dir=cache_dir,
-            batch_size=batch_size,
-            progress=progress,
-            runtime=runtime,
-            precision=precision,
-        )
-        tests = _test_stores(
-            test,
-            sources,
-            backbones,
-            weights=weights,
-            input_size=input_size,
-            pooling=pooling,
-            cache_dir=cache_dir,
-            batch_size=batch_size,
-            progress=progress,
-            runtime=runtime,
-            precision=precision,
-        )
+        # how images are extracted, for the feature sets and a test image folder alike
+        extraction: dict[str, Any] = {
+            "weights": weights,
+            "input_size": input_size,
+            "pooling": pooling,
+            "cache_dir": cache_dir,
+            "batch_size": batch_size,
+            "progress": progress,
+            "runtime": runtime,
+            "precision": precision,
+        }
+        sources = resolve_sources(list(inputs), backbones, **extraction)
+        tests = _test_stores(test, sources, backbones, **extraction)
         with tempfile.TemporaryDirectory(prefix="transferkit-spotcheck-") as scratch:
             tasks: list[Task] = []
             label_names: list[str] = []
