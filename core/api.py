@@ -54,7 +54,7 @@ def spotcheck(inputs: Any, **options: Any) -> dict[str, Any]:
     if scheduler:
         import functools
 
-        from .distributed import run_grid_dask
+        from .jobs.spotcheck_dask import run_grid_dask
 
         options["runner"] = functools.partial(run_grid_dask, scheduler=scheduler)
     return _spotcheck(inputs, **options)

@@ -497,7 +497,8 @@ def test_sigkill_during_finetuning_then_resume_trains_each_epoch_once(
 
 
 def test_a_journal_cut_short_or_made_with_other_settings_is_not_trusted(tmp_path: Path) -> None:
-    from transferkit.jobs.spotcheck import ROW_FIELDS, Journal
+    from transferkit.jobs.spotcheck_journal import Journal
+    from transferkit.jobs.spotcheck_runner import ROW_FIELDS
 
     def row(name: str, status: str = "ok") -> dict[str, Any]:
         return {**dict.fromkeys(ROW_FIELDS), "backbone": "f", "classifier": name, "status": status}
@@ -523,7 +524,8 @@ def test_a_journal_cut_short_or_made_with_other_settings_is_not_trusted(tmp_path
 def test_the_journal_key_follows_the_stores_and_the_split(tmp_path: Path) -> None:
     from test_train import write_digits
 
-    from transferkit.jobs.spotcheck import FeatureSource, journal_key
+    from transferkit.jobs.spotcheck import FeatureSource
+    from transferkit.jobs.spotcheck_journal import journal_key
 
     store = write_digits(tmp_path / "d.h5", rows=100)
     sources = [FeatureSource("d", str(store))]

@@ -235,7 +235,7 @@ def with_truth(
     result["labelled"] = len(scored)
     result["accuracy"] = correct / len(scored) if scored else None
     if out is not None:
-        from .spotcheck import confusion_picture
+        from .spotcheck_report import confusion_picture
 
         classes = names + sorted({p["true"] for p in scored} - set(names))
         index = {n: i for i, n in enumerate(classes)}
