@@ -1,4 +1,4 @@
-"""The tf.data input pipeline on real files, and the stratified split."""
+"""The tf.data input pipeline on real files (the stratified split: test_scores.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from transferkit.pipeline import (
     probe_codes,
     resize_image,
     skip_reason,
-    stratified_split,
 )
 
 
@@ -138,25 +137,6 @@ def test_subset_shuffle_repeat_and_custom_source(tmp_path):
     assert sum(1 for _ in looped.take(5)) == 5
     with pytest.raises(UsageError):
         image_dataset(src, [11], input_size=(5, 7), batch_size=2)
-
-
-def test_stratified_split():
-    y = np.array([0] * 50 + [1] * 30 + [2] * 3)
-    train, val = stratified_split(y, (0.8, 0.2), seed=0)
-    assert len(train) + len(val) == len(y)
-    assert not set(train) & set(val)
-    assert np.bincount(y[train]).tolist() == [40, 24, 2]
-    assert np.bincount(y[val]).tolist() == [10, 6, 1]
-    again = stratified_split(y, (0.8, 0.2), seed=0)
-    assert all((a == b).all() for a, b in zip((train, val), again, strict=True))
-    other = stratified_split(y, (0.8, 0.2), seed=1)
-    assert not (other[0] == train).all()
-    a, b, c = stratified_split(y, (0.6, 0.2, 0.2), seed=2)
-    assert sorted(np.concatenate([a, b, c]).tolist()) == list(range(len(y)))
-    assert (np.bincount(y[c], minlength=3) >= 1).all()  # the 3-image class reaches every part
-    assert len(stratified_split(y, 0.5)) == 2
-    with pytest.raises(UsageError, match="summing to 1"):
-        stratified_split(y, (0.5, 0.3))
 
 
 def test_large_jpegs_decode_at_reduced_scale(tmp_path):

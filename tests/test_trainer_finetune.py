@@ -93,6 +93,12 @@ def test_finetune_saves_a_classifier_that_reloads_with_labels_and_preprocessing(
     assert list(rows) == list(range(len(paths)))
     accuracy = float(np.mean(probs.argmax(1) == data.labels[data.test_indices]))
     assert accuracy == pytest.approx(result["test_accuracy"], abs=1e-6)
+    # and the summary's other scores are those train and spotcheck compute
+    from transferkit.metrics import score
+
+    expected = score(data.labels[data.test_indices], probs.argmax(1), labels=range(3))
+    for key in ("macro_f1", "balanced_accuracy"):
+        assert result[f"test_{key}"] == pytest.approx(expected[key], abs=1e-6), key
     raw = np.stack([np.asarray(Image.open(p).convert("RGB"), np.float32) for p in paths])
     np.testing.assert_allclose(loaded.predict_proba(raw), probs, atol=1e-5)
     assert loaded.predict(raw[:2]) == [loaded.label_names[i] for i in probs[:2].argmax(1)]

@@ -174,8 +174,10 @@ def finetune(
     ``ImageSource`` of
     separate test images with the same class names) replaces the test part of ``split``: the
     images are then split into train and validation only. Returns a summary: ``model_path``,
-    ``label_names``, ``phases`` (with the test accuracy after each), ``test_accuracy`` (of the
-    exported weights), ``restored_best_epoch``, ``epochs``, ``seconds``...
+    ``label_names``, ``phases`` (with the test accuracy after each), ``test_accuracy``,
+    ``test_macro_f1`` and ``test_balanced_accuracy`` (of the exported weights, scored by
+    :func:`transferkit.metrics.score` as ``train`` scores), ``restored_best_epoch``, ``epochs``,
+    ``seconds``...
     """
     from ..sizes import check_batch_fits
     from ..sizes import parse_input_size as _parse_size
@@ -261,15 +263,13 @@ def finetune(
         if probe_init and not (resume and (out / CHECKPOINT_DIR / "last.ckpt.npz").exists()):
             _probe_head(model, data)
         result = trainer.fit(model, data, strategy_obj, ckpt_path="last" if resume else None)
-        tested = [p for p in result["phases"] if "test_accuracy" in p]
-        test_accuracy = tested[-1]["test_accuracy"] if tested else None
         best = out / CHECKPOINT_DIR / ModelCheckpoint.BEST
         restored = None
         if restore_best and has_val and best.exists():
             model.network.load_weights(best)
             restored = checkpoint.best_epoch
-            if len(data.test_indices):
-                test_accuracy = float(trainer.test(model, data)["accuracy"])
+        # the final model's test scores, computed as train and spotcheck compute theirs
+        scores = trainer.score(model, data) if len(data.test_indices) else {}
         summary: dict[str, Any] = {
             "model_path": str(out / MODEL_FILE),
             "backbone": built.name,
@@ -279,7 +279,9 @@ def finetune(
             "data": data.describe(),
             "epochs": result["epochs"],
             "phases": result["phases"],
-            "test_accuracy": test_accuracy,
+            "test_accuracy": scores.get("accuracy"),
+            "test_macro_f1": scores.get("macro_f1"),
+            "test_balanced_accuracy": scores.get("balanced_accuracy"),
             "restored_best_epoch": restored,  # numbered as in history.csv
             "input_size": list(built.input_size),
             "preprocessing": built.preprocessing,

@@ -5,7 +5,7 @@ extracted once per backbone setting into a cache (:func:`cached_store`) keyed by
 weights, input size, pooling and the image list (paths, sizes, modification times), so a second
 spot-check of the same images extracts nothing.
 
-Each feature source is split once (stratified, seeded); its
+Each feature source is split once (stratified, seeded: :mod:`transferkit.splits`); its
 train/test arrays are written to a scratch folder that workers memory-map. The pairs then run on
 a runner: the local worker processes of :mod:`transferkit.jobs.spotcheck_runner` (at most
 ``jobs`` at a time, one BLAS thread each, ``timeout`` seconds a pair), or a Dask cluster
@@ -298,7 +298,8 @@ def _prepare_split(
 ) -> tuple[Path, list[str]]:
     """The source's train/test arrays as ``.npy`` files: a stratified split of its rows, or all
     of them against every row of the ``test`` store (checked to share recipe and classes)."""
-    from .train import check_trainable, open_reader, read_test_store, split_indices
+    from ..splits import split_indices
+    from .train import check_trainable, open_reader, read_test_store
 
     reader = open_reader(source.path, store)
     try:

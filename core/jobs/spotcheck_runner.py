@@ -38,6 +38,7 @@ from typing import Any, cast
 import numpy as np
 
 from .. import estimators, registry
+from ..metrics import score
 
 # the fields of a report row, in the order of the CSV file
 ROW_FIELDS = (
@@ -70,6 +71,7 @@ PRELOAD = [
     "sklearn.model_selection",
     "threadpoolctl",
     "transferkit.estimators",
+    "transferkit.metrics",
     "transferkit.plugin_manager",
     "transferkit.registry",
 ]
@@ -153,14 +155,10 @@ def run_pair(task: Task, split: dict[str, np.ndarray] | None = None) -> dict[str
             start = time.perf_counter()
             predicted = estimators.predict(fitted, np.asarray(data["X_test"]))
             predict_seconds = time.perf_counter() - start
-        from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
-
         y_test = data["y_test"]
         row.update(
             status="ok",
-            accuracy=float(accuracy_score(y_test, predicted)),
-            macro_f1=float(f1_score(y_test, predicted, average="macro", zero_division=0)),
-            balanced_accuracy=float(balanced_accuracy_score(y_test, predicted)),
+            **score(y_test, predicted, labels=data["classes"]),
             fit_seconds=fit_seconds,
             predict_seconds=predict_seconds,
             error=None,

@@ -41,7 +41,8 @@ from ..models import (
     save_model,
 )
 from ..plugin_manager import notify_exception
-from .train import check_test_store, check_trainable, evaluate, open_reader, split_indices
+from ..splits import split_indices
+from .train import check_test_store, check_trainable, evaluate, open_reader
 
 
 def shuffled_batches(

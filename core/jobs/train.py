@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import estimators, registry
 from ..errors import TransferkitError, UsageError
+from ..metrics import score
 from ..models import (
     FeatureRecipe,
     SavedModel,
@@ -28,45 +29,7 @@ from ..models import (
     save_model,
 )
 from ..plugin_manager import notify_exception
-
-
-def split_indices(
-    labels: np.ndarray, test_size: float, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified, seeded (train, test) row indices, each sorted (reads stay sequential)."""
-    labels = np.asarray(labels)
-    if not 0.0 < test_size < 1.0:
-        raise UsageError(f"--test-size must be between 0 and 1 (exclusive), got {test_size}")
-    try:
-        from ..pipeline import stratified_split
-    except ImportError:  # without the shared helper: scikit-learn's stratified split
-        from sklearn.model_selection import train_test_split
-
-        index = np.arange(len(labels))
-        counts = np.bincount(labels) if len(labels) else np.array([])
-        stratify = labels if len(counts) and counts[counts > 0].min() >= 2 else None
-        train, test = train_test_split(
-            index, test_size=test_size, random_state=seed, stratify=stratify
-        )
-    else:
-        train, test = stratified_split(labels, fractions=(1.0 - test_size, test_size), seed=seed)
-    return np.sort(np.asarray(train)), np.sort(np.asarray(test))
-
-
-def subset_indices(labels: np.ndarray, fraction: float | None, seed: int = 0) -> np.ndarray:
-    """A stratified, seeded fraction of the rows (all rows when ``fraction`` is None or 1)."""
-    if fraction is None or fraction >= 1.0:
-        return np.arange(len(labels))
-    if fraction <= 0.0:
-        raise UsageError(f"--subset must be a fraction in (0, 1], got {fraction}")
-    rng = np.random.default_rng(seed)
-    keep: list[np.ndarray] = []
-    for label in np.unique(labels):
-        rows = np.flatnonzero(labels == label)
-        n = max(1, int(round(fraction * len(rows))))
-        keep.append(rng.choice(rows, size=n, replace=False))
-    return np.sort(np.concatenate(keep))
-
+from ..splits import split_indices, subset_indices
 
 # a test set smaller than this gives scores too rough to compare; train says so
 FEW_TEST_ROWS = 10
@@ -155,23 +118,14 @@ def read_test_store(
 
 
 def evaluate(y_true: np.ndarray, y_pred: np.ndarray, label_names: list[str]) -> dict[str, Any]:
-    """Accuracy, macro F1, balanced accuracy and the per-class report (dict and text)."""
-    from sklearn.metrics import (
-        accuracy_score,
-        balanced_accuracy_score,
-        classification_report,
-        f1_score,
-    )
+    """Accuracy, macro F1 and balanced accuracy (:func:`transferkit.metrics.score`), and the
+    per-class report (dict and text; a class absent from the test rows shows support 0)."""
+    from sklearn.metrics import classification_report
 
     labels = list(range(len(label_names)))
-    present = sorted(set(np.unique(y_true).tolist()))
     kwargs: dict[str, Any] = {"labels": labels, "target_names": label_names, "zero_division": 0}
     return {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(
-            f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)
-        ),
-        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+        **score(y_true, y_pred, labels=labels),
         "per_class": classification_report(y_true, y_pred, output_dict=True, **kwargs),
         "report_text": classification_report(y_true, y_pred, digits=3, **kwargs),
     }

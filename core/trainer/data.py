@@ -21,7 +21,7 @@ DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
 
 
 def _split(labels: np.ndarray, fractions: Sequence[float], seed: int) -> tuple[np.ndarray, ...]:
-    from ..pipeline import stratified_split
+    from ..splits import stratified_split
 
     return tuple(np.asarray(p, dtype=np.int64) for p in stratified_split(labels, fractions, seed))
 

@@ -177,6 +177,18 @@ class Trainer:
         """Loss and accuracy on the test split."""
         return self._call_and_handle("test", self._run_eval, model, data, "test")
 
+    def score(
+        self,
+        model: TransferModel | None = None,
+        data: DataModule | None = None,
+        split: str = "test",
+    ) -> dict[str, float]:
+        """Accuracy, macro F1 and balanced accuracy of the model's predictions on a split
+        (``"test"`` or ``"val"``), by :func:`transferkit.metrics.score` over the data module's
+        classes: the numbers ``train`` and ``spotcheck`` report for stored features."""
+        where = "validate" if split == "val" else "test"
+        return self._call_and_handle(where, self._run_score, model, data, split)
+
     def predict(
         self, model: TransferModel | None = None, data: Any = None, split: str = "test"
     ) -> np.ndarray:
@@ -440,6 +452,27 @@ class Trainer:
             raise UsageError(f"the data module has no {split} split; give it a {split} fraction")
         self._ensure_compiled(self.model)
         return self._evaluate(dataset)
+
+    def _run_score(
+        self, model: TransferModel | None, data: DataModule | None, split: str
+    ) -> dict[str, float]:
+        from ..metrics import score
+
+        self._bind(model, data)
+        if not isinstance(self.data, DataModule):
+            raise UsageError("pass a data module (or call fit first)")
+        dataset = self.data.val_dataset() if split == "val" else self.data.test_dataset()
+        if dataset is None:
+            raise UsageError(f"the data module has no {split} split; give it a {split} fraction")
+        truth, predicted = [], []
+        with _quiet_end_of_data():
+            for batch in dataset:
+                probs = self.model.network(batch[0], training=False)
+                predicted.append(np.asarray(probs).argmax(-1).reshape(-1))
+                truth.append(np.asarray(batch[1]).reshape(-1))
+        return score(
+            np.concatenate(truth), np.concatenate(predicted), labels=range(self.data.num_classes)
+        )
 
     def _run_predict(self, model: TransferModel | None, data: Any, split: str) -> np.ndarray:
         self._bind(model, data if isinstance(data, DataModule) else None)
