@@ -37,6 +37,7 @@ HOOKS: dict[str, tuple[str, type[Spec]]] = {
 
 _lock = threading.RLock()
 _cache: dict[str, dict[str, Spec]] = {}
+_cache_generation = -1  # plugin_manager.generation() when _cache was filled
 
 
 class DuplicateNameError(ValueError):
@@ -44,6 +45,8 @@ class DuplicateNameError(ValueError):
 
 
 def clear_cache() -> None:
+    """Forget what the plugins registered (after registering a plugin object by hand, say);
+    :func:`transferkit.plugin_manager.reset` makes the cache stale without calling this."""
     with _lock:
         _cache.clear()
 
@@ -94,7 +97,11 @@ def all_specs(kind: str) -> dict[str, Spec]:
     """Every registered item of ``kind`` (backbone, store, classifier, strategy, dataset, head)."""
     if kind not in HOOKS:
         raise ValueError(f"unknown kind {kind!r}; allowed: {sorted(HOOKS)}")
+    global _cache_generation
     with _lock:
+        if _cache_generation != plugins.generation():
+            _cache.clear()
+            _cache_generation = plugins.generation()
         if kind not in _cache:
             _cache[kind] = _collect(kind)
         return dict(_cache[kind])
