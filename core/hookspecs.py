@@ -94,6 +94,19 @@ def register_runtimes(register: Callable[[RuntimeSpec], None]) -> None:
 
 
 @hookspec
+def register_keras_objects(register: Callable[..., None]) -> None:
+    """Register the Keras classes (layers, models) that this plugin's backbones or heads put
+    into a saved ``.keras`` model, so that transferkit can load such a model again.
+
+    Called when transferkit loads a Keras model (``load_finetuned``, ``predict`` on a fine-tuned
+    model), never at start-up, so importing Keras here is fine. Call ``register(cls)`` for a class
+    (known under its ``keras.saving.get_registered_name``, ``package>Name``), or
+    ``register(make_class, name="package>Name")`` with a function returning the class, called
+    only when a model being loaded holds that name (for classes that are costly to define).
+    """
+
+
+@hookspec
 def register_commands(cli: click.Group) -> None:
     """Add commands to the ``transferkit`` command line.
 

@@ -7,6 +7,7 @@ import difflib
 import functools
 import sys
 import threading
+from collections.abc import Collection
 from typing import Any, TypeVar
 
 from . import plugin_manager as plugins
@@ -202,4 +203,57 @@ def store_for_path(path: str, store_name: str | None = None) -> StoreSpec:
     raise UsageError(
         f"cannot tell the store format of {path!r} from its suffix; use one of {known} "
         f"or pass --store NAME"
+    )
+
+
+def keras_objects(wanted: Collection[str] = ()) -> dict[str, Any]:
+    """The Keras classes plugins register with ``register_keras_objects``, by registered name
+    (``package>Name``): every class registered as one, and those registered through a function
+    when their name is in ``wanted`` (the names a file being loaded holds). Imports Keras.
+
+    A plugin that fails in the hook (or whose function fails) is reported on stderr and skipped.
+    """
+    import keras
+
+    classes: dict[str, Any] = {}
+    makers: dict[str, tuple[str, Any]] = {}
+    pm = plugins.get_plugin_manager()
+    for impl in reversed(pm.hook.register_keras_objects.get_hookimpls()):
+        plugin_name = impl.plugin_name
+
+        def register(obj: Any, name: str | None = None, _plugin: str = plugin_name) -> None:
+            if isinstance(obj, type):
+                classes.setdefault(name or keras.saving.get_registered_name(obj), obj)
+            elif callable(obj) and name:
+                makers.setdefault(name, (_plugin, obj))
+            else:
+                raise TypeError(
+                    f"plugin {_plugin!r}: register_keras_objects takes a class, or a function "
+                    f"with name='package>Name', not {type(obj).__name__}"
+                )
+
+        kwargs = {"register": register}
+        try:
+            impl.function(*[kwargs[arg] for arg in impl.argnames])
+        except Exception as exc:
+            if plugins.strict_mode():
+                raise
+            _report(plugin_name, "register_keras_objects", exc)
+    for name in wanted:
+        if name in classes or name not in makers:
+            continue
+        plugin_name, make = makers[name]
+        try:
+            classes[name] = make()
+        except Exception as exc:
+            if plugins.strict_mode():
+                raise
+            _report(plugin_name, f"register_keras_objects ({name})", exc)
+    return classes
+
+
+def _report(plugin_name: str, where: str, exc: BaseException) -> None:
+    print(
+        f'transferkit: plugin "{plugin_name}" failed in {where}: {type(exc).__name__}: {exc}',
+        file=sys.stderr,
     )
