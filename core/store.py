@@ -367,7 +367,6 @@ class FeatureStoreWriter:
         self._pending_skipped: list[list[str]] = []
         self._closed = False
         self.resumed = False
-        self.existing_metadata: dict[str, Any] = {}
         self._lock_path = self.path.rstrip("/") + ".lock"
 
         exists = backend.exists(self.path)
@@ -535,7 +534,6 @@ class FeatureStoreWriter:
         self._skipped = [list(s) for s in attrs.get("skipped", [])]
         self._stored_paths = _to_str_list(self._paths[:rows]) if rows else []
         self._done_paths = set(self._stored_paths)
-        self.existing_metadata = {k: v for k, v in attrs.items() if k not in _RESERVED_ATTRS}
         self.resumed = True
 
     def _write_attrs(self, metadata: Mapping[str, Any], initial: bool) -> None:
@@ -603,12 +601,6 @@ class FeatureStoreWriter:
     def record_skipped(self, path: str, reason: str) -> None:
         """Record a file that could not be used; stored with the next flush."""
         self._pending_skipped.append([path_text(path), path_text(reason)])
-
-    def set_metadata(self, **metadata: Any) -> None:
-        for key, value in metadata.items():
-            if key in _RESERVED_ATTRS:
-                raise UsageError(f"metadata key {key!r} is reserved by the store")
-            self.root.attrs[key] = _encode_attr(value)
 
     @property
     def committed_rows(self) -> int:
@@ -923,20 +915,11 @@ class FeatureStoreReader:
 # ---------------------------------------------------------------------------- entry points
 
 
-def _live_writer(lock: str) -> int | None:
-    """The id of the live process holding the lock file ``lock``, if any."""
-    try:
-        pid = int(Path(lock).read_text().strip() or "0")
-    except (OSError, ValueError):
-        return None
-    return pid if pid != os.getpid() and _pid_alive(pid) else None
-
-
 def check_replaceable_store(backend: type[FeatureStore], path: str) -> None:
     """Raise ``UsageError`` unless ``path`` (which exists) is a store transferkit wrote
     (``StoreLockedError`` when another live process is writing it)."""
     lock = str(path).rstrip("/") + ".lock"
-    pid = _live_writer(lock)
+    pid = lock_holder(path)
     if pid is not None:
         raise StoreLockedError(
             f"{path} is being written by process {pid}; wait for it to finish or stop it "
@@ -956,7 +939,9 @@ def backend_for(path: str | os.PathLike[str], store: str | None = None) -> type[
     from . import registry
 
     spec = registry.store_for_path(str(path), store)
-    cls = spec.factory()
+    cls: Any = spec.factory  # the class itself, or a function returning it
+    if not (isinstance(cls, type) and issubclass(cls, FeatureStore)):
+        cls = cls()
     if not (isinstance(cls, type) and issubclass(cls, FeatureStore)):
         raise TransferkitError(
             f"store plugin {spec.name!r} ({spec.plugin}) must return a FeatureStore subclass"

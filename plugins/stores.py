@@ -138,21 +138,13 @@ class ZarrStore(FeatureStore):
         return np.asarray(array.oindex[sorted_unique])
 
 
-def hdf5_store() -> type[FeatureStore]:
-    return HDF5Store
-
-
-def zarr_store() -> type[FeatureStore]:
-    return ZarrStore
-
-
 @hookimpl
 def register_feature_stores(register: Any) -> None:
     register(
         StoreSpec(
             name="hdf5",
             description="HDF5 file via h5py: chunked, compressed, one file",
-            factory=hdf5_store,
+            factory=HDF5Store,
             suffixes=HDF5Store.suffixes,
         )
     )
@@ -160,7 +152,7 @@ def register_feature_stores(register: Any) -> None:
         StoreSpec(
             name="zarr",
             description="Zarr 3 directory: chunked, compressed, cloud-friendly",
-            factory=zarr_store,
+            factory=ZarrStore,
             suffixes=ZarrStore.suffixes,
         )
     )
