@@ -286,7 +286,7 @@ def plugin_version(name: str, plugin: Any) -> str:
     if name in _versions:
         return _versions[name]
     if name in _builtin_names:
-        from . import __version__
+        from .version import __version__
 
         return __version__
     return str(getattr(plugin, "__version__", "") or "")
