@@ -67,16 +67,18 @@ def _strategy_options(
 
 
 def _augmentation_for(augment: str | None, task: str | None) -> str:
-    """``classic`` by default; ``none`` for the rotation task, whose labels a horizontal flip or
-    a rotation would corrupt (a flipped 90-degree rotation is a 270-degree one)."""
+    """``classic`` by default; the augmentation a task's labels survive where its spec's
+    metadata names one (``augment``: ``none`` for the rotation task, whose labels a flip or a
+    rotation would corrupt, a flipped 90-degree rotation being a 270-degree one)."""
+    only = registry.dataset(task).metadata.get("augment") if task else None
     if augment is None:
-        return "none" if task == "rotation" else "classic"
-    if task == "rotation" and augment != "none":
+        return str(only or "classic")
+    if only is not None and augment != only:
         import sys
 
         print(
             f"transferkit: warning: --augment {augment} flips/rotates images, which changes the "
-            "labels of the rotation task; use --augment none",
+            f"labels of the {task} task; use --augment {only}",
             file=sys.stderr,
         )
     return augment
