@@ -22,8 +22,7 @@ from .specs import (
     StoreSpec,
     StrategySpec,
 )
-
-__version__ = "0.1.0"
+from .version import __version__
 
 _API = ("extract", "train", "spotcheck", "stream", "finetune", "predict", "demo", "load_finetuned")
 

@@ -15,9 +15,10 @@ from typing import Any
 
 import click
 
-from . import __version__, plugin_manager, registry
+from . import plugin_manager, registry
 from .config import ConfigCommand
 from .errors import TransferkitError, UsageError
+from .version import __version__
 
 VERBOSE_ENV = "TRANSFERKIT_VERBOSE"
 

@@ -9,7 +9,7 @@ Hooks are grouped by phase:
 
 * registration: ``register_*`` hooks hand the plugin a ``register`` callback, called once per item;
 * extraction: ``on_extract_start``, ``on_extract_batch``, ``on_extract_end``;
-* training: ``on_fit_start``, ``on_epoch_end``, ``on_fit_end``;
+* training: ``on_fit_start``, ``on_phase_start``, ``on_epoch_end``, ``on_fit_end``;
 * reporting: ``on_spotcheck_result``;
 * errors: ``on_exception``.
 """
@@ -94,6 +94,19 @@ def register_runtimes(register: Callable[[RuntimeSpec], None]) -> None:
 
 
 @hookspec
+def register_keras_objects(register: Callable[..., None]) -> None:
+    """Register the Keras classes (layers, models) that this plugin's backbones or heads put
+    into a saved ``.keras`` model, so that transferkit can load such a model again.
+
+    Called when transferkit loads a Keras model (``load_finetuned``, ``predict`` on a fine-tuned
+    model), never at start-up, so importing Keras here is fine. Call ``register(cls)`` for a class
+    (known under its ``keras.saving.get_registered_name``, ``package>Name``), or
+    ``register(make_class, name="package>Name")`` with a function returning the class, called
+    only when a model being loaded holds that name (for classes that are costly to define).
+    """
+
+
+@hookspec
 def register_commands(cli: click.Group) -> None:
     """Add commands to the ``transferkit`` command line.
 
@@ -131,7 +144,20 @@ def on_extract_end(output: str, summary: Mapping[str, Any]) -> None:
 
 @hookspec
 def on_fit_start(trainer: Any, model: Any, phase: str) -> None:
-    """Called when the Trainer starts fitting a phase (``phase`` is the strategy's phase name)."""
+    """Called once per ``Trainer.fit``, before its first epoch (after a checkpoint is restored, on
+    a resume); ``phase`` is the name of the strategy's phase the fit starts in.
+
+    Fires at the same moment as ``Callback.on_fit_start``.
+    """
+
+
+@hookspec
+def on_phase_start(trainer: Any, model: Any, phase: str) -> None:
+    """Called when a phase of the strategy begins its first epoch (``phase`` is its name).
+
+    A fit resumed in the middle of a phase does not call it for that phase (it began in the run
+    that was interrupted; ``on_fit_start`` names it). Fires with ``Callback.on_phase_start``.
+    """
 
 
 @hookspec

@@ -244,7 +244,7 @@ def folder_kind(folder: Any) -> str | None:
 
 def mark_folder(folder: Any, kind: str) -> Path:
     """Create ``folder`` if missing and write its marker (``kind``: what it was made for)."""
-    from . import __version__
+    from .version import __version__
 
     folder = Path(folder)
     new = not os.path.lexists(folder)

@@ -62,18 +62,31 @@ def _probe_and_load(
 
     def probe(index: Any) -> tuple[Any, np.ndarray]:
         path = paths[int(index)]
+        code = _header_code(path, max_pixels, target, scaled)
+        if code != PILLOW:
+            return np.int32(code), empty
         try:
-            how, width, height = probe_image_size(path, max_pixels=max_pixels)
-            if how == "native-jpeg":
-                ratio = _jpeg_ratio(width, height, target) if scaled else 1
-                return np.int32(JPEG_RATIOS.index(ratio)), empty
-            if how == "native-png":
-                return np.int32(PNG), empty
             return np.int32(PILLOW), decode_image(path, max_pixels=max_pixels)
         except SkipImage:
             return np.int32(SKIP), empty
 
     return probe
+
+
+def _header_code(path: str, max_pixels: int | None, target: int, fast_jpeg: bool) -> int:
+    """How the file at ``path`` is decoded, from its header: a JPEG scale's index, ``PNG``,
+    ``PILLOW`` or ``SKIP``. The one header check of every pass (ordered or shuffled, ahead or
+    inline). Never raises: a header check that fails for any other reason than the file being
+    unusable leaves the file to Pillow, whose decode then says what is wrong with it."""
+    try:
+        how, width, height = probe_image_size(path, max_pixels=max_pixels)
+    except SkipImage:
+        return SKIP
+    except Exception:  # noqa: BLE001 - see above
+        return PILLOW
+    if how == "native-jpeg":
+        return JPEG_RATIOS.index(_jpeg_ratio(width, height, target) if fast_jpeg else 1)
+    return PNG if how == "native-png" else PILLOW
 
 
 def _loader(source: ImageSource, plan: dict[str, Any] | None) -> Callable[[Any], np.ndarray]:
@@ -108,22 +121,9 @@ def probe_codes(
         return np.full(len(rows), PILLOW, np.int32)
     paths, max_pixels = plan["paths"], plan.get("max_pixels")
     target = max(int(input_size[0]), int(input_size[1]))
-    codes = np.empty(len(rows), np.int32)
-    for k, i in enumerate(rows):
-        try:
-            how, width, height = probe_image_size(paths[int(i)], max_pixels=max_pixels)
-        except SkipImage:
-            codes[k] = SKIP
-            continue
-        except Exception:  # noqa: BLE001 - never raise from the header check: Pillow's own
-            codes[k] = PILLOW  # decode then says what is wrong with the file
-            continue
-        if how == "native-jpeg":
-            ratio = _jpeg_ratio(width, height, target) if fast_jpeg else 1
-            codes[k] = JPEG_RATIOS.index(ratio)
-        else:
-            codes[k] = PNG if how == "native-png" else PILLOW
-    return codes
+    return np.array(
+        [_header_code(paths[int(i)], max_pixels, target, fast_jpeg) for i in rows], np.int32
+    )
 
 
 def _chunks(n: int) -> list[tuple[int, int]]:

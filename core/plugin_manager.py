@@ -75,6 +75,7 @@ class FailedPlugin:
 
 _lock = threading.RLock()
 _pm: pluggy.PluginManager | None = None
+_generation = 0  # bumped by reset(): what the registry cached before is stale
 _failed: list[FailedPlugin] = []
 _builtin_names: set[str] = set()
 _versions: dict[str, str] = {}
@@ -257,15 +258,19 @@ def get_plugin_manager() -> pluggy.PluginManager:
 
 def reset() -> None:
     """Forget every loaded plugin (used after installing packages, and by tests)."""
-    global _pm
+    global _pm, _generation
     with _lock:
         _pm = None
         _failed.clear()
         _builtin_names.clear()
         _versions.clear()
-        from . import registry
+        _generation += 1
 
-        registry.clear_cache()
+
+def generation() -> int:
+    """How many times the plugins were forgotten (:func:`reset`): a cache of what the plugins
+    registered (``transferkit.registry``) is stale once this changes."""
+    return _generation
 
 
 def failed_plugins() -> list[FailedPlugin]:
@@ -281,7 +286,7 @@ def plugin_version(name: str, plugin: Any) -> str:
     if name in _versions:
         return _versions[name]
     if name in _builtin_names:
-        from . import __version__
+        from .version import __version__
 
         return __version__
     return str(getattr(plugin, "__version__", "") or "")

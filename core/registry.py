@@ -7,6 +7,7 @@ import difflib
 import functools
 import sys
 import threading
+from collections.abc import Collection
 from typing import Any, TypeVar
 
 from . import plugin_manager as plugins
@@ -37,6 +38,7 @@ HOOKS: dict[str, tuple[str, type[Spec]]] = {
 
 _lock = threading.RLock()
 _cache: dict[str, dict[str, Spec]] = {}
+_cache_generation = -1  # plugin_manager.generation() when _cache was filled
 
 
 class DuplicateNameError(ValueError):
@@ -44,6 +46,8 @@ class DuplicateNameError(ValueError):
 
 
 def clear_cache() -> None:
+    """Forget what the plugins registered (after registering a plugin object by hand, say);
+    :func:`transferkit.plugin_manager.reset` makes the cache stale without calling this."""
     with _lock:
         _cache.clear()
 
@@ -94,7 +98,11 @@ def all_specs(kind: str) -> dict[str, Spec]:
     """Every registered item of ``kind`` (backbone, store, classifier, strategy, dataset, head)."""
     if kind not in HOOKS:
         raise ValueError(f"unknown kind {kind!r}; allowed: {sorted(HOOKS)}")
+    global _cache_generation
     with _lock:
+        if _cache_generation != plugins.generation():
+            _cache.clear()
+            _cache_generation = plugins.generation()
         if kind not in _cache:
             _cache[kind] = _collect(kind)
         return dict(_cache[kind])
@@ -195,4 +203,57 @@ def store_for_path(path: str, store_name: str | None = None) -> StoreSpec:
     raise UsageError(
         f"cannot tell the store format of {path!r} from its suffix; use one of {known} "
         f"or pass --store NAME"
+    )
+
+
+def keras_objects(wanted: Collection[str] = ()) -> dict[str, Any]:
+    """The Keras classes plugins register with ``register_keras_objects``, by registered name
+    (``package>Name``): every class registered as one, and those registered through a function
+    when their name is in ``wanted`` (the names a file being loaded holds). Imports Keras.
+
+    A plugin that fails in the hook (or whose function fails) is reported on stderr and skipped.
+    """
+    import keras
+
+    classes: dict[str, Any] = {}
+    makers: dict[str, tuple[str, Any]] = {}
+    pm = plugins.get_plugin_manager()
+    for impl in reversed(pm.hook.register_keras_objects.get_hookimpls()):
+        plugin_name = impl.plugin_name
+
+        def register(obj: Any, name: str | None = None, _plugin: str = plugin_name) -> None:
+            if isinstance(obj, type):
+                classes.setdefault(name or keras.saving.get_registered_name(obj), obj)
+            elif callable(obj) and name:
+                makers.setdefault(name, (_plugin, obj))
+            else:
+                raise TypeError(
+                    f"plugin {_plugin!r}: register_keras_objects takes a class, or a function "
+                    f"with name='package>Name', not {type(obj).__name__}"
+                )
+
+        kwargs = {"register": register}
+        try:
+            impl.function(*[kwargs[arg] for arg in impl.argnames])
+        except Exception as exc:
+            if plugins.strict_mode():
+                raise
+            _report(plugin_name, "register_keras_objects", exc)
+    for name in wanted:
+        if name in classes or name not in makers:
+            continue
+        plugin_name, make = makers[name]
+        try:
+            classes[name] = make()
+        except Exception as exc:
+            if plugins.strict_mode():
+                raise
+            _report(plugin_name, f"register_keras_objects ({name})", exc)
+    return classes
+
+
+def _report(plugin_name: str, where: str, exc: BaseException) -> None:
+    print(
+        f'transferkit: plugin "{plugin_name}" failed in {where}: {type(exc).__name__}: {exc}',
+        file=sys.stderr,
     )

@@ -82,7 +82,8 @@ class BackboneSpec(Spec):
 
 @dataclass(frozen=True)
 class StoreSpec(Spec):
-    """A feature store format. ``factory()`` returns the store class (a ``FeatureStore``)."""
+    """A feature store format. ``factory`` is the store class (a ``FeatureStore`` subclass), or
+    a function returning it (to define it lazily)."""
 
     suffixes: tuple[str, ...] = ()
     kind = "store"
@@ -199,17 +200,6 @@ class RuntimeSpec(Spec):
             "" if "bf16" not in self.precisions else (self.unavailable("bf16") or "available")
         )
         return data
-
-
-SPEC_KINDS: dict[str, type[Spec]] = {
-    "backbone": BackboneSpec,
-    "store": StoreSpec,
-    "classifier": ClassifierSpec,
-    "strategy": StrategySpec,
-    "dataset": DatasetSpec,
-    "head": HeadSpec,
-    "runtime": RuntimeSpec,
-}
 
 
 @dataclass

@@ -220,7 +220,18 @@ FREE_SPACE_MARGIN = 64 << 10  # bytes kept free beyond a block's own size (forma
 
 
 class FeatureStore:
-    """Base class of every store format. Subclasses implement the ``_backend`` hooks only.
+    """Base class of every store format: the backend protocol a store plugin implements.
+
+    A format is a subclass whose class methods open a container and make arrays; everything else
+    (schema, buffering, resume, locking, metadata, checks) is :class:`FeatureStoreWriter`'s and
+    :class:`FeatureStoreReader`'s. A container ("root") is a mapping of array names to arrays
+    (``root[name]``, ``shape``, ``dtype``, slicing, slice assignment) with an ``attrs`` mapping
+    of scalar attributes, as an h5py file or a Zarr group is.
+
+    Required: :meth:`open_root`, :meth:`create_array`, :meth:`resize_array`.
+    Optional (defaults here): :meth:`flush_root`, :meth:`close_root`, :meth:`has_array`,
+    :meth:`take_rows`, :meth:`exists`, :meth:`is_transferkit_store`, :meth:`remove`, and the class
+    attributes ``name``, ``suffixes`` and ``checks_free_space``.
 
     Use :func:`create_store` and :func:`open_store` rather than this class directly.
     """
@@ -231,15 +242,15 @@ class FeatureStore:
     # block is then refused, whole, when the disk has no room for it
     checks_free_space: ClassVar[bool] = False
 
-    # ------------------------------------------------------------------ backend hooks (thin)
+    # ------------------------------------------------------------------ the backend protocol
 
     @classmethod
-    def _backend_open(cls, path: str, mode: str) -> Any:
+    def open_root(cls, path: str, mode: str) -> Any:
         """Open the container: ``mode`` is ``"r"`` (read), ``"a"`` (read/write) or ``"w"`` (new)."""
         raise NotImplementedError
 
     @classmethod
-    def _backend_create_array(
+    def create_array(
         cls,
         root: Any,
         name: str,
@@ -252,23 +263,25 @@ class FeatureStore:
         raise NotImplementedError
 
     @classmethod
-    def _backend_resize(cls, array: Any, rows: int) -> None:
+    def resize_array(cls, array: Any, rows: int) -> None:
+        """Grow or shrink ``array`` to ``rows`` rows (its other dimensions unchanged)."""
         raise NotImplementedError
 
     @classmethod
-    def _backend_flush(cls, root: Any) -> None:
+    def flush_root(cls, root: Any) -> None:
         """Make everything written so far durable."""
 
     @classmethod
-    def _backend_close(cls, root: Any) -> None:
+    def close_root(cls, root: Any) -> None:
         """Close the container."""
 
     @classmethod
-    def _backend_has(cls, root: Any, name: str) -> bool:
+    def has_array(cls, root: Any, name: str) -> bool:
+        """Whether the container holds an array called ``name``."""
         return name in root
 
     @classmethod
-    def _backend_take(cls, array: Any, sorted_unique: np.ndarray) -> np.ndarray:
+    def take_rows(cls, array: Any, sorted_unique: np.ndarray) -> np.ndarray:
         """Rows at sorted unique indices. The default reads windows of contiguous rows."""
         parts = []
         i = 0
@@ -286,6 +299,7 @@ class FeatureStore:
 
     @classmethod
     def exists(cls, path: str) -> bool:
+        """Whether something (a store or not) is at ``path``."""
         return os.path.lexists(path)
 
     @classmethod
@@ -295,21 +309,22 @@ class FeatureStore:
         if os.path.islink(path):
             return False
         try:
-            root = cls._backend_open(path, "r")
+            root = cls.open_root(path, "r")
         except Exception:
             return False
         try:
             return "schema_version" in root.attrs and all(
-                cls._backend_has(root, name) for name in ("features", "labels", "paths")
+                cls.has_array(root, name) for name in ("features", "labels", "paths")
             )
         except Exception:
             return False
         finally:
             with contextlib.suppress(Exception):
-                cls._backend_close(root)
+                cls.close_root(root)
 
     @classmethod
     def remove(cls, path: str) -> None:
+        """Delete the store at ``path`` (a file or a folder)."""
         if os.path.isdir(path):
             shutil.rmtree(path)
         elif os.path.exists(path):
@@ -352,7 +367,6 @@ class FeatureStoreWriter:
         self._pending_skipped: list[list[str]] = []
         self._closed = False
         self.resumed = False
-        self.existing_metadata: dict[str, Any] = {}
         self._lock_path = self.path.rstrip("/") + ".lock"
 
         exists = backend.exists(self.path)
@@ -381,7 +395,7 @@ class FeatureStoreWriter:
                     except BaseException:
                         if getattr(self, "root", None) is not None:
                             with contextlib.suppress(Exception):
-                                backend._backend_close(self.root)
+                                backend.close_root(self.root)
                         if not exists:  # what was made of the new store: nothing to resume
                             with contextlib.suppress(OSError):
                                 backend.remove(self.path)
@@ -432,20 +446,20 @@ class FeatureStoreWriter:
         self, metadata: Mapping[str, Any], compression: str | None, chunk_rows: int | None
     ) -> None:
         b = self.backend
-        self.root = b._backend_open(self.path, "w")
+        self.root = b.open_root(self.path, "w")
         d = self.feature_dim
         # aim at ~1 MiB chunks of features, at least 16 rows
         rows_per_chunk = chunk_rows or int(max(16, min(8192, (1 << 20) // (4 * d))))
-        self._features = b._backend_create_array(
+        self._features = b.create_array(
             self.root, "features", (0, d), "float32", (rows_per_chunk, d), compression
         )
-        self._labels = b._backend_create_array(
+        self._labels = b.create_array(
             self.root, "labels", (0,), "int64", (max(rows_per_chunk, 1024),), compression
         )
-        self._paths = b._backend_create_array(
+        self._paths = b.create_array(
             self.root, "paths", (0,), "str", (max(rows_per_chunk, 1024),), compression
         )
-        names = b._backend_create_array(
+        names = b.create_array(
             self.root,
             "label_names",
             (len(self.label_names),),
@@ -463,7 +477,7 @@ class FeatureStoreWriter:
     def _open_for_resume(self, metadata: Mapping[str, Any], must_match: Sequence[str]) -> None:
         b = self.backend
         try:
-            self.root = b._backend_open(self.path, "a")
+            self.root = b.open_root(self.path, "a")
         except Exception as exc:
             raise UsageError(
                 f"cannot open {self.path} to resume it ({type(exc).__name__}: {exc}); it may "
@@ -471,14 +485,14 @@ class FeatureStoreWriter:
                 f"start again"
             ) from exc
         for name in ("features", "labels", "paths", "label_names"):
-            if not b._backend_has(self.root, name):
-                b._backend_close(self.root)
+            if not b.has_array(self.root, name):
+                b.close_root(self.root)
                 raise UsageError(
                     f"{self.path} has no {name!r} array, so it cannot be resumed; "
                     f"pass --overwrite to replace it"
                 )
         if "schema_version" not in self.root.attrs:  # arrays of those names, not our store
-            b._backend_close(self.root)
+            b.close_root(self.root)
             raise UsageError(
                 f"{self.path} is not a store transferkit wrote (it has no schema_version), so "
                 "it cannot be resumed; choose another output"
@@ -489,7 +503,7 @@ class FeatureStoreWriter:
         try:
             attrs = _checked_attrs(self.path, self.root.attrs.items())
         except StoreDamagedError as exc:
-            b._backend_close(self.root)
+            b.close_root(self.root)
             raise UsageError(f"cannot resume: {exc}; pass --overwrite to start again") from None
         stored_dim = int(self._features.shape[1])
         stored_names = _to_str_list(self.root["label_names"][:])
@@ -504,7 +518,7 @@ class FeatureStoreWriter:
             if k in attrs and attrs[k] != _decode_attr(_encode_attr(metadata.get(k)))
         ]
         if problems:
-            b._backend_close(self.root)
+            b.close_root(self.root)
             raise UsageError(
                 f"cannot resume {self.path}: it was made with other settings ("
                 + "; ".join(problems)
@@ -515,12 +529,11 @@ class FeatureStoreWriter:
         # anything past the committed rows is a half-written buffer: drop it
         for arr in (self._features, self._labels, self._paths):
             if arr.shape[0] != rows:
-                b._backend_resize(arr, rows)
+                b.resize_array(arr, rows)
         self._rows_on_disk = rows
         self._skipped = [list(s) for s in attrs.get("skipped", [])]
         self._stored_paths = _to_str_list(self._paths[:rows]) if rows else []
         self._done_paths = set(self._stored_paths)
-        self.existing_metadata = {k: v for k, v in attrs.items() if k not in _RESERVED_ATTRS}
         self.resumed = True
 
     def _write_attrs(self, metadata: Mapping[str, Any], initial: bool) -> None:
@@ -539,7 +552,7 @@ class FeatureStoreWriter:
         values["rows"] = self._rows_on_disk
         for key, value in values.items():
             attrs[key] = _encode_attr(value)
-        self.backend._backend_flush(self.root)
+        self.backend.flush_root(self.root)
 
     # ------------------------------------------------------------------ public API
 
@@ -589,12 +602,6 @@ class FeatureStoreWriter:
         """Record a file that could not be used; stored with the next flush."""
         self._pending_skipped.append([path_text(path), path_text(reason)])
 
-    def set_metadata(self, **metadata: Any) -> None:
-        for key, value in metadata.items():
-            if key in _RESERVED_ATTRS:
-                raise UsageError(f"metadata key {key!r} is reserved by the store")
-            self.root.attrs[key] = _encode_attr(value)
-
     @property
     def committed_rows(self) -> int:
         """Rows on disk, committed (what a resumed run keeps)."""
@@ -621,7 +628,7 @@ class FeatureStoreWriter:
             start, stop = self._rows_on_disk, self._rows_on_disk + self._buf_n
             for arr, data in ((self._features, x), (self._labels, y), (self._paths, p)):
                 if arr.shape[0] < stop:
-                    b._backend_resize(arr, stop)
+                    b.resize_array(arr, stop)
                 arr[start:stop] = data
             self._done_paths.update(self._buf_p)
             self._stored_paths.extend(self._buf_p)
@@ -632,7 +639,7 @@ class FeatureStoreWriter:
             self._pending_skipped = []
             self.root.attrs["skipped"] = _encode_attr(self._skipped)
         self.root.attrs["rows"] = self._rows_on_disk
-        b._backend_flush(self.root)
+        b.flush_root(self.root)
 
     def _check_free_space(self, nbytes: int) -> None:
         """Refuse a block the disk cannot take before writing any of it: a format that cannot
@@ -657,12 +664,12 @@ class FeatureStoreWriter:
                 self._flush()
                 self.root.attrs["complete"] = bool(complete)
                 self.root.attrs["image_count"] = self._rows_on_disk + len(self._skipped)
-                self.backend._backend_flush(self.root)
+                self.backend.flush_root(self.root)
         finally:
             self._closed = True
             try:
                 with writing(self.path):
-                    self.backend._backend_close(self.root)
+                    self.backend.close_root(self.root)
             finally:
                 self._release_lock()
 
@@ -694,7 +701,7 @@ class FeatureStoreReader:
         if not backend.exists(self.path):
             raise UsageError(f"no feature store at {self.path}; run `transferkit extract` first")
         try:
-            self.root = backend._backend_open(self.path, "r")
+            self.root = backend.open_root(self.path, "r")
         except Exception as exc:
             problem = " ".join(str(exc).split())[:300] or type(exc).__name__
             raise StoreDamagedError(
@@ -703,7 +710,7 @@ class FeatureStoreReader:
         try:
             self._n = self._validate()
         except BaseException as exc:
-            backend._backend_close(self.root)
+            backend.close_root(self.root)
             self.root = None
             if isinstance(exc, TransferkitError) or not isinstance(exc, Exception):
                 raise
@@ -718,11 +725,11 @@ class FeatureStoreReader:
         Returns the number of readable rows. Raises :class:`StoreDamagedError`."""
         b, path = self.backend, self.path
         for name in ("features", "labels"):
-            if not b._backend_has(self.root, name):
+            if not b.has_array(self.root, name):
                 raise StoreDamagedError(f"{path} is not a feature store: it has no {name!r} array")
         arrays = {}
         for name in ("features", "labels", "paths", "label_names"):
-            if name in ("paths", "label_names") and not b._backend_has(self.root, name):
+            if name in ("paths", "label_names") and not b.has_array(self.root, name):
                 continue
             arr = self.root[name]
             if not hasattr(arr, "shape") or not hasattr(arr, "dtype"):
@@ -816,7 +823,7 @@ class FeatureStoreReader:
 
     @property
     def paths(self) -> list[str]:
-        if not self.backend._backend_has(self.root, "paths"):
+        if not self.backend.has_array(self.root, "paths"):
             return []
         return _to_str_list(self.root["paths"][: self._n])
 
@@ -867,8 +874,8 @@ class FeatureStoreReader:
         if idx.min() < 0 or idx.max() >= self._n:
             raise IndexError(f"row index out of range for a store of {self._n} rows")
         uniq, inverse = np.unique(idx, return_inverse=True)
-        x = self._x(self.backend._backend_take(self._features, uniq))
-        y = np.asarray(self.backend._backend_take(self._labels, uniq)).astype(np.int64)
+        x = self._x(self.backend.take_rows(self._features, uniq))
+        y = np.asarray(self.backend.take_rows(self._labels, uniq)).astype(np.int64)
         return x[inverse], y.reshape(-1)[inverse]
 
     def iter_batches(
@@ -892,7 +899,7 @@ class FeatureStoreReader:
 
     def close(self) -> None:
         if getattr(self, "root", None) is not None:
-            self.backend._backend_close(self.root)
+            self.backend.close_root(self.root)
             self.root = None
 
     def __enter__(self) -> FeatureStoreReader:
@@ -908,20 +915,11 @@ class FeatureStoreReader:
 # ---------------------------------------------------------------------------- entry points
 
 
-def _live_writer(lock: str) -> int | None:
-    """The id of the live process holding the lock file ``lock``, if any."""
-    try:
-        pid = int(Path(lock).read_text().strip() or "0")
-    except (OSError, ValueError):
-        return None
-    return pid if pid != os.getpid() and _pid_alive(pid) else None
-
-
 def check_replaceable_store(backend: type[FeatureStore], path: str) -> None:
     """Raise ``UsageError`` unless ``path`` (which exists) is a store transferkit wrote
     (``StoreLockedError`` when another live process is writing it)."""
     lock = str(path).rstrip("/") + ".lock"
-    pid = _live_writer(lock)
+    pid = lock_holder(path)
     if pid is not None:
         raise StoreLockedError(
             f"{path} is being written by process {pid}; wait for it to finish or stop it "
@@ -941,7 +939,9 @@ def backend_for(path: str | os.PathLike[str], store: str | None = None) -> type[
     from . import registry
 
     spec = registry.store_for_path(str(path), store)
-    cls = spec.factory()
+    cls: Any = spec.factory  # the class itself, or a function returning it
+    if not (isinstance(cls, type) and issubclass(cls, FeatureStore)):
+        cls = cls()
     if not (isinstance(cls, type) and issubclass(cls, FeatureStore)):
         raise TransferkitError(
             f"store plugin {spec.name!r} ({spec.plugin}) must return a FeatureStore subclass"

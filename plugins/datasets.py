@@ -296,6 +296,7 @@ def register_datasets(register: Any) -> None:
             "the angle is the label",
             factory=rotation,
             transform=True,
-            metadata={"label_names": list(ROTATION_NAMES)},
+            # a flip or a rotation would change the labels: fine-tuning does not augment
+            metadata={"label_names": list(ROTATION_NAMES), "augment": "none"},
         )
     )

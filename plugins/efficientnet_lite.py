@@ -64,8 +64,11 @@ _lock = threading.Lock()
 
 
 def cache_dir() -> Path:
-    """Where converted weights live: ``$TRANSFERKIT_CACHE`` or ``~/.cache/transferkit``."""
-    return Path(os.environ.get("TRANSFERKIT_CACHE") or "~/.cache/transferkit").expanduser()
+    """Where converted weights live: transferkit's cache root (``$TRANSFERKIT_CACHE``, else
+    ``$XDG_CACHE_HOME/transferkit``, ``~/.cache/transferkit``)."""
+    from transferkit.inference import cache_root
+
+    return cache_root()
 
 
 def pth_path() -> Path:

@@ -62,6 +62,8 @@ def register_heads(register: Any) -> None:
             name="classic",
             description="Flatten, Dense 256, ReLU, BatchNorm, Dropout 0.5, Dense, Softmax",
             factory=classic_head,
+            # on the unpooled feature map, with the classic recipe's schedule
+            metadata={"pooling": "none", "schedule": "classic"},
         )
     )
     register(

@@ -220,6 +220,12 @@ def _factory(name: str) -> Any:
     return factory
 
 
+# Index of the first layer fine-tuning unfreezes (warmup-unfreeze's phase 2, the start of
+# gradual's), where the recipes name one: VGG16 15 (block5, the classic recipe), VGG19 17
+# (block5), MobileNetV2 100 and InceptionV3 249 (the Keras guides).
+UNFREEZE_FROM = {"vgg16": 15, "vgg19": 17, "mobilenet-v2": 100, "inception-v3": 249}
+
+
 @hookimpl
 def register_backbones(register: Any) -> None:
     for net in _NETS:
@@ -233,6 +239,14 @@ def register_backbones(register: Any) -> None:
                 preprocessing=f"{net.module}.preprocess_input: {PREPROCESSING[net.mode]}",
                 feature_dims=feature_dims(net.name),
                 weights="imagenet (downloaded into the Keras cache)",
-                metadata={"keras_class": net.cls, "param_count": params},
+                metadata={
+                    "keras_class": net.cls,
+                    "param_count": params,
+                    **(
+                        {"unfreeze_from": UNFREEZE_FROM[net.name]}
+                        if net.name in UNFREEZE_FROM
+                        else {}
+                    ),
+                },
             )
         )

@@ -21,13 +21,13 @@ class HDF5Store(FeatureStore):
     checks_free_space = True
 
     @classmethod
-    def _backend_open(cls, path: str, mode: str) -> Any:
+    def open_root(cls, path: str, mode: str) -> Any:
         import h5py
 
         return h5py.File(path, {"r": "r", "a": "r+", "w": "w"}[mode])
 
     @classmethod
-    def _backend_create_array(
+    def create_array(
         cls,
         root: Any,
         name: str,
@@ -50,7 +50,7 @@ class HDF5Store(FeatureStore):
         )
 
     @classmethod
-    def _backend_resize(cls, array: Any, rows: int) -> None:
+    def resize_array(cls, array: Any, rows: int) -> None:
         array.resize(rows, axis=0)
 
     @classmethod
@@ -78,11 +78,11 @@ class HDF5Store(FeatureStore):
             return False
 
     @classmethod
-    def _backend_flush(cls, root: Any) -> None:
+    def flush_root(cls, root: Any) -> None:
         root.flush()
 
     @classmethod
-    def _backend_close(cls, root: Any) -> None:
+    def close_root(cls, root: Any) -> None:
         root.close()
 
 
@@ -93,13 +93,13 @@ class ZarrStore(FeatureStore):
     suffixes = (".zarr",)
 
     @classmethod
-    def _backend_open(cls, path: str, mode: str) -> Any:
+    def open_root(cls, path: str, mode: str) -> Any:
         import zarr
 
         return zarr.open_group(path, mode={"r": "r", "a": "r+", "w": "w"}[mode])
 
     @classmethod
-    def _backend_create_array(
+    def create_array(
         cls,
         root: Any,
         name: str,
@@ -128,22 +128,14 @@ class ZarrStore(FeatureStore):
             )
 
     @classmethod
-    def _backend_resize(cls, array: Any, rows: int) -> None:
+    def resize_array(cls, array: Any, rows: int) -> None:
         array.resize((rows, *array.shape[1:]))
 
     @classmethod
-    def _backend_take(cls, array: Any, sorted_unique: Any) -> Any:
+    def take_rows(cls, array: Any, sorted_unique: Any) -> Any:
         import numpy as np
 
         return np.asarray(array.oindex[sorted_unique])
-
-
-def hdf5_store() -> type[FeatureStore]:
-    return HDF5Store
-
-
-def zarr_store() -> type[FeatureStore]:
-    return ZarrStore
 
 
 @hookimpl
@@ -152,7 +144,7 @@ def register_feature_stores(register: Any) -> None:
         StoreSpec(
             name="hdf5",
             description="HDF5 file via h5py: chunked, compressed, one file",
-            factory=hdf5_store,
+            factory=HDF5Store,
             suffixes=HDF5Store.suffixes,
         )
     )
@@ -160,7 +152,7 @@ def register_feature_stores(register: Any) -> None:
         StoreSpec(
             name="zarr",
             description="Zarr 3 directory: chunked, compressed, cloud-friendly",
-            factory=zarr_store,
+            factory=ZarrStore,
             suffixes=ZarrStore.suffixes,
         )
     )

@@ -13,11 +13,6 @@ from typing import Any
 from transferkit import StrategySpec, UsageError, hookimpl
 from transferkit.trainer.strategy import FinetuneStrategy, Phase, trainable_blocks
 
-# Index of the first layer to unfreeze in phase 2 of warmup-unfreeze, per backbone. VGG16: 15
-# (block5, as the classic recipe); MobileNetV2: 100 and InceptionV3: 249 (the Keras guides).
-# Other backbones: the BackboneSpec's metadata["unfreeze_from"], else the start of the last block.
-UNFREEZE_FROM = {"vgg16": 15, "vgg19": 17, "mobilenet-v2": 100, "inception-v3": 249}
-
 
 def _per_phase(value: Any, names: Sequence[str], what: str, strategy: str) -> list[Any] | None:
     """``value`` as one entry per phase (a single value applies to all phases)."""
@@ -35,11 +30,9 @@ def _per_phase(value: Any, names: Sequence[str], what: str, strategy: str) -> li
 
 
 def default_unfreeze_from(model: Any, top_blocks: int = 1) -> int:
-    """Where phase 2 of ``warmup-unfreeze`` starts for ``model``'s backbone: the table above, the
-    spec's metadata, else the first layer of the base's last ``top_blocks`` blocks."""
+    """Where phase 2 of ``warmup-unfreeze`` starts for ``model``'s backbone: its spec's
+    ``metadata["unfreeze_from"]``, else the first layer of the base's last ``top_blocks`` blocks."""
     name = model.backbone.name
-    if name in UNFREEZE_FROM:
-        return UNFREEZE_FROM[name]
     try:
         from transferkit import registry
 
@@ -252,6 +245,18 @@ def register_finetune_strategies(register: Any) -> None:
             description="head on a frozen base (Adam), then the top blocks too at a 10x lower "
             "rate, BatchNorm frozen; schedule=classic: RMSprop, then SGD (the classic recipe)",
             factory=WarmupUnfreeze,
+            metadata={
+                "takes_unfreeze_from": True,
+                "schedules": tuple(SCHEDULES),
+                # today's practice: the Keras guide's light augmentation, the head started
+                # from a linear probe, early stopping and the best epoch's weights restored
+                "finetune_defaults": {
+                    "augment": "flip",
+                    "probe_init": True,
+                    "restore_best": True,
+                    "patience": 3,
+                },
+            },
         )
     )
     register(
@@ -274,5 +279,6 @@ def register_finetune_strategies(register: Any) -> None:
             description="head first, then unfreeze block by block from the top, lower LR "
             "for the base",
             factory=Gradual,
+            metadata={"takes_unfreeze_from": True},
         )
     )

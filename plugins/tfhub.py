@@ -221,10 +221,16 @@ def _hub_layer_class() -> Any:
 _HubFeatureLayer: Any = None
 
 
-def register_keras_objects() -> dict[str, Any]:
-    """Register this plugin's Keras layer; call it before ``keras.saving.load_model`` on a model
+def keras_objects() -> dict[str, Any]:
+    """Define this plugin's Keras layer; call it before ``keras.saving.load_model`` on a model
     holding one in a process that has not built a TF Hub backbone. Returns the custom objects."""
     return {"transferkit>HubFeatureLayer": _hub_layer_class()}
+
+
+@hookimpl
+def register_keras_objects(register: Any) -> None:
+    # lazily: defining the layer imports TensorFlow Hub, needed only for a model holding one
+    register(_hub_layer_class, name="transferkit>HubFeatureLayer")
 
 
 def __getattr__(name: str) -> Any:

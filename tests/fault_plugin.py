@@ -41,8 +41,8 @@ class PausedHDF5(HDF5Store):
     suffixes = (".ph5",)
 
     @classmethod
-    def _backend_resize(cls, array: Any, rows: int) -> None:
-        super()._backend_resize(array, rows)
+    def resize_array(cls, array: Any, rows: int) -> None:
+        super().resize_array(array, rows)
         pause_at("resize")
 
 
@@ -51,8 +51,8 @@ class PausedZarr(ZarrStore):
     suffixes = (".pzarr",)
 
     @classmethod
-    def _backend_resize(cls, array: Any, rows: int) -> None:
-        super()._backend_resize(array, rows)
+    def resize_array(cls, array: Any, rows: int) -> None:
+        super().resize_array(array, rows)
         pause_at("resize")
 
 

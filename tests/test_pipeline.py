@@ -208,3 +208,12 @@ def test_a_failing_header_check_falls_back_to_pillow(tmp_path, monkeypatch):
         [x.numpy() for x, _ in image_dataset(src, input_size=(12, 12), batch_size=3)]
     )
     np.testing.assert_allclose(got, want, atol=1e-3)
+    # a shuffled pass (header checks inline, as training reads) keeps the file too
+    for probes in ("auto", "inline"):
+        shuffled = image_dataset(
+            src, input_size=(12, 12), batch_size=2, shuffle=True, seed=3, with_index=True,
+            probes=probes,
+        )  # fmt: skip
+        seen = {int(i): x for xs, _, idx in shuffled for x, i in zip(xs.numpy(), idx, strict=True)}
+        assert sorted(seen) == [0, 1, 2], probes
+        np.testing.assert_allclose(np.stack([seen[i] for i in range(3)]), want, atol=1e-3)

@@ -202,7 +202,7 @@ def test_saved_keras_model_reloads(savedmodel: Path, tmp_path) -> None:
     code = (
         "import sys, numpy as np, keras\n"
         "from transferkit.plugins import tfhub\n"
-        "tfhub.register_keras_objects()\n"
+        "tfhub.keras_objects()\n"
         f"m = keras.saving.load_model({str(path)!r})\n"
         f"x = np.load({str(tmp_path / 'x.npy')!r})\n"
         f"np.save({str(tmp_path / 'y.npy')!r}, m.predict(x, verbose=0))\n"

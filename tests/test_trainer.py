@@ -271,16 +271,96 @@ def test_lifecycle_hooks_reach_plugin_callbacks(register_plugin: Any) -> None:
         def on_fit_end(self, history: Any) -> None:
             calls.append(("end", len(history["history"])))
 
+        @hookimpl
+        def on_phase_start(self, phase: str) -> None:
+            calls.append(("phase", phase))
+
     register_plugin(Watcher(), "watcher")
     strategy = resolve_strategy("warmup-unfreeze", epochs=[1, 1], learning_rate=1e-2)
     _trainer().fit(_model(), _data(), strategy)
     assert calls == [
         ("start", "warmup"),
+        ("phase", "warmup"),
         ("epoch", 0, "warmup", True),
-        ("start", "finetune"),
+        ("phase", "finetune"),
         ("epoch", 1, "finetune", True),
         ("end", 2),
     ]
+
+
+def test_plugin_hooks_and_callbacks_fire_at_the_same_moments_also_on_a_resume(
+    register_plugin: Any, tmp_path: Any
+) -> None:
+    """A plugin hook and the Callback method of the same name fire together: ``on_fit_start``
+    once per fit (a resume too), ``on_phase_start`` when a phase begins (not for the phase a
+    resume continues), ``on_epoch_end`` per epoch, ``on_fit_end`` once."""
+    from transferkit.trainer import Callback, ModelCheckpoint, resolve_strategy
+
+    heard: dict[str, list[tuple[Any, ...]]] = {"plugin": [], "callback": []}
+
+    class Plugin:
+        @hookimpl
+        def on_fit_start(self, phase: str) -> None:
+            heard["plugin"].append(("fit_start", phase))
+
+        @hookimpl
+        def on_phase_start(self, phase: str) -> None:
+            heard["plugin"].append(("phase_start", phase))
+
+        @hookimpl
+        def on_epoch_end(self, epoch: int, phase: str) -> None:
+            heard["plugin"].append(("epoch_end", epoch, phase))
+
+        @hookimpl
+        def on_fit_end(self, history: Any) -> None:
+            heard["plugin"].append(("fit_end", history["epochs"]))
+
+    class Listener(Callback):
+        def on_fit_start(self, trainer: Any) -> None:
+            heard["callback"].append(("fit_start", trainer.phase_name))
+
+        def on_phase_start(self, trainer: Any, phase: Any) -> None:
+            heard["callback"].append(("phase_start", phase.name))
+
+        def on_epoch_end(self, trainer: Any, epoch: int, logs: Any) -> None:
+            heard["callback"].append(("epoch_end", epoch, trainer.phase_name))
+
+        def on_fit_end(self, trainer: Any, result: Any) -> None:
+            heard["callback"].append(("fit_end", result["epochs"]))
+
+    class Crash(Callback):
+        def on_epoch_complete(self, trainer: Any, epoch: int) -> None:
+            if epoch == 0:  # the first of warmup's two epochs, after its checkpoint
+                raise KeyboardInterrupt
+
+    register_plugin(Plugin(), "moments")
+
+    def fit(crash: bool) -> None:
+        callbacks = [Listener(), ModelCheckpoint(tmp_path / "ckpt"), *([Crash()] if crash else [])]
+        strategy = resolve_strategy("warmup-unfreeze", epochs=[2, 1], learning_rate=1e-2)
+        _trainer(callbacks=callbacks).fit(_model(), _data(64), strategy, ckpt_path="last")
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(crash=True)
+    first = [
+        ("fit_start", "warmup"),
+        ("phase_start", "warmup"),
+        ("epoch_end", 0, "warmup"),
+    ]
+    assert heard["plugin"] == heard["callback"] == first
+    fit(crash=False)  # resumes in the middle of warmup
+    assert (
+        heard["plugin"]
+        == heard["callback"]
+        == [
+            *first,
+            ("fit_start", "warmup"),
+            ("epoch_end", 1, "warmup"),
+            ("phase_start", "finetune"),
+            ("epoch_end", 2, "finetune"),
+            ("fit_end", 3),
+        ]
+    )
 
 
 def test_validate_test_predict_and_history_files(tmp_path: Any) -> None:

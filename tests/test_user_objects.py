@@ -170,3 +170,71 @@ def test_finetune_with_a_keras_model_and_keras_callbacks(tmp_path: Path) -> None
         transferkit.finetune(
             tmp_path / "images", backbone=keras_model(), out=tmp_path / "r2", callbacks=[object()]
         )
+
+
+def test_a_plugins_keras_class_reloads_through_register_keras_objects(
+    tmp_path: Path, register_plugin: Any
+) -> None:
+    """A head plugin's own Keras layer: saved in the model, found again on loading through the
+    plugin's ``register_keras_objects`` (not by the host probing the plugin's attributes)."""
+    import keras
+
+    from transferkit import HeadSpec, TransferkitError, hookimpl
+
+    class Halve(keras.layers.Layer):
+        def call(self, x: Any) -> Any:
+            return x * 0.5
+
+    name = "tkhooktest>Halve"
+    keras.saving.register_keras_serializable(package="tkhooktest", name="Halve")(Halve)
+
+    def halved_head(num_classes: int) -> Any:
+        return keras.Sequential(
+            [Halve(), keras.layers.Dense(num_classes, activation="softmax")], name="halved"
+        )
+
+    made: list[str] = []
+
+    def make_halve() -> Any:
+        made.append(name)
+        return Halve
+
+    class Heads:
+        @hookimpl
+        def register_heads(self, register: Any) -> None:
+            register(HeadSpec(name="halved", description="test", factory=halved_head))
+
+    class LazyObjects:  # defined only when a model names it
+        @hookimpl
+        def register_keras_objects(self, register: Any) -> None:
+            register(make_halve, name=name)
+
+    class Objects:
+        @hookimpl
+        def register_keras_objects(self, register: Any) -> None:
+            register(Halve)  # known under its registered name
+
+    register_plugin(Heads(), "halved-head")
+    transferkit.finetune(
+        image_folder(tmp_path / "images", per_class=4), backbone=keras_model(),
+        out=tmp_path / "run", head="halved", strategy="head-only", epochs=[1], batch_size=8,
+        progress=False,
+    )  # fmt: skip
+    # as in a new process: the class is not known to Keras until a plugin registers it
+    keras.saving.get_custom_objects().pop(name)
+    try:
+        with pytest.raises(TransferkitError, match="cannot load"):
+            transferkit.load_finetuned(tmp_path / "run")
+        lazy = register_plugin(LazyObjects(), "lazy-objects")
+        loaded = transferkit.load_finetuned(tmp_path / "run")
+        assert made == [name] and loaded.label_names == ["dark", "light"]
+        assert any(isinstance(layer, Halve) for layer in loaded.model._flatten_layers())
+        from transferkit import plugin_manager, registry
+
+        plugin_manager.get_plugin_manager().unregister(lazy)
+        registry.clear_cache()
+        register_plugin(Objects(), "objects")
+        assert transferkit.load_finetuned(tmp_path / "run").label_names == ["dark", "light"]
+        assert made == [name]  # the class form needs no function
+    finally:
+        keras.saving.get_custom_objects().pop(name, None)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__, inference, outputs, plugin_manager, registry
+from .. import inference, outputs, plugin_manager, registry
 from ..errors import TransferkitError, UsageError
 from ..images import ImageSource, open_source
 from ..sizes import check_batch_fits
@@ -39,6 +39,7 @@ from ..store import (
     path_text,
 )
 from ..user_objects import backbone_spec
+from ..version import __version__
 
 # settings that must match for a store to be resumed
 # (the runtime is recorded but not compared: 32-bit features of every runtime are interchangeable)

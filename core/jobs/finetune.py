@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import outputs, plugin_manager, registry
+from .. import outputs, registry
 from ..errors import TransferkitError, UsageError
 from ..user_objects import backbone_spec
 
@@ -42,8 +42,9 @@ def parse_input_size(value: Any) -> tuple[int, int] | None:
 
 
 def _strategy_options(
-    strategy: str, epochs: Any, learning_rate: Any, unfreeze_from: int | None
+    strategy: Any, epochs: Any, learning_rate: Any, unfreeze_from: int | None
 ) -> dict[str, Any]:
+    """The options for ``strategy`` (a ``StrategySpec``) from the command line's values."""
     options: dict[str, Any] = {}
     if epochs:
         options["epochs"] = list(epochs) if isinstance(epochs, list | tuple) else [epochs]
@@ -51,26 +52,33 @@ def _strategy_options(
         lrs = learning_rate if isinstance(learning_rate, list | tuple) else [learning_rate]
         options["learning_rate"] = [float(x) for x in lrs]
     if unfreeze_from is not None:
-        if strategy not in ("warmup-unfreeze", "gradual") and not strategy.startswith("custom"):
+        if not strategy.metadata.get("takes_unfreeze_from"):
+            takers = sorted(
+                name
+                for name, spec in registry.all_specs("strategy").items()
+                if spec.metadata.get("takes_unfreeze_from")
+            )
             raise UsageError(
-                f"--unfreeze-from applies to the warmup-unfreeze and gradual strategies, "
-                f"not {strategy!r}"
+                f"--unfreeze-from applies to the {' and '.join(takers)} strategies, "
+                f"not {strategy.name!r}"
             )
         options["unfreeze_from"] = int(unfreeze_from)
     return options
 
 
 def _augmentation_for(augment: str | None, task: str | None) -> str:
-    """``classic`` by default; ``none`` for the rotation task, whose labels a horizontal flip or
-    a rotation would corrupt (a flipped 90-degree rotation is a 270-degree one)."""
+    """``classic`` by default; the augmentation a task's labels survive where its spec's
+    metadata names one (``augment``: ``none`` for the rotation task, whose labels a flip or a
+    rotation would corrupt, a flipped 90-degree rotation being a 270-degree one)."""
+    only = registry.dataset(task).metadata.get("augment") if task else None
     if augment is None:
-        return "none" if task == "rotation" else "classic"
-    if task == "rotation" and augment != "none":
+        return str(only or "classic")
+    if only is not None and augment != only:
         import sys
 
         print(
             f"transferkit: warning: --augment {augment} flips/rotates images, which changes the "
-            "labels of the rotation task; use --augment none",
+            f"labels of the {task} task; use --augment {only}",
             file=sys.stderr,
         )
     return augment
@@ -200,24 +208,29 @@ def finetune(
     start = time.perf_counter()
     out = Path(out)
     head = head or "linear"
-    if augment is None and strategy == "warmup-unfreeze" and head != "classic" and not task:
-        augment = "flip"  # the Keras guide's light augmentation; the classic preset is heavier
+    head_meta = registry.head(head).metadata  # an unknown head fails here, before any work
+    strategy_spec = registry.strategy(strategy or "head-only")
+    # what varies with the head and the strategy is in their specs' metadata: the pooling a head
+    # wants, a head's own schedule (which the strategy takes if it offers it), and the defaults
+    # of the recipe a strategy stands for (off when the head brings its own schedule)
+    schedule = head_meta.get("schedule")
+    recipe = {} if schedule else dict(strategy_spec.metadata.get("finetune_defaults", {}))
+    if augment is None and not task:
+        augment = recipe.get("augment")
     augment = _augmentation_for(augment, task)
-    pooling = pooling or ("none" if head == "classic" else "avg")
+    pooling = pooling or str(head_meta.get("pooling", "avg"))
     size = parse_input_size(input_size)
     spec = backbone_spec(backbone)
-    registry.head(head)  # an unknown head fails here, before any work
-    options = _strategy_options(strategy, epochs, learning_rate, unfreeze_from)
-    modern = strategy == "warmup-unfreeze" and head != "classic"
-    if strategy == "warmup-unfreeze" and head == "classic":
-        options["schedule"] = "classic"
-    strategy_obj = resolve_strategy(strategy, **options)
+    options = _strategy_options(strategy_spec, epochs, learning_rate, unfreeze_from)
+    if schedule and schedule in strategy_spec.metadata.get("schedules", ()):
+        options["schedule"] = schedule
+    strategy_obj = resolve_strategy(strategy_spec.name, **options)
     if restore_best is None:
-        restore_best = modern
+        restore_best = bool(recipe.get("restore_best", False))
     if probe_init is None:
-        probe_init = modern
-    if patience is None and modern:
-        patience = 3
+        probe_init = bool(recipe.get("probe_init", False))
+    if patience is None:
+        patience = recipe.get("patience")
     _prepare_out(out, resume, overwrite, images)
 
     with precision_scope(precision):
@@ -508,28 +521,14 @@ def _registered_names(path: Path) -> set[str]:
     return names
 
 
-def _make_plugin_classes_available(path: Path) -> None:
-    """Let plugins define the Keras classes the file needs: a class registered as
-    ``transferkit>Name`` is looked up as the attribute ``Name`` of each loaded plugin (plugins
-    that build their Keras classes lazily, such as the TF Hub one, define them on that access)."""
+def _plugin_keras_objects(path: Path) -> dict[str, Any]:
+    """The plugins' Keras classes (hook ``register_keras_objects``) the file at ``path`` may
+    need: those registered as classes, and those registered lazily under a name it holds."""
     import keras
 
     known = keras.saving.get_custom_objects()
     missing = [n for n in _registered_names(path) if n not in known]
-    if not missing:
-        return
-    pm = plugin_manager.get_plugin_manager()
-    for full in missing:
-        attr = full.split(">", 1)[1]
-        for _name, plugin in pm.list_name_plugin():
-            if plugin is None:
-                continue
-            try:
-                getattr(plugin, attr, None)
-            except Exception:
-                continue
-            if full in keras.saving.get_custom_objects():
-                break
+    return registry.keras_objects(missing)
 
 
 def load_finetuned(path: str | Path) -> FinetunedModel:
@@ -543,9 +542,9 @@ def load_finetuned(path: str | Path) -> FinetunedModel:
         path = path / MODEL_FILE
     if not path.exists():
         raise UsageError(f"no fine-tuned model at {path}; run `transferkit finetune` first")
-    _make_plugin_classes_available(path)
+    custom_objects = _plugin_keras_objects(path)
     try:
-        model = keras.saving.load_model(path, compile=False)
+        model = keras.saving.load_model(path, compile=False, custom_objects=custom_objects)
     except Exception as exc:
         text = " ".join(str(exc).split())[:300]
         raise TransferkitError(

@@ -50,7 +50,7 @@ def journal_key(
     tests: list[str | None] | None = None,
 ) -> str:
     """What a journal's rows depend on, besides the pair itself: the same key, the same rows."""
-    from .. import __version__
+    from ..version import __version__
 
     key = {
         "version": __version__,

@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import TransferkitError
-from ..outputs import atomic_path
-from .callbacks import atomic_write_text
+from ..outputs import atomic_path, atomic_write_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from .trainer import Trainer

@@ -209,13 +209,35 @@ class Trainer:
                 "model": getattr(getattr(self.model, "backbone", None), "name", None),
             }
             plugin_manager.notify_exception(exc, where, **context)
-            for cb in self.callbacks:
-                try:
-                    cb.on_exception(self, exc)
-                except Exception as cb_exc:  # a failing callback must not hide the error
-                    print(f"transferkit: callback on_exception failed: {cb_exc}", file=sys.stderr)
+            self._call_callback_hooks("on_exception", exc, guard=True)
             self._teardown()
             raise
+
+    # ------------------------------------------------------------------ the one dispatch
+
+    def _call_callback_hooks(
+        self,
+        hook: str,
+        *args: Any,
+        callbacks: Sequence[Callback] | None = None,
+        guard: bool = False,
+    ) -> None:
+        """Every moment of training reaches the callbacks here: each :class:`Callback`'s method
+        ``hook`` (in the order given to the Trainer; ``callbacks`` narrows them), then, where a
+        plugin hook of the same name exists (``PLUGIN_HOOKS``), the plugins' hook, so the two
+        always fire at the same moments. ``guard``: a failing callback is reported on stderr
+        instead of raised (while an error is already on its way)."""
+        for cb in self.callbacks if callbacks is None else callbacks:
+            if not guard:
+                getattr(cb, hook)(self, *args)
+                continue
+            try:
+                getattr(cb, hook)(self, *args)
+            except Exception as cb_exc:  # a failing callback must not hide the error
+                print(f"transferkit: callback {hook} failed: {cb_exc}", file=sys.stderr)
+        plugin_kwargs = PLUGIN_HOOKS.get(hook)
+        if plugin_kwargs is not None:
+            plugin_manager.call_lifecycle(hook, **plugin_kwargs(self, *args))
 
     def _teardown(self) -> None:
         self._pending = None
@@ -235,14 +257,12 @@ class Trainer:
             )
         model.set_augmentation(data.augmentation_layer(seed=self.seed))
         strategy.setup(model)
-        for cb in self.callbacks:
-            cb.setup(self)
+        self._call_callback_hooks("setup")
 
         if not self._restore(ckpt_path):
             strategy.freeze_before_training(model)
             strategy.skip_empty_phases(0)
-        for cb in self.callbacks:
-            cb.on_fit_start(self)
+        self._call_callback_hooks("on_fit_start")
 
         limit = self.planned_epochs
         current_phase: int | None = None
@@ -255,29 +275,22 @@ class Trainer:
                 changed, changed_ahead = changed_ahead, None
             if strategy.phase_index != current_phase:
                 current_phase = strategy.phase_index
-                if self._phase_begins_now():
-                    for cb in self.callbacks:
-                        cb.on_phase_start(self, strategy.phase)
-                plugin_manager.call_lifecycle(
-                    "on_fit_start", trainer=self, model=model, phase=strategy.phase.name
-                )
+                if self._phase_begins_now():  # not the phase a resumed fit continues
+                    self._call_callback_hooks("on_phase_start", strategy.phase)
             self._compile_if_needed(changed)
             end = min(limit, strategy.phase_start_epoch + strategy.phase.epochs)
             changed_ahead = self._run_segment(epoch, end)
             if self._phase_done:
                 self._phase_done = False
                 self._end_phase()
-                for cb in self.callbacks:
-                    cb.on_epoch_complete(self, self.epoch - 1)
+                self._call_callback_hooks("on_epoch_complete", self.epoch - 1)
 
         if not strategy.finished and self._phase_has_epochs():
             self._end_phase()  # stopped by max_epochs or a callback: still report the phase
         result = self.result()
         if self._keras_run is not None:
             self._keras_run.finish()
-        for cb in self.callbacks:
-            cb.on_fit_end(self, result)
-        plugin_manager.call_lifecycle("on_fit_end", trainer=self, model=model, history=result)
+        self._call_callback_hooks("on_fit_end", result)
         return result
 
     def _phase_begins_now(self) -> bool:
@@ -300,8 +313,7 @@ class Trainer:
             results["test_loss"] = scores["loss"]
             results["test_accuracy"] = scores["accuracy"]
         self.phase_results.append(results)
-        for cb in self.callbacks:
-            cb.on_phase_end(self, phase, results)
+        self._call_callback_hooks("on_phase_end", phase, results)
         self.should_stop_phase = False
         strategy.next_phase(self.epoch)
         strategy.skip_empty_phases(self.epoch)
@@ -352,16 +364,8 @@ class Trainer:
         return bridge.changed_ahead
 
     def _after_epoch(self, epoch: int, logs: dict[str, float]) -> None:
-        for cb in self.callbacks:
-            cb.on_epoch_end(self, epoch, logs)
+        self._call_callback_hooks("on_epoch_end", epoch, logs)
         self.history.append({"epoch": epoch, "phase": self.strategy.phase.name, **logs})
-        plugin_manager.call_lifecycle(
-            "on_epoch_end",
-            trainer=self,
-            epoch=epoch,
-            logs=dict(logs),
-            phase=self.strategy.phase.name,
-        )
         self.epoch = epoch + 1
 
     # ------------------------------------------------------------------ resume
@@ -539,6 +543,33 @@ class Trainer:
         }
 
 
+# The Callback methods that are plugin hooks too (``core/hookspecs.py``), each with the hook's
+# keyword arguments made from the method's: both fire at the same moments, from one dispatch.
+PLUGIN_HOOKS: dict[str, Callable[..., dict[str, Any]]] = {
+    "on_fit_start": lambda trainer: {
+        "trainer": trainer,
+        "model": trainer.model,
+        "phase": trainer.phase_name,
+    },
+    "on_phase_start": lambda trainer, phase: {
+        "trainer": trainer,
+        "model": trainer.model,
+        "phase": phase.name,
+    },
+    "on_epoch_end": lambda trainer, epoch, logs: {
+        "trainer": trainer,
+        "epoch": epoch,
+        "logs": dict(logs),
+        "phase": trainer.phase_name,
+    },
+    "on_fit_end": lambda trainer, result: {
+        "trainer": trainer,
+        "model": trainer.model,
+        "history": result,
+    },
+}
+
+
 def _bridge_base() -> Any:
     import keras
 
@@ -587,16 +618,16 @@ def _make_bridge_class(base: Any) -> Any:
                 known = getattr(self.trainer.data, "steps_per_epoch", None)
                 steps = known() if callable(known) else known
             values = {k: float(v) for k, v in (logs or {}).items() if np.ndim(v) == 0}
-            for cb in self.batch_callbacks:
-                cb.on_train_batch_end(self.trainer, batch, steps, values)
+            self.trainer._call_callback_hooks(
+                "on_train_batch_end", batch, steps, values, callbacks=self.batch_callbacks
+            )
 
         def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
             if self.watch is not None:
                 return
             self.stop_asked = False
             self.started = time.perf_counter()
-            for cb in self.trainer.callbacks:
-                cb.on_epoch_start(self.trainer, epoch)
+            self.trainer._call_callback_hooks("on_epoch_start", epoch)
 
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
             trainer, strategy = self.trainer, self.trainer.strategy
@@ -620,8 +651,7 @@ def _make_bridge_class(base: Any) -> Any:
             if trainer.should_stop:
                 self.model.stop_training = True
             self.stop_asked = bool(self.model.stop_training)
-            for cb in trainer.callbacks:
-                cb.on_epoch_complete(trainer, epoch)
+            trainer._call_callback_hooks("on_epoch_complete", epoch)
 
     return EpochBridge
 
