@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # the import names of the two packages: core/ installs as transferkit, plugins/ as its .plugins
 PACKAGES = {"transferkit": ROOT / "core", "transferkit.plugins": ROOT / "plugins"}
 
+
 def modules(package: str) -> dict[str, Path]:
     """Every module of ``package`` by its dotted name (a package by its own name)."""
     root = PACKAGES[package]
