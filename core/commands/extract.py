@@ -100,6 +100,26 @@ def register(cli: click.Group) -> None:
     )
     @runtime_options()
     @click.option(
+        "--scheduler",
+        default=None,
+        help="Extract on a Dask cluster into a .zarr store: a scheduler address "
+        "(tcp://host:8786), or 'local' for a local Dask cluster of --jobs processes. The "
+        "images and OUT must be on storage every worker sees. Default: this process.",
+    )
+    @click.option(
+        "--jobs",
+        "-j",
+        type=int,
+        default=None,
+        help="With --scheduler local: worker processes [all cores].",
+    )
+    @click.option(
+        "--shard-rows",
+        type=int,
+        default=None,
+        help="With --scheduler: images per shard, rounded up to whole chunks [1024].",
+    )
+    @click.option(
         "--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr."
     )
     @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -125,6 +145,9 @@ def register(cli: click.Group) -> None:
         write_images: str | None,
         runtime: str,
         precision: str,
+        scheduler: str | None,
+        jobs: int | None,
+        shard_rows: int | None,
         progress: bool,
         as_json: bool,
     ) -> None:
@@ -139,6 +162,8 @@ def register(cli: click.Group) -> None:
         Example:
           transferkit extract photos/ --backbone efficientnet-lite0 --out features.h5
           transferkit extract photos/ -b mobilenet-v2 --weights none -o f.zarr --task rotation
+          transferkit extract /shared/photos -b efficientnet-lite0 -o /shared/f.zarr \\
+              --scheduler tcp://10.0.0.5:8786
         """
         from .. import api
         from ..cli import echo_json
@@ -169,6 +194,9 @@ def register(cli: click.Group) -> None:
             runtime=runtime,
             precision=precision,
             progress=progress,
+            scheduler=scheduler,
+            jobs=jobs,
+            shard_rows=shard_rows,
         )
         if as_json:
             echo_json(result)

@@ -133,6 +133,9 @@ def extract(
     runtime: str = "auto",
     precision: Any = "32",
     threads: int | None = None,
+    scheduler: str | None = None,
+    jobs: int | None = None,
+    shard_rows: int | None = None,
 ) -> dict[str, Any]:
     """Extract one feature vector per image of ``images`` into the store ``out``.
 
@@ -144,7 +147,41 @@ def extract(
     ``precision`` (``"32"`` or ``"bf16"``) with ``threads`` threads (None: the runtime's
     default, every core; :func:`transferkit.inference.thread_split` computes a split from the
     measured costs); see ``docs/runtimes.md``.
+    ``scheduler`` (a Dask scheduler address, or ``"local"`` for a local cluster of ``jobs``
+    worker processes) computes shards of ``shard_rows`` images on the cluster's workers into
+    one Zarr store (:mod:`transferkit.jobs.extract_dask`); without it, Dask is not imported.
     """
+    if scheduler is not None:
+        from .extract_dask import extract_on_cluster
+
+        return extract_on_cluster(
+            images,
+            backbone=backbone,
+            out=os.fspath(out),
+            scheduler=scheduler,
+            jobs=jobs,
+            store=store,
+            weights=weights,
+            pooling=pooling,
+            input_size=input_size,
+            batch_size=batch_size,
+            task=task,
+            shuffle=shuffle,
+            seed=seed,
+            resume=resume,
+            overwrite=overwrite,
+            strict=strict,
+            max_pixels=max_pixels,
+            progress=progress,
+            compression=compression,
+            runtime=runtime,
+            precision=precision,
+            threads=threads,
+            shard_rows=shard_rows,
+            write_images=write_images,
+        )
+    if jobs is not None or shard_rows is not None:
+        raise UsageError("--jobs and --shard-rows go with --scheduler (a Dask cluster)")
     out = os.fspath(out)
     if resume and overwrite:
         raise UsageError("--resume and --overwrite exclude each other; pick one")

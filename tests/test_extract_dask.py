@@ -1,0 +1,269 @@
+"""Extraction on a Dask cluster: a LocalCluster of 2 worker processes (one thread each) writes
+one Zarr store by shards; it must equal the single-process store row for row, survive a worker
+killed mid-shard and a client killed mid-run, and refuse what it cannot do."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tiny_backbone
+from click.testing import CliRunner
+from imagefiles import add_bad_files, make_folder
+
+import transferkit
+from transferkit import UsageError
+from transferkit.jobs.extract_dask import PAUSE_ENV
+from transferkit.store import open_store, shard_progress
+
+TESTS = Path(__file__).parent
+# 10 good images and 3 bad ones, shuffled: shards of 4 images, some with skipped files
+COMMON: dict[str, Any] = {
+    "batch_size": 3,
+    "shuffle": True,
+    "seed": 3,
+    "runtime": "keras",
+    "progress": False,
+}
+
+
+@pytest.fixture
+def tiny(register_plugin):
+    register_plugin(tiny_backbone, "tiny-backbone")
+    return tiny_backbone.NAME
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("images")
+    make_folder(root, per_class=5, size=36)
+    add_bad_files(root / "rocket")
+    return root
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Any:
+    from distributed import Client, LocalCluster
+
+    env = {"TRANSFERKIT_LOAD_PLUGINS": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    local = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", env=env
+    )
+    client = Client(local)
+    try:
+        yield client
+    finally:
+        client.close()
+        local.close()
+
+
+@pytest.fixture(scope="module")
+def reference(images, tmp_path_factory) -> Path:
+    """The single-process store of the same run."""
+    from transferkit import plugin_manager
+
+    out = tmp_path_factory.mktemp("reference") / "single.zarr"
+    pm = plugin_manager.get_plugin_manager()
+    pm.register(tiny_backbone, name="tiny-reference")
+    try:
+        transferkit.extract(images, backbone=tiny_backbone.NAME, out=out, **COMMON)
+    finally:
+        pm.unregister(name="tiny-reference")
+    return out
+
+
+def _assert_same_store(got: Path, want: Path) -> None:
+    import zarr
+
+    with open_store(got) as a, open_store(want) as b:
+        assert a.complete and b.complete
+        assert a.paths == b.paths and len(a) == len(b) == 10
+        assert np.array_equal(a.labels, b.labels)
+        xa, xb = a.read()[0], b.read()[0]
+        np.testing.assert_allclose(xa, xb, atol=1e-5, rtol=0)
+        assert xa.std(axis=0).min() > 0 and len(np.unique(xa.round(4), axis=0)) == 10
+        assert a.skipped == b.skipped and len(a.skipped) == 3
+        ma, mb = a.metadata, b.metadata
+        ma.pop("created"), mb.pop("created")
+        assert ma == mb
+    keys = [sorted(zarr.open_group(p, mode="r").keys()) for p in (got, want)]
+    assert keys[0] == keys[1]  # no bookkeeping arrays left behind
+
+
+def _pause_workers(client: Any, value: str | None) -> None:
+    def setenv(value: str | None) -> None:
+        if value is None:
+            os.environ.pop(PAUSE_ENV, None)
+        else:
+            os.environ[PAUSE_ENV] = value
+
+    client.run(setenv, value, on_error="ignore")  # a worker just killed cannot answer
+
+
+def test_cluster_store_equals_the_single_process_store(tiny, images, cluster, reference, tmp_path):
+    out = tmp_path / "cluster.zarr"
+    result = transferkit.extract(
+        images,
+        backbone=tiny,
+        out=out,
+        scheduler=cluster.scheduler.address,
+        shard_rows=4,
+        **COMMON,
+    )
+    assert result["rows"] == 10 and result["skipped"] == 3 and result["shards"] == 4
+    assert result["workers"] == 2 and result["computed"] == 13
+    _assert_same_store(out, reference)
+    shards = result["shard_results"]
+    assert [r["shard"] for r in shards] == [0, 1, 2, 3]
+    assert sum(r["rows"] for r in shards) == 10
+    # each worker built the backbone once, not once per shard
+    assert all(r["builds"] == 1 for r in shards)
+    assert not (tmp_path / "cluster.zarr.lock").exists()
+
+
+def test_h5_on_a_cluster_is_refused_before_any_work(tiny, images, tmp_path):
+    out = tmp_path / "features.h5"
+    with pytest.raises(UsageError, match=r"\.zarr"):
+        transferkit.extract(images, backbone=tiny, out=out, scheduler="local", jobs=2)
+    assert not out.exists()
+    from transferkit.cli import build_cli
+
+    args = ["extract", str(images), "-b", tiny, "-o", str(out), "--scheduler", "local"]
+    run = CliRunner().invoke(build_cli(), args)
+    assert run.exit_code == 2 and ".zarr" in run.output and "Traceback" not in run.output
+    with pytest.raises(UsageError, match="--scheduler"):
+        transferkit.extract(images, backbone=tiny, out=tmp_path / "f.zarr", jobs=2)
+
+
+def test_extract_without_a_scheduler_does_not_import_dask():
+    code = (
+        "import sys, transferkit.api, transferkit.jobs.extract, transferkit.commands.extract\n"
+        "print(sorted(m for m in ('dask', 'distributed') if m in sys.modules))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "[]"
+
+
+def test_worker_killed_mid_shard_loses_only_that_shard(tiny, images, cluster, reference, tmp_path):
+    """A worker is SIGKILLed after writing a shard's rows, before the shard's mark: Dask runs
+    the shard again on a worker, and the store has no lost or doubled row."""
+    out, pauses = tmp_path / "killed.zarr", tmp_path / "pauses"
+    pauses.mkdir()
+    _pause_workers(cluster, f"2:{pauses}")
+    results: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            results["summary"] = transferkit.extract(
+                images,
+                backbone=tiny,
+                out=out,
+                scheduler=cluster.scheduler.address,
+                shard_rows=4,
+                **COMMON,
+            )
+        except BaseException as exc:  # reported by the main thread
+            results["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not list(pauses.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        paused = sorted(pauses.iterdir())
+        assert paused, "no worker reached a shard's pause"
+        shard, pid = (int(v) for v in paused[0].name.split("."))
+        assert pid in cluster.run(os.getpid).values()
+        os.kill(pid, signal.SIGKILL)  # rows written, mark not yet
+    finally:
+        _pause_workers(cluster, None)
+        thread.join(timeout=180)
+    assert "error" not in results, results.get("error")
+    summary = results["summary"]
+    again = next(r for r in summary["shard_results"] if r["shard"] == shard)
+    assert f"process {pid})" not in again["host"]  # that shard ran again on another worker
+    _assert_same_store(out, reference)
+    cluster.wait_for_workers(2, timeout=60)  # the nanny has restarted it
+
+
+def test_resume_after_the_client_is_killed(tiny, images, cluster, reference, tmp_path):
+    out, pauses = tmp_path / "resumed.zarr", tmp_path / "pauses"
+    pauses.mkdir()
+    _pause_workers(cluster, f"1:{pauses}")
+    args = [str(images), "-b", tiny, "-o", str(out), "--scheduler", cluster.scheduler.address]
+    args += ["--shard-rows", "4", "--batch-size", "3", "--shuffle", "--seed", "3"]
+    args += ["--runtime", "keras", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path])}
+    child = subprocess.Popen(
+        [sys.executable, str(TESTS / "extract_dask_child.py"), "extract", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and child.poll() is None:
+            if out.exists() and shard_progress(out)[0] >= 1:
+                break
+            time.sleep(0.05)
+        done, total = shard_progress(out)
+        assert child.poll() is None and 1 <= done < total, child.stdout.read().decode()
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        _pause_workers(cluster, None)
+        if child.poll() is None:
+            child.kill()
+        child.stdout.close()
+    with open_store(out) as partial:
+        assert not partial.complete and len(partial) == 0
+    with pytest.raises(UsageError, match="--scheduler"):  # one process cannot continue it
+        transferkit.extract(images, backbone=tiny, out=out, resume=True, **COMMON)
+    result = transferkit.extract(
+        images,
+        backbone=tiny,
+        out=out,
+        scheduler=cluster.scheduler.address,
+        shard_rows=4,
+        resume=True,
+        **COMMON,
+    )
+    assert result["resumed"] and result["shards_before"] >= 1
+    assert result["computed"] < 13 and result["resumed_from"] == 4 * result["shards_before"]
+    _assert_same_store(out, reference)
+    again = transferkit.extract(
+        images,
+        backbone=tiny,
+        out=out,
+        scheduler=cluster.scheduler.address,
+        shard_rows=4,
+        resume=True,
+        **COMMON,
+    )
+    assert again["computed"] == 0
+    _assert_same_store(out, reference)
+
+
+def test_a_worker_that_cannot_see_the_images_is_named(tiny, images, cluster, tmp_path, monkeypatch):
+    """Relative paths name other files on workers started in another folder: the run stops
+    before any work, naming the worker's host and the path it cannot read."""
+    monkeypatch.chdir(images.parent)
+    out = tmp_path / "nowhere.zarr"
+    with pytest.raises(UsageError) as caught:
+        transferkit.extract(
+            images.name, backbone=tiny, out=out, scheduler=cluster.scheduler.address, **COMMON
+        )
+    message = str(caught.value)
+    assert "2 of 2 Dask workers" in message and socket.gethostname() in message
+    assert f"cannot read {images.name}{os.sep}" in message and "shared storage" in message
+    assert not out.exists()
