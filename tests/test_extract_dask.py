@@ -220,6 +220,7 @@ def test_resume_after_the_client_is_killed(tiny, images, cluster, reference, tmp
         assert child.poll() is None and 1 <= done < total, child.stdout.read().decode()
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=30)
+        assert "Dask dashboard" in child.stdout.read().decode()  # its address, or why none
     finally:
         _pause_workers(cluster, None)
         if child.poll() is None:
@@ -267,3 +268,74 @@ def test_a_worker_that_cannot_see_the_images_is_named(tiny, images, cluster, tmp
     assert "2 of 2 Dask workers" in message and socket.gethostname() in message
     assert f"cannot read {images.name}{os.sep}" in message and "shared storage" in message
     assert not out.exists()
+
+
+def _shards_by_hand(path: Path, writer_cls: Any = None, mode: str = "create") -> Any:
+    """A store of 10 images in shards of 4, written through write_shard in this process: shard
+    0 skips its second image and shard 1 its first and last, so later rows must move."""
+    from transferkit.store import ShardedStoreWriter, backend_for, write_shard
+
+    writer = (writer_cls or ShardedStoreWriter)(
+        backend_for(path),
+        str(path),
+        feature_dim=3,
+        label_names=["a", "b"],
+        metadata={"backbone": "by-hand"},
+        mode=mode,
+        compression=None,
+        images=10,
+        shard_rows=4,
+    )
+    if mode == "create":
+        kept = {0: [0, 2, 3], 1: [5, 6], 2: [8, 9]}
+        for shard in (2, 0, 1):  # in any order
+            rows = kept[shard]
+            skipped = [
+                [f"img{i}", "bad"]
+                for i in range(4 * shard, min(4 * shard + 4, 10))
+                if i not in rows
+            ]
+            x = np.array([[i, i + 0.5, -i] for i in rows], np.float32)
+            write_shard(path, shard, x, [i % 2 for i in rows], [f"img{i}" for i in rows], skipped)
+    return writer
+
+
+def test_sharded_store_closes_the_gaps_in_order(tmp_path):
+    out = tmp_path / "byhand.zarr"
+    writer = _shards_by_hand(out)
+    assert writer.done_shards() == {0: 3, 1: 2, 2: 2}
+    writer.finish([["listed.jpg", "a second path to one file"]])
+    kept = [0, 2, 3, 5, 6, 8, 9]
+    with open_store(out) as store:
+        assert store.complete and store.paths == [f"img{i}" for i in kept]
+        np.testing.assert_array_equal(store.read()[0][:, 0], kept)
+        assert store.labels.tolist() == [i % 2 for i in kept]
+        assert [p for p, _ in store.skipped] == ["listed.jpg", "img1", "img4", "img7"]
+        assert store.metadata["image_count"] == 11 and "sharding" not in store.metadata
+
+
+def test_sharded_store_finishes_a_move_cut_short(tmp_path):
+    """The client dies in the middle of moving a shard's rows over its own old rows: a second
+    writer finishes the move from the rows the journal kept aside, and nothing is lost."""
+    from transferkit.store import ShardedStoreWriter
+
+    class Dies(ShardedStoreWriter):
+        def _save_journal(self) -> None:
+            super()._save_journal()
+            if self._journal.get("moving"):  # half the move written over the old rows
+                shard, rows = self._journal["moving"]
+                self._features[4 * shard - 1 : 4 * shard + 1] = np.full((2, 3), -7, np.float32)
+                raise KeyboardInterrupt
+
+    out = tmp_path / "cut.zarr"
+    writer = _shards_by_hand(out, Dies)
+    with pytest.raises(KeyboardInterrupt):
+        writer.finish()
+    writer.close(complete=False)
+    with open_store(out) as partial:
+        assert not partial.complete
+    _shards_by_hand(out, mode="resume").finish()
+    kept = [0, 2, 3, 5, 6, 8, 9]
+    with open_store(out) as store:
+        assert store.complete and store.paths == [f"img{i}" for i in kept]
+        np.testing.assert_array_equal(store.read()[0][:, 0], kept)
