@@ -433,7 +433,10 @@ def extract_on_cluster(
             file=sys.stderr,
         )
         _check_workers(client, source, out)
-        info = client.submit(describe_on_worker, recipe, pure=False).result()
+        try:
+            info = client.submit(describe_on_worker, recipe, pure=False).result()
+        except Exception as exc:  # e.g. a backbone or runtime a worker does not have
+            raise _shard_error(exc) from exc
         recipe = replace(recipe, runtime=info["forward"]["runtime"])
         net = SimpleNamespace(**{k: info[k] for k in info if k != "forward"})
         metadata = _metadata(spec, net, source, images, weights, task, seed, shuffle)
