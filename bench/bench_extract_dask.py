@@ -133,6 +133,7 @@ def warm_rates(args: argparse.Namespace, folder: Path, tmp: Path) -> dict[str, A
         "shard_seconds_median": float(np.median(shard_seconds)),
         "scheduler_task_ms": per_task * 1e3,
         "scheduler_roundtrip_ms": one_by_one * 1e3,
+        "image_kib": float(np.mean([p.stat().st_size for p in folder.rglob("*.jpg")])) / 1024,
     }
 
 
@@ -218,7 +219,7 @@ def main() -> None:
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--jobs", type=int, default=2, help="local workers (one thread each)")
-    parser.add_argument("--shard-rows", type=int, default=64, help="images per shard here")
+    parser.add_argument("--shard-rows", type=int, default=100, help="images per shard here")
     parser.add_argument("--repeat", type=int, default=2, help="warm runs of each (best kept)")
     parser.add_argument("--tasks", type=int, default=500, help="no-op tasks timed")
     parser.add_argument("--cold", action="store_true", help="also time fresh commands")
@@ -254,28 +255,42 @@ def main() -> None:
     shard_s = warm["shard_seconds_median"]
     print(f"one warm shard of {warm['shard_rows']} images on one worker: {shard_s:.2f} s")
     print(
-        f"scheduler: {warm['scheduler_task_ms']:.2f} ms per task (many in flight), "
-        f"{warm['scheduler_roundtrip_ms']:.2f} ms one round trip"
+        f"per shard of 1024 images: scheduler {warm['scheduler_task_ms']:.2f} ms per task "
+        f"(many in flight; {warm['scheduler_roundtrip_ms']:.1f} ms for one alone); client "
+        f"{client['task_ms']:.2f} ms to cut and pickle the task ({client['task_kib']:.0f} KiB) "
+        f"+ {client['bar_ms']:.3f} ms progress; store: write_shard {store['write_ms']:.0f} ms "
+        f"on the worker ({store['shard_mib']:.1f} MiB of features, gzip), finish "
+        f"{store['finish_ms_per_shard']:.2f} ms on the client; a gap moves "
+        f"{store['move_mib_s']:.1f} MiB/s"
     )
+    # the caps: what M machines like this one need of each part, per second
+    per_machine = warm["single_ips"]  # one machine like this one, every core
+    per_worker = per_machine / args.jobs
+    fixed = shard_s - warm["shard_rows"] / per_worker
     print(
-        f"client per 1024-image shard: {client['task_ms']:.2f} ms to cut and pickle the task "
-        f"({client['task_kib']:.0f} KiB), {client['bar_ms']:.3f} ms progress"
+        f"a worker's fixed cost per shard (its input pipeline, the store's open and mark): "
+        f"about {fixed:.2f} s (a warm shard's time minus its images at 1/{args.jobs} of the "
+        f"single rate)"
     )
-    print(
-        f"store per 1024-row shard ({store['shard_mib']:.1f} MiB of features): write_shard "
-        f"{store['write_ms']:.1f} ms, finish {store['finish_ms_per_shard']:.2f} ms; a gap moves "
-        f"{store['move_mib_s']:.0f} MiB/s ({store['finish_gap_s']:.2f} s for 32 shards)"
-    )
-    # the cap: shards per second each part could take, vs what M machines produce
-    per_machine = warm["single_ips"]  # a machine like this one, all cores
-    client_ms = client["task_ms"] + client["bar_ms"] + warm["scheduler_task_ms"]
+    client_ms = client["task_ms"] + client["bar_ms"]
+    image_kib = warm["image_kib"]
     for machines in (1, 10, 100):
-        produced = machines * per_machine / 1024
+        shards = machines * per_machine / 1024  # shards of 1024 finished per second
         print(
-            f"  {machines:3d} machines like this one finish {produced:6.2f} shards/s of 1024; "
-            f"client takes {1000 / client_ms:.0f}/s, scheduler "
-            f"{1000 / warm['scheduler_task_ms']:.0f}/s, this disk {1000 / store['write_ms']:.0f}/s"
+            f"  {machines:3d} machines: {shards:6.2f} shards/s of 1024 -> client busy "
+            f"{shards * client_ms / 10:.2f} %, scheduler busy "
+            f"{shards * warm['scheduler_task_ms'] / 10:.2f} %, shared storage reads "
+            f"{shards * 1024 * image_kib / 1024:.0f} MiB/s of images and writes "
+            f"{shards * store['shard_mib']:.0f} MiB/s of features (before compression)"
         )
+    rows = 1_000_000
+    print(
+        f"  at the end of a run of {rows} images: finish reads {rows // 1024} shard marks "
+        f"({rows // 1024 * store['finish_ms_per_shard'] / 1000:.1f} s here); a skipped file in "
+        f"the first shard makes it move every later row ({rows * warm['feature_dim'] * 4 >> 20} "
+        f"MiB at {store['move_mib_s']:.0f} MiB/s: "
+        f"{(rows * warm['feature_dim'] * 4 >> 20) / store['move_mib_s'] / 60:.0f} min)"
+    )
     print(f"load average after: {os.getloadavg()[0]:.2f}; {time.perf_counter() - started:.0f} s")
     print(json.dumps({"warm": warm, "cold": cold, "client": client, "store": store}))
 

@@ -899,10 +899,15 @@ class ShardedStoreWriter(FeatureStoreWriter):
         marks = np.asarray(self.root[SHARD_MARKS][:], dtype=np.int64)
         return {int(s): int(marks[s]) - 1 for s in np.flatnonzero(marks > 0)}
 
-    def shard_written(self, shard: int) -> tuple[list[str], list[list[str]]]:
-        """The paths of the rows shard ``shard`` wrote and its skipped files (a complete shard,
-        before :meth:`finish` moves anything)."""
-        rows = self.done_shards().get(shard, 0)
+    @property
+    def finishing(self) -> bool:
+        """Whether a :meth:`finish` began moving rows (every shard is complete then)."""
+        journal = getattr(self, "_journal", None) or {}
+        return bool(journal.get("compacted") or journal.get("moving"))
+
+    def shard_written(self, shard: int, rows: int) -> tuple[list[str], list[list[str]]]:
+        """The paths of the ``rows`` rows complete shard ``shard`` wrote (see
+        :meth:`done_shards`) and its skipped files, before :meth:`finish` moves anything."""
         start = shard * self.shard_rows
         paths = _to_str_list(self._paths[start : start + rows]) if rows else []
         return paths, _shard_skips(self.path, self.root, shard)

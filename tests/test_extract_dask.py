@@ -180,9 +180,9 @@ def test_worker_killed_mid_shard_loses_only_that_shard(tiny, images, cluster, re
         deadline = time.monotonic() + 120
         while not list(pauses.iterdir()) and time.monotonic() < deadline:
             time.sleep(0.05)
-        paused = sorted(pauses.iterdir())
+        paused = sorted(pauses.iterdir(), key=lambda p: p.stat().st_mtime)
         assert paused, "no worker reached a shard's pause"
-        shard, pid = (int(v) for v in paused[0].name.split("."))
+        shard, pid = (int(v) for v in paused[-1].name.split("."))  # the latest: still paused
         assert pid in cluster.run(os.getpid).values()
         os.kill(pid, signal.SIGKILL)  # rows written, mark not yet
     finally:
@@ -240,7 +240,7 @@ def test_resume_after_the_client_is_killed(tiny, images, cluster, reference, tmp
         **COMMON,
     )
     assert result["resumed"] and result["shards_before"] >= 1
-    assert result["computed"] < 13 and result["resumed_from"] == 4 * result["shards_before"]
+    assert result["computed"] < 13 and result["resumed_from"] + result["computed"] == 13
     _assert_same_store(out, reference)
     again = transferkit.extract(
         images,

@@ -62,6 +62,7 @@ from .extract import (
 )
 
 PAUSE_ENV = "TRANSFERKIT_TEST_SHARD_PAUSE"
+WAIT_FOR_WORKERS = 60.0  # seconds a scheduler without workers is given to get one
 
 
 @dataclass(frozen=True)
@@ -280,6 +281,13 @@ def _dashboard(client: Any) -> str | None:
 
 def _check_workers(client: Any, source: ImageSource, out: str) -> None:
     """Every worker must read the images and see the output folder (shared storage)."""
+    try:
+        client.wait_for_workers(1, timeout=WAIT_FOR_WORKERS)
+    except TimeoutError:
+        raise UsageError(
+            f"the Dask scheduler has no workers (waited {WAIT_FOR_WORKERS:g} s); start some "
+            f"with `dask worker ADDRESS` on machines that see the images and the output"
+        ) from None
     first = source.paths[0]
     if _unreadable(first):  # a bad file here too: the shard skips and records it
         return
@@ -303,7 +311,7 @@ def _check_done(
     for shard in sorted(done):
         start, stop = writer.shard_bounds(shard)
         want = Counter(path_text(paths[i]) for i in order[start:stop])
-        stored, skips = writer.shard_written(shard)
+        stored, skips = writer.shard_written(shard, done[shard])
         if Counter(stored) + Counter(p for p, _ in skips) != want:
             raise UsageError(
                 f"cannot resume {writer.path}: shard {shard} holds other images than this run "
@@ -502,7 +510,7 @@ def _run(
     paths = source.paths
     order = _order(len(source), bool(metadata["shuffle"]), int(metadata["seed"]))
     done = writer.done_shards()
-    if done:
+    if done and not writer.finishing:  # once rows move, shards are no longer where they were
         _check_done(writer, done, order, paths)
     todo = [] if writer.complete_before else [s for s in range(writer.shards) if s not in done]
     bounds = [writer.shard_bounds(s) for s in done]
