@@ -121,7 +121,8 @@ def warm_rates(args: argparse.Namespace, folder: Path, tmp: Path) -> dict[str, A
     finally:
         client.close()
         cluster.close()
-    shard_seconds = [r["seconds"] for c in clusters[1:] for r in c["shard_results"]]  # warm shards
+    warm_shards = [r for c in clusters[1:] for r in c["shard_results"]]
+    shard_seconds = [r["seconds"] for r in warm_shards]
     return {
         "single_ips": max(singles),
         "singles": singles,
@@ -131,6 +132,8 @@ def warm_rates(args: argparse.Namespace, folder: Path, tmp: Path) -> dict[str, A
         "shard_rows": clusters[-1]["shard_rows"],
         "feature_dim": clusters[-1]["feature_dim"],
         "shard_seconds_median": float(np.median(shard_seconds)),
+        "first_batch_median": float(np.median([r["first_batch_seconds"] for r in warm_shards])),
+        "write_median": float(np.median([r["write_seconds"] for r in warm_shards])),
         "scheduler_task_ms": per_task * 1e3,
         "scheduler_roundtrip_ms": one_by_one * 1e3,
         "image_kib": float(np.mean([p.stat().st_size for p in folder.rglob("*.jpg")])) / 1024,
@@ -253,7 +256,11 @@ def main() -> None:
             f"--scheduler local {cold['cluster_s']:.1f} s"
         )
     shard_s = warm["shard_seconds_median"]
-    print(f"one warm shard of {warm['shard_rows']} images on one worker: {shard_s:.2f} s")
+    print(
+        f"one warm shard of {warm['shard_rows']} images on one worker: {shard_s:.2f} s, of which "
+        f"{warm['first_batch_median']:.2f} s to its pipeline's first batch and "
+        f"{warm['write_median']:.2f} s writing it (medians)"
+    )
     print(
         f"per shard of 1024 images: scheduler {warm['scheduler_task_ms']:.2f} ms per task "
         f"(many in flight; {warm['scheduler_roundtrip_ms']:.1f} ms for one alone); client "

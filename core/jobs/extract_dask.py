@@ -224,9 +224,13 @@ def shard_on_worker(
     rows_x: list[np.ndarray] = []
     rows_y: list[np.ndarray] = []
     rows_p: list[str] = []
+    ready = time.perf_counter()  # the backbone is built (once per worker)
+    first_batch = None
     for images, labels, idx in _batches(
         source, np.arange(len(source)), net, int(recipe.batch_size)
     ):
+        if first_batch is None:
+            first_batch = time.perf_counter() - ready
         features = forward(images)
         if features.shape[1] != net.feature_dim:
             raise TransferkitError(
@@ -245,6 +249,7 @@ def shard_on_worker(
     rows = write_shard(
         out, shard, x, y, rows_p, skipped, store=store, before_mark=lambda: _pause(shard)
     )
+    written = time.perf_counter() - started - computed
     return {
         "shard": shard,
         "rows": rows,
@@ -252,6 +257,9 @@ def shard_on_worker(
         "host": _where(),
         "builds": len(_builds),
         "compute_seconds": round(computed, 4),
+        # the pipeline's start up to its first batch (the backbone built already), and the write
+        "first_batch_seconds": round(first_batch or 0.0, 4),
+        "write_seconds": round(written, 4),
         "seconds": round(time.perf_counter() - started, 4),
         "runtime": forward.runtime,
     }
