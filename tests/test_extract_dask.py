@@ -242,16 +242,11 @@ def test_resume_after_the_client_is_killed(tiny, images, cluster, reference, tmp
     assert result["resumed"] and result["shards_before"] >= 1
     assert result["computed"] < 13 and result["resumed_from"] + result["computed"] == 13
     _assert_same_store(out, reference)
-    again = transferkit.extract(
-        images,
-        backbone=tiny,
-        out=out,
-        scheduler=cluster.scheduler.address,
-        shard_rows=4,
-        resume=True,
-        **COMMON,
-    )
-    assert again["computed"] == 0
+    from transferkit.cli import build_cli
+
+    again = CliRunner().invoke(build_cli(), ["extract", *args, "--resume"])  # nothing left
+    assert again.exit_code == 0, again.output
+    assert "Nothing left to extract" in again.output and "On the Dask cluster" in again.output
     _assert_same_store(out, reference)
 
 

@@ -27,6 +27,13 @@ def print_extract_summary(result: dict[str, Any]) -> None:
             f"({result['seconds'] - stream:.1f} s building the network and pipeline, then "
             f"{result['images_per_second']:.1f} images/s streaming for {stream:.1f} s)."
         )
+    if result.get("scheduler"):
+        before = result.get("shards_before") or 0
+        click.echo(
+            f"On the Dask cluster {result['scheduler']}: {result.get('workers')} workers, "
+            f"{result.get('shards')} shards of {result.get('shard_rows')} images"
+            + (f" ({before} complete before this run)." if before else ".")
+        )
     if result.get("resumed") and result.get("resumed_from") and computed > 0:
         click.echo(f"Resumed: {result['resumed_from']} images were already done.")
     skipped = result["skipped_files"]

@@ -87,13 +87,18 @@ _lock = threading.Lock()
 _nets: dict[Recipe, tuple[Any, Any]] = {}
 _plugins: set[str] = set()
 _builds: list[Recipe] = []  # every build in this worker process (tests count them)
+_KEEP_NETS = 4  # recipes a worker keeps built between runs
 
 
 def _worker_net(recipe: Recipe) -> tuple[Any, Any]:
     """The backbone and forward function of ``recipe`` in this worker process, built once."""
+    if recipe.runtime != inference.AUTO:  # the image count only helps ``auto`` choose
+        recipe = replace(recipe, images=0)
     with _lock:
         if recipe in _nets:
             return _nets[recipe]
+        while len(_nets) >= 2 * _KEEP_NETS:  # a long-lived worker keeps the last few recipes
+            del _nets[next(iter(_nets))]
         missing = [p for p in recipe.plugins if p not in _plugins]
         if missing:
             from .spotcheck import _register_runtime_plugins
@@ -124,7 +129,7 @@ def _worker_net(recipe: Recipe) -> tuple[Any, Any]:
         _builds.append(recipe)
         _nets[recipe] = (net, forward)
         # ``auto`` resolved: the shards then ask for the runtime it chose
-        _nets[replace(recipe, runtime=forward.runtime)] = (net, forward)
+        _nets[replace(recipe, runtime=forward.runtime, images=0)] = (net, forward)
         return net, forward
 
 
