@@ -334,3 +334,23 @@ def test_sharded_store_finishes_a_move_cut_short(tmp_path):
     with open_store(out) as store:
         assert store.complete and store.paths == [f"img{i}" for i in kept]
         np.testing.assert_array_equal(store.read()[0][:, 0], kept)
+
+
+def test_strict_stops_at_a_bad_file_and_keeps_the_store_resumable(tiny, images, cluster, tmp_path):
+    from transferkit import TransferkitError
+
+    out = tmp_path / "strict.zarr"
+    with pytest.raises(TransferkitError, match="--strict stops at the first bad file"):
+        transferkit.extract(
+            images,
+            backbone=tiny,
+            out=out,
+            scheduler=cluster.scheduler.address,
+            shard_rows=4,
+            strict=True,
+            **COMMON,
+        )
+    assert not (tmp_path / "strict.zarr.lock").exists()  # the lock is released
+    with open_store(out) as partial:
+        assert not partial.complete and len(partial) == 0
+    assert shard_progress(out)[1] == 4
