@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .errors import UsageError
+
 
 def extract(images: Any, *, backbone: Any, out: Any, **options: Any) -> dict[str, Any]:
     """Extract features of ``images`` (a folder, a CSV/JSON list or an ``ImageSource``) with the
@@ -14,10 +16,23 @@ def extract(images: Any, *, backbone: Any, out: Any, **options: Any) -> dict[str
     (``avg``/``max``/``flatten``), ``input_size``, ``batch_size``, ``task`` (``"rotation"``),
     ``shuffle``, ``seed``, ``resume``, ``overwrite``, ``strict``, ``max_pixels``, ``progress``,
     ``runtime`` (``"auto"``, ``"keras"``, ``"openvino"``, ``"litert"``: what runs the network),
-    ``precision`` (``"32"`` or ``"bf16"``), ``threads`` (the runtime's).
+    ``precision`` (``"32"`` or ``"bf16"``), ``threads`` (the runtime's). ``scheduler`` (a Dask
+    scheduler address, or ``"local"`` for a local cluster of ``jobs`` worker processes) writes
+    the same store by shards of ``shard_rows`` images on the cluster's workers (Zarr only; see
+    :mod:`transferkit.jobs.extract_dask`); without it, Dask is not imported.
     Returns a summary with ``path``, ``rows``, ``skipped``, ``skipped_files``, ``seconds``,
     ``images_per_second``, ``feature_dim`` and ``backbone``.
     """
+    scheduler = options.pop("scheduler", None)
+    if scheduler is not None:
+        from .jobs.extract_dask import extract_on_cluster
+
+        return extract_on_cluster(
+            images, backbone=backbone, out=out, scheduler=scheduler, **options
+        )
+    cluster_only = [k for k in ("jobs", "shard_rows") if options.pop(k, None) is not None]
+    if cluster_only:
+        raise UsageError("--jobs and --shard-rows go with --scheduler (a Dask cluster)")
     from .jobs.extract import extract as _extract
 
     return _extract(images, backbone=backbone, out=out, **options)

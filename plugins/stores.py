@@ -91,6 +91,8 @@ class ZarrStore(FeatureStore):
 
     name = "zarr"
     suffixes = (".zarr",)
+    # each chunk is its own file, replaced whole: writers of different chunks never meet
+    concurrent_writers = True
 
     @classmethod
     def open_root(cls, path: str, mode: str) -> Any:

@@ -27,6 +27,13 @@ def print_extract_summary(result: dict[str, Any]) -> None:
             f"({result['seconds'] - stream:.1f} s building the network and pipeline, then "
             f"{result['images_per_second']:.1f} images/s streaming for {stream:.1f} s)."
         )
+    if result.get("scheduler"):
+        before = result.get("shards_before") or 0
+        click.echo(
+            f"On the Dask cluster {result['scheduler']}: {result.get('workers')} workers, "
+            f"{result.get('shards')} shards of {result.get('shard_rows')} images"
+            + (f" ({before} complete before this run)." if before else ".")
+        )
     if result.get("resumed") and result.get("resumed_from") and computed > 0:
         click.echo(f"Resumed: {result['resumed_from']} images were already done.")
     skipped = result["skipped_files"]
@@ -100,6 +107,26 @@ def register(cli: click.Group) -> None:
     )
     @runtime_options()
     @click.option(
+        "--scheduler",
+        default=None,
+        help="Extract on a Dask cluster into a .zarr store: a scheduler address "
+        "(tcp://host:8786), or 'local' for a local Dask cluster of --jobs processes. The "
+        "images and OUT must be on storage every worker sees. Default: this process.",
+    )
+    @click.option(
+        "--jobs",
+        "-j",
+        type=int,
+        default=None,
+        help="With --scheduler local: worker processes [all cores].",
+    )
+    @click.option(
+        "--shard-rows",
+        type=int,
+        default=None,
+        help="With --scheduler: images per shard, rounded up to whole chunks [1024].",
+    )
+    @click.option(
         "--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr."
     )
     @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -125,6 +152,9 @@ def register(cli: click.Group) -> None:
         write_images: str | None,
         runtime: str,
         precision: str,
+        scheduler: str | None,
+        jobs: int | None,
+        shard_rows: int | None,
         progress: bool,
         as_json: bool,
     ) -> None:
@@ -139,6 +169,8 @@ def register(cli: click.Group) -> None:
         Example:
           transferkit extract photos/ --backbone efficientnet-lite0 --out features.h5
           transferkit extract photos/ -b mobilenet-v2 --weights none -o f.zarr --task rotation
+          transferkit extract /shared/photos -b efficientnet-lite0 -o /shared/f.zarr \\
+              --scheduler tcp://10.0.0.5:8786
         """
         from .. import api
         from ..cli import echo_json
@@ -169,6 +201,9 @@ def register(cli: click.Group) -> None:
             runtime=runtime,
             precision=precision,
             progress=progress,
+            scheduler=scheduler,
+            jobs=jobs,
+            shard_rows=shard_rows,
         )
         if as_json:
             echo_json(result)

@@ -145,6 +145,8 @@ def extract(
     ``precision`` (``"32"`` or ``"bf16"``) with ``threads`` threads (None: the runtime's
     default, every core; :func:`transferkit.inference.thread_split` computes a split from the
     measured costs); see ``docs/runtimes.md``.
+    On a Dask cluster, :func:`transferkit.jobs.extract_dask.extract_on_cluster` writes the same
+    store by shards (``transferkit.extract(..., scheduler=...)`` chooses it).
     """
     out = os.fspath(out)
     if resume and overwrite:

@@ -1,0 +1,638 @@
+"""Feature extraction on a Dask cluster: shards of images computed by workers into one Zarr store.
+
+``extract(..., scheduler="tcp://host:8786")`` (or ``"local"``: a local cluster of ``jobs``
+single-threaded worker processes) cuts the run's image order (sorted, or the seeded shuffle)
+into shards of whole Zarr chunks (:func:`transferkit.store.shard_layout`). Each worker builds
+the backbone once (per worker process and recipe, not per shard), reads its shards' images
+from their paths, and writes their rows, paths, labels and skipped files straight into the
+store (:func:`transferkit.store.write_shard`), marking each shard complete after its rows.
+The client lists the images, holds the store's lock, feeds a progress bar from the shards as
+they complete, and at the end makes the store exactly what one process would have written
+(:class:`transferkit.store.ShardedStoreWriter`). ``resume`` computes only the shards that are
+not complete; a worker killed mid-shard loses that shard only, which Dask runs again
+elsewhere (a shard written twice writes the same rows over the same rows).
+
+The workers read the images by their paths and write the store by its path, so both must be
+on storage every worker sees under the same names: the client checks it on every worker
+before any work (and each shard checks its first image), naming the host and the path.
+
+Test hook: ``TRANSFERKIT_TEST_SHARD_PAUSE="SECONDS[:FOLDER]"`` in a worker's environment makes
+it pause that long after a shard's rows are written and before its completion mark, writing
+its process id into ``FOLDER/<shard>.<pid>`` first, so that a test can kill a worker in the
+middle of a shard. It is meant for tests only.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, replace
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from .. import inference, outputs, plugin_manager, registry
+from ..errors import TransferkitError, UsageError
+from ..images import ImageSource, open_source
+from ..sizes import check_batch_fits
+from ..specs import POOLINGS
+from ..store import (
+    ShardedStoreWriter,
+    StoreExistsError,
+    StoreLockedError,
+    backend_for,
+    check_replaceable_store,
+    lock_holder,
+    path_text,
+    write_shard,
+)
+from ..user_objects import backbone_spec
+from .extract import (
+    _RESUME_KEYS,
+    _metadata,
+    _order,
+    _source_warnings,
+    input_paths,
+    parse_input_size,
+)
+
+PAUSE_ENV = "TRANSFERKIT_TEST_SHARD_PAUSE"
+WAIT_FOR_WORKERS = 60.0  # seconds a scheduler without workers is given to get one
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What a worker builds: the backbone and the runtime that runs it."""
+
+    backbone: str
+    weights: str
+    input_size: tuple[int, int] | None
+    pooling: str
+    runtime: str
+    precision: str
+    threads: int | None
+    batch_size: int
+    images: int
+    plugins: tuple[str, ...] = ()
+
+
+# ---------------------------------------------------------------------------- on a worker
+
+_lock = threading.Lock()
+_nets: dict[Recipe, tuple[Any, Any]] = {}
+_plugins: set[str] = set()
+_builds: list[Recipe] = []  # every build in this worker process (tests count them)
+_KEEP_NETS = 4  # recipes a worker keeps built between runs
+
+
+def _worker_net(recipe: Recipe) -> tuple[Any, Any]:
+    """The backbone and forward function of ``recipe`` in this worker process, built once."""
+    if recipe.runtime != inference.AUTO:  # the image count only helps ``auto`` choose
+        recipe = replace(recipe, images=0)
+    with _lock:
+        if recipe in _nets:
+            return _nets[recipe]
+        while len(_nets) >= 2 * _KEEP_NETS:  # a long-lived worker keeps the last few recipes
+            del _nets[next(iter(_nets))]
+        missing = [p for p in recipe.plugins if p not in _plugins]
+        if missing:
+            from .spotcheck_runner import register_runtime_plugins
+
+            register_runtime_plugins(missing)
+            _plugins.update(missing)
+        if recipe.threads and not _builds:
+            import contextlib
+
+            import tensorflow as tf
+
+            with contextlib.suppress(RuntimeError):  # TensorFlow had started already
+                tf.config.threading.set_intra_op_parallelism_threads(recipe.threads)
+                tf.config.threading.set_inter_op_parallelism_threads(recipe.threads)
+        spec = registry.backbone(recipe.backbone)
+        net = spec.factory(
+            weights=recipe.weights, input_size=recipe.input_size, pooling=recipe.pooling
+        )
+        forward = inference.build_forward(
+            net,
+            backbone=spec.name,
+            runtime=recipe.runtime,
+            precision=recipe.precision,
+            images=recipe.images,
+            batch_size=recipe.batch_size,
+            threads=recipe.threads,
+        )
+        _builds.append(recipe)
+        _nets[recipe] = (net, forward)
+        # ``auto`` resolved: the shards then ask for the runtime it chose
+        _nets[replace(recipe, runtime=forward.runtime, images=0)] = (net, forward)
+        return net, forward
+
+
+def _where() -> str:
+    return f"{socket.gethostname()} (process {os.getpid()})"
+
+
+def _unreadable(path: str) -> str | None:
+    """Why this process cannot read ``path``, or None."""
+    try:
+        with open(path, "rb") as fh:
+            fh.read(1)
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return None
+
+
+def check_worker(first_image: str, out: str) -> dict[str, Any]:
+    """Runs on every worker before any work: can it read the first image and see the store's
+    folder? Returns ``host`` and ``problems`` (empty when it can)."""
+    problems = []
+    reason = _unreadable(first_image)
+    if reason:
+        problems.append(f"cannot read {path_text(first_image)} ({reason})")
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder):
+        problems.append(f"cannot see the output folder {path_text(folder)}")
+    return {"host": _where(), "problems": problems}
+
+
+def describe_on_worker(recipe: Recipe) -> dict[str, Any]:
+    """Builds the backbone on a worker (kept there for its shards) and returns what the store's
+    metadata needs."""
+    net, forward = _worker_net(recipe)
+    return {
+        "feature_dim": int(net.feature_dim),
+        "weights_source": net.weights_source,
+        "input_size": list(net.input_size),
+        "pooling": net.pooling,
+        "preprocessing": net.preprocessing,
+        "param_count": net.param_count,
+        "name": net.name,
+        "forward": forward.describe(),
+        "host": _where(),
+    }
+
+
+def _pause(shard: int) -> None:
+    """The test hook (see the module docstring)."""
+    value = os.environ.get(PAUSE_ENV, "")
+    if not value:
+        return
+    seconds, _, folder = value.partition(":")
+    if folder:
+        with open(os.path.join(folder, f"{shard}.{os.getpid()}"), "w") as fh:
+            fh.write(str(os.getpid()))
+    time.sleep(float(seconds))
+
+
+def shard_on_worker(
+    recipe: Recipe,
+    shard: int,
+    source: ImageSource,
+    out: str,
+    store: str | None,
+    strict: bool,
+) -> dict[str, Any]:
+    """Runs on a worker: computes one shard (the images of ``source``, in order) and writes
+    it into the store ``out``."""
+    from ..pipeline import skip_reason
+    from .extract import _batches
+
+    started = time.perf_counter()
+    paths = source.paths
+    if paths and _unreadable(paths[0]) and not os.path.isdir(os.path.dirname(paths[0]) or "."):
+        raise TransferkitError(
+            f"worker {_where()} cannot read {path_text(paths[0])} (shard {shard}): every "
+            f"worker must see the images under the same paths (shared storage)"
+        )
+    net, forward = _worker_net(recipe)
+    skipped: list[list[str]] = []
+    pending: deque[int] = deque(range(len(source)))
+
+    def skip_until(index: int | None) -> None:
+        while pending and pending[0] != index:
+            i = pending.popleft()
+            reason = skip_reason(source, i)
+            if strict:
+                raise TransferkitError(
+                    f"{paths[i]} cannot be used ({reason}); --strict stops at the first bad "
+                    f"file: remove or fix it, or run without --strict to skip and record it"
+                )
+            skipped.append([path_text(paths[i]), reason])
+        if index is not None and pending:
+            pending.popleft()
+
+    rows_x: list[np.ndarray] = []
+    rows_y: list[np.ndarray] = []
+    rows_p: list[str] = []
+    ready = time.perf_counter()  # the backbone is built (once per worker)
+    first_batch = None
+    for images, labels, idx in _batches(
+        source, np.arange(len(source)), net, int(recipe.batch_size)
+    ):
+        if first_batch is None:
+            first_batch = time.perf_counter() - ready
+        features = forward(images)
+        if features.shape[1] != net.feature_dim:
+            raise TransferkitError(
+                f"backbone {net.name} gave {features.shape[1]}-d features but said "
+                f"{net.feature_dim}; the backbone plugin is wrong"
+            )
+        for i in idx:
+            skip_until(int(i))
+        rows_x.append(features)
+        rows_y.append(labels.numpy())
+        rows_p.extend(paths[i] for i in idx)
+    skip_until(None)
+    x = np.concatenate(rows_x) if rows_x else np.zeros((0, net.feature_dim), np.float32)
+    y = np.concatenate(rows_y) if rows_y else np.zeros(0, np.int64)
+    computed = time.perf_counter() - started
+    rows = write_shard(
+        out, shard, x, y, rows_p, skipped, store=store, before_mark=lambda: _pause(shard)
+    )
+    written = time.perf_counter() - started - computed
+    return {
+        "shard": shard,
+        "rows": rows,
+        "skipped": len(skipped),
+        "host": _where(),
+        "builds": len(_builds),
+        "compute_seconds": round(computed, 4),
+        # the pipeline's start up to its first batch (the backbone built already), and the write
+        "first_batch_seconds": round(first_batch or 0.0, 4),
+        "write_seconds": round(written, 4),
+        "seconds": round(time.perf_counter() - started, 4),
+        "runtime": forward.runtime,
+    }
+
+
+# ---------------------------------------------------------------------------- on the client
+
+
+def _has_bokeh() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("bokeh") is not None
+
+
+def _dashboard(client: Any) -> str | None:
+    """The address of the scheduler's dashboard, or None when it serves none (its page needs
+    bokeh installed beside the scheduler)."""
+    try:
+        if "dashboard" not in client.scheduler_info().get("services", {}):
+            return None
+        if not client.run_on_scheduler(_has_bokeh):
+            return None
+        return str(client.dashboard_link)
+    except Exception:
+        return None
+
+
+def _check_workers(client: Any, source: ImageSource, out: str) -> None:
+    """Every worker must read the images and see the output folder (shared storage)."""
+    try:
+        client.wait_for_workers(1, timeout=WAIT_FOR_WORKERS)
+    except TimeoutError:
+        raise UsageError(
+            f"the Dask scheduler has no workers (waited {WAIT_FOR_WORKERS:g} s); start some "
+            f"with `dask worker ADDRESS` on machines that see the images and the output"
+        ) from None
+    first = source.paths[0]
+    if _unreadable(first):  # a bad file here too: the shard skips and records it
+        return
+    answers = client.run(check_worker, first, out)
+    bad = [a for a in answers.values() if a["problems"]]
+    if bad:
+        lines = "; ".join(f"worker {a['host']}: {', '.join(a['problems'])}" for a in bad[:5])
+        raise UsageError(
+            f"{len(bad)} of {len(answers)} Dask workers cannot reach the images or the output: "
+            f"{lines}. Every worker must see the images and the output under the same paths "
+            f"(shared storage; absolute paths)"
+        )
+
+
+def _check_done(
+    writer: ShardedStoreWriter, done: dict[int, int], order: np.ndarray, paths: Any
+) -> None:
+    """A resumed shard must hold exactly the images this run puts in it."""
+    from collections import Counter
+
+    for shard in sorted(done):
+        start, stop = writer.shard_bounds(shard)
+        want = Counter(path_text(paths[i]) for i in order[start:stop])
+        stored, skips = writer.shard_written(shard, done[shard])
+        if Counter(stored) + Counter(p for p, _ in skips) != want:
+            raise UsageError(
+                f"cannot resume {writer.path}: shard {shard} holds other images than this run "
+                f"puts there (were images added, removed or renamed?); pass --overwrite to "
+                f"start again"
+            )
+
+
+def extract_on_cluster(
+    images: Any,
+    *,
+    backbone: Any,
+    out: str,
+    scheduler: str,
+    jobs: int | None = None,
+    store: str | None = None,
+    weights: Any = "default",
+    pooling: str = "avg",
+    input_size: Any = None,
+    batch_size: int = 32,
+    task: str | None = None,
+    shuffle: bool = False,
+    seed: int = 0,
+    resume: bool = False,
+    overwrite: bool = False,
+    strict: bool = False,
+    max_pixels: int | None = None,
+    progress: bool = True,
+    compression: str | None = "gzip",
+    runtime: str = "auto",
+    precision: Any = "32",
+    threads: int | None = None,
+    shard_rows: int | None = None,
+    write_images: Any = None,
+) -> dict[str, Any]:
+    """:func:`transferkit.jobs.extract.extract` on the Dask cluster ``scheduler``; the same
+    store and summary (plus ``scheduler``, ``workers``, ``shards``, ``shards_before``,
+    ``dashboard``)."""
+    out = os.fspath(out)
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite exclude each other; pick one")
+    if pooling not in POOLINGS:
+        raise UsageError(f"unknown pooling {pooling!r}; allowed: {', '.join(POOLINGS)}")
+    if batch_size <= 0:
+        raise UsageError(f"batch size must be positive, got {batch_size}")
+    if jobs is not None and jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, got {jobs}")
+    size = parse_input_size(input_size)
+    check_batch_fits(size, batch_size)
+    precision = inference.parse_precision(precision)
+    if runtime and runtime != inference.AUTO:
+        registry.runtime(runtime)
+    backend = backend_for(out, store)
+    if not backend.concurrent_writers:
+        raise UsageError(
+            f"a {backend.name} store cannot take the writes of several workers at once; "
+            f"extract on a cluster into a .zarr store (e.g. --out "
+            f"{os.path.splitext(out)[0]}.zarr), or drop --scheduler"
+        )
+    spec = backbone_spec(backbone)
+    if not isinstance(backbone, str):
+        raise UsageError(
+            "a cluster extraction needs the backbone by name (a registered backbone), so "
+            "that every worker can build it"
+        )
+    mode = "resume" if resume else "overwrite" if overwrite else "create"
+    source: ImageSource = open_source(images, task=task, seed=seed, max_pixels=max_pixels)
+    inputs = input_paths(source, images)
+    outputs.check_outside_inputs(out, inputs, "output store")
+    if write_images:
+        outputs.check_outside_inputs(write_images, [*inputs, out], "--write-images folder")
+        outputs.check_folder(write_images, "images", what="--write-images folder")
+    if mode == "create" and backend.exists(out):
+        raise StoreExistsError(
+            f"{out} already exists; pass --overwrite to replace it or --resume to continue "
+            f"an interrupted extraction into it"
+        )
+    holder = lock_holder(out)
+    if holder is not None:
+        raise StoreLockedError(
+            f"{out} is being written by process {holder}; wait for it to finish or stop it "
+            f"(if no process writes it, delete {out.rstrip('/')}.lock)"
+        )
+    if mode == "overwrite" and backend.exists(out):
+        check_replaceable_store(backend, out)
+    if len(source) == 0:
+        raise UsageError(f"{images} holds no images")
+    outputs.check_writable(out)
+    for warning in _source_warnings(source):
+        print(f"transferkit: warning: {warning}", file=sys.stderr)
+    written = None
+    if write_images:
+        from ..images import write_images as _write_images
+
+        written = _write_images(source, write_images)
+
+    from ..cluster import close, connect
+
+    started = time.perf_counter()
+    local = scheduler == "local"
+    workers_wanted = jobs or os.cpu_count() or 1
+    if local and threads is None:  # the local workers share this machine's cores
+        threads = max(1, (os.cpu_count() or 1) // workers_wanted)
+    from .spotcheck_runner import runtime_plugins
+
+    recipe = Recipe(
+        backbone=spec.name,
+        weights=str(weights),
+        input_size=size,
+        pooling=pooling,
+        runtime=runtime or inference.AUTO,
+        precision=precision,
+        threads=threads,
+        batch_size=int(batch_size),
+        images=len(source),
+        plugins=tuple(runtime_plugins()),
+    )
+    client = connect(scheduler, workers_wanted)
+    writer: ShardedStoreWriter | None = None
+    try:
+        dashboard = _dashboard(client)
+        print(
+            f"transferkit: Dask dashboard: {dashboard}"
+            if dashboard
+            else "transferkit: no Dask dashboard (the scheduler serves none: install bokeh "
+            "beside it to get one)",
+            file=sys.stderr,
+        )
+        _check_workers(client, source, out)
+        try:
+            info = client.submit(describe_on_worker, recipe, pure=False).result()
+        except Exception as exc:  # e.g. a backbone or runtime a worker does not have
+            raise _shard_error(exc) from exc
+        recipe = replace(recipe, runtime=info["forward"]["runtime"])
+        net = SimpleNamespace(**{k: info[k] for k in info if k != "forward"})
+        metadata = _metadata(spec, net, source, images, weights, task, seed, shuffle)
+        metadata["preprocessing"] = info["preprocessing"] or spec.preprocessing
+        metadata["precision"] = info["forward"]["precision"]
+        metadata["runtime"] = info["forward"]["runtime"]
+        writer = ShardedStoreWriter(
+            backend,
+            out,
+            feature_dim=int(info["feature_dim"]),
+            label_names=source.label_names,
+            metadata=metadata,
+            mode=mode,
+            compression=compression,
+            images=len(source),
+            shard_rows=shard_rows,
+            must_match=_RESUME_KEYS,
+        )
+        summary = _run(client, writer, source, recipe, info, metadata, strict, progress, store)
+    except BaseException as exc:
+        if writer is not None:
+            try:
+                done = len(writer.done_shards())
+            except Exception:
+                done = 0
+            writer.close(complete=False)
+            if isinstance(exc, KeyboardInterrupt):
+                print(
+                    f"transferkit: interrupted; {done} of {writer.shards} shards are kept in "
+                    f"{out}; run again with --resume to finish",
+                    file=sys.stderr,
+                )
+        plugin_manager.notify_exception(exc, "extract", output=out, backbone=spec.name)
+        raise
+    finally:
+        close(client, scheduler)
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    summary["scheduler"] = scheduler
+    summary["dashboard"] = dashboard
+    if written is not None:
+        summary["written_images"] = {k: written[k] for k in ("out", "written", "skipped")}
+    plugin_manager.call_lifecycle("on_extract_end", output=out, summary=summary)
+    return summary
+
+
+def _run(
+    client: Any,
+    writer: ShardedStoreWriter,
+    source: ImageSource,
+    recipe: Recipe,
+    info: dict[str, Any],
+    metadata: dict[str, Any],
+    strict: bool,
+    progress: bool,
+    store: str | None,
+) -> dict[str, Any]:
+    from distributed import as_completed
+    from tqdm import tqdm
+
+    paths = source.paths
+    order = _order(len(source), bool(metadata["shuffle"]), int(metadata["seed"]))
+    done = writer.done_shards()
+    if done and not writer.finishing:  # once rows move, shards are no longer where they were
+        _check_done(writer, done, order, paths)
+    todo = [] if writer.complete_before else [s for s in range(writer.shards) if s not in done]
+    bounds = [writer.shard_bounds(s) for s in done]
+    already = len(source) if writer.complete_before else sum(b - a for a, b in bounds)
+    config = {
+        **metadata,
+        "out": writer.path,
+        "store": writer.backend.name,
+        "batch_size": recipe.batch_size,
+        "strict": strict,
+        "scheduler": True,
+    }
+    plugin_manager.call_lifecycle(
+        "on_extract_start",
+        backbone=recipe.backbone,
+        total=len(source) - already,
+        output=writer.path,
+        config=config,
+    )
+    bar = tqdm(
+        total=len(source),
+        initial=int(already),
+        disable=not progress,
+        file=sys.stderr,
+        unit="img",
+        desc=f"extract {recipe.backbone} ({len(todo)} shards)",
+        dynamic_ncols=True,
+        smoothing=0.1,
+    )
+    t0 = time.perf_counter()
+    results: list[dict[str, Any]] = []
+    futures = []
+    try:
+        for s in todo:
+            start, stop = writer.shard_bounds(s)
+            sub = source.subset(order[start:stop].tolist())
+            futures.append(
+                client.submit(
+                    shard_on_worker, recipe, s, sub, writer.path, store, strict, pure=False
+                )
+            )
+        rows_done = 0
+        for future in as_completed(futures):
+            try:
+                result = future.result()
+            except Exception as exc:
+                raise _shard_error(exc) from exc
+            results.append(result)
+            bar.update(result["rows"] + result["skipped"])
+            rows_done += result["rows"]
+            bar.set_postfix(skipped=sum(r["skipped"] for r in results), refresh=False)
+            plugin_manager.call_lifecycle(
+                "on_extract_batch",
+                rows_written=rows_done,
+                total=len(source),
+                batch_size=result["rows"],
+                skipped=sum(r["skipped"] for r in results),
+            )
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        raise
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    recorded = writer.skipped_paths
+    listed = [[p, r] for p, r in source.listing_skipped if path_text(p) not in recorded]
+    writer.finish(listed)
+    computed = len(source) - int(already)
+    skipped_files = [list(s) for s in writer.skipped]
+    new_skips = sum(r["skipped"] for r in results)
+    return {
+        "path": writer.path,
+        "store": writer.backend.name,
+        "rows": writer.rows,
+        "new_rows": computed - new_skips,
+        "computed": computed,
+        "skipped": len(skipped_files),
+        "skipped_files": skipped_files,
+        "images": len(source),
+        "files_found": len(source) + len(source.listing_skipped),
+        "empty_classes": [path_text(n) for n in source.empty_classes],
+        "warnings": _source_warnings(source),
+        "resumed": writer.resumed,
+        "resumed_from": int(already),
+        "seconds": round(seconds, 3),
+        "stream_seconds": round(seconds, 3),
+        "images_per_second": round(computed / seconds, 2) if seconds > 0 else 0.0,
+        "feature_dim": writer.feature_dim,
+        "backbone": recipe.backbone,
+        "weights_source": info["weights_source"],
+        "input_size": list(info["input_size"]),
+        "pooling": info["pooling"],
+        "label_names": [path_text(n) for n in source.label_names],
+        "task": metadata["task"] or None,
+        **info["forward"],
+        "workers": len(client.nthreads()),
+        "shards": writer.shards,
+        "shard_rows": writer.shard_rows,
+        "shards_before": len(done),
+        "shard_results": sorted(results, key=lambda r: r["shard"]),
+    }
+
+
+def _shard_error(exc: BaseException) -> BaseException:
+    """A shard's failure as the client reports it."""
+    if isinstance(exc, TransferkitError):
+        return exc
+    name = type(exc).__name__
+    if name == "KilledWorker":
+        return TransferkitError(
+            f"a shard killed every worker that ran it ({exc}); the complete shards are kept: "
+            f"fix the cause and run again with --resume"
+        )
+    return TransferkitError(f"a shard failed on a worker: {name}: {exc}")
