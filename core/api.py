@@ -27,6 +27,9 @@ def extract(images: Any, *, backbone: Any, out: Any, **options: Any) -> dict[str
     if scheduler is not None:
         from .jobs.extract_dask import extract_on_cluster
 
+        if options.pop("buffer_rows", None) is not None:  # a worker writes a whole shard at once
+            raise UsageError("--buffer-rows is for one process; on a cluster use --shard-rows")
+
         return extract_on_cluster(
             images, backbone=backbone, out=out, scheduler=scheduler, **options
         )
