@@ -26,19 +26,13 @@ import numpy as np
 
 from .. import outputs, plugin_manager, registry
 from ..errors import TransferkitError, UsageError
+from ..pooling import pool
+from ..specs import NO_POOLING
 from ..user_objects import backbone_spec
 
 MODEL_FILE = "model.keras"
 RUN_KIND = "finetune-run"  # the kind in a run folder's marker file
 CHECKPOINT_DIR = "checkpoints"
-
-
-def parse_input_size(value: Any) -> tuple[int, int] | None:
-    """``224``, ``"224"``, ``"224x160"``, ``"224,160"`` or ``(224, 160)`` -> ``(height, width)``;
-    see :func:`transferkit.sizes.parse_input_size`."""
-    from ..sizes import parse_input_size as parse
-
-    return parse(value)
 
 
 def _strategy_options(
@@ -177,10 +171,12 @@ def finetune(
     ``label_names``, ``phases`` (with the test accuracy after each), ``test_accuracy`` (of the
     exported weights), ``restored_best_epoch``, ``epochs``, ``seconds``...
     """
-    from ..sizes import check_batch_fits
-    from ..sizes import parse_input_size as _parse_size
+    from ..recipe import normalise_weights
+    from ..sizes import check_batch_fits, parse_input_size
 
-    check_batch_fits(_parse_size(input_size), batch_size)  # before any folder is made
+    size = parse_input_size(input_size)
+    weights = normalise_weights(weights)
+    check_batch_fits(size, batch_size)  # before any folder is made
     _check_out(Path(out), resume, overwrite, images)  # before TensorFlow loads
     outputs.check_writable(Path(out) / outputs.MARKER)
     from ..trainer import (
@@ -201,8 +197,7 @@ def finetune(
     if augment is None and strategy == "warmup-unfreeze" and head != "classic" and not task:
         augment = "flip"  # the Keras guide's light augmentation; the classic preset is heavier
     augment = _augmentation_for(augment, task)
-    pooling = pooling or ("none" if head == "classic" else "avg")
-    size = parse_input_size(input_size)
+    pooling = pooling or NO_POOLING  # the feature map: the head pools it
     spec = backbone_spec(backbone)
     registry.head(head)  # an unknown head fails here, before any work
     options = _strategy_options(strategy, epochs, learning_rate, unfreeze_from)
@@ -221,7 +216,7 @@ def finetune(
     with precision_scope(precision):
         seed_everything(seed, deterministic=deterministic)
         data = _data_module(images, test, task, split, seed, batch_size, augment)
-        built = spec.factory(weights=weights, input_size=size, pooling=pooling)
+        built = pool(spec.factory(weights=weights, input_size=size), pooling)
         model = TransferModel(
             built,
             head,

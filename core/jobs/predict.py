@@ -17,6 +17,7 @@ import numpy as np
 from .. import estimators, inference, registry
 from ..errors import TransferkitError, UsageError
 from ..models import SavedModel, identify_file, load_model
+from ..pooling import pool
 from ..store import path_text
 
 
@@ -81,8 +82,8 @@ def extract_features(
         )
     precision = check_precision(saved, precision)
     spec = registry.backbone(recipe.backbone)
-    backbone = spec.factory(
-        weights=recipe.weights, input_size=recipe.input_size, pooling=recipe.pooling
+    backbone = pool(
+        spec.factory(weights=recipe.weights, input_size=recipe.input_size), recipe.pooling
     )
     if saved.feature_dim and backbone.feature_dim != saved.feature_dim:
         raise TransferkitError(
