@@ -141,9 +141,9 @@ def forward_only(
     folder: Path, backbone: str, weights: str, batch: int, n: int, runtime: str, precision: str
 ) -> float:
     """Forward-only rate of ``runtime`` on preprocessed tensors held in memory (same images)."""
-    from transferkit import inference, registry
+    from transferkit import inference, pool, registry
 
-    net = registry.backbone(backbone).factory(weights=weights, input_size=(224, 224))
+    net = pool(registry.backbone(backbone).factory(weights=weights, input_size=(224, 224)), "avg")
     batches = _batches(folder, net, batch, n)
     forward = inference.build_forward(
         net, backbone=backbone, runtime=runtime, precision=precision, batch_size=batch
@@ -162,11 +162,13 @@ def forward_only(
 
 def decode_bound(folder: Path, batch: int) -> float:
     """The input pipeline alone (decode, resize, preprocess; no network), all cores: images/s."""
-    from transferkit import registry
+    from transferkit import pool, registry
     from transferkit.images import open_source
     from transferkit.pipeline import image_dataset
 
-    net = registry.backbone("mobilenet-v2").factory(weights="none", input_size=(224, 224))
+    net = pool(
+        registry.backbone("mobilenet-v2").factory(weights="none", input_size=(224, 224)), "avg"
+    )
     source = open_source(folder)
     rates = []
     for _ in range(2):
@@ -185,9 +187,9 @@ def classic_loop(paths: list[Path], backbone: str, weights: str, batch: int, out
     import h5py
     import keras
 
-    from transferkit import registry
+    from transferkit import pool, registry
 
-    net = registry.backbone(backbone).factory(weights=weights, input_size=(224, 224))
+    net = pool(registry.backbone(backbone).factory(weights=weights, input_size=(224, 224)), "avg")
     model = net.model
     model.jit_compile = False  # XLA off on CPU, as for transferkit
     model.predict(np.zeros((1, 224, 224, 3), np.float32), verbose=0)  # build outside the timer

@@ -146,7 +146,8 @@ def client_costs(folder: Path, shard_rows: int, n_images: int) -> dict[str, floa
 
     from transferkit.images import ImageRecord, ImageSource, open_source
     from transferkit.jobs.extract import _order
-    from transferkit.jobs.extract_dask import Recipe
+    from transferkit.jobs.extract_dask import WorkerBuild
+    from transferkit.recipe import FeatureRecipe
 
     real = open_source(folder)
     # a run of n_images (the real records repeated), as a big run's client holds it
@@ -155,7 +156,8 @@ def client_costs(folder: Path, shard_rows: int, n_images: int) -> dict[str, floa
         [ImageRecord(r.path, r.label) for r in records], real.label_names, location=str(folder)
     )
     order = _order(len(source), True, 0)
-    recipe = Recipe("efficientnet-lite0", "default", (224, 224), "avg", "keras", "32", 1, 32, 1)
+    features = FeatureRecipe.create("efficientnet-lite0", input_size=224)
+    recipe = WorkerBuild(features, "keras", 1, 32, 1)
     shards = len(source) // shard_rows
     t0 = time.perf_counter()
     size = 0

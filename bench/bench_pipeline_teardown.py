@@ -48,13 +48,15 @@ def main() -> None:
 
     import tensorflow as tf
 
-    from transferkit import registry
+    from transferkit import pool, registry
     from transferkit.images import open_source
     from transferkit.jobs.extract import _forward_fn
     from transferkit.pipeline import image_dataset
 
     print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; N={args.n}")
-    net = registry.backbone("mobilenet-v2").factory(weights="none", input_size=(224, 224))
+    net = pool(
+        registry.backbone("mobilenet-v2").factory(weights="none", input_size=(224, 224)), "avg"
+    )
     forward = _forward_fn(net.model, net.input_size)
     forward(np.zeros((32, 224, 224, 3), np.float32))
     with tempfile.TemporaryDirectory(prefix="tk-bench-") as tmp:

@@ -1,7 +1,9 @@
 """transferkit: transfer learning on images with Keras 3, as a pluggy plugin host.
 
-Public names for plugins: :data:`hookimpl`, the specs (:class:`BackboneSpec`, ...), and
-:class:`Backbone`. The jobs (:func:`extract`, :func:`train`, :func:`spotcheck`, :func:`stream`,
+Public names for plugins: :data:`hookimpl`, the specs (:class:`BackboneSpec`, ...),
+:class:`Backbone`, :func:`pool` (the host's pooling of a feature map) and
+:class:`FeatureRecipe`. The jobs (:func:`extract`, :func:`extract_many`, :func:`train`,
+:func:`spotcheck`, :func:`stream`,
 :func:`finetune`, :func:`predict`) load lazily from :mod:`transferkit.api`, so importing this
 package never imports TensorFlow.
 """
@@ -12,6 +14,8 @@ from typing import Any
 
 from .errors import TransferkitError, UsageError, WeightsUnavailableError
 from .hookspecs import hookimpl
+from .pooling import pool
+from .recipe import FeatureRecipe
 from .specs import (
     Backbone,
     BackboneSpec,
@@ -24,13 +28,24 @@ from .specs import (
 )
 from .version import __version__
 
-_API = ("extract", "train", "spotcheck", "stream", "finetune", "predict", "demo", "load_finetuned")
+_API = (
+    "extract",
+    "extract_many",
+    "train",
+    "spotcheck",
+    "stream",
+    "finetune",
+    "predict",
+    "demo",
+    "load_finetuned",
+)
 
 __all__ = [
     "Backbone",
     "BackboneSpec",
     "ClassifierSpec",
     "DatasetSpec",
+    "FeatureRecipe",
     "HeadSpec",
     "RuntimeSpec",
     "StoreSpec",
@@ -40,6 +55,7 @@ __all__ = [
     "WeightsUnavailableError",
     "__version__",
     "hookimpl",
+    "pool",
     *_API,
 ]
 

@@ -41,6 +41,18 @@ def extract(images: Any, *, backbone: Any, out: Any, **options: Any) -> dict[str
     return _extract(images, backbone=backbone, out=out, **options)
 
 
+def extract_many(
+    images: Any, *, backbone: Any, outs: Any, **options: Any
+) -> dict[str, dict[str, Any]]:
+    """Extract several poolings of one backbone in one pass of the network: ``outs`` maps each
+    pooling to its store (``{"avg": "a.h5", "max": "m.h5"}``); each store equals what
+    :func:`extract` with that pooling writes. Options as :func:`extract`'s (without
+    ``pooling``). Returns each pooling's summary."""
+    from .jobs.extract import extract_many as _extract_many
+
+    return _extract_many(images, backbone=backbone, outs=outs, **options)
+
+
 def train(store_path: Any, *, classifier: Any, **options: Any) -> dict[str, Any]:
     """Fit one classifier on a feature store (stratified split, or all rows scored on the store
     ``test``, checked to share the recipe and class names); optionally save it with ``out``.

@@ -119,7 +119,8 @@ def register_commands(cli: click.Group) -> None:
 
 @hookspec
 def on_extract_start(backbone: str, total: int, output: str, config: Mapping[str, Any]) -> None:
-    """Called before the first image is read.
+    """Called before the first image is read, once per output store (an extraction of several
+    poolings from one pass of the network writes several).
 
     ``backbone`` is the backbone name, ``total`` the number of images to process (after resume),
     ``output`` the store path and ``config`` the full extraction settings.
@@ -128,7 +129,8 @@ def on_extract_start(backbone: str, total: int, output: str, config: Mapping[str
 
 @hookspec
 def on_extract_batch(rows_written: int, total: int, batch_size: int, skipped: int) -> None:
-    """Called after each batch is written to the store.
+    """Called after each batch is written to the store (to every store, when one pass writes
+    several poolings).
 
     ``rows_written`` counts rows in the store so far, ``skipped`` the files skipped so far.
     """
@@ -136,7 +138,8 @@ def on_extract_batch(rows_written: int, total: int, batch_size: int, skipped: in
 
 @hookspec
 def on_extract_end(output: str, summary: Mapping[str, Any]) -> None:
-    """Called once the store is complete; ``summary`` is what ``transferkit.extract`` returns."""
+    """Called once a store is complete (once per store); ``summary`` is what
+    ``transferkit.extract`` returns."""
 
 
 # --------------------------------------------------------------------------- training

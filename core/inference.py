@@ -44,7 +44,8 @@ from typing import Any
 
 from . import registry
 from .errors import TransferkitError, UsageError
-from .specs import PRECISIONS, RuntimeSpec
+from .recipe import parse_precision
+from .specs import RuntimeSpec
 
 AUTO = "auto"
 DEFAULT_RUNTIME = AUTO
@@ -52,14 +53,6 @@ DEFAULT_PRECISION = "32"
 CACHE_ENV = "TRANSFERKIT_CACHE"
 # ``auto`` converts only when Keras would take longer than this over the images to compute.
 AUTO_CONVERT_SECONDS = 20.0
-_PRECISION_ALIASES = {
-    "32": "32",
-    "fp32": "32",
-    "f32": "32",
-    "float32": "32",
-    "bf16": "bf16",
-    "bfloat16": "bf16",
-}
 
 
 class ConversionError(TransferkitError):
@@ -72,17 +65,6 @@ def cache_root() -> Path:
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "transferkit"
     )
     return Path(root)
-
-
-def parse_precision(value: Any) -> str:
-    """``32``, ``"32"``, ``"fp32"``, ``"float32"`` -> ``"32"``; ``"bf16"``/``"bfloat16"`` ->
-    ``"bf16"``; None -> the default (``"32"``)."""
-    if value is None or value == "":
-        return DEFAULT_PRECISION
-    found = _PRECISION_ALIASES.get(str(value).strip().lower())
-    if found is None:
-        raise UsageError(f"unknown precision {value!r}; allowed: {', '.join(PRECISIONS)}")
-    return found
 
 
 def cpu_flags() -> set[str]:

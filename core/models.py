@@ -24,12 +24,13 @@ import os
 import pickle
 import zipfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import TransferkitError, UsageError
 from .outputs import atomic_path, check_outside_inputs, check_writable, refuse_replacing
+from .recipe import FeatureRecipe
 
 FORMAT = "transferkit-model"
 FORMAT_VERSION = 1
@@ -43,67 +44,50 @@ TRUSTED_TYPES = ("transferkit.plugins._softmax.SoftmaxRegression",)
 
 
 @dataclass
-class FeatureRecipe:
-    """How the features a model was trained on were made, taken from the store's metadata."""
-
-    backbone: str | None = None
-    weights: str | None = "default"
-    input_size: list[int] | None = None
-    pooling: str = "avg"
-    label_names: list[str] = field(default_factory=list)
-    feature_dim: int | None = None
-    store_metadata: dict[str, Any] = field(default_factory=dict)
-    # how the network ran: the precision is part of the features' identity, the runtime is not
-    # (every runtime's 32-bit features are interchangeable); older files hold neither
-    precision: str = "32"
-    runtime: str = "keras"
-
-    @classmethod
-    def from_store(cls, reader: Any) -> FeatureRecipe:
-        meta = dict(reader.metadata or {})
-        size = meta.get("input_size")
-        if isinstance(size, str):
-            try:
-                size = json.loads(size)
-            except ValueError:
-                size = None
-        weights = meta.get("weights", "default")
-        return cls(
-            backbone=meta.get("backbone"),
-            weights=None if weights in (None, "none", "None") else str(weights),
-            input_size=[int(v) for v in size] if size else None,
-            pooling=str(meta.get("pooling") or "avg"),
-            label_names=[str(n) for n in reader.label_names],
-            feature_dim=int(reader.feature_dim),
-            store_metadata={k: _plain(v) for k, v in meta.items()},
-            precision=str(meta.get("precision") or "32"),
-            runtime=str(meta.get("runtime") or "keras"),
-        )
-
-
-@dataclass
 class SavedModel:
-    """A fitted estimator (scikit-learn or river) and its :class:`FeatureRecipe`."""
+    """A fitted estimator (scikit-learn or river), the :class:`FeatureRecipe` of the features it
+    was trained on, and what else its store said: the class names, the feature width and the
+    store's whole metadata."""
 
     estimator: Any
     recipe: FeatureRecipe
     classifier: str
     library: str
     info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def label_names(self) -> list[str]:
-        return self.recipe.label_names
+    label_names: list[str] = field(default_factory=list)
+    feature_dim: int | None = None
+    store_metadata: dict[str, Any] = field(default_factory=dict)
 
     def header(self) -> dict[str, Any]:
+        recipe = self.recipe.to_metadata()
+        recipe["backbone"] = recipe["backbone"] or None
+        recipe["weights"] = self.recipe.weights  # None for random initialisation
         return {
             "format": FORMAT,
             "version": FORMAT_VERSION,
             "classifier": self.classifier,
             "library": self.library,
-            "recipe": asdict(self.recipe),
+            "recipe": {
+                **recipe,
+                "runtime": self.recipe.runtime or "keras",
+                "label_names": list(self.label_names),
+                "feature_dim": self.feature_dim,
+                "store_metadata": _plain(self.store_metadata),
+            },
             "info": _plain(self.info),
         }
+
+
+def store_fields(reader: Any) -> dict[str, Any]:
+    """What a model trained on the store ``reader`` keeps of it: the ``recipe``, ``label_names``,
+    ``feature_dim`` and ``store_metadata`` (keyword arguments of :class:`SavedModel`)."""
+    meta = dict(reader.metadata or {})
+    return {
+        "recipe": FeatureRecipe.from_metadata(meta),
+        "label_names": [str(n) for n in reader.label_names],
+        "feature_dim": int(reader.feature_dim),
+        "store_metadata": {k: _plain(v) for k, v in meta.items()},
+    }
 
 
 def _plain(value: Any) -> Any:
@@ -302,6 +286,7 @@ _RECIPE_TYPES: dict[str, tuple[type, ...]] = {
     "store_metadata": (dict,),
     "precision": (str,),
     "runtime": (str,),
+    "fingerprint": (str,),
 }
 
 
@@ -374,10 +359,13 @@ def check_saved_model(path: str | Path, data: Any) -> SavedModel:
         raise bad(f"its estimator takes {width} features but the recipe says {dim}")
     return SavedModel(
         estimator=estimator,
-        recipe=FeatureRecipe(**recipe),
+        recipe=FeatureRecipe.from_metadata(recipe),
         classifier=header["classifier"],
         library=header["library"],
         info=info,
+        label_names=list(names),
+        feature_dim=dim,
+        store_metadata=dict(recipe.get("store_metadata") or {}),
     )
 
 

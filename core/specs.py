@@ -15,11 +15,13 @@ second spec with the same name, naming both plugins.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 POOLINGS = ("avg", "max", "flatten")
+# what a backbone's model gives when the host has not pooled it: the feature map itself
+NO_POOLING = "none"
 # Precisions of the forward pass: "32" (float32, the features' reference) and "bf16" (bfloat16
 # arithmetic where the CPU has it natively; a different feature recipe).
 PRECISIONS = ("32", "bf16")
@@ -54,25 +56,49 @@ class Spec:
         return _jsonable(data)
 
 
+def pooling_widths(feature_map: Sequence[int]) -> dict[str, int]:
+    """The feature width of each pooling of a feature map of shape ``(h, w, channels)``: the
+    channels for ``avg`` and ``max``, ``h * w * channels`` for ``flatten``."""
+    height, width, channels = (int(d) for d in feature_map)
+    return {"avg": channels, "max": channels, "flatten": height * width * channels}
+
+
 @dataclass(frozen=True)
 class BackboneSpec(Spec):
-    """A pretrained network that turns images into feature vectors.
+    """A pretrained network that turns images into feature maps.
 
-    ``factory(weights="default", input_size=None, pooling="avg")`` returns a :class:`Backbone`.
-    ``weights`` is ``"default"`` (the spec's own pretrained weights), ``None`` (random
-    initialisation) or a path to a local weights file.
+    ``factory(weights="default", input_size=None)`` returns a :class:`Backbone`: the network up
+    to its last feature map, with its preprocessing. ``weights`` is ``"default"`` (the spec's
+    own pretrained weights), ``None`` (random initialisation) or a path to a local weights file
+    (see :func:`transferkit.recipe.normalise_weights`); ``input_size`` is ``(height, width)`` or
+    None (the spec's own). The host pools the map (``avg``, ``max``, ``flatten``, or not at all
+    for fine-tuning); a factory never sees the pooling.
+
+    ``feature_map`` is the map's ``(h, w, channels)`` at the default input size, known without
+    building the network; ``feature_dims`` (the width of each pooling, for listings) is derived
+    from it. A backbone whose network already returns pooled vectors gives ``feature_dims`` with
+    its one pooling instead (e.g. ``{"avg": 1280}``).
     """
 
     input_size: tuple[int, int] = (224, 224)
     preprocessing: str = ""
     feature_dims: Mapping[str, int] = field(default_factory=dict)
     weights: str = ""
+    feature_map: tuple[int, int, int] | None = None
     kind = "backbone"
+
+    def __post_init__(self) -> None:
+        if self.feature_map is not None and not self.feature_dims:
+            object.__setattr__(self, "feature_dims", pooling_widths(self.feature_map))
 
     def validate(self) -> None:
         super().validate()
         if len(self.input_size) != 2 or min(self.input_size) <= 0:
             raise ValueError(f"backbone {self.name!r}: input_size must be (height, width)")
+        if self.feature_map is not None and (
+            len(self.feature_map) != 3 or min(self.feature_map) <= 0
+        ):
+            raise ValueError(f"backbone {self.name!r}: feature_map must be (h, w, channels)")
         unknown = set(self.feature_dims) - set(POOLINGS)
         if unknown:
             raise ValueError(
@@ -204,21 +230,25 @@ class RuntimeSpec(Spec):
 
 @dataclass
 class Backbone:
-    """What a backbone factory returns: a feature extractor and the preprocessing it expects.
+    """What a backbone factory returns: the network up to its last feature map, and the
+    preprocessing it expects.
 
-    ``model`` maps a batch of *preprocessed* images ``(N, H, W, 3)`` to features ``(N, D)``.
-    ``preprocess`` maps a float32 RGB batch with values in 0..255 to the model's input; it must be
-    a TensorFlow-traceable function so that the input pipeline can run it in parallel.
+    ``model`` maps a batch of *preprocessed* images ``(N, H, W, 3)`` to a feature map
+    ``(N, h, w, C)``. The host pools it (:func:`transferkit.pooling.pool`): a pooled backbone is
+    again a ``Backbone``, whose ``pooling`` says how its ``model``'s output was pooled. A network
+    that can only return pooled vectors ``(N, D)`` (a TF Hub feature-vector model) sets
+    ``pooling`` to the pooling they already had: that is then the only one it offers.
+    ``preprocess`` maps a float32 RGB batch with values in 0..255 to the model's input; it must
+    be a TensorFlow-traceable function so that the input pipeline can run it in parallel.
     """
 
     name: str
     model: Any
     preprocess: Callable[[Any], Any]
     input_size: tuple[int, int]
-    pooling: str
-    feature_dim: int
     weights_source: str
     preprocessing: str = ""
+    pooling: str = NO_POOLING
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -226,11 +256,36 @@ class Backbone:
         return int(self.model.count_params())
 
     @property
+    def output_shape(self) -> tuple[int, ...]:
+        """The shape of one image's output of ``model`` (``(h, w, C)`` for a feature map)."""
+        return tuple(int(d) for d in self.model.outputs[0].shape[1:])
+
+    @property
+    def feature_dim(self) -> int:
+        """The width of one image's output of ``model``, as a row of features."""
+        width = 1
+        for dim in self.output_shape:
+            width *= dim
+        return width
+
+    @property
+    def poolings(self) -> tuple[str, ...]:
+        """The poolings this backbone offers: every one for a feature map, else its own."""
+        return POOLINGS if self.pooling == NO_POOLING else (self.pooling,)
+
+    @property
     def feature_dims(self) -> dict[str, int]:
-        """Feature width for each pooling at this backbone's input size (``extra["feature_dims"]``
-        when the factory recorded it, else just this backbone's own pooling)."""
-        dims = self.extra.get("feature_dims")
-        return dict(dims) if dims else {self.pooling: self.feature_dim}
+        """Feature width for each pooling this backbone offers, at its input size."""
+        if self.pooling != NO_POOLING:
+            return {self.pooling: self.feature_dim}
+        shape = self.output_shape
+        if len(shape) != 3:
+            raise ValueError(
+                f"backbone {self.name}: its model gives outputs of shape (N, "
+                f"{', '.join(map(str, shape))}), not a feature map (N, h, w, C); a backbone "
+                f"that returns feature vectors sets Backbone.pooling to the pooling they had"
+            )
+        return pooling_widths(shape)
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -16,7 +16,7 @@ from typing import Any
 
 from . import registry
 from .errors import UsageError
-from .specs import Backbone, BackboneSpec
+from .specs import NO_POOLING, Backbone, BackboneSpec
 
 
 def _is_keras_model(obj: Any) -> bool:
@@ -33,10 +33,10 @@ def _identity(x: Any) -> Any:
 
 def backbone_from_keras(model: Any, input_size: Any = None, pooling: str = "avg") -> Backbone:
     """A :class:`Backbone` around a user's Keras model that takes RGB 0..255 images (preprocess
-    inside the model, or pass a ``Backbone`` with its ``preprocess``); a feature map is pooled
-    with ``pooling`` (``avg``, ``max``, ``flatten``; ``none``/``map`` keeps the map)."""
+    inside the model, or pass a ``Backbone`` with its ``preprocess``). A model giving a feature
+    map is pooled by the host like any backbone; one giving feature vectors is taken as
+    already pooled with ``pooling`` (its only pooling)."""
     import keras
-    import numpy as np
 
     shape = None
     with contextlib.suppress(AttributeError, ValueError):
@@ -47,14 +47,7 @@ def backbone_from_keras(model: Any, input_size: Any = None, pooling: str = "avg"
     size = size or (224, 224)
     inputs = keras.Input((*size, 3), name="image")
     x = model(inputs)
-    if len(x.shape) == 4:
-        if pooling == "avg":
-            x = keras.layers.GlobalAveragePooling2D()(x)
-        elif pooling == "max":
-            x = keras.layers.GlobalMaxPooling2D()(x)
-        elif pooling == "flatten":
-            x = keras.layers.Flatten()(x)
-    elif len(x.shape) != 2:
+    if len(x.shape) not in (2, 4):
         raise UsageError(
             f"the Keras model {model.name!r} gives outputs of shape {tuple(x.shape)}; a backbone "
             "gives a feature map (N, h, w, C) or feature vectors (N, D)"
@@ -66,18 +59,18 @@ def backbone_from_keras(model: Any, input_size: Any = None, pooling: str = "avg"
         model=wrapped,
         preprocess=_identity,
         input_size=size,  # type: ignore[arg-type]
-        pooling=pooling if len(x.shape) == 2 else "none",
-        feature_dim=int(np.prod(x.shape[1:])),
+        pooling=(pooling or "avg") if len(x.shape) == 2 else NO_POOLING,
         weights_source="the Keras model passed in",
         preprocessing="none (the model takes RGB 0..255)",
     )
 
 
-def backbone_spec(backbone: Any) -> BackboneSpec:
+def backbone_spec(backbone: Any, *, pooling: str = "avg") -> BackboneSpec:
     """A backbone spec for a registered name, a ``BackboneSpec``, a ``Backbone`` or a Keras model.
 
-    A ``Backbone`` is used as it is (its input size and pooling win over the job's options); a
-    Keras model is wrapped by :func:`backbone_from_keras` with the job's input size and pooling.
+    A ``Backbone`` is used as it is (its input size wins over the job's options); a Keras model
+    is wrapped by :func:`backbone_from_keras` with the job's input size (and ``pooling``, the
+    name of its vectors when it gives vectors rather than a feature map).
     """
     if isinstance(backbone, str):
         return registry.backbone(backbone)
@@ -86,7 +79,7 @@ def backbone_spec(backbone: Any) -> BackboneSpec:
     if isinstance(backbone, Backbone):
         given = backbone
 
-        def from_backbone(weights: Any = None, input_size: Any = None, pooling: Any = None) -> Any:
+        def from_backbone(weights: Any = None, input_size: Any = None) -> Any:
             return given
 
         return BackboneSpec(
@@ -99,8 +92,8 @@ def backbone_spec(backbone: Any) -> BackboneSpec:
     if _is_keras_model(backbone):
         model = backbone
 
-        def from_keras(weights: Any = None, input_size: Any = None, pooling: str = "avg") -> Any:
-            return backbone_from_keras(model, input_size, pooling or "avg")
+        def from_keras(weights: Any = None, input_size: Any = None) -> Any:
+            return backbone_from_keras(model, input_size, pooling)
 
         return BackboneSpec(
             name=str(getattr(model, "name", "") or "keras-model"),

@@ -13,16 +13,16 @@ from transferkit import Backbone, BackboneSpec, ClassifierSpec, hookimpl
 __version__ = "0.1.0"
 
 INPUT_SIZE = (64, 64)
-WIDTH = 32  # channels of the last convolution: the feature width for avg and max pooling
+WIDTH = 32  # channels of the last convolution
 
 
-def build_example_cnn(
-    weights: Any = "default", input_size: Any = None, pooling: str = "avg"
-) -> Backbone:
-    """A small convolutional network built in code.
+def build_example_cnn(weights: Any = "default", input_size: Any = None) -> Backbone:
+    """A small convolutional network built in code, up to its last feature map: transferkit
+    pools the map itself (avg, max or flatten), or hands it to a fine-tuning head.
 
-    ``weights``: ``"default"``/``None``/``"none"`` start from a seeded random initialisation; a path
-    loads a Keras ``.weights.h5`` file saved from this network.
+    ``weights`` comes normalised: ``"default"`` or None start from a seeded random
+    initialisation; a path loads a Keras ``.weights.h5`` file saved from this network.
+    ``input_size`` is ``(height, width)`` or None (the default).
     """
     import keras
 
@@ -32,17 +32,9 @@ def build_example_cnn(
     x = inputs
     for filters in (16, 32, WIDTH):
         x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu")(x)
-    if pooling == "avg":
-        x = keras.layers.GlobalAveragePooling2D()(x)
-    elif pooling == "max":
-        x = keras.layers.GlobalMaxPooling2D()(x)
-    elif pooling == "flatten":
-        x = keras.layers.Flatten()(x)
-    elif pooling != "none":
-        raise ValueError(f"unknown pooling {pooling!r}; use avg, max, flatten or none")
     model = keras.Model(inputs, x, name="example_cnn")
     source = "random (seed 0)"
-    if weights not in ("default", None, "none"):
+    if weights not in ("default", None):
         model.load_weights(str(weights))
         source = str(weights)
     return Backbone(
@@ -50,8 +42,6 @@ def build_example_cnn(
         model=model,
         preprocess=lambda images: images / 255.0,
         input_size=(height, width),
-        pooling=pooling,
-        feature_dim=int(model.output_shape[-1]),
         weights_source=source,
         preprocessing="x / 255",
     )
@@ -66,7 +56,6 @@ def build_centroid_classifier(**params: Any) -> Any:
 
 @hookimpl
 def register_backbones(register: Any) -> None:
-    side = INPUT_SIZE[0] // 8
     register(
         BackboneSpec(
             name="example-cnn",
@@ -74,7 +63,8 @@ def register_backbones(register: Any) -> None:
             factory=build_example_cnn,
             input_size=INPUT_SIZE,
             preprocessing="x / 255",
-            feature_dims={"avg": WIDTH, "max": WIDTH, "flatten": side * side * WIDTH},
+            # the last feature map at the default input size (three stride-2 convolutions)
+            feature_map=(INPUT_SIZE[0] // 8, INPUT_SIZE[1] // 8, WIDTH),
             weights="random (seed 0) or a local .weights.h5 file",
         )
     )

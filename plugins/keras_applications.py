@@ -6,10 +6,10 @@ Names are the Keras class names lower-cased with dashes: ``vgg16``, ``resnet50-v
 default input size. Networks whose preprocessing is part of the graph (EfficientNet, EfficientNetV2,
 ConvNeXt, MobileNetV3) take raw 0..255 pixels: their ``preprocess`` is the identity.
 
-What a backbone reports before it is built (input size, feature width for each pooling at the
-default input size, parameter count) comes from :data:`TABLE`, generated once by
-``docs/tools/backbone_table.py`` (it builds each network with ``weights=None`` and reads the output
-shapes), so listing backbones never imports TensorFlow.
+What a backbone reports before it is built (input size, the shape of its last feature map at the
+default input size, hence the width of each pooling, parameter count) comes from :data:`TABLE`,
+generated once by ``docs/tools/backbone_table.py`` (it builds each network with ``weights=None``
+and reads the output shapes), so listing backbones never imports TensorFlow.
 
 ``weights``: ``"default"``/``"imagenet"`` downloads the ImageNet weights into the Keras cache
 (``$KERAS_HOME``, default ``~/.keras``); ``None``/``"none"`` is random initialisation; a path
@@ -25,15 +25,11 @@ from typing import Any
 from transferkit import Backbone, BackboneSpec, WeightsUnavailableError, hookimpl
 from transferkit.plugins._backbone_utils import (
     OFFLINE_HINT,
-    add_pooling,
-    check_pooling,
-    input_size_of,
     is_download_failure,
     load_local_weights,
-    normalise_weights,
-    output_width,
-    pooling_widths,
 )
+from transferkit.recipe import DEFAULT_WEIGHTS, normalise_weights
+from transferkit.sizes import parse_input_size
 
 # How each preprocess mode of keras.applications.imagenet_utils transforms 0..255 RGB input.
 PREPROCESSING = {
@@ -138,14 +134,6 @@ TABLE: dict[str, tuple[tuple[int, int, int], int]] = {
 # END GENERATED TABLE
 
 
-def feature_dims(name: str) -> dict[str, int]:
-    """Feature width for each pooling at the network's default input size (from :data:`TABLE`)."""
-    if name not in TABLE:
-        return {}
-    (h, w, c), _ = TABLE[name]
-    return {"avg": c, "max": c, "flatten": h * w * c}
-
-
 def _make_preprocess(module_name: str, mode: str) -> Any:
     if mode == "in-graph":
 
@@ -169,13 +157,12 @@ def _make_preprocess(module_name: str, mode: str) -> Any:
     return preprocess
 
 
-def build(
-    name: str, weights: Any = "default", input_size: Any = None, pooling: str = "avg"
-) -> Backbone:
-    """Build the ``keras.applications`` backbone called ``name``; see the module docstring."""
+def build(name: str, weights: Any = "default", input_size: Any = None) -> Backbone:
+    """Build the ``keras.applications`` backbone called ``name`` up to its last feature map; see
+    the module docstring."""
     net = NETS[name]
-    pooling = check_pooling(pooling)
-    size = input_size_of(input_size, net.input_size)
+    # these networks need at least 32 pixels a side
+    size = parse_input_size(input_size, minimum=32) or (net.input_size, net.input_size)
     source = normalise_weights(weights)
 
     import keras
@@ -183,37 +170,34 @@ def build(
     constructor = getattr(keras.applications, net.cls)
     kwargs: dict[str, Any] = {"include_top": False, "input_shape": (*size, 3)}
     try:
-        base = constructor(weights="imagenet" if source == "imagenet" else None, **kwargs)
+        base = constructor(weights="imagenet" if source == DEFAULT_WEIGHTS else None, **kwargs)
     except Exception as exc:
-        if source == "imagenet" and is_download_failure(exc):
+        if source == DEFAULT_WEIGHTS and is_download_failure(exc):
             raise WeightsUnavailableError(
                 f"cannot download the ImageNet weights of {name} (no internet?); {OFFLINE_HINT}."
             ) from None
         raise
-    model = add_pooling(base, pooling, name=f"{name.replace('-', '_')}_{pooling}")
-    if source not in (None, "imagenet"):
+    if source not in (None, DEFAULT_WEIGHTS):
         assert source is not None
-        load_local_weights(model, base, source)
+        load_local_weights(base, base, source)
     weights_source = {
         None: "random initialisation",
-        "imagenet": "imagenet (keras.applications, Keras cache)",
+        DEFAULT_WEIGHTS: "imagenet (keras.applications, Keras cache)",
     }.get(source, f"file {source}")
     return Backbone(
         name=name,
-        model=model,
+        model=base,
         preprocess=_make_preprocess(net.module, net.mode),
         input_size=size,
-        pooling=pooling,
-        feature_dim=output_width(model),
         weights_source=weights_source,
         preprocessing=f"{net.module}.preprocess_input: {PREPROCESSING[net.mode]}",
-        extra={"keras_class": net.cls, "feature_dims": pooling_widths(base)},
+        extra={"keras_class": net.cls},
     )
 
 
 def _factory(name: str) -> Any:
-    def factory(weights: Any = "default", input_size: Any = None, pooling: str = "avg") -> Backbone:
-        return build(name, weights=weights, input_size=input_size, pooling=pooling)
+    def factory(weights: Any = "default", input_size: Any = None) -> Backbone:
+        return build(name, weights=weights, input_size=input_size)
 
     factory.__name__ = factory.__qualname__ = f"build_{name.replace('-', '_')}"
     factory.__doc__ = f"keras.applications.{NETS[name].cls} without its top, as a backbone."
@@ -237,7 +221,7 @@ def register_backbones(register: Any) -> None:
                 factory=_factory(net.name),
                 input_size=(net.input_size, net.input_size),
                 preprocessing=f"{net.module}.preprocess_input: {PREPROCESSING[net.mode]}",
-                feature_dims=feature_dims(net.name),
+                feature_map=TABLE[net.name][0] if net.name in TABLE else None,
                 weights="imagenet (downloaded into the Keras cache)",
                 metadata={
                     "keras_class": net.cls,

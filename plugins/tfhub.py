@@ -27,6 +27,8 @@ reloads as long as the handle is reachable; the layer's variable values are save
 Input: float32 RGB images scaled to [0, 1] (the TF Hub image convention; ``preprocess`` is
 ``x / 255``). The input size is given with ``input_size`` or read from the SavedModel's signature
 (224 x 224 when it accepts any size); the feature width is read from the output of one forward pass.
+A ``feature_vector`` model's output is already pooled (``avg``): that is its only pooling, and
+``--pooling max`` is refused; a model that outputs a feature map is pooled by the host.
 """
 
 from __future__ import annotations
@@ -38,11 +40,8 @@ import urllib.request
 from typing import Any
 
 from transferkit import Backbone, BackboneSpec, UsageError, WeightsUnavailableError, hookimpl
-from transferkit.plugins._backbone_utils import (
-    check_pooling,
-    load_local_weights,
-    output_width,
-)
+from transferkit.plugins._backbone_utils import load_local_weights
+from transferkit.recipe import DEFAULT_WEIGHTS, normalise_weights
 from transferkit.sizes import parse_input_size
 
 DEFAULT_SIZE = 224
@@ -265,17 +264,6 @@ def _signature_size(func: Any) -> tuple[int, int]:
     return (DEFAULT_SIZE, DEFAULT_SIZE)
 
 
-def _widths(tail: tuple[int, ...]) -> dict[str, int]:
-    """Feature width per pooling for a model output of shape (N, *tail)."""
-    if len(tail) == 3:
-        height, width, channels = tail
-        return {"avg": channels, "max": channels, "flatten": height * width * channels}
-    size = 1
-    for dim in tail:
-        size *= dim
-    return {"avg": size, "max": size, "flatten": size}
-
-
 def preprocess(x: Any) -> Any:
     """``x / 255``: 0..255 RGB to the [0, 1] range TF Hub image models expect."""
     import tensorflow as tf
@@ -287,39 +275,34 @@ def build(
     handle: str,
     weights: Any = "default",
     input_size: Any = None,
-    pooling: str = "avg",
     trainable: bool = False,
+    pooled: str = "avg",
 ) -> Backbone:
     """A backbone around the TF Hub model ``handle`` (see the module docstring).
 
     ``weights``: ``"default"`` keeps the model's own weights; a path loads a weights file saved from
     a backbone built on the same handle. Random initialisation is not available for a SavedModel.
-    A model that outputs a feature map (N, h, w, C) is pooled like any backbone; one that outputs
-    feature vectors returns them whatever the pooling.
+    A model that outputs a feature map (N, h, w, C) is pooled by the host like any backbone; one
+    that outputs feature vectors (N, D), as TF Hub's ``feature_vector`` models do, says they are
+    already pooled with ``pooled`` (global average pooling, for those models), the only pooling
+    it then offers.
     """
     import keras
 
-    pooling = check_pooling(pooling)
-    if weights is None or str(weights).lower() in ("none", "random"):
+    source = normalise_weights(weights)
+    if source is None:
         raise UsageError(
             "a TF Hub model has no random initialisation; use --weights default (its own "
             "weights) or --weights PATH"
         )
-    path = None if str(weights).lower() in ("default", "imagenet") else os.path.expanduser(weights)
-    if path is not None and not os.path.exists(path):
-        raise WeightsUnavailableError(f"weights file {weights!r} does not exist")
+    path = None if source == DEFAULT_WEIGHTS else source
     input_size = parse_input_size(input_size)
     layer = _hub_layer_class()(handle, input_size=input_size, trainable=trainable, name="tfhub")
     size = layer.input_size
     inputs = keras.Input((*size, 3), name="input_layer")
     x = layer(inputs)
-    if len(layer._output_tail) == 3:
-        if pooling == "avg":
-            x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        elif pooling == "max":
-            x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
-        elif pooling == "flatten":
-            x = keras.layers.Flatten(name="flatten")(x)
+    if len(layer._output_tail) not in (1, 3):
+        x = keras.layers.Flatten(name="flatten")(x)  # vectors, whatever their shape
     model = keras.Model(inputs, x, name="tfhub_backbone")
     if path is not None:
         load_local_weights(model, model, path)
@@ -328,15 +311,10 @@ def build(
         model=model,
         preprocess=preprocess,
         input_size=size,
-        pooling=pooling,
-        feature_dim=output_width(model),
         weights_source=f"TF Hub {handle}" if path is None else f"file {path}",
         preprocessing=PREPROCESSING,
-        extra={
-            "handle": handle,
-            "layer": layer,
-            "feature_dims": _widths(layer._output_tail),
-        },
+        pooling="none" if len(layer._output_tail) == 3 else pooled,
+        extra={"handle": handle, "layer": layer},
     )
 
 

@@ -144,13 +144,13 @@ def test_cat_photo_gets_a_cat_class(cache) -> None:
 
 
 def test_backbone_features_and_cached_file_reuse(cache) -> None:
-    from transferkit import registry
+    from transferkit import pool, registry
 
     spec = registry.backbone("efficientnet-lite0")
     assert spec.feature_dims["avg"] == 1280 and spec.input_size == (224, 224)
     first = lite.converted_weights_path()
     mtime = first.stat().st_mtime_ns
-    backbone = spec.factory(pooling="avg", input_size=(64, 64))
+    backbone = pool(spec.factory(input_size=(64, 64)), "avg")
     assert lite.converted_weights_path() == first and first.stat().st_mtime_ns == mtime
     assert backbone.feature_dim == 1280
     assert backbone.model.layers[-1].name == "avg_pool"
@@ -158,7 +158,7 @@ def test_backbone_features_and_cached_file_reuse(cache) -> None:
     images = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
     features = np.asarray(backbone.model(backbone.preprocess(images)))
     assert features.shape == (2, 1280) and (features >= 0).all() and features.max() > 0
-    flat = spec.factory(weights=None, pooling="flatten", input_size=(64, 64))
+    flat = spec.factory(weights=None, input_size=(64, 64))
     assert flat.feature_dim == 2 * 2 * 1280
     assert flat.weights_source == "random initialisation"
     assert flat.describe()["feature_dims"] == {"avg": 1280, "max": 1280, "flatten": 2 * 2 * 1280}

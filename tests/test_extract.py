@@ -44,7 +44,7 @@ def images(tmp_path_factory) -> Path:
 def _expected_features(path: str, pooling: str = "avg") -> np.ndarray:
     import tensorflow as tf
 
-    net = tiny_backbone.build(pooling=pooling)
+    net = transferkit.pool(tiny_backbone.build(), pooling)
     img = resize_image(tf.constant(decode_image(path)), (32, 32))
     return net.model(net.preprocess(img[None])).numpy()[0]
 
@@ -282,3 +282,66 @@ def test_chunked_reading_gives_the_same_store(tiny, images, tmp_path, monkeypatc
     with open_store(tmp_path / "a.h5") as a, open_store(tmp_path / "b.h5") as b:
         assert a.paths == b.paths and a.skipped == b.skipped
         np.testing.assert_allclose(a.read()[0], b.read()[0], rtol=1e-5, atol=1e-6)
+
+
+class CountingRuntime:
+    """The keras runtime, counting the batches that go through the network."""
+
+    batches = 0
+
+    @hookimpl
+    def register_runtimes(self, register: Any) -> None:
+        from transferkit import RuntimeSpec, registry
+
+        def factory(model: Any, **options: Any) -> Any:
+            run = registry.runtime("keras").factory(model, **options)
+
+            def forward(images: Any) -> Any:
+                CountingRuntime.batches += 1
+                return run(images)
+
+            return forward
+
+        register(RuntimeSpec(name="counting", description="keras, counted", factory=factory))
+
+
+def test_several_poolings_run_the_network_once(tiny, images, tmp_path, register_plugin):
+    register_plugin(CountingRuntime(), "counting-runtime")
+    outs = {p: tmp_path / f"{p}.h5" for p in ("avg", "max", "flatten")}
+    CountingRuntime.batches = 0
+    summaries = transferkit.extract_many(
+        images, backbone=tiny, outs=outs, batch_size=3, runtime="counting", progress=False
+    )
+    together = CountingRuntime.batches
+    assert together == 1 + 3  # the warm-up batch, then 8 images in batches of 3
+    assert [summaries[p]["feature_dim"] for p in outs] == [8, 8, 8 * 8 * 8]
+    for pooling, out in outs.items():
+        CountingRuntime.batches = 0
+        alone = tmp_path / f"alone-{pooling}.h5"
+        transferkit.extract(
+            images,
+            backbone=tiny,
+            out=alone,
+            pooling=pooling,
+            batch_size=3,
+            runtime="counting",
+            progress=False,
+        )
+        assert CountingRuntime.batches == together  # each pooling alone: the whole pass again
+        with open_store(out) as shared, open_store(alone) as own:
+            assert shared.metadata["pooling"] == own.metadata["pooling"] == pooling
+            for key in ("backbone", "weights", "input_size", "precision", "weights_source"):
+                assert shared.metadata[key] == own.metadata[key]
+            assert shared.paths == own.paths and shared.skipped == own.skipped
+            assert shared.labels.tolist() == own.labels.tolist()
+            x_shared, _ = shared.read(0, len(shared))
+            x_own, _ = own.read(0, len(own))
+            np.testing.assert_allclose(x_shared, x_own, rtol=1e-6, atol=1e-7)
+            first = shared.paths[0]
+        np.testing.assert_allclose(
+            x_shared[0], _expected_features(first, pooling), rtol=1e-5, atol=1e-6
+        )
+    with pytest.raises(UsageError, match="its own output store"):
+        transferkit.extract_many(
+            images, backbone=tiny, outs={"avg": tmp_path / "x.h5", "max": tmp_path / "x.h5"}
+        )

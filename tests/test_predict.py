@@ -87,6 +87,47 @@ def test_second_spotcheck_extracts_nothing(
         os.utime(first, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
+class BatchCounter:
+    def __init__(self) -> None:
+        self.batches = 0
+        self.stores: list[str] = []
+
+    @hookimpl
+    def on_extract_start(self, output: str) -> None:
+        self.stores.append(output)
+
+    @hookimpl
+    def on_extract_batch(self) -> None:
+        self.batches += 1
+
+
+def test_poolings_of_one_backbone_share_one_pass(
+    digits_folder: dict[str, Any], spotchecked: dict[str, Any], register_plugin: Any
+) -> None:
+    """``-b lite0@64,lite0@64:max,lite0@64:flatten`` with avg cached: one pass for the two
+    others, each written into its own cache entry."""
+    counter = register_plugin(BatchCounter(), "batch-counter")
+    report = api.spotcheck(
+        [digits_folder["images"]],
+        backbones=f"{BACKBONE},{BACKBONE}:max,{BACKBONE}:flatten",
+        classifiers="knn-3",
+        cache_dir=digits_folder["cache"],
+        batch_size=50,
+        jobs=2,
+        progress=False,
+    )
+    assert [f["extracted"] for f in report["features"]] == [False, True, True]
+    assert counter.batches == 200 // 50 and len(counter.stores) == 2  # one pass, two stores
+    from transferkit.store import open_store
+
+    widths = []
+    for feature in report["features"]:
+        with open_store(feature["store"]) as reader:
+            widths.append(reader.feature_dim)
+            assert len(reader) == 200
+    assert widths == [1280, 1280, 2 * 2 * 1280]
+
+
 def test_predict_new_images_with_a_trained_model(
     digits_folder: dict[str, Any], spotchecked: dict[str, Any], tmp_path: Path
 ) -> None:

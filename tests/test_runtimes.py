@@ -123,7 +123,8 @@ def test_runtime_matches_keras_per_row(
         _example_plugin(register_plugin)
     name, weights, size, pooling = CASES[case]
     name = name.format(hub=hub_featuremap)
-    net = registry.backbone(name).factory(weights=weights, input_size=size, pooling=pooling)
+    built = registry.backbone(name).factory(weights=weights, input_size=size)
+    net = transferkit.pool(built, pooling)
     x = batch_of(net, 7)
     want = np.asarray(net.model(x, training=False), dtype=np.float32).reshape(7, -1)
     assert want.std(axis=0).mean() > 1e-3 * np.abs(want).mean(), "degenerate features"
@@ -146,7 +147,8 @@ def test_bf16_linear_probe_within_one_point_of_32_bit(conversions: Path) -> None
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    net = registry.backbone("efficientnet-lite0").factory(input_size=(32, 32), pooling="avg")
+    lite0 = registry.backbone("efficientnet-lite0").factory(input_size=(32, 32))
+    net = transferkit.pool(lite0, "avg")
     digits = load_digits()
     ink = 255.0 - digits.images * (255.0 / 16.0)
     pixels = np.kron(ink, np.ones((4, 4)))[..., None].repeat(3, axis=-1).astype(np.float32)
@@ -315,7 +317,7 @@ def test_auto_keeps_keras_for_a_small_job_and_uses_a_cached_conversion(
 def test_auto_converts_when_it_pays_and_a_second_run_converts_nothing(
     conversions: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    net = tiny_backbone.build(pooling="flatten")
+    net = transferkit.pool(tiny_backbone.build(), "flatten")
     monkeypatch.setattr(inference, "AUTO_CONVERT_SECONDS", 0.0)
     first = inference.auto_candidates("32")[0].name
     assert first == "litert"  # the documented order: litert, openvino, keras
@@ -350,7 +352,6 @@ def test_an_op_a_runtime_lacks_names_runtime_backbone_and_op_and_auto_falls_back
         preprocess=lambda x: x,
         input_size=(8, 8),
         pooling="avg",
-        feature_dim=3,
         weights_source="none",
     )
     with pytest.raises(inference.ConversionError) as raised:

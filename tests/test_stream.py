@@ -62,7 +62,7 @@ def test_stream_is_seeded_and_saves_a_model_for_predict(
     b = api.stream(sorted_digits, classifier="sgd", progress=False)
     assert a["accuracy"] == b["accuracy"]
     saved = load_model(a["model_path"])
-    assert saved.info["trained_by"] == "stream" and saved.recipe.label_names == DIGIT_NAMES
+    assert saved.info["trained_by"] == "stream" and saved.label_names == DIGIT_NAMES
     X, y = load_digits(return_X_y=True)
     assert np.mean(saved.estimator.predict(X.astype(np.float32)) == y) > 0.7
 

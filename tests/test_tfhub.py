@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from transferkit import UsageError, WeightsUnavailableError, registry
+from transferkit import UsageError, WeightsUnavailableError, pool, registry
 
 FEATURES = 6
 
@@ -101,7 +101,11 @@ def test_local_folder_and_file_url(savedmodel: Path) -> None:
     by_url = registry.backbone(f"tfhub:{savedmodel.as_uri()}").factory()
     np.testing.assert_allclose(np.asarray(by_url.model(x)), features, rtol=1e-5)
     description = by_url.describe()
-    assert description["feature_dims"] == {"avg": FEATURES, "max": FEATURES, "flatten": FEATURES}
+    # feature vectors are pooled already (avg): the only pooling this backbone offers
+    assert description["feature_dims"] == {"avg": FEATURES} and by_url.poolings == ("avg",)
+    assert pool(by_url, "avg").model is by_url.model
+    with pytest.raises(UsageError, match="already pooled .avg., so it offers --pooling avg only"):
+        pool(by_url, "max")
     assert (
         description["feature_dim"] == FEATURES
         and description["param_count"] == 3 * 3 * 3 * 4 + 4 + 4 * FEATURES

@@ -64,8 +64,8 @@ def test_logistic_regression_learns_digits_from_both_formats(tmp_path: Path, suf
     saved = load_model(result["model_path"])
     assert result["model_path"].endswith(".skops")
     assert saved.recipe.backbone == "efficientnet-lite0"
-    assert saved.recipe.input_size == [64, 64]
-    assert saved.recipe.label_names == DIGIT_NAMES
+    assert saved.recipe.input_size == (64, 64)
+    assert saved.label_names == DIGIT_NAMES
     X, y = load_digits(return_X_y=True)
     assert np.mean(saved.estimator.predict(X.astype(np.float32)) == y) > 0.95
 
@@ -118,7 +118,8 @@ def test_skops_refuses_foreign_types(digits_h5: Path, tmp_path: Path) -> None:
 
     model = SavedModel(
         estimator=FunctionTransformer(np.load),  # a function reference inside the file
-        recipe=FeatureRecipe(label_names=["a"]),
+        recipe=FeatureRecipe("tiny"),
+        label_names=["a"],
         classifier="custom",
         library="scikit-learn",
     )

@@ -183,7 +183,7 @@ def test_vgg16_default_unfreeze_point_is_block5() -> None:
     from transferkit.plugins.strategies import WarmupUnfreeze, default_unfreeze_from
     from transferkit.trainer import TransferModel
 
-    backbone = registry.backbone("vgg16").factory(weights=None, input_size=(32, 32), pooling="none")
+    backbone = registry.backbone("vgg16").factory(weights=None, input_size=(32, 32))
     model = TransferModel(backbone, "classic", num_classes=2)
     assert default_unfreeze_from(model) == 15
     assert model.base.layers[15].name == "block5_conv1"
@@ -228,7 +228,7 @@ def test_tfhub_backbone_trains_frozen_and_unfrozen_and_reloads(
     from transferkit.trainer import ImageDataModule, Trainer, TransferModel, resolve_strategy
 
     name = f"tfhub:{hub_folder}"
-    backbone = registry.backbone(name).factory(pooling="avg")
+    backbone = registry.backbone(name).factory()
     assert backbone.feature_dim == FEATURES and backbone.input_size == (16, 16)
     hub_values = [v.numpy().copy() for v in backbone.model.weights]
 

@@ -19,7 +19,7 @@ def preprocess(x: Any) -> Any:
     return x / 127.5 - 1.0
 
 
-def build(weights: Any = "default", input_size: Any = None, pooling: str = "avg") -> Backbone:
+def build(weights: Any = "default", input_size: Any = None) -> Backbone:
     import keras
 
     h, w = (SIZE, SIZE) if input_size is None else tuple(input_size)
@@ -28,20 +28,11 @@ def build(weights: Any = "default", input_size: Any = None, pooling: str = "avg"
     x = keras.layers.Conv2D(4, 3, strides=2, padding="same", kernel_initializer=init)(inputs)
     x = keras.layers.Activation("relu")(x)
     x = keras.layers.Conv2D(8, 3, strides=2, padding="same", kernel_initializer=init)(x)
-    pool = {
-        "avg": keras.layers.GlobalAveragePooling2D(),
-        "max": keras.layers.GlobalMaxPooling2D(),
-        "flatten": keras.layers.Flatten(),
-    }[pooling]
-    outputs = pool(x)
-    model = keras.Model(inputs, outputs, name=f"tiny_cnn_{pooling}")
     return Backbone(
         name=NAME,
-        model=model,
+        model=keras.Model(inputs, x, name="tiny_cnn"),
         preprocess=preprocess,
         input_size=(h, w),
-        pooling=pooling,
-        feature_dim=int(outputs.shape[-1]),
         weights_source="random initialisation (seeded)",
         preprocessing="x / 127.5 - 1",
     )
@@ -55,6 +46,6 @@ def register_backbones(register: Any) -> None:
             description="two conv layers, for tests",
             factory=build,
             input_size=(SIZE, SIZE),
-            feature_dims={"avg": 8, "max": 8, "flatten": 8 * 8 * 8},
+            feature_map=(8, 8, 8),
         )
     )

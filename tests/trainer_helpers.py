@@ -25,14 +25,12 @@ def tiny_backbone(
     if pooling == "avg":
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     model = keras.Model(inputs, x, name="tiny")
-    dim = filters[-1] if pooling == "avg" else int(np.prod(model.output_shape[1:]))
     return Backbone(
         name="tiny",
         model=model,
         preprocess=lambda t: t / 255.0,
         input_size=size,
-        pooling=pooling,
-        feature_dim=dim,
+        pooling="avg" if pooling == "avg" else "none",  # else the feature map
         weights_source="none",
         preprocessing="unit",
     )

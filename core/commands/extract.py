@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from ..config import config_options
-from .options import runtime_options
+from .options import input_size_option, runtime_options
 
 
 def print_extract_summary(result: dict[str, Any]) -> None:
@@ -73,7 +73,7 @@ def register(cli: click.Group) -> None:
         show_default=True,
         help="How the conv feature map becomes one vector.",
     )
-    @click.option("--input-size", default=None, help="N or HxW (default: the backbone's own).")
+    @input_size_option
     @click.option("--batch-size", type=int, default=32, show_default=True)
     @click.option("--task", default=None, help="A task transform, e.g. rotation.")
     @click.option("--shuffle/--no-shuffle", default=False, show_default=True)

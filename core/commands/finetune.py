@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from ..config import config_options
+from .options import input_size_option
 
 
 def print_finetune_summary(result: dict[str, Any]) -> None:
@@ -70,7 +71,7 @@ def register(cli: click.Group) -> None:
         "default classic, none with --task rotation.",
     )
     @click.option("--batch-size", type=int, default=32, show_default=True)
-    @click.option("--input-size", default=None, help="N or HxW (default: the backbone's own).")
+    @input_size_option
     @click.option(
         "--weights",
         default="default",

@@ -8,6 +8,36 @@ from typing import Any
 import click
 
 
+class InputSize(click.ParamType):
+    """``--input-size N`` or ``HxW``, checked by :func:`transferkit.sizes.parse_input_size` (the
+    one parser of sizes) and passed on as text: ``"96"`` or ``"96x64"``."""
+
+    name = "N|HxW"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from ..errors import UsageError
+        from ..recipe import size_text
+        from ..sizes import parse_input_size
+
+        try:
+            return size_text(parse_input_size(value)) or None
+        except UsageError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+INPUT_SIZE = InputSize()
+
+
+def input_size_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--input-size N|HxW`` (default: the backbone's own), the same on every command."""
+    return click.option(
+        "--input-size",
+        type=INPUT_SIZE,
+        default=None,
+        help="N or HxW, e.g. 224 or 224x160 (default: the backbone's own).",
+    )(func)
+
+
 def runtime_options(precision_default: str | None = "32") -> Callable[[Any], Any]:
     """``--runtime NAME|auto`` and ``--precision 32|bf16`` (``precision_default=None``: the
     precision of what is being used, e.g. a saved model's)."""

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from ..config import config_options
-from .options import runtime_options
+from .options import input_size_option, runtime_options
 
 
 def _fmt(value: Any) -> str:
@@ -98,7 +98,7 @@ def register(cli: click.Group) -> None:
     @click.option(
         "--pooling", default="avg", show_default=True, type=click.Choice(["avg", "max", "flatten"])
     )
-    @click.option("--input-size", type=int, default=None, help="Image side for extraction.")
+    @input_size_option
     @click.option("--batch-size", type=int, default=32, show_default=True)
     @click.option(
         "--cache-dir",
@@ -123,7 +123,7 @@ def register(cli: click.Group) -> None:
         out: str | None,
         weights: str,
         pooling: str,
-        input_size: int | None,
+        input_size: str | None,
         batch_size: int,
         cache_dir: str | None,
         store: str | None,
@@ -159,9 +159,9 @@ def register(cli: click.Group) -> None:
             test=test,
             seed=seed,
             out=out,
-            weights=None if weights == "none" else weights,
+            weights=weights,
             pooling=pooling,
-            input_size=(input_size, input_size) if input_size else None,
+            input_size=input_size,
             batch_size=batch_size,
             cache_dir=cache_dir,
             store=store,

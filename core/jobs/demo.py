@@ -91,7 +91,7 @@ def demo(
     """Run the demo into ``out``; returns what each step produced (see the module docstring).
     ``runtime`` and ``precision`` run the backbone (extraction and prediction)."""
     from .predict import predict
-    from .spotcheck import cached_store, parse_backbone, spotcheck
+    from .spotcheck import cached_stores, parse_backbone, spotcheck
     from .train import train
 
     started = time.perf_counter()
@@ -108,15 +108,16 @@ def demo(
     )
 
     _say(f"2/5 extracting features ({', '.join(backbones)}; cached in {root / 'cache'})")
-    for text in backbones:
-        path, extracted = cached_store(
-            images["images"],
-            parse_backbone(text),
-            cache_dir=root / "cache",
-            progress=progress,
-            runtime=runtime,
-            precision=precision,
-        )
+    # the poolings of one backbone and size come from one pass of the network
+    found = cached_stores(
+        images["images"],
+        [parse_backbone(text) for text in backbones],
+        cache_dir=root / "cache",
+        progress=progress,
+        runtime=runtime,
+        precision=precision,
+    )
+    for text, (_, extracted) in zip(backbones, found, strict=True):
         print(f"{text}: {'extracted' if extracted else 'reused from cache'}", file=sys.stderr)
 
     _say(f"3/5 spot-checking the '{classifiers}' classifiers on every feature set")

@@ -17,7 +17,7 @@ import os
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,9 +25,9 @@ import numpy as np
 from .. import inference, outputs, plugin_manager, registry
 from ..errors import TransferkitError, UsageError
 from ..images import ImageSource, open_source
+from ..pooling import pool, split
+from ..recipe import RESUME_KEYS, FeatureRecipe, parse_pooling
 from ..sizes import check_batch_fits
-from ..sizes import parse_input_size as _parse_size
-from ..specs import POOLINGS
 from ..store import (
     FeatureStoreWriter,
     StoreExistsError,
@@ -41,24 +41,8 @@ from ..store import (
 from ..user_objects import backbone_spec
 from ..version import __version__
 
-# settings that must match for a store to be resumed
-# (the runtime is recorded but not compared: 32-bit features of every runtime are interchangeable)
-_RESUME_KEYS = (
-    "backbone",
-    "weights_source",
-    "input_size",
-    "pooling",
-    "precision",
-    "task",
-    "seed",
-    "shuffle",
-)
-
-
-def parse_input_size(value: Any) -> tuple[int, int] | None:
-    """``None``, ``224``, ``"224"``, ``"224x160"`` (height x width) or a pair -> (h, w); see
-    :func:`transferkit.sizes.parse_input_size`."""
-    return _parse_size(value)
+# settings that must match for a store to be resumed: the recipe's, and how the images were read
+_RESUME_KEYS = (*RESUME_KEYS, "task", "seed", "shuffle")
 
 
 def _order(n: int, shuffle: bool, seed: int) -> np.ndarray:
@@ -144,31 +128,193 @@ def extract(
     ``runtime`` (``auto``, ``keras``, ``openvino``, ``litert``, a plugin's) runs the network at
     ``precision`` (``"32"`` or ``"bf16"``) with ``threads`` threads (None: the runtime's
     default, every core; :func:`transferkit.inference.thread_split` computes a split from the
-    measured costs); see ``docs/runtimes.md``.
-    On a Dask cluster, :func:`transferkit.jobs.extract_dask.extract_on_cluster` writes the same
-    store by shards (``transferkit.extract(..., scheduler=...)`` chooses it).
+    measured costs); see ``docs/runtimes.md``. :func:`extract_many` writes several poolings'
+    stores from one pass of the network. On a Dask cluster,
+    :func:`transferkit.jobs.extract_dask.extract_on_cluster` writes the same store by shards
+    (``transferkit.extract(..., scheduler=...)`` chooses it).
     """
-    out = os.fspath(out)
+    pooling = parse_pooling(pooling)
+    summaries = extract_many(
+        images,
+        backbone=backbone,
+        outs={pooling: out},
+        store=store,
+        weights=weights,
+        input_size=input_size,
+        batch_size=batch_size,
+        task=task,
+        shuffle=shuffle,
+        seed=seed,
+        resume=resume,
+        overwrite=overwrite,
+        strict=strict,
+        max_pixels=max_pixels,
+        progress=progress,
+        compression=compression,
+        buffer_rows=buffer_rows,
+        write_images=write_images,
+        runtime=runtime,
+        precision=precision,
+        threads=threads,
+    )
+    return summaries[pooling]
+
+
+def extract_many(
+    images: Any,
+    *,
+    backbone: Any,
+    outs: Mapping[str, str | os.PathLike[str]],
+    store: str | None = None,
+    weights: Any = "default",
+    input_size: Any = None,
+    batch_size: int = 32,
+    task: str | None = None,
+    shuffle: bool = False,
+    seed: int = 0,
+    resume: bool = False,
+    overwrite: bool = False,
+    strict: bool = False,
+    max_pixels: int | None = None,
+    progress: bool = True,
+    compression: str | None = "gzip",
+    buffer_rows: int | None = None,
+    write_images: str | os.PathLike[str] | None = None,
+    runtime: str = "auto",
+    precision: Any = "32",
+    threads: int | None = None,
+) -> dict[str, dict[str, Any]]:
+    """One pass of the network over ``images``, one store per pooling: ``outs`` maps each
+    pooling (``avg``, ``max``, ``flatten``) to its store, e.g. ``{"avg": "a.h5", "max":
+    "m.h5"}``. Each store equals what :func:`extract` with that pooling alone writes. Returns
+    each pooling's summary (as :func:`extract`'s); the other options are :func:`extract`'s.
+    With ``resume``, every store must hold the same images so far."""
+    targets: dict[str, str] = {}
+    for name, path in outs.items():
+        pooling = parse_pooling(name)
+        if pooling in targets:
+            raise UsageError(f"pooling {pooling} is asked for twice")
+        targets[pooling] = os.fspath(path)
+    if not targets:
+        raise UsageError("give at least one pooling and its output store")
+    if len(set(targets.values())) != len(targets):
+        raise UsageError("each pooling needs its own output store")
     if resume and overwrite:
         raise UsageError("--resume and --overwrite exclude each other; pick one")
-    if pooling not in POOLINGS:
-        raise UsageError(f"unknown pooling {pooling!r}; allowed: {', '.join(POOLINGS)}")
     if batch_size <= 0:
         raise UsageError(f"batch size must be positive, got {batch_size}")
-    size = parse_input_size(input_size)
-    check_batch_fits(size, batch_size)
-    precision = inference.parse_precision(precision)
+    first_pooling = next(iter(targets))
+    spec = backbone_spec(backbone, pooling=first_pooling)  # a name, or a caller's object
+    recipes = {
+        pooling: FeatureRecipe.create(
+            spec.name, weights=weights, input_size=input_size, pooling=pooling, precision=precision
+        )
+        for pooling in targets
+    }
+    recipe = recipes[first_pooling]
+    check_batch_fits(recipe.input_size, batch_size)
     if runtime and runtime != inference.AUTO:
         registry.runtime(runtime)  # an unknown runtime fails before any work
-    backend = backend_for(out, store)  # an unknown format fails before any work
+    backends = {p: backend_for(out, store) for p, out in targets.items()}  # unknown formats fail
     mode = "resume" if resume else "overwrite" if overwrite else "create"
-    spec = backbone_spec(backbone)  # a name, or a Backbone / Keras model of the caller
     source: ImageSource = open_source(images, task=task, seed=seed, max_pixels=max_pixels)
     inputs = input_paths(source, images)
-    outputs.check_outside_inputs(out, inputs, "output store")
+    for out in targets.values():
+        outputs.check_outside_inputs(out, inputs, "output store")
     if write_images:
-        outputs.check_outside_inputs(write_images, [*inputs, out], "--write-images folder")
+        outputs.check_outside_inputs(
+            write_images, [*inputs, *targets.values()], "--write-images folder"
+        )
         outputs.check_folder(write_images, "images", what="--write-images folder")
+    for pooling, out in targets.items():
+        _check_output(backends[pooling], out, mode)
+    if len(source) == 0:
+        raise UsageError(f"{images} holds no images")
+    for out in targets.values():
+        outputs.check_writable(out)  # a read-only disk fails now, before the network is built
+    for warning in _source_warnings(source):
+        print(f"transferkit: warning: {warning}", file=sys.stderr)
+
+    written = None
+    if write_images:
+        from ..images import write_images as _write_images
+
+        written = _write_images(source, write_images)
+    started = time.perf_counter()
+    writers: dict[str, FeatureStoreWriter] = {}
+    first_out = targets[first_pooling]
+    try:
+        built = spec.factory(weights=recipe.weights, input_size=recipe.input_size)
+        net = pool(built, list(targets))  # one model for every pooling: one forward pass
+        forward = inference.build_forward(
+            net,
+            backbone=spec.name,
+            runtime=runtime,
+            precision=recipe.precision,
+            images=len(source),
+            batch_size=batch_size,
+            threads=threads,
+        )
+        widths: dict[str, int] = net.extra["widths"]
+        configs: dict[str, dict[str, Any]] = {}
+        for pooling, out in targets.items():
+            made = recipes[pooling].replace(
+                input_size=net.input_size, precision=forward.precision, runtime=forward.runtime
+            )
+            metadata = _metadata(made, spec, built, source, images, task, seed, shuffle)
+            configs[pooling] = {
+                **metadata,
+                "out": out,
+                "store": backends[pooling].name,
+                "batch_size": batch_size,
+                "resume": resume,
+                "overwrite": overwrite,
+                "strict": strict,
+                "max_pixels": max_pixels,
+            }
+            writers[pooling] = create_store(
+                out,
+                feature_dim=widths[pooling],
+                label_names=source.label_names,
+                metadata=metadata,
+                store=store,
+                mode=mode,
+                compression=compression,
+                buffer_rows=buffer_rows or max(batch_size, 1024),
+                must_match=_RESUME_KEYS,
+            )
+        summaries = _run(source, net, forward, writers, configs, strict=strict, progress=progress)
+    except BaseException as exc:
+        for writer in writers.values():
+            writer.abort()  # keep every finished row: --resume continues from here
+        plugin_manager.notify_exception(exc, "extract", output=first_out, backbone=spec.name)
+        if isinstance(exc, KeyboardInterrupt):
+            for out, writer in zip(targets.values(), writers.values(), strict=False):
+                print(
+                    f"transferkit: interrupted; {writer.rows} rows are kept in {out}; "
+                    f"run again with --resume to finish",
+                    file=sys.stderr,
+                )
+        if isinstance(exc, outputs.OutputError) and writers:
+            writer = next(iter(writers.values()))
+            raise outputs.OutputError(
+                f"{exc}; {writer.committed_rows} rows are kept in {first_out}: run again with "
+                f"--resume to finish",
+                exc.errno,
+            ) from exc
+        raise
+    seconds = round(time.perf_counter() - started, 3)
+    for pooling, summary in summaries.items():
+        summary["seconds"] = seconds
+        if written is not None:
+            summary["written_images"] = {k: written[k] for k in ("out", "written", "skipped")}
+        plugin_manager.call_lifecycle("on_extract_end", output=targets[pooling], summary=summary)
+    return summaries
+
+
+def _check_output(backend: Any, out: str, mode: str) -> None:
+    """Refuse an output store that exists (without resume or overwrite), that another process
+    writes, or that is not a store to replace."""
     if mode == "create" and backend.exists(out):
         raise StoreExistsError(
             f"{out} already exists; pass --overwrite to replace it or --resume to continue "
@@ -182,77 +328,6 @@ def extract(
         )
     if mode == "overwrite" and backend.exists(out):
         check_replaceable_store(backend, out)
-    if len(source) == 0:
-        raise UsageError(f"{images} holds no images")
-    outputs.check_writable(out)  # a read-only disk fails now, before the network is built
-    for warning in _source_warnings(source):
-        print(f"transferkit: warning: {warning}", file=sys.stderr)
-
-    written = None
-    if write_images:
-        from ..images import write_images as _write_images
-
-        written = _write_images(source, write_images)
-    started = time.perf_counter()
-    writer: FeatureStoreWriter | None = None
-    try:
-        net = spec.factory(weights=weights, input_size=size, pooling=pooling)
-        forward = inference.build_forward(
-            net,
-            backbone=spec.name,
-            runtime=runtime,
-            precision=precision,
-            images=len(source),
-            batch_size=batch_size,
-            threads=threads,
-        )
-        metadata = _metadata(spec, net, source, images, weights, task, seed, shuffle)
-        metadata["precision"] = forward.precision
-        metadata["runtime"] = forward.runtime
-        config = {
-            **metadata,
-            "out": out,
-            "store": backend.name,
-            "batch_size": batch_size,
-            "resume": resume,
-            "overwrite": overwrite,
-            "strict": strict,
-            "max_pixels": max_pixels,
-        }
-        writer = create_store(
-            out,
-            feature_dim=net.feature_dim,
-            label_names=source.label_names,
-            metadata=metadata,
-            store=store,
-            mode=mode,
-            compression=compression,
-            buffer_rows=buffer_rows or max(batch_size, 1024),
-            must_match=_RESUME_KEYS,
-        )
-        summary = _run(source, net, forward, writer, config, strict=strict, progress=progress)
-    except BaseException as exc:
-        if writer is not None:
-            writer.abort()  # keep every finished row: --resume continues from here
-        plugin_manager.notify_exception(exc, "extract", output=out, backbone=spec.name)
-        if isinstance(exc, KeyboardInterrupt) and writer is not None:
-            print(
-                f"transferkit: interrupted; {writer.rows} rows are kept in {out}; "
-                f"run again with --resume to finish",
-                file=sys.stderr,
-            )
-        if isinstance(exc, outputs.OutputError) and writer is not None:
-            raise outputs.OutputError(
-                f"{exc}; {writer.committed_rows} rows are kept in {out}: run again with "
-                f"--resume to finish",
-                exc.errno,
-            ) from exc
-        raise
-    summary["seconds"] = round(time.perf_counter() - started, 3)
-    if written is not None:
-        summary["written_images"] = {k: written[k] for k in ("out", "written", "skipped")}
-    plugin_manager.call_lifecycle("on_extract_end", output=out, summary=summary)
-    return summary
 
 
 def input_paths(source: ImageSource, images: Any) -> list[str]:
@@ -286,21 +361,18 @@ def _source_warnings(source: ImageSource) -> list[str]:
 
 
 def _metadata(
+    recipe: FeatureRecipe,
     spec: Any,
     net: Any,
     source: ImageSource,
     images: Any,
-    weights: Any,
     task: str | None,
     seed: int,
     shuffle: bool,
 ) -> dict[str, Any]:
     return {
-        "backbone": spec.name,
-        "weights": str(weights),
+        **recipe.to_metadata(),
         "weights_source": net.weights_source,
-        "input_size": list(net.input_size),
-        "pooling": net.pooling,
         "preprocessing": net.preprocessing or spec.preprocessing,
         "task": task or "",
         "seed": int(seed),
@@ -338,33 +410,44 @@ def _run(
     source: ImageSource,
     net: Any,
     forward: Any,
-    writer: FeatureStoreWriter,
-    config: dict[str, Any],
+    writers: dict[str, FeatureStoreWriter],
+    configs: dict[str, dict[str, Any]],
     *,
     strict: bool,
     progress: bool,
-) -> dict[str, Any]:
+) -> dict[str, dict[str, Any]]:
     from tqdm import tqdm
 
     from ..pipeline import skip_reason
 
+    first = next(iter(writers))
+    writer, config = writers[first], configs[first]
     paths = source.paths
     order = _order(len(source), bool(config["shuffle"]), int(config["seed"]))
     listed = [path_text(p) for p, _ in source.listing_skipped]
     todo, already = _remaining(order, paths, writer, listed) if writer.resumed else (order, 0)
+    for other in writers.values():
+        done = _remaining(order, paths, other, listed)[1] if other.resumed else 0
+        if done != already:
+            raise UsageError(
+                f"cannot resume {other.path} with {writer.path}: they hold different "
+                f"numbers of images; resume each pooling's store on its own"
+            )
     total = len(order)
     # files the folder walk left out (second paths to one file, broken links) are recorded once
-    recorded = writer.skipped_paths
-    for path, reason in source.listing_skipped:
-        if path_text(path) not in recorded:
-            writer.record_skipped(path, reason)
-    plugin_manager.call_lifecycle(
-        "on_extract_start",
-        backbone=net.name,
-        total=len(todo),
-        output=writer.path,
-        config=config,
-    )
+    for each in writers.values():
+        recorded = each.skipped_paths
+        for path, reason in source.listing_skipped:
+            if path_text(path) not in recorded:
+                each.record_skipped(path, reason)
+    for pooling, each in writers.items():
+        plugin_manager.call_lifecycle(
+            "on_extract_start",
+            backbone=net.name,
+            total=len(todo),
+            output=each.path,
+            config=configs[pooling],
+        )
     skipped_before = len(writer.skipped)
     new_skips: list[list[str]] = []
     pending: deque[int] = deque(int(i) for i in todo)
@@ -378,7 +461,8 @@ def _run(
                     f"{paths[i]} cannot be used ({reason}); --strict stops at the first bad "
                     f"file: remove or fix it, or run without --strict to skip and record it"
                 )
-            writer.record_skipped(paths[i], reason)
+            for each in writers.values():
+                each.record_skipped(paths[i], reason)
             new_skips.append([path_text(paths[i]), reason])
         if index is not None and pending:
             pending.popleft()
@@ -393,20 +477,25 @@ def _run(
         dynamic_ncols=True,
         smoothing=0.1,
     )
+    widths = {p: w.feature_dim for p, w in writers.items()}
     batches = _batches(source, todo, net, int(config["batch_size"]))
     t0 = time.perf_counter()  # the streaming rate: network and input pipeline are ready
     skips_shown = 0
     try:
         for images, labels, idx in batches:
             features = forward(images)
-            if features.shape[1] != writer.feature_dim:
+            if features.shape[1] != sum(widths.values()):
                 raise TransferkitError(
                     f"backbone {net.name} gave {features.shape[1]}-d features but said "
-                    f"{writer.feature_dim}; the backbone plugin is wrong"
+                    f"{sum(widths.values())}; the backbone plugin is wrong"
                 )
             for i in idx:
                 skip_until(int(i))
-            writer.append(features, labels.numpy(), [paths[i] for i in idx])
+            names = [paths[i] for i in idx]
+            label_rows = labels.numpy()
+            parts = split(features, widths) if len(widths) > 1 else {first: features}
+            for pooling, each in writers.items():
+                each.append(parts[pooling], label_rows, names)
             bar.update(len(idx) + len(new_skips) - skips_shown)
             skips_shown = len(new_skips)
             bar.set_postfix(skipped=skipped_before + len(new_skips), refresh=False)
@@ -421,33 +510,37 @@ def _run(
         bar.update(len(new_skips) - skips_shown)
     finally:
         bar.close()
-    writer.close()
+    for each in writers.values():
+        each.close()
     seconds = time.perf_counter() - t0
     computed = len(todo)
-    skipped_files = [list(s) for s in writer.skipped]
-    return {
-        "path": writer.path,
-        "store": config["store"],
-        "rows": writer.rows,
-        "new_rows": computed - len(new_skips),
-        "computed": computed,  # images this call looked at (0: a resume with nothing left)
-        "skipped": len(skipped_files),
-        "skipped_files": skipped_files,
-        "images": total,
-        "files_found": total + len(source.listing_skipped),
-        "empty_classes": [path_text(n) for n in source.empty_classes],
-        "warnings": _source_warnings(source),
-        "resumed": writer.resumed,
-        "resumed_from": already,
-        "seconds": round(seconds, 3),
-        "stream_seconds": round(seconds, 3),  # "seconds" becomes the whole call's wall time
-        "images_per_second": round(computed / seconds, 2) if seconds > 0 else 0.0,
-        "feature_dim": writer.feature_dim,
-        "backbone": net.name,
-        "weights_source": net.weights_source,
-        "input_size": list(net.input_size),
-        "pooling": net.pooling,
-        "label_names": [path_text(n) for n in source.label_names],
-        "task": config["task"] or None,
-        **forward.describe(),
-    }
+    summaries = {}
+    for pooling, each in writers.items():
+        skipped_files = [list(s) for s in each.skipped]
+        summaries[pooling] = {
+            "path": each.path,
+            "store": configs[pooling]["store"],
+            "rows": each.rows,
+            "new_rows": computed - len(new_skips),
+            "computed": computed,  # images this call looked at (0: a resume with nothing left)
+            "skipped": len(skipped_files),
+            "skipped_files": skipped_files,
+            "images": total,
+            "files_found": total + len(source.listing_skipped),
+            "empty_classes": [path_text(n) for n in source.empty_classes],
+            "warnings": _source_warnings(source),
+            "resumed": each.resumed,
+            "resumed_from": already,
+            "seconds": round(seconds, 3),
+            "stream_seconds": round(seconds, 3),  # "seconds" becomes the whole call's wall time
+            "images_per_second": round(computed / seconds, 2) if seconds > 0 else 0.0,
+            "feature_dim": each.feature_dim,
+            "backbone": net.name,
+            "weights_source": net.weights_source,
+            "input_size": list(net.input_size),
+            "pooling": pooling,
+            "label_names": [path_text(n) for n in source.label_names],
+            "task": configs[pooling]["task"] or None,
+            **forward.describe(),
+        }
+    return summaries

@@ -39,42 +39,28 @@ import numpy as np
 from .. import inference, outputs, plugin_manager, registry
 from ..errors import TransferkitError, UsageError
 from ..images import ImageSource, open_source
+from ..pooling import pool
+from ..recipe import FeatureRecipe
 from ..sizes import check_batch_fits
-from ..specs import POOLINGS
 from ..store import (
     ShardedStoreWriter,
-    StoreExistsError,
-    StoreLockedError,
     backend_for,
-    check_replaceable_store,
-    lock_holder,
     path_text,
     write_shard,
 )
 from ..user_objects import backbone_spec
-from .extract import (
-    _RESUME_KEYS,
-    _metadata,
-    _order,
-    _source_warnings,
-    input_paths,
-    parse_input_size,
-)
+from .extract import _RESUME_KEYS, _check_output, _metadata, _order, _source_warnings, input_paths
 
 PAUSE_ENV = "TRANSFERKIT_TEST_SHARD_PAUSE"
 WAIT_FOR_WORKERS = 60.0  # seconds a scheduler without workers is given to get one
 
 
 @dataclass(frozen=True)
-class Recipe:
-    """What a worker builds: the backbone and the runtime that runs it."""
+class WorkerBuild:
+    """What a worker builds: the features' build, and the runtime that runs its network."""
 
-    backbone: str
-    weights: str
-    input_size: tuple[int, int] | None
-    pooling: str
+    features: FeatureRecipe
     runtime: str
-    precision: str
     threads: int | None
     batch_size: int
     images: int
@@ -84,52 +70,51 @@ class Recipe:
 # ---------------------------------------------------------------------------- on a worker
 
 _lock = threading.Lock()
-_nets: dict[Recipe, tuple[Any, Any]] = {}
+_nets: dict[WorkerBuild, tuple[Any, Any]] = {}
 _plugins: set[str] = set()
-_builds: list[Recipe] = []  # every build in this worker process (tests count them)
+_builds: list[WorkerBuild] = []  # every build in this worker process (tests count them)
 _KEEP_NETS = 4  # recipes a worker keeps built between runs
 
 
-def _worker_net(recipe: Recipe) -> tuple[Any, Any]:
-    """The backbone and forward function of ``recipe`` in this worker process, built once."""
-    if recipe.runtime != inference.AUTO:  # the image count only helps ``auto`` choose
-        recipe = replace(recipe, images=0)
+def _worker_net(build: WorkerBuild) -> tuple[Any, Any]:
+    """The backbone and forward function of ``build`` in this worker process, built once."""
+    if build.runtime != inference.AUTO:  # the image count only helps ``auto`` choose
+        build = replace(build, images=0)
     with _lock:
-        if recipe in _nets:
-            return _nets[recipe]
+        if build in _nets:
+            return _nets[build]
         while len(_nets) >= 2 * _KEEP_NETS:  # a long-lived worker keeps the last few recipes
             del _nets[next(iter(_nets))]
-        missing = [p for p in recipe.plugins if p not in _plugins]
+        missing = [p for p in build.plugins if p not in _plugins]
         if missing:
             from .spotcheck_runner import register_runtime_plugins
 
             register_runtime_plugins(missing)
             _plugins.update(missing)
-        if recipe.threads and not _builds:
+        if build.threads and not _builds:
             import contextlib
 
             import tensorflow as tf
 
             with contextlib.suppress(RuntimeError):  # TensorFlow had started already
-                tf.config.threading.set_intra_op_parallelism_threads(recipe.threads)
-                tf.config.threading.set_inter_op_parallelism_threads(recipe.threads)
-        spec = registry.backbone(recipe.backbone)
-        net = spec.factory(
-            weights=recipe.weights, input_size=recipe.input_size, pooling=recipe.pooling
-        )
+                tf.config.threading.set_intra_op_parallelism_threads(build.threads)
+                tf.config.threading.set_inter_op_parallelism_threads(build.threads)
+        spec = registry.backbone(build.features.backbone)
+        made = spec.factory(weights=build.features.weights, input_size=build.features.input_size)
+        net = pool(made, build.features.pooling)
         forward = inference.build_forward(
             net,
             backbone=spec.name,
-            runtime=recipe.runtime,
-            precision=recipe.precision,
-            images=recipe.images,
-            batch_size=recipe.batch_size,
-            threads=recipe.threads,
+            runtime=build.runtime,
+            precision=build.features.precision,
+            images=build.images,
+            batch_size=build.batch_size,
+            threads=build.threads,
         )
-        _builds.append(recipe)
-        _nets[recipe] = (net, forward)
+        _builds.append(build)
+        _nets[build] = (net, forward)
         # ``auto`` resolved: the shards then ask for the runtime it chose
-        _nets[replace(recipe, runtime=forward.runtime, images=0)] = (net, forward)
+        _nets[replace(build, runtime=forward.runtime, images=0)] = (net, forward)
         return net, forward
 
 
@@ -160,10 +145,10 @@ def check_worker(first_image: str, out: str) -> dict[str, Any]:
     return {"host": _where(), "problems": problems}
 
 
-def describe_on_worker(recipe: Recipe) -> dict[str, Any]:
+def describe_on_worker(build: WorkerBuild) -> dict[str, Any]:
     """Builds the backbone on a worker (kept there for its shards) and returns what the store's
     metadata needs."""
-    net, forward = _worker_net(recipe)
+    net, forward = _worker_net(build)
     return {
         "feature_dim": int(net.feature_dim),
         "weights_source": net.weights_source,
@@ -190,7 +175,7 @@ def _pause(shard: int) -> None:
 
 
 def shard_on_worker(
-    recipe: Recipe,
+    build: WorkerBuild,
     shard: int,
     source: ImageSource,
     out: str,
@@ -209,7 +194,7 @@ def shard_on_worker(
             f"worker {_where()} cannot read {path_text(paths[0])} (shard {shard}): every "
             f"worker must see the images under the same paths (shared storage)"
         )
-    net, forward = _worker_net(recipe)
+    net, forward = _worker_net(build)
     skipped: list[list[str]] = []
     pending: deque[int] = deque(range(len(source)))
 
@@ -231,9 +216,7 @@ def shard_on_worker(
     rows_p: list[str] = []
     ready = time.perf_counter()  # the backbone is built (once per worker)
     first_batch = None
-    for images, labels, idx in _batches(
-        source, np.arange(len(source)), net, int(recipe.batch_size)
-    ):
+    for images, labels, idx in _batches(source, np.arange(len(source)), net, int(build.batch_size)):
         if first_batch is None:
             first_batch = time.perf_counter() - ready
         features = forward(images)
@@ -366,15 +349,10 @@ def extract_on_cluster(
     out = os.fspath(out)
     if resume and overwrite:
         raise UsageError("--resume and --overwrite exclude each other; pick one")
-    if pooling not in POOLINGS:
-        raise UsageError(f"unknown pooling {pooling!r}; allowed: {', '.join(POOLINGS)}")
     if batch_size <= 0:
         raise UsageError(f"batch size must be positive, got {batch_size}")
     if jobs is not None and jobs < 1:
         raise UsageError(f"--jobs must be at least 1, got {jobs}")
-    size = parse_input_size(input_size)
-    check_batch_fits(size, batch_size)
-    precision = inference.parse_precision(precision)
     if runtime and runtime != inference.AUTO:
         registry.runtime(runtime)
     backend = backend_for(out, store)
@@ -384,7 +362,11 @@ def extract_on_cluster(
             f"extract on a cluster into a .zarr store (e.g. --out "
             f"{os.path.splitext(out)[0]}.zarr), or drop --scheduler"
         )
-    spec = backbone_spec(backbone)
+    spec = backbone_spec(backbone, pooling=pooling)
+    features = FeatureRecipe.create(
+        spec.name, weights=weights, input_size=input_size, pooling=pooling, precision=precision
+    )
+    check_batch_fits(features.input_size, batch_size)
     if not isinstance(backbone, str):
         raise UsageError(
             "a cluster extraction needs the backbone by name (a registered backbone), so "
@@ -397,19 +379,7 @@ def extract_on_cluster(
     if write_images:
         outputs.check_outside_inputs(write_images, [*inputs, out], "--write-images folder")
         outputs.check_folder(write_images, "images", what="--write-images folder")
-    if mode == "create" and backend.exists(out):
-        raise StoreExistsError(
-            f"{out} already exists; pass --overwrite to replace it or --resume to continue "
-            f"an interrupted extraction into it"
-        )
-    holder = lock_holder(out)
-    if holder is not None:
-        raise StoreLockedError(
-            f"{out} is being written by process {holder}; wait for it to finish or stop it "
-            f"(if no process writes it, delete {out.rstrip('/')}.lock)"
-        )
-    if mode == "overwrite" and backend.exists(out):
-        check_replaceable_store(backend, out)
+    _check_output(backend, out, mode)
     if len(source) == 0:
         raise UsageError(f"{images} holds no images")
     outputs.check_writable(out)
@@ -430,13 +400,9 @@ def extract_on_cluster(
         threads = max(1, (os.cpu_count() or 1) // workers_wanted)
     from .spotcheck_runner import runtime_plugins
 
-    recipe = Recipe(
-        backbone=spec.name,
-        weights=str(weights),
-        input_size=size,
-        pooling=pooling,
+    build = WorkerBuild(
+        features=features,
         runtime=runtime or inference.AUTO,
-        precision=precision,
         threads=threads,
         batch_size=int(batch_size),
         images=len(source),
@@ -455,15 +421,17 @@ def extract_on_cluster(
         )
         _check_workers(client, source, out)
         try:
-            info = client.submit(describe_on_worker, recipe, pure=False).result()
+            info = client.submit(describe_on_worker, build, pure=False).result()
         except Exception as exc:  # e.g. a backbone or runtime a worker does not have
             raise _shard_error(exc) from exc
-        recipe = replace(recipe, runtime=info["forward"]["runtime"])
+        build = replace(build, runtime=info["forward"]["runtime"])
         net = SimpleNamespace(**{k: info[k] for k in info if k != "forward"})
-        metadata = _metadata(spec, net, source, images, weights, task, seed, shuffle)
-        metadata["preprocessing"] = info["preprocessing"] or spec.preprocessing
-        metadata["precision"] = info["forward"]["precision"]
-        metadata["runtime"] = info["forward"]["runtime"]
+        made = features.replace(
+            input_size=tuple(info["input_size"]),
+            precision=info["forward"]["precision"],
+            runtime=info["forward"]["runtime"],
+        )
+        metadata = _metadata(made, spec, net, source, images, task, seed, shuffle)
         writer = ShardedStoreWriter(
             backend,
             out,
@@ -476,7 +444,7 @@ def extract_on_cluster(
             shard_rows=shard_rows,
             must_match=_RESUME_KEYS,
         )
-        summary = _run(client, writer, source, recipe, info, metadata, strict, progress, store)
+        summary = _run(client, writer, source, build, info, metadata, strict, progress, store)
     except BaseException as exc:
         if writer is not None:
             try:
@@ -507,7 +475,7 @@ def _run(
     client: Any,
     writer: ShardedStoreWriter,
     source: ImageSource,
-    recipe: Recipe,
+    build: WorkerBuild,
     info: dict[str, Any],
     metadata: dict[str, Any],
     strict: bool,
@@ -529,13 +497,13 @@ def _run(
         **metadata,
         "out": writer.path,
         "store": writer.backend.name,
-        "batch_size": recipe.batch_size,
+        "batch_size": build.batch_size,
         "strict": strict,
         "scheduler": True,
     }
     plugin_manager.call_lifecycle(
         "on_extract_start",
-        backbone=recipe.backbone,
+        backbone=build.features.backbone,
         total=len(source) - already,
         output=writer.path,
         config=config,
@@ -546,7 +514,7 @@ def _run(
         disable=not progress,
         file=sys.stderr,
         unit="img",
-        desc=f"extract {recipe.backbone} ({len(todo)} shards)",
+        desc=f"extract {build.features.backbone} ({len(todo)} shards)",
         dynamic_ncols=True,
         smoothing=0.1,
     )
@@ -559,7 +527,7 @@ def _run(
             sub = source.subset(order[start:stop].tolist())
             futures.append(
                 client.submit(
-                    shard_on_worker, recipe, s, sub, writer.path, store, strict, pure=False
+                    shard_on_worker, build, s, sub, writer.path, store, strict, pure=False
                 )
             )
         rows_done = 0
@@ -610,7 +578,7 @@ def _run(
         "stream_seconds": round(seconds, 3),
         "images_per_second": round(computed / seconds, 2) if seconds > 0 else 0.0,
         "feature_dim": writer.feature_dim,
-        "backbone": recipe.backbone,
+        "backbone": build.features.backbone,
         "weights_source": info["weights_source"],
         "input_size": list(info["input_size"]),
         "pooling": info["pooling"],

@@ -26,19 +26,13 @@ import numpy as np
 
 from .. import outputs, registry
 from ..errors import TransferkitError, UsageError
+from ..pooling import pool
+from ..specs import NO_POOLING
 from ..user_objects import backbone_spec
 
 MODEL_FILE = "model.keras"
 RUN_KIND = "finetune-run"  # the kind in a run folder's marker file
 CHECKPOINT_DIR = "checkpoints"
-
-
-def parse_input_size(value: Any) -> tuple[int, int] | None:
-    """``224``, ``"224"``, ``"224x160"``, ``"224,160"`` or ``(224, 160)`` -> ``(height, width)``;
-    see :func:`transferkit.sizes.parse_input_size`."""
-    from ..sizes import parse_input_size as parse
-
-    return parse(value)
 
 
 def _strategy_options(
@@ -187,10 +181,12 @@ def finetune(
     :func:`transferkit.metrics.score` as ``train`` scores), ``restored_best_epoch``, ``epochs``,
     ``seconds``...
     """
-    from ..sizes import check_batch_fits
-    from ..sizes import parse_input_size as _parse_size
+    from ..recipe import normalise_weights
+    from ..sizes import check_batch_fits, parse_input_size
 
-    check_batch_fits(_parse_size(input_size), batch_size)  # before any folder is made
+    size = parse_input_size(input_size)
+    weights = normalise_weights(weights)
+    check_batch_fits(size, batch_size)  # before any folder is made
     _check_out(Path(out), resume, overwrite, images)  # before TensorFlow loads
     outputs.check_writable(Path(out) / outputs.MARKER)
     from ..trainer import (
@@ -218,8 +214,8 @@ def finetune(
     if augment is None and not task:
         augment = recipe.get("augment")
     augment = _augmentation_for(augment, task)
-    pooling = pooling or str(head_meta.get("pooling", "avg"))
-    size = parse_input_size(input_size)
+    # the feature map, unless the head asks for a pooling: the head pools it
+    pooling = pooling or str(head_meta.get("pooling", NO_POOLING))
     spec = backbone_spec(backbone)
     options = _strategy_options(strategy_spec, epochs, learning_rate, unfreeze_from)
     if schedule and schedule in strategy_spec.metadata.get("schedules", ()):
@@ -236,7 +232,7 @@ def finetune(
     with precision_scope(precision):
         seed_everything(seed, deterministic=deterministic)
         data = _data_module(images, test, task, split, seed, batch_size, augment)
-        built = spec.factory(weights=weights, input_size=size, pooling=pooling)
+        built = pool(spec.factory(weights=weights, input_size=size), pooling)
         model = TransferModel(
             built,
             head,

@@ -17,6 +17,7 @@ import numpy as np
 from .. import estimators, inference, registry
 from ..errors import TransferkitError, UsageError
 from ..models import SavedModel, identify_file, load_model
+from ..pooling import pool
 from ..store import path_text
 
 
@@ -46,7 +47,7 @@ def image_paths(images: list[str] | tuple[str, ...]) -> list[str]:
 
 def check_precision(saved: SavedModel, precision: Any, model_path: Any = "the model") -> str:
     """The precision to compute features at: the model's own; a different one is refused."""
-    own = inference.parse_precision(saved.recipe.precision)
+    own = saved.recipe.precision
     if precision is None or precision == "":
         return own
     asked = inference.parse_precision(precision)
@@ -81,12 +82,13 @@ def extract_features(
         )
     precision = check_precision(saved, precision)
     spec = registry.backbone(recipe.backbone)
-    size = tuple(recipe.input_size) if recipe.input_size else None
-    backbone = spec.factory(weights=recipe.weights, input_size=size, pooling=recipe.pooling)
-    if recipe.feature_dim and backbone.feature_dim != recipe.feature_dim:
+    backbone = pool(
+        spec.factory(weights=recipe.weights, input_size=recipe.input_size), recipe.pooling
+    )
+    if saved.feature_dim and backbone.feature_dim != saved.feature_dim:
         raise TransferkitError(
             f"backbone {recipe.backbone} now gives {backbone.feature_dim} features but the model "
-            f"was trained on {recipe.feature_dim}; was the backbone plugin changed?"
+            f"was trained on {saved.feature_dim}; was the backbone plugin changed?"
         )
     forward = inference.build_forward(
         backbone,

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import os
 import sys
 import tempfile
@@ -42,7 +41,7 @@ import numpy as np
 from .. import estimators, outputs, registry
 from ..errors import TransferkitError, UsageError
 from ..plugin_manager import call_lifecycle, notify_exception
-from ..sizes import parse_input_size
+from ..recipe import FeatureRecipe, parse_precision
 from .spotcheck_journal import Journal, journal_key
 from .spotcheck_report import check_report_folder, write_report
 from .spotcheck_runner import ROW_FIELDS, Task, run_grid, save_split
@@ -68,21 +67,10 @@ def default_cache_dir() -> Path:
     return cache_root() / "features"
 
 
-def parse_backbone(text: str, input_size: Any = None, pooling: str = "avg") -> dict[str, Any]:
-    """``NAME[@SIZE][:POOLING]`` (e.g. ``efficientnet-lite0@128:max``) into extract settings."""
-    name, _, pool = text.partition(":")
-    name, _, size = name.partition("@")
-    if not name:
-        raise UsageError(f"empty backbone name in {text!r}; write NAME[@SIZE][:POOLING]")
-    setting: dict[str, Any] = {"backbone": name.strip(), "pooling": pool.strip() or pooling}
-    if size:
-        try:
-            setting["input_size"] = parse_input_size(size.strip() or "?")
-        except UsageError as exc:
-            raise UsageError(f"{exc} (in {text!r}; write NAME@160 or NAME@160x128)") from None
-    else:
-        setting["input_size"] = parse_input_size(input_size)
-    return setting
+def parse_backbone(text: str, input_size: Any = None, pooling: str = "avg") -> FeatureRecipe:
+    """``NAME[@SIZE][:POOLING]`` (e.g. ``efficientnet-lite0@128:max``) as a :class:`FeatureRecipe`
+    (see :meth:`FeatureRecipe.parse`)."""
+    return FeatureRecipe.parse(text, input_size=input_size, pooling=pooling)
 
 
 def image_list_digest(records: list[Any]) -> str:
@@ -100,25 +88,24 @@ def image_list_digest(records: list[Any]) -> str:
 
 
 def cache_key(
-    setting: dict[str, Any], weights: Any, images_digest: str, precision: str = "32"
+    setting: FeatureRecipe | dict[str, Any], weights: Any, images_digest: str, precision: Any = "32"
 ) -> str:
-    size = setting.get("input_size")
-    key = {
-        "backbone": setting["backbone"],
-        **({"fingerprint": setting["fingerprint"]} if "fingerprint" in setting else {}),
-        "weights": "none" if weights in (None, "none") else str(weights),
-        "input_size": list(size) if size else None,
-        "pooling": setting["pooling"],
-        "images": images_digest,
-    }
-    if precision != "32":  # 32-bit keys stay as they were: any runtime's 32-bit features match
-        key["precision"] = precision
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    """The feature cache's key of ``setting`` (a recipe, or a mapping of its fields) with these
+    weights and precision over an image list; see :meth:`FeatureRecipe.cache_key`."""
+    if not isinstance(setting, FeatureRecipe):
+        setting = FeatureRecipe(
+            backbone=setting["backbone"],
+            input_size=setting.get("input_size"),
+            pooling=setting.get("pooling") or "avg",
+            fingerprint=setting.get("fingerprint") or "",
+        )
+    recipe = setting.replace(weights=weights, precision=parse_precision(precision))
+    return recipe.cache_key(images_digest)
 
 
 def cached_store(
     images: str | Path,
-    setting: dict[str, Any],
+    setting: FeatureRecipe,
     *,
     weights: Any = "default",
     cache_dir: str | Path | None = None,
@@ -126,51 +113,91 @@ def cached_store(
     progress: bool = True,
     runtime: str = "auto",
     precision: Any = "32",
+    spec: Any = None,
 ) -> tuple[str, bool]:
-    """The store of ``images`` under ``setting``: from the cache, or extracted into it.
+    """The store of ``images`` under the recipe ``setting`` (with these ``weights`` and
+    ``precision``): from the cache, or extracted into it. ``spec`` is the backbone when it is
+    not a registered name (a caller's ``Backbone`` or Keras model).
 
     Returns ``(path, extracted_now)``. Extraction writes to a temporary name and renames it when
     complete, so an interrupted run never leaves a half store that a later run would reuse.
     """
-    from .. import inference
-    from ..images import open_source
-    from .extract import extract
-
-    precision = inference.parse_precision(precision)
-    cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    outputs.check_outside_inputs(cache, [images], "feature cache")
-    outputs.ensure_folder(cache)
-    source = open_source(str(images))
-    key = cache_key(setting, weights, image_list_digest(list(source.records)), precision)
-    final = cache / f"{setting['backbone']}-{key}.h5"
-    if final.exists():
-        return str(final), False
-    partial = cache / f"{setting['backbone']}-{key}.partial.h5"
-    extract(
-        str(images),
-        backbone=setting.get("spec") or setting["backbone"],
-        out=str(partial),
+    return cached_stores(
+        images,
+        [setting],
         weights=weights,
-        pooling=setting["pooling"],
-        input_size=setting.get("input_size"),
+        cache_dir=cache_dir,
         batch_size=batch_size,
-        overwrite=True,
         progress=progress,
         runtime=runtime,
         precision=precision,
-    )
-    with outputs.writing(final):
-        os.replace(partial, final)
-    return str(final), True
+        specs=[spec],
+    )[0]
 
 
-def setting_label(setting: dict[str, Any], default_size: Any, default_pooling: str) -> str:
-    label = setting["backbone"]
-    if setting.get("input_size") and setting["input_size"] != default_size:
-        label += f"@{setting['input_size'][0]}"
-    if setting["pooling"] != default_pooling:
-        label += f":{setting['pooling']}"
-    return label
+def cached_stores(
+    images: str | Path,
+    settings: list[FeatureRecipe],
+    *,
+    weights: Any = "default",
+    cache_dir: str | Path | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+    runtime: str = "auto",
+    precision: Any = "32",
+    specs: list[Any] | None = None,
+) -> list[tuple[str, bool]]:
+    """:func:`cached_store` of each recipe of ``settings``, in order. Recipes that differ only in
+    their pooling and are not cached yet are extracted together: one pass of the network writes
+    each pooling's store (:func:`transferkit.jobs.extract.extract_many`)."""
+    from ..images import open_source
+    from .extract import extract_many
+
+    recipes = [s.replace(weights=weights, precision=parse_precision(precision)) for s in settings]
+    objects = list(specs or [None] * len(recipes))
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    outputs.check_outside_inputs(cache, [images], "feature cache")
+    outputs.ensure_folder(cache)
+    digest = image_list_digest(list(open_source(str(images)).records))
+    finals = [cache / f"{r.backbone}-{r.cache_key(digest)}.h5" for r in recipes]
+    cached = [final.exists() for final in finals]
+    groups: list[list[int]] = []  # missing stores, grouped by network
+    for i, recipe in enumerate(recipes):
+        if cached[i] or any(finals[g[0]] == finals[i] for g in groups):
+            continue
+        group = next((g for g in groups if recipes[g[0]].same_network(recipe)), None)
+        if group is None:
+            groups.append([i])
+        elif all(recipes[j].pooling != recipe.pooling for j in group):
+            group.append(i)
+        else:
+            groups.append([i])
+    for group in groups:
+        first = recipes[group[0]]
+        partials = {
+            recipes[i].pooling: finals[i].with_name(finals[i].stem + ".partial.h5") for i in group
+        }
+        extract_many(
+            str(images),
+            backbone=objects[group[0]] or first.backbone,
+            outs={p: str(path) for p, path in partials.items()},
+            weights=first.weights,
+            input_size=first.input_size,
+            batch_size=batch_size,
+            overwrite=True,
+            progress=progress,
+            runtime=runtime,
+            precision=first.precision,
+        )
+        for i in group:
+            with outputs.writing(finals[i]):
+                os.replace(partials[recipes[i].pooling], finals[i])
+    return [(str(final), not was) for final, was in zip(finals, cached, strict=True)]
+
+
+def setting_label(setting: FeatureRecipe, default_size: Any, default_pooling: str) -> str:
+    """The name of a recipe's features in the grid; see :meth:`FeatureRecipe.label`."""
+    return setting.label(default_size, default_pooling)
 
 
 def _store_label(location: Path) -> str:
@@ -181,41 +208,26 @@ def _store_label(location: Path) -> str:
     stem = location.stem
     if not re.fullmatch(r".+-[0-9a-f]{20}", stem):
         return stem
-    try:
-        from ..store import open_store
-
-        with open_store(str(location)) as reader:
-            meta = reader.metadata
-        label = str(meta["backbone"])
-        if meta.get("input_size"):
-            label += f"@{int(meta['input_size'][0])}"
-        if meta.get("pooling", "avg") != "avg":
-            label += f":{meta['pooling']}"
-        return label
-    except Exception:
-        return stem
+    recipe = _stored_recipe(location)
+    return recipe.label() if recipe is not None else stem
 
 
-def recipe_label(path: str | Path) -> str | None:
-    """How a store's features were made, as ``NAME@SIZE:POOLING`` (``efficientnet-lite0@96:max``),
-    from its metadata; None when it does not say."""
+def _stored_recipe(path: str | Path) -> FeatureRecipe | None:
     try:
         from ..store import open_store
 
         with open_store(str(path)) as reader:
             meta = reader.metadata
-        if not meta.get("backbone"):
-            return None
-        label = str(meta["backbone"])
-        size = meta.get("input_size")
-        if isinstance(size, str):
-            size = json.loads(size)
-        if size:
-            h, w = int(size[0]), int(size[1])
-            label += f"@{h}" + (f"x{w}" if w != h else "")
-        return label + f":{meta.get('pooling') or 'avg'}"
+        return FeatureRecipe.from_metadata(meta) if meta.get("backbone") else None
     except Exception:
         return None
+
+
+def recipe_label(path: str | Path) -> str | None:
+    """How a store's features were made, as ``NAME@SIZE:POOLING`` (``efficientnet-lite0@96:max``),
+    from its metadata; None when it does not say."""
+    recipe = _stored_recipe(path)
+    return None if recipe is None else recipe.text
 
 
 def resolve_sources(
@@ -239,30 +251,43 @@ def resolve_sources(
                 "--backbones needs exactly one image folder (one sub-folder per class); "
                 "to compare stores, pass the stores without --backbones"
             )
-        sources = []
+        settings: list[FeatureRecipe] = []
+        specs: list[Any] = []
+        texts: list[str] = []
         for item in backbones:
+            spec = None
             if isinstance(item, str):
                 text = item
                 setting = parse_backbone(text, input_size, pooling)
-                registry.backbone(setting["backbone"])  # unknown names fail before any work
+                registry.backbone(setting.backbone)  # unknown names fail before any work
             else:  # a caller's Backbone or Keras model: cached by a hash of its weights
                 from ..user_objects import backbone_spec
 
-                spec = backbone_spec(item)
-                size = tuple(input_size) if input_size else None
-                setting = {"backbone": spec.name, "pooling": pooling, "input_size": size,
-                           "spec": spec, "fingerprint": spec.metadata["fingerprint"]}  # fmt: skip
-                text = setting_label(setting, None, "avg")
-            path, extracted = cached_store(
-                inputs[0],
-                setting,
-                weights=weights,
-                cache_dir=cache_dir,
-                batch_size=batch_size,
-                progress=progress,
-                runtime=runtime,
-                precision=precision,
-            )
+                spec = backbone_spec(item, pooling=pooling)
+                setting = FeatureRecipe.create(
+                    spec.name,
+                    input_size=input_size,
+                    pooling=pooling,
+                    fingerprint=spec.metadata["fingerprint"],
+                )
+                text = setting.label()
+            settings.append(setting)
+            specs.append(spec)
+            texts.append(text)
+        # one pass of each network for all of its poolings
+        found = cached_stores(
+            inputs[0],
+            settings,
+            weights=weights,
+            cache_dir=cache_dir,
+            batch_size=batch_size,
+            progress=progress,
+            runtime=runtime,
+            precision=precision,
+            specs=specs,
+        )
+        sources = []
+        for text, (path, extracted) in zip(texts, found, strict=True):
             note = "extracted" if extracted else "reused from cache"
             print(f"features {text}: {note} ({path})", file=sys.stderr)
             sources.append(FeatureSource(text, path, extracted))

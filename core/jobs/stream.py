@@ -34,11 +34,11 @@ import numpy as np
 from .. import estimators
 from ..errors import TransferkitError, UsageError
 from ..models import (
-    FeatureRecipe,
     SavedModel,
     check_model_out,
     model_path_for,
     save_model,
+    store_fields,
 )
 from ..plugin_manager import notify_exception
 from ..splits import split_indices
@@ -134,7 +134,7 @@ def stream(
         else:
             train_rows, test_rows = np.arange(len(labels)), np.arange(0)
         del labels
-        recipe = FeatureRecipe.from_store(reader)
+        kept = store_fields(reader)
 
         checkpoints: list[dict[str, Any]] = []
         seen = correct = window_seen = window_correct = 0
@@ -238,7 +238,7 @@ def stream(
         check_model_out(path, overwrite=overwrite, inputs=[store_path])
         saved = SavedModel(
             estimator=learner.model,
-            recipe=recipe,
+            **kept,
             classifier=classifier,
             library=library,
             info={

@@ -22,11 +22,11 @@ from .. import estimators, registry
 from ..errors import TransferkitError, UsageError
 from ..metrics import score
 from ..models import (
-    FeatureRecipe,
     SavedModel,
     check_model_out,
     model_path_for,
     save_model,
+    store_fields,
 )
 from ..plugin_manager import notify_exception
 from ..splits import split_indices, subset_indices
@@ -73,30 +73,25 @@ def open_reader(store_path: str | Path, store: str | None = None) -> Any:
     return open_store(str(path), store=store)
 
 
-RECIPE_FIELDS = ("backbone", "weights", "input_size", "pooling", "feature_dim")
+RECIPE_FIELDS = ("backbone", "weights", "input_size", "pooling", "precision", "feature_dim")
 
 
 def check_test_store(train_reader: Any, test_reader: Any, train_path: Any, test_path: Any) -> None:
     """Refuse a test store whose features were made another way or whose classes differ."""
-    from ..models import FeatureRecipe
-
-    a, b = FeatureRecipe.from_store(train_reader), FeatureRecipe.from_store(test_reader)
-    differ = [
-        f"{name} {getattr(a, name)!r} vs {getattr(b, name)!r}"
-        for name in RECIPE_FIELDS
-        if getattr(a, name) != getattr(b, name)
-    ]
+    fa, fb = store_fields(train_reader), store_fields(test_reader)
+    a, b = ({**f, **f["recipe"].to_metadata()} for f in (fa, fb))
+    differ = [f"{name} {a[name]!r} vs {b[name]!r}" for name in RECIPE_FIELDS if a[name] != b[name]]
     if differ:
         raise UsageError(
             f"test store {test_path} was not made with the recipe of {train_path} "
             f"({'; '.join(differ)}); extract the test images with the same backbone settings"
         )
-    if a.label_names != b.label_names:
-        missing = [n for n in b.label_names if n not in a.label_names]
+    if a["label_names"] != b["label_names"]:
+        missing = [n for n in b["label_names"] if n not in a["label_names"]]
         detail = f"classes not in training: {missing}" if missing else "classes in another order"
         raise UsageError(
-            f"test store {test_path} has class names {b.label_names}, training store "
-            f"{train_path} has {a.label_names} ({detail}); give both folders the same "
+            f"test store {test_path} has class names {b['label_names']}, training store "
+            f"{train_path} has {a['label_names']} ({detail}); give both folders the same "
             "class sub-folders"
         )
 
@@ -196,7 +191,7 @@ def train(
             train_rows, test_rows = rows[train_pos], rows[test_pos]
             X_test, y_test = reader.read_rows(test_rows)
         X_train, y_train = reader.read_rows(train_rows)
-        recipe = FeatureRecipe.from_store(reader)
+        kept = store_fields(reader)
     finally:
         reader.close()
 
@@ -249,7 +244,7 @@ def train(
         check_model_out(path, overwrite=overwrite, inputs=[store_path])
         saved = SavedModel(
             estimator=estimator,
-            recipe=recipe,
+            **kept,
             classifier=classifier,
             library=library,
             info={k: result[k] for k in ("accuracy", "macro_f1", "n_train", "seed", "store")},

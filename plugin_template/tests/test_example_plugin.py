@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import transferkit_example
 
+import transferkit
 from transferkit import plugin_manager, registry
 
 
@@ -29,10 +30,13 @@ def test_registered(plugin) -> None:
 @pytest.mark.parametrize("pooling", ["avg", "max", "flatten"])
 def test_backbone_feature_width_matches_metadata(plugin, pooling: str) -> None:
     spec = registry.backbone("example-cnn")
-    backbone = spec.factory(pooling=pooling)
+    backbone = spec.factory()
     images = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
-    features = np.asarray(backbone.model(backbone.preprocess(images)))
-    assert features.shape == (2, spec.feature_dims[pooling]) == (2, backbone.feature_dim)
+    feature_map = np.asarray(backbone.model(backbone.preprocess(images)))
+    assert feature_map.shape == (2, *spec.feature_map)
+    pooled = transferkit.pool(backbone, pooling)  # what the host does before extracting
+    features = np.asarray(pooled.model(backbone.preprocess(images)))
+    assert features.shape == (2, spec.feature_dims[pooling]) == (2, pooled.feature_dim)
 
 
 def test_classifier_fits(plugin) -> None:
