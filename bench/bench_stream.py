@@ -155,6 +155,7 @@ def main() -> None:
             shuffle_blocks=0,  # the rows are already shuffled, as the CSV is
             progress=False,
             out=WORK / f"stream-{classifier}",
+            overwrite=True,
         )
         saved = load_model(result["model_path"], trust=True)
         fitted = estimators.as_fitted(saved.estimator, np.arange(len(saved.label_names)))
