@@ -107,8 +107,9 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             raise ValueError(f"labels {unknown} are not among the classes {self.classes_.tolist()}")
         return index
 
-    def _step(self, X: np.ndarray, target: np.ndarray, lr: float) -> float:
-        """One SGD step on the (standardised) mini-batch; returns its summed cross-entropy."""
+    def _step(self, X: np.ndarray, target: np.ndarray, lr: float, loss: bool) -> float:
+        """One SGD step on the (standardised) mini-batch; its summed cross-entropy when ``loss``
+        (``fit`` stops on it; ``partial_fit`` skips it)."""
         n = len(X)
         W = self.weights_
         scores = X @ W[:-1]
@@ -117,22 +118,24 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         np.exp(scores, out=scores)
         scores /= scores.sum(axis=1, keepdims=True)
         rows = np.arange(n)
-        loss = float(-np.log(np.maximum(scores[rows, target], 1e-12)).sum())
+        total = float(-np.log(np.maximum(scores[rows, target], 1e-12)).sum()) if loss else 0.0
         scores[rows, target] -= 1.0
-        step = lr / n
+        scores *= np.float32(lr / n)  # the mean gradient's step
         if self.alpha:
             W[:-1] *= np.float32(1.0 - lr * self.alpha)
-        W[:-1] -= X.T @ (scores * np.float32(step))
-        W[-1] -= scores.sum(axis=0) * np.float32(step)
+        W[:-1] -= X.T @ scores
+        W[-1] -= scores.sum(axis=0)
         self.t_ += 1
         if self.averaging > 0:
             eta = float(self.averaging)
             self.average_ += np.float32((eta + 1.0) / (self.t_ + eta)) * (W - self.average_)
         else:
             self.average_[...] = W
-        return loss
+        return total
 
-    def _pass(self, X: np.ndarray, target: np.ndarray, order: np.ndarray) -> float:
+    def _pass(
+        self, X: np.ndarray, target: np.ndarray, order: np.ndarray, loss: bool = False
+    ) -> float:
         """One pass over ``X[order]``, standardised with the current statistics; mean loss."""
         shift, scale, norm = self._scaling()
         rows = X[order]
@@ -144,7 +147,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         total = 0.0
         for start in range(0, len(rows), size):
             chunk = rows[start : start + size]
-            total += self._step(chunk, target[start : start + size], lr * len(chunk))
+            total += self._step(chunk, target[start : start + size], lr * len(chunk), loss)
         return total / max(len(rows), 1)
 
     @staticmethod
@@ -182,7 +185,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         best = np.inf
         self.n_iter_ = 0
         for epoch in range(1, int(self.max_iter) + 1):
-            loss = self._pass(X, target, rng.permutation(len(X)))
+            loss = self._pass(X, target, rng.permutation(len(X)), loss=True)
             self.n_iter_ = epoch
             if loss > best - self.tol:
                 break

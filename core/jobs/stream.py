@@ -7,7 +7,8 @@ stratified, seeded held-out split; the training rows then arrive in batches:
   blocks is shuffled (seeded) and a small buffer of ``shuffle_blocks`` blocks is mixed row by
   row, so a store written class after class still reaches the learner mixed, while each read
   stays a short contiguous range and memory stays bounded by ``batch_size * shuffle_blocks``
-  rows;
+  rows (twice that: the next window is read and decompressed on a background thread while the
+  current one is learnt);
 * each batch is first predicted, then learnt (test-then-train: progressive validation), and the
   running accuracy is reported every ``report_every`` samples;
 * ``passes`` > 1 goes over the training rows again (epochs), each pass in a fresh seeded block
@@ -18,7 +19,9 @@ stratified, seeded held-out split; the training rows then arrive in batches:
   row of the first store trains and the test store's rows are scored instead.
 
 Learners go through :class:`transferkit.estimators.Incremental`: scikit-learn ``partial_fit``,
-river ``learn_many`` on DataFrames where every step has it, ``learn_one`` otherwise.
+river ``learn_many`` on DataFrames where every step has it, ``learn_one`` otherwise. The default,
+``softmax`` (``transferkit.plugins._softmax``), is the one that reaches the batch probe in a few
+passes and the fastest.
 """
 
 from __future__ import annotations
