@@ -89,11 +89,11 @@ def test_peak_memory_is_bounded_by_the_batch_not_the_store(tmp_path: Path) -> No
     small = _wide_digits(tmp_path / "x1.h5", 1)  # 5,391 rows, 11 MB of features
     large = _wide_digits(tmp_path / "x4.h5", 4)  # 21,564 rows, 44 MB
     peaks = {}
-    api.stream(small, classifier="sgd", batch_size=256, progress=False)  # imports, caches
+    api.stream(small, batch_size=256, progress=False)  # imports, caches; softmax, the default
     for name, path in (("x1", small), ("x4", large)):
         tracemalloc.start()
         try:
-            result = api.stream(path, classifier="sgd", batch_size=256, progress=False)
+            result = api.stream(path, batch_size=256, progress=False)  # reads a window ahead
             peaks[name] = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
