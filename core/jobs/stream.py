@@ -172,10 +172,10 @@ def stream(
     from threadpoolctl import threadpool_limits
     from tqdm import tqdm
 
+    reader = open_reader(store_path, store)
     # one BLAS thread: a batch's products (rows x features x classes) are too skinny to gain from
     # more, and on a busy machine BLAS threads waiting for a core made them 5-15x slower
     blas = threadpool_limits(limits=1, user_api="blas")
-    reader = open_reader(store_path, store)
     try:
         label_names = [str(n) for n in reader.label_names]
         classes = np.arange(len(label_names))
