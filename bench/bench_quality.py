@@ -17,13 +17,14 @@ For ``efficientnet-lite0`` (offline weights), on the training folder and scored 
 2. random-init features (``weights=none``) into the same logistic regression;
 3. the frozen probe: pretrained features, standardised logistic regression (``train --test``);
 4. the best of the ``recommended`` spot-check (``spotcheck --test``);
-5. ``stream --test`` with the ``softmax`` learner after 1 and after ``--passes`` passes;
+5. ``stream --test`` with its default learner (``softmax``) after 1 and after ``--passes`` passes;
 6. the default fine-tune (``finetune --test``: warmup-unfreeze, linear head, early stopping).
 
 Every line gives the test accuracy and the seconds it took (extraction is timed apart).
 
     .venv/bin/python bench/bench_quality.py            # 224 px, 600/300 images per set
     .venv/bin/python bench/bench_quality.py --quick    # 96 px, 300/150 images, short fine-tune
+    .venv/bin/python bench/bench_quality.py --quick --skip pixels,random,spotcheck,finetune
 """
 
 from __future__ import annotations
@@ -196,11 +197,14 @@ def run_set(name: str, train: Path, test: Path, args: argparse.Namespace) -> lis
     n_test = sum(1 for _ in test.rglob("*.png"))
     print(f"\n{name}: {n_train} training / {n_test} test images, {args.size} px", flush=True)
 
-    timed("raw pixels 32x32 + standardised logreg", lambda: raw_pixels(train, test), rows)
+    skip = set(args.skip.split(",")) if args.skip else set()
+    if "pixels" not in skip:
+        timed("raw pixels 32x32 + standardised logreg", lambda: raw_pixels(train, test), rows)
 
     start = time.perf_counter()
-    rand_train = extract(train, work / "random-train.h5", args.size, None)
-    rand_test = extract(test, work / "random-test.h5", args.size, None)
+    if "random" not in skip:
+        rand_train = extract(train, work / "random-train.h5", args.size, None)
+        rand_test = extract(test, work / "random-test.h5", args.size, None)
     feat_train = extract(train, work / "train.h5", args.size, "default")
     feat_test = extract(test, work / "test.h5", args.size, "default")
     print(f"  (extraction of both folders, twice: {time.perf_counter() - start:.1f}s)")
@@ -208,7 +212,10 @@ def run_set(name: str, train: Path, test: Path, args: argparse.Namespace) -> lis
     def probe(store: str, test_store: str) -> dict[str, Any]:
         return api.train(store, classifier="logistic-regression", test=test_store)
 
-    timed("random-init features + standardised logreg", lambda: probe(rand_train, rand_test), rows)
+    if "random" not in skip:
+        timed(
+            "random-init features + standardised logreg", lambda: probe(rand_train, rand_test), rows
+        )
     frozen = timed("frozen probe (standardised logreg)", lambda: probe(feat_train, feat_test), rows)
 
     def spot() -> dict[str, Any]:
@@ -217,9 +224,11 @@ def run_set(name: str, train: Path, test: Path, args: argparse.Namespace) -> lis
         )
         return {"accuracy": report["best_accuracy"], "best": report["best_model"]}
 
-    best = timed("best of the recommended spot-check", spot, rows)
-    rows[-1]["method"] += f" ({best['best']})"
-    print(f"    best pair: {best['best']}")
+    best: dict[str, Any] = {"accuracy": float("nan")}
+    if "spotcheck" not in skip:
+        best = timed("best of the recommended spot-check", spot, rows)
+        rows[-1]["method"] += f" ({best['best']})"
+        print(f"    best pair: {best['best']}")
 
     for passes in (1, args.passes):
         timed(
@@ -247,9 +256,11 @@ def run_set(name: str, train: Path, test: Path, args: argparse.Namespace) -> lis
         )
         return {"accuracy": summary["test_accuracy"], "epochs": summary["epochs"]}
 
-    tuned = timed("default fine-tune (warmup-unfreeze, linear head)", tune, rows)
+    stream_n = rows[-1]["accuracy"]
+    tuned: dict[str, Any] = {"accuracy": float("nan")}
+    if "finetune" not in skip:
+        tuned = timed("default fine-tune (warmup-unfreeze, linear head)", tune, rows)
     probe_accuracy = frozen["accuracy"]
-    stream_n = rows[-2]["accuracy"]
     print(
         f"  targets: spot-check best {best['accuracy']:.4f} >= probe {probe_accuracy:.4f}: "
         f"{best['accuracy'] >= probe_accuracy}; fine-tune {tuned['accuracy']:.4f} > probe: "
@@ -268,6 +279,9 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=5, help="stream passes [5]")
     parser.add_argument("--quick-epochs", type=int, default=3)
     parser.add_argument("--sets", default="digits,photos")
+    parser.add_argument(
+        "--skip", default="", help="methods to leave out: pixels,random,spotcheck,finetune"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     args.size = args.size or (96 if args.quick else 224)

@@ -90,7 +90,7 @@ def spotcheck(inputs: Any, **options: Any) -> dict[str, Any]:
     return _spotcheck(inputs, **options)
 
 
-def stream(store_path: Any, *, classifier: Any, **options: Any) -> dict[str, Any]:
+def stream(store_path: Any, *, classifier: Any = "softmax", **options: Any) -> dict[str, Any]:
     """Learn an incremental classifier batch by batch from a store that need not fit in memory.
 
     Reports progressive (test-then-train) accuracy every ``report_every`` samples, then the

@@ -15,8 +15,9 @@ Groups:
 * ``incremental``: models that learn batch by batch with ``partial_fit`` (``transferkit stream``);
 * ``all``: every classifier of this plugin.
 
-``softmax`` is transferkit's own multinomial logistic regression by mini-batch Adam in NumPy
-(``transferkit.plugins._softmax``): the fast incremental learner for ``transferkit stream``.
+``softmax`` is transferkit's own multinomial logistic regression in NumPy, standardised from
+running statistics and trained by averaged mini-batch SGD (``transferkit.plugins._softmax``): the
+default and fastest incremental learner of ``transferkit stream``.
 
 Linear models, k-NN and the MLP work on standardised features (a ``StandardScaler`` in a
 ``Pipeline``); trees do not need it. The multinomial naive Bayes needs non-negative counts, so it
@@ -256,12 +257,14 @@ def small_mlp(hidden: int = 256, alpha: float = 1e-3) -> Any:
     )
 
 
-def softmax(learning_rate: float = 0.005, alpha: float = 1e-4, batch_size: int = 32) -> Any:
-    """StandardScaler | transferkit's SoftmaxRegression (mini-batch Adam, vectorised NumPy)."""
+def softmax(
+    learning_rate: float = 2.0, alpha: float = 1e-4, batch_size: int = 32, averaging: float = 3.0
+) -> Any:
+    """transferkit's SoftmaxRegression: running standardisation, averaged SGD, in NumPy."""
     from transferkit.plugins._softmax import SoftmaxRegression
 
-    return _scaled(
-        SoftmaxRegression(learning_rate=learning_rate, alpha=alpha, batch_size=batch_size)
+    return SoftmaxRegression(
+        learning_rate=learning_rate, alpha=alpha, batch_size=batch_size, averaging=averaging
     )
 
 
@@ -354,7 +357,7 @@ def extra_entries() -> list[Entry]:
         ("nearest-centroid", "NearestCentroid", nearest_centroid, False, ()),
         (
             "softmax",
-            "multinomial logistic regression, mini-batch Adam in NumPy (standardised)",
+            "multinomial logistic regression, averaged SGD in NumPy (running standardisation)",
             softmax,
             True,
             ("linear", *inc),

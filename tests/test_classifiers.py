@@ -160,8 +160,10 @@ def test_softmax_streams_to_within_a_point_of_batch_logistic_regression(
             rows = order[start : start + 256]
             learner.learn_batch(Xtr[rows], ytr[rows], np.arange(10))
         after.append(float(np.mean(learner.predict_batch(Xte) == yte)))
-    assert after[-1] >= target - 0.01, (after, target)  # measured 0.964
-    assert after[-1] > after[0] + 0.03, after  # passes help: one pass 0.898
+    # target 0.969; measured 0.951 after one pass, 0.964-0.971 from three on
+    assert after[0] >= target - 0.03, (after, target)  # averaged iterates: one pass is close
+    assert min(after[2:]) >= target - 0.01, (after, target)  # within a point from 3 passes on
+    assert max(after[1:]) > after[0], after  # and passes help
     fitted = estimators.fit(estimators.build("softmax", seed=0), Xtr, ytr)
     assert float(np.mean(estimators.predict(fitted, Xte) == yte)) >= target - 0.015
     proba = estimators.predict_proba(fitted, Xte[:10], np.arange(10))

@@ -67,6 +67,35 @@ def test_stream_is_seeded_and_saves_a_model_for_predict(
     assert np.mean(saved.estimator.predict(X.astype(np.float32)) == y) > 0.7
 
 
+def test_batches_read_ahead_are_the_rows_asked_for_in_the_seeded_order(tmp_path: Path) -> None:
+    from transferkit.jobs.stream import shuffled_batches
+    from transferkit.jobs.train import split_indices
+    from transferkit.store import open_store
+
+    _, y = load_digits(return_X_y=True)
+    y = np.sort(y)  # class after class
+    X = np.stack([np.arange(len(y)), y, np.zeros(len(y))], axis=1).astype(np.float32)
+    path = tmp_path / "rows.h5"
+    with create_store(path, feature_dim=3, label_names=DIGIT_NAMES, metadata=RECIPE) as w:
+        w.append(X, y, [""] * len(y))  # feature 0 is the row's index
+    with open_store(path) as reader:
+        train, _ = split_indices(y, 0.2, 0)  # sorted indices, with gaps
+        for shuffle_blocks in (0, 4):
+            ahead = list(shuffled_batches(reader, train, 100, shuffle_blocks, 7, read_ahead=True))
+            plain = list(shuffled_batches(reader, train, 100, shuffle_blocks, 7))
+            assert len(ahead) == len(plain) == -(-len(train) // 100)
+            for (Xa, ya), (Xp, yp) in zip(ahead, plain, strict=True):
+                assert np.array_equal(Xa, Xp) and np.array_equal(ya, yp) and len(ya) <= 100
+            rows = np.concatenate([b[0][:, 0] for b in ahead]).astype(np.int64)
+            labels = np.concatenate([b[1] for b in ahead])
+            assert sorted(rows.tolist()) == train.tolist()  # every training row exactly once
+            assert np.array_equal(labels, y[rows])  # with its own label
+            mixed = not np.array_equal(rows, np.sort(rows))
+            assert mixed is (shuffle_blocks > 0)  # store order without a shuffle buffer
+        # a class-sorted store reaches the learner mixed: the first batch holds several classes
+        assert len(np.unique(ahead[0][1])) > 3
+
+
 def test_batch_only_classifiers_are_refused(sorted_digits: Path) -> None:
     with pytest.raises(UsageError, match="incrementally"):
         api.stream(sorted_digits, classifier="random-forest")
@@ -89,11 +118,11 @@ def test_peak_memory_is_bounded_by_the_batch_not_the_store(tmp_path: Path) -> No
     small = _wide_digits(tmp_path / "x1.h5", 1)  # 5,391 rows, 11 MB of features
     large = _wide_digits(tmp_path / "x4.h5", 4)  # 21,564 rows, 44 MB
     peaks = {}
-    api.stream(small, classifier="sgd", batch_size=256, progress=False)  # imports, caches
+    api.stream(small, batch_size=256, progress=False)  # imports, caches; softmax, the default
     for name, path in (("x1", small), ("x4", large)):
         tracemalloc.start()
         try:
-            result = api.stream(path, classifier="sgd", batch_size=256, progress=False)
+            result = api.stream(path, batch_size=256, progress=False)  # reads a window ahead
             peaks[name] = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()

@@ -84,10 +84,11 @@ def test_spotcheck_scores_every_pair_on_the_test_store(stores: dict[str, Path]) 
     assert row["accuracy"] == pytest.approx(trained["accuracy"])  # the same rows, the same fit
 
 
-def test_stream_passes_improve_on_one_pass_and_save_a_softmax_model(
+def test_stream_passes_reach_the_batch_probe_and_save_a_softmax_model(
     stores: dict[str, Path], tmp_path: Path
 ) -> None:
-    one = api.stream(stores["train"], classifier="softmax", test=stores["test"], progress=False)
+    probe = api.train(stores["train"], classifier="logistic-regression", test=stores["test"])
+    one = api.stream(stores["train"], test=stores["test"], progress=False)  # softmax, the default
     five = api.stream(
         stores["train"],
         classifier="softmax",
@@ -97,9 +98,12 @@ def test_stream_passes_improve_on_one_pass_and_save_a_softmax_model(
         out=tmp_path / "softmax",
         progress=False,
     )
+    assert one["classifier"] == "softmax"
     assert one["n_test"] == five["n_test"] == 1797 - SPLIT and five["passes"] == 5
-    # measured 0.864 after one pass, 0.913 after five
-    assert five["accuracy"] > one["accuracy"] + 0.02, (one["accuracy"], five["accuracy"])
+    # the standardised logistic regression on the same stores: 0.926; stream measured 0.901 after
+    # one pass, 0.921 after five (seeds 1 and 2: 0.908, 0.913)
+    assert five["accuracy"] >= probe["accuracy"] - 0.02, (five["accuracy"], probe["accuracy"])
+    assert five["accuracy"] > one["accuracy"], (one["accuracy"], five["accuracy"])
     # the progressive accuracy is the first pass's: every batch unseen when predicted
     assert five["progressive"][-1]["samples"] == SPLIT
     assert five["progressive_accuracy"] == pytest.approx(one["progressive_accuracy"])

@@ -14,9 +14,10 @@ def register(cli: click.Group) -> None:
     @click.option(
         "--classifier",
         "-c",
-        default="sgd",
+        default="softmax",
         show_default=True,
-        help="An incremental classifier (`transferkit classifiers` lists incremental=True).",
+        help="An incremental classifier (`transferkit classifiers` lists incremental=True); "
+        "softmax: multinomial logistic regression, averaged SGD on running-standardised features.",
     )
     @click.option("--batch-size", type=int, default=256, show_default=True)
     @click.option(

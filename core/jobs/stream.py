@@ -7,7 +7,8 @@ stratified, seeded held-out split; the training rows then arrive in batches:
   blocks is shuffled (seeded) and a small buffer of ``shuffle_blocks`` blocks is mixed row by
   row, so a store written class after class still reaches the learner mixed, while each read
   stays a short contiguous range and memory stays bounded by ``batch_size * shuffle_blocks``
-  rows;
+  rows (twice that: the next window is read and decompressed on a background thread while the
+  current one is learnt);
 * each batch is first predicted, then learnt (test-then-train: progressive validation), and the
   running accuracy is reported every ``report_every`` samples;
 * ``passes`` > 1 goes over the training rows again (epochs), each pass in a fresh seeded block
@@ -18,7 +19,9 @@ stratified, seeded held-out split; the training rows then arrive in batches:
   row of the first store trains and the test store's rows are scored instead.
 
 Learners go through :class:`transferkit.estimators.Incremental`: scikit-learn ``partial_fit``,
-river ``learn_many`` on DataFrames where every step has it, ``learn_one`` otherwise.
+river ``learn_many`` on DataFrames where every step has it, ``learn_one`` otherwise. The default,
+``softmax`` (``transferkit.plugins._softmax``), is the one that reaches the batch probe in a few
+passes and the fastest.
 """
 
 from __future__ import annotations
@@ -45,40 +48,91 @@ from ..splits import split_indices
 from .train import check_test_store, check_trainable, evaluate, open_reader
 
 
-def shuffled_batches(
+def _read_block(reader: Any, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of ``block`` (sorted store indices): one contiguous read of the range they span,
+    then the rows picked from it (a held-out split leaves gaps of about ``test_size``)."""
+    lo, hi = int(block[0]), int(block[-1]) + 1
+    X, y = reader.read(lo, hi)
+    if hi - lo == len(block):
+        return X, y
+    pick = block - lo
+    return X[pick], y[pick]
+
+
+def _windows(
     reader: Any, rows: np.ndarray, batch_size: int, shuffle_blocks: int, seed: int
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Batches of ``rows`` (sorted store indices) in a seeded block-shuffled order."""
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """``(X, y, mix)`` for each window of ``shuffle_blocks`` blocks of ``batch_size`` rows, in a
+    seeded block order; ``mix`` is the seeded row order within the window (None: store order)."""
     rng = np.random.default_rng(seed)
     blocks = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
     order = rng.permutation(len(blocks)) if shuffle_blocks > 0 else np.arange(len(blocks))
     window = max(1, shuffle_blocks)
     for w in range(0, len(order), window):
-        parts = [reader.read_rows(blocks[b]) for b in order[w : w + window]]
-        X = np.concatenate([p[0] for p in parts])
-        y = np.concatenate([p[1] for p in parts])
-        del parts
-        if shuffle_blocks > 0:
-            mix = rng.permutation(len(y))
-            X, y = X[mix], y[mix]
+        chosen = [blocks[b] for b in order[w : w + window]]
+        n = sum(len(b) for b in chosen)
+        X = np.empty((n, reader.feature_dim), dtype=np.float32)
+        y = np.empty(n, dtype=np.int64)
+        at = 0
+        for block in chosen:
+            X[at : at + len(block)], y[at : at + len(block)] = _read_block(reader, block)
+            at += len(block)
+        yield X, y, (rng.permutation(n) if shuffle_blocks > 0 else None)
+
+
+def _read_ahead(windows: Iterator[Any]) -> Iterator[Any]:
+    """``windows``, each next one read on a background thread while the current one is learnt:
+    the store's reads and decompression (h5py and zarr release the GIL) overlap the learning.
+    At most two windows are in memory: the one being learnt and the one being read."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="transferkit-stream-read") as pool:
+        pending = pool.submit(next, windows, None)
+        try:
+            while (current := pending.result()) is not None:
+                pending = pool.submit(next, windows, None)
+                yield current
+                current = None
+        finally:
+            pending.cancel()
+
+
+def shuffled_batches(
+    reader: Any,
+    rows: np.ndarray,
+    batch_size: int,
+    shuffle_blocks: int,
+    seed: int,
+    read_ahead: bool = False,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Batches of ``rows`` (sorted store indices) in a seeded block-shuffled order."""
+    windows = _windows(reader, rows, batch_size, shuffle_blocks, seed)
+    for X, y, mix in _read_ahead(windows) if read_ahead else windows:
         for i in range(0, len(y), batch_size):
-            yield X[i : i + batch_size], y[i : i + batch_size]
+            if mix is None:
+                yield X[i : i + batch_size], y[i : i + batch_size]
+            else:
+                take = mix[i : i + batch_size]
+                yield X[take], y[take]
+        del X, y, mix  # the window is not kept while the next one is read
 
 
 def _epochs(
     reader: Any, rows: np.ndarray, batch_size: int, shuffle_blocks: int, seed: int, passes: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
     """``(X, y, pass)`` for ``passes`` passes over ``rows``; pass ``p`` is shuffled with the seed
-    ``seed + p`` (pass 0 is exactly the single-pass order)."""
+    ``seed + p`` (pass 0 is exactly the single-pass order); the next window is read ahead."""
     for epoch in range(passes):
-        for X, y in shuffled_batches(reader, rows, batch_size, shuffle_blocks, seed + epoch):
+        for X, y in shuffled_batches(
+            reader, rows, batch_size, shuffle_blocks, seed + epoch, read_ahead=True
+        ):
             yield X, y, epoch
 
 
 def stream(
     store_path: str | Path,
     *,
-    classifier: Any,
+    classifier: Any = "softmax",
     batch_size: int = 256,
     report_every: int = 1000,
     test_size: float = 0.2,
@@ -92,7 +146,8 @@ def stream(
     test: str | Path | None = None,
     params: Any = None,
 ) -> dict[str, Any]:
-    """Learn ``classifier`` batch by batch from the store; see the module docstring.
+    """Learn ``classifier`` (default ``softmax``) batch by batch from the store; see the module
+    docstring.
 
     ``classifier`` is a registered name or an incremental estimator of the caller's (with
     ``partial_fit``, or a river model), cloned first; ``params`` as for :func:`train`.
@@ -115,9 +170,13 @@ def stream(
             f"{', '.join(incremental)}"
         )
     learner = estimators.Incremental(model)
+    from threadpoolctl import threadpool_limits
     from tqdm import tqdm
 
     reader = open_reader(store_path, store)
+    # one BLAS thread: a batch's products (rows x features x classes) are too skinny to gain from
+    # more, and on a busy machine BLAS threads waiting for a core made them 5-15x slower
+    blas = threadpool_limits(limits=1, user_api="blas")
     try:
         label_names = [str(n) for n in reader.label_names]
         classes = np.arange(len(label_names))
@@ -204,6 +263,7 @@ def stream(
             y_true.append(y)
             y_pred.append(learner.predict_batch(X))
     finally:
+        blas.restore_original_limits()
         reader.close()
         if test_reader is not None:
             test_reader.close()
