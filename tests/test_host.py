@@ -299,3 +299,57 @@ def test_no_top_level_core_or_plugins_module_is_installed(tmp_path: Any) -> None
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
     ).stdout
     assert out.strip() == "None None"
+
+
+def test_refused_outputs_and_bad_options_fail_before_tensorflow_loads(tmp_path: Any) -> None:
+    """What the user can get wrong on the command line is refused in well under a second: the
+    check runs before the job imports TensorFlow (a fresh process, then its ``sys.modules``)."""
+    photos = tmp_path / "photos"
+    for name in ("cat", "dog"):
+        (photos / name).mkdir(parents=True)
+        (photos / name / "0.jpg").write_bytes(b"\xff\xd8\xff\xe0 never decoded")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("a folder of the user's")
+    backbone = ["-b", "efficientnet-lite0", "--input-size", "32"]
+    cases = [
+        (["extract", photos, *backbone, "-o", photos / "cat" / "f.zarr"], "lies inside the input"),
+        (["extract", photos, *backbone, "-o", mine, "--store", "zarr", "--overwrite"],
+         "not a zarr store written by transferkit"),
+        (["extract", photos, "-b", "efficientnet-lite0", "--input-size", "96x", "-o",
+          tmp_path / "f.h5"], "not understood"),
+        (["extract", photos, *backbone, "-o", tmp_path / "f.h5", "--pooling", "median"],
+         "median"),
+        (["extract", photos, *backbone, "-o", tmp_path / "f.h5", "--no-such-option"],
+         "No such option"),
+        (["finetune", photos, *backbone, "-o", mine], "transferkit did not make"),
+        (["spotcheck", photos, "-b", "efficientnet-lite0@32", "--cache-dir",
+          photos / "cache"], "lies inside the input"),
+        (["demo", "--out", mine], "transferkit did not make"),
+        (["predict", tmp_path / "missing.skops", photos / "cat" / "0.jpg"], "missing.skops"),
+    ]  # fmt: skip
+    code = (
+        "import contextlib, io, json, sys\n"
+        "from transferkit.cli import main\n"
+        "for args in json.loads(sys.argv[1]):\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stderr(err):\n"
+        "        try:\n"
+        "            main(args)\n"
+        "        except SystemExit as e:\n"
+        "            code = e.code\n"
+        "    print(json.dumps([code, err.getvalue()]))\n"
+        "print('TF', 'tensorflow' in sys.modules, 'keras' in sys.modules)\n"
+    )
+    argv = json.dumps([[str(a) for a in args] for args, _ in cases])
+    out = subprocess.run(
+        [sys.executable, "-c", code, argv], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out[-1] == "TF False False", out
+    assert len(out) == len(cases) + 1, out
+    for (args, needle), line in zip(cases, out, strict=False):
+        exit_code, stderr = json.loads(line)
+        assert exit_code == 2, (args, exit_code, stderr)
+        assert needle in stderr and "Traceback" not in stderr, (args, stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "photos"]  # nothing written
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
