@@ -177,7 +177,7 @@ def test_dask_cluster_gives_the_same_rows_with_failures_and_timeouts(
     register_plugin(FaultyClassifiers(), "faulty")
     common: dict[str, Any] = {
         "classifiers": "logistic-regression,nearest-centroid,explodes,sleeps",
-        "timeout": 6,
+        "timeout": 20,  # room for a loaded machine; the sleepers hang for 120 s
         "progress": False,
     }
     local = api.spotcheck([str(s) for s in stores], jobs=2, **common)
