@@ -71,6 +71,7 @@ def register_heads(register: Any) -> None:
             name="linear",
             description="Global average pooling, Dropout 0.2, Dense + Softmax",
             factory=linear_head,
+            metadata={"pooling": "none"},  # it pools the feature map itself
         )
     )
     register(

@@ -128,6 +128,41 @@ def test_poolings_of_one_backbone_share_one_pass(
     assert widths == [1280, 1280, 2 * 2 * 1280]
 
 
+def test_a_test_folder_is_extracted_once_for_the_poolings_of_one_backbone(
+    digits_folder: dict[str, Any], register_plugin: Any, tmp_path: Path
+) -> None:
+    """``--test FOLDER`` with ``-b lite0@64,lite0@64:max``: the test images go through the
+    network once, into one test store per pooling."""
+    import shutil
+
+    from transferkit.jobs.spotcheck import cached_stores, parse_backbone
+
+    test = tmp_path / "test-images"
+    for path in digits_folder["new"]:  # two per digit, named by their digit
+        label = Path(path).name.split("-")[0]
+        (test / label).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, test / label / Path(path).name)
+    backbones = [BACKBONE, f"{BACKBONE}:max"]
+    settings = [parse_backbone(b) for b in backbones]
+    cached_stores(  # the training features are cached before counting
+        digits_folder["images"], settings, cache_dir=digits_folder["cache"], progress=False
+    )
+    counter = register_plugin(BatchCounter(), "batch-counter")
+    report = api.spotcheck(
+        [digits_folder["images"]],
+        backbones=",".join(backbones),
+        classifiers="knn-3",
+        test=str(test),
+        cache_dir=digits_folder["cache"],
+        batch_size=50,
+        jobs=1,
+        progress=False,
+    )
+    assert counter.batches == 1 and len(counter.stores) == 2  # 20 images, one pass, two stores
+    assert [r["status"] for r in report["rows"]] == ["ok", "ok"]
+    assert all(r["accuracy"] is not None and r["accuracy"] > 0.3 for r in report["rows"])
+
+
 def test_predict_new_images_with_a_trained_model(
     digits_folder: dict[str, Any], spotchecked: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -27,7 +27,6 @@ import numpy as np
 from .. import outputs, registry
 from ..errors import TransferkitError, UsageError
 from ..pooling import pool
-from ..specs import NO_POOLING
 from ..user_objects import backbone_spec
 
 MODEL_FILE = "model.keras"
@@ -214,8 +213,9 @@ def finetune(
     if augment is None and not task:
         augment = recipe.get("augment")
     augment = _augmentation_for(augment, task)
-    # the feature map, unless the head asks for a pooling: the head pools it
-    pooling = pooling or str(head_meta.get("pooling", NO_POOLING))
+    # the pooling a head asks for in its metadata (``none``: the feature map, which it pools
+    # itself); a head that says nothing gets average-pooled vectors
+    pooling = pooling or str(head_meta.get("pooling", "avg"))
     spec = backbone_spec(backbone)
     options = _strategy_options(strategy_spec, epochs, learning_rate, unfreeze_from)
     if schedule and schedule in strategy_spec.metadata.get("schedules", ()):

@@ -365,20 +365,20 @@ def _test_stores(
                 "spot-check an image folder with --backbones (the test folder is then "
                 "extracted the same way)"
             )
-        stores: list[str | None] = []
-        for text in backbones:
-            setting = parse_backbone(text, extract["input_size"], extract["pooling"])
-            path, _ = cached_store(
-                str(test),
-                setting,
-                weights=extract["weights"],
-                cache_dir=extract["cache_dir"],
-                batch_size=extract["batch_size"],
-                progress=extract["progress"],
-                runtime=extract["runtime"],
-                precision=extract["precision"],
-            )
-            stores.append(path)
+        settings = [
+            parse_backbone(text, extract["input_size"], extract["pooling"]) for text in backbones
+        ]
+        made = cached_stores(  # poolings of one network: one pass over the test images
+            str(test),
+            settings,
+            weights=extract["weights"],
+            cache_dir=extract["cache_dir"],
+            batch_size=extract["batch_size"],
+            progress=extract["progress"],
+            runtime=extract["runtime"],
+            precision=extract["precision"],
+        )
+        stores: list[str | None] = [path for path, _ in made]
         return stores
     return [str(test)] * len(sources)
 
