@@ -4,10 +4,17 @@ cannot leak into a test. Tests register plugin objects through ``register_plugin
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+
+# A test run started in the background of a non-interactive shell inherits SIGINT ignored, and
+# so would every command a test starts (Python installs no KeyboardInterrupt handler then): the
+# tests of Ctrl-C need the default disposition, as a terminal gives it.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")

@@ -232,8 +232,9 @@ def test_ctrl_c_and_sigkill_during_spotcheck_keep_every_finished_row(
     def env(run: int, **extra: str) -> dict[str, str]:
         return {**with_plugins(plugin_path, "sleepy"), "FAULTS_FIT_LOG": str(logs[run]), **extra}
 
-    # Ctrl-C: the finished rows are the report, marked incomplete
-    first = _interrupt(args, env(0), journal, 2, signal.SIGINT)
+    # Ctrl-C: the finished rows are the report, marked incomplete (two pairs, then the third
+    # hangs, so that the signal always comes in the middle)
+    first = _interrupt(args, env(0, FAULTS_HOLD_AFTER="2"), journal, 2, signal.SIGINT)
     assert first.returncode == 130, first.stderr
     assert "Traceback" not in first.stdout + first.stderr, first.stderr
     report = json.loads((out / "report.json").read_text())
