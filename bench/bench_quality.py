@@ -25,6 +25,7 @@ Every line gives the test accuracy and the seconds it took (extraction is timed 
     .venv/bin/python bench/bench_quality.py            # 224 px, 600/300 images per set
     .venv/bin/python bench/bench_quality.py --quick    # 96 px, 300/150 images, short fine-tune
     .venv/bin/python bench/bench_quality.py --quick --skip pixels,random,spotcheck,finetune
+    .venv/bin/python bench/bench_quality.py --reuse --skip pixels,random,spotcheck  # same stores
 """
 
 from __future__ import annotations
@@ -162,8 +163,11 @@ def raw_pixels(train: Path, test: Path) -> float:
     return float(np.mean(estimators.predict(model, X_test) == y_test))
 
 
-def extract(folder: Path, out: Path, size: int, weights: Any) -> str:
+def extract(folder: Path, out: Path, size: int, weights: Any, reuse: bool = False) -> str:
     from transferkit import api
+
+    if reuse and out.exists():
+        return str(out)
 
     api.extract(
         str(folder),
@@ -190,7 +194,7 @@ def timed(label: str, fn: Callable[[], Any], rows: list[dict[str, Any]], **extra
 def run_set(name: str, train: Path, test: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     from transferkit import api
 
-    work = WORK / "quality" / name
+    work = WORK / "quality" / f"{train.parent.name}-stores"
     work.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     n_train = sum(1 for _ in train.rglob("*.png"))
@@ -203,11 +207,11 @@ def run_set(name: str, train: Path, test: Path, args: argparse.Namespace) -> lis
 
     start = time.perf_counter()
     if "random" not in skip:
-        rand_train = extract(train, work / "random-train.h5", args.size, None)
-        rand_test = extract(test, work / "random-test.h5", args.size, None)
-    feat_train = extract(train, work / "train.h5", args.size, "default")
-    feat_test = extract(test, work / "test.h5", args.size, "default")
-    print(f"  (extraction of both folders, twice: {time.perf_counter() - start:.1f}s)")
+        rand_train = extract(train, work / "random-train.h5", args.size, None, args.reuse)
+        rand_test = extract(test, work / "random-test.h5", args.size, None, args.reuse)
+    feat_train = extract(train, work / "train.h5", args.size, "default", args.reuse)
+    feat_test = extract(test, work / "test.h5", args.size, "default", args.reuse)
+    print(f"  (extraction of both folders: {time.perf_counter() - start:.1f}s)")
 
     def probe(store: str, test_store: str) -> dict[str, Any]:
         return api.train(store, classifier="logistic-regression", test=test_store)
@@ -283,6 +287,9 @@ def main() -> None:
         "--skip", default="", help="methods to leave out: pixels,random,spotcheck,finetune"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep the feature stores of an earlier run"
+    )
     args = parser.parse_args()
     args.size = args.size or (96 if args.quick else 224)
     n_train = args.train or (300 if args.quick else 600)

@@ -489,3 +489,31 @@ def test_exported_preprocessing_equals_the_backbones() -> None:
         )
     odd = dataclasses.replace(tiny_backbone(), preprocess=lambda x: x**0.5)
     assert TransferModel(odd, "linear", num_classes=2)._checked_preprocess_mode() is None
+
+
+def test_light_augmentation_and_label_smoothing() -> None:
+    import keras
+
+    from transferkit.trainer import augmentation
+
+    aug = augmentation("light", seed=1)
+    kinds = {type(layer).__name__: layer for layer in aug.layers}
+    assert kinds["RandomFlip"].mode == "horizontal"
+    assert kinds["RandomZoom"].height_factor == (-0.2, 0.0)  # zooming in only: random crops
+    x = np.asarray(digits(8)[0], np.float32)
+    x = keras.ops.image.resize(x, (32, 32)).numpy()
+    out = np.asarray(aug(x, training=True))
+    assert out.shape == x.shape and not np.allclose(out, x)
+    np.testing.assert_array_equal(aug(x, training=False), x)
+
+    # smoothing 0.1 over 4 classes: the target is 0.925 for the true class, 0.025 elsewhere
+    y_true = np.array([0, 2], np.int32)
+    y_pred = np.array([[0.7, 0.1, 0.1, 0.1], [0.2, 0.2, 0.5, 0.1]], np.float32)
+    target = np.full((2, 4), 0.025)
+    target[[0, 1], y_true] = 0.925
+    expected = -(target * np.log(y_pred)).sum(1)
+    smoothed = _model(label_smoothing=0.1).loss()
+    np.testing.assert_allclose(smoothed(y_true, y_pred), expected, rtol=1e-5)
+    assert _model().loss() == "sparse_categorical_crossentropy"
+    with pytest.raises(UsageError, match="label smoothing"):
+        _model(label_smoothing=1.0)

@@ -300,3 +300,31 @@ def test_mixed_precision_finetune_restores_the_policy(
     loaded = api.load_finetuned(result["model_path"])
     probs = loaded.predict_proba(np.full((2, 16, 16, 3), 128.0, np.float32))
     assert probs.dtype == np.float32 and np.allclose(probs.sum(1), 1, atol=1e-3)
+
+
+def test_probe_init_makes_the_head_predict_what_the_standardised_probe_predicts() -> None:
+    """The default recipe's start: the head is the frozen probe (a standardised logistic
+    regression, as `train -c logistic-regression` fits) with the scaling folded into it."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from trainer_helpers import digits, tiny_backbone
+
+    from transferkit.jobs.finetune import _probe_head
+    from transferkit.trainer import ArrayDataModule, TransferModel, seed_everything
+
+    seed_everything(0)
+    images, labels, names = digits(150, classes=3)
+    data = ArrayDataModule(images, labels, names, seed=0, augment="none")
+    model = TransferModel(tiny_backbone(), "linear", num_classes=3, label_names=names)
+    assert _probe_head(model, data)
+    train = np.sort(data.train_indices)
+    x = np.concatenate([b[0] for b in data._dataset(train)])
+    features = np.asarray(model.base(x, training=False), np.float64)
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000))
+    probe.fit(features, data.labels[train])
+    test = np.concatenate([b[0] for b in data.test_dataset()])
+    expected = probe.predict_proba(np.asarray(model.base(test, training=False), np.float64))
+    got = np.asarray(model.network(test, training=False))
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert (got.argmax(1) == expected.argmax(1)).all()

@@ -65,11 +65,16 @@ def register(cli: click.Group) -> None:
     )  # fmt: skip
     @click.option(
         "--augment",
-        type=click.Choice(["classic", "flip", "none"]),
+        type=click.Choice(["classic", "light", "flip", "none"]),
         default=None,
-        help="Augmentation of training batches (classic: the classic generator's settings); "
-        "default classic, none with --task rotation.",
+        help="Augmentation of training batches (classic: the classic generator's settings; "
+        "light: flips and random crops; flip: flips); default flip with warmup-unfreeze and "
+        "its linear head, else classic, none with --task rotation.",
     )
+    @click.option(
+        "--label-smoothing", type=float, default=None,
+        help="Label smoothing of the loss (default warmup-unfreeze: 0.1; --head classic: 0).",
+    )  # fmt: skip
     @click.option("--batch-size", type=int, default=32, show_default=True)
     @input_size_option
     @click.option(
@@ -129,6 +134,7 @@ def register(cli: click.Group) -> None:
         learning_rate: tuple[float, ...],
         unfreeze_from: int | None,
         augment: str | None,
+        label_smoothing: float | None,
         batch_size: int,
         input_size: str | None,
         weights: str,
@@ -176,6 +182,7 @@ def register(cli: click.Group) -> None:
             learning_rate=list(learning_rate) or None,
             unfreeze_from=unfreeze_from,
             augment=augment,
+            label_smoothing=label_smoothing,
             batch_size=batch_size,
             input_size=input_size,
             weights=weights,

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import UsageError
 
-PRESETS = ("classic", "flip", "none")
+PRESETS = ("classic", "light", "flip", "none")
 
 
 def augmentation(preset: str | None = "classic", *, seed: int | None = None) -> Any:
@@ -41,6 +41,17 @@ def augmentation(preset: str | None = "classic", *, seed: int | None = None) -> 
                 layers.RandomZoom(0.2, 0.2, fill_mode="nearest", seed=next(seeds)),
             ],
             name="augment_classic",
+        )
+    if preset == "light":
+        # random crops: a zoom in of up to 20 % (the missing border never shows: zooming in
+        # only) at a random place, and horizontal flips
+        return keras.Sequential(
+            [
+                layers.RandomFlip("horizontal", seed=next(seeds)),
+                layers.RandomZoom((-0.2, 0.0), fill_mode="reflect", seed=next(seeds)),
+                layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=next(seeds)),
+            ],
+            name="augment_light",
         )
     if preset == "flip":
         return keras.Sequential(

@@ -110,6 +110,7 @@ class TransferModel:
         label_names: Sequence[str] | None = None,
         train_bn: bool = False,
         head_options: dict[str, Any] | None = None,
+        label_smoothing: float = 0.0,
     ) -> None:
         import keras
 
@@ -129,6 +130,9 @@ class TransferModel:
                 "give one name per class"
             )
         self.train_bn = bool(train_bn)
+        if not 0.0 <= float(label_smoothing) < 1.0:
+            raise UsageError(f"label smoothing must be in [0, 1), got {label_smoothing}")
+        self.label_smoothing = float(label_smoothing)
         self.head_name = head if isinstance(head, str) else getattr(head, "name", "custom")
         self.head = build_head(head, self.num_classes, **(head_options or {}))
         h, w = backbone.input_size
@@ -211,8 +215,24 @@ class TransferModel:
 
     def compile(self, optimizer: Any, *, jit_compile: Any = False) -> None:
         self.keras_model.compile(
-            optimizer=optimizer, loss=LOSS, metrics=list(METRICS), jit_compile=jit_compile
+            optimizer=optimizer, loss=self.loss(), metrics=list(METRICS), jit_compile=jit_compile
         )
+
+    def loss(self) -> Any:
+        """The training loss: sparse categorical cross-entropy, with ``label_smoothing`` (the
+        true class gets ``1 - s + s / k`` of the target, every other class ``s / k``)."""
+        if not self.label_smoothing:
+            return LOSS
+        import keras
+
+        smoothing, classes = float(self.label_smoothing), self.num_classes
+
+        def smoothed_crossentropy(y_true: Any, y_pred: Any) -> Any:
+            labels = keras.ops.reshape(keras.ops.cast(y_true, "int32"), (-1,))
+            target = keras.ops.one_hot(labels, classes, dtype=y_pred.dtype)
+            return keras.losses.categorical_crossentropy(target, y_pred, label_smoothing=smoothing)
+
+        return smoothed_crossentropy
 
     # ------------------------------------------------------------------ export
 
