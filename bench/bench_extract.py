@@ -16,6 +16,10 @@ For each backbone at 224 px, and each runtime (``keras``, ``openvino``, ``litert
 * ``vs_keras``: e2e / keras e2e of the same run (targets: best 32-bit >= 1.8, bf16 >= 3.5);
 * ``of_bound``: e2e / min(forward, decode-bound rate) (target >= 0.85);
 * ``peak_rss_mib``: the peak resident memory of that process;
+* ``slice``: the rows per call of a converting runtime's network (``plugins/runtimes.py``:
+  ``SLICE_ROWS``, 4 by default); each converting runtime also runs once with whole batches
+  (``TRANSFERKIT_SLICE_ROWS=0``, slice ``whole``), forward-only and end to end, as the baseline
+  of the slicing;
 
 plus the decode-bound rate (the input pipeline alone, no network, all cores) and the decode cost
 in core-ms per image, and the classic loop (``keras.utils.load_img`` per image, ``model.predict``
@@ -251,7 +255,7 @@ def variant(args: argparse.Namespace) -> dict[str, Any]:
                 runtime, precision,
             )["images_per_second"]
         )  # fmt: skip
-        if runtime != "keras":
+        if runtime != "keras" and not args.no_split:
             split.append(
                 end_to_end(
                     folder, args.backbones, args.weights, args.batch_size, out / "e2e.h5",
@@ -283,9 +287,15 @@ def variant(args: argparse.Namespace) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- memory
 
 
-def child(*argv: str) -> dict:
-    """Run this script with ``argv`` in a fresh process; its last line of output, as JSON."""
-    proc = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True)
+def child(*argv: str, env: dict[str, str] | None = None) -> dict:
+    """Run this script with ``argv`` in a fresh process (``env`` added to the environment);
+    its last line of output, as JSON."""
+    proc = subprocess.run(
+        [sys.executable, __file__, *argv],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
     if proc.returncode:
         sys.exit(f"child {' '.join(argv)} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -307,10 +317,14 @@ def measure_rss(images: Path, backbone: str, weights: str, batch: int, out: Path
 # ---------------------------------------------------------------------------- main
 
 
-def variants(cpu_bf16: str) -> list[tuple[str, str]]:
-    found = [("keras", "32"), ("openvino", "32"), ("litert", "32")]
+def variants(cpu_bf16: str) -> list[tuple[str, str, str]]:
+    """(runtime, precision, slice rows: "" the default, "0" whole batches)."""
+    found = [("keras", "32", "")]
+    converting = [("openvino", "32"), ("litert", "32")]
     if not cpu_bf16:
-        found.append(("openvino", "bf16"))
+        converting.append(("openvino", "bf16"))
+    for runtime, precision in converting:
+        found += [(runtime, precision, ""), (runtime, precision, "0")]
     return found
 
 
@@ -335,6 +349,7 @@ def main() -> None:
     parser.add_argument("--precision", default="32", help=argparse.SUPPRESS)
     parser.add_argument("--decode-ms", type=float, default=2.0, help=argparse.SUPPRESS)
     parser.add_argument("--classic", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--no-split", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child_variant:
@@ -369,8 +384,9 @@ def main() -> None:
         for name in [b.strip() for b in args.backbones.split(",") if b.strip()]:
             weights = args.weights or ("default" if name == "efficientnet-lite0" else "none")
             keras_e2e = None
-            for runtime, precision in variants(cpu_bf16):
+            for runtime, precision, slice_rows in variants(cpu_bf16):
                 # each variant in a fresh process: its threads, memory and models are its own
+                env = {"TRANSFERKIT_SLICE_ROWS": slice_rows} if slice_rows else {}
                 row = child(
                     "--child-variant", str(root / "images"), "--backbones", name,
                     "--weights", weights, "--batch-size", str(args.batch_size),
@@ -378,9 +394,12 @@ def main() -> None:
                     "--runtime", runtime, "--precision", precision,
                     "--decode-ms", f"{decode_ms:.3f}",
                     *(["--classic"] if runtime == "keras" else []),
+                    *(["--no-split"] if slice_rows else []),
+                    env=env,
                 )  # fmt: skip
                 runs = {k: row.pop(k) for k in list(row) if k.endswith("_runs")}
-                print(json.dumps({"backbone": name, "runtime": runtime, **runs}))
+                label = "" if runtime == "keras" else ("whole" if slice_rows == "0" else "4")
+                print(json.dumps({"backbone": name, "runtime": runtime, "slice": label, **runs}))
                 best = max(v for v in (row["e2e"], row["e2e_split"]) if v is not None)
                 if runtime == "keras":
                     keras_e2e = best
@@ -388,6 +407,7 @@ def main() -> None:
                     "backbone": name,
                     "runtime": runtime,
                     "precision": precision,
+                    "slice": label,
                     "forward": row["forward"],
                     "e2e": row["e2e"],
                     "e2e_split": row["e2e_split"] if row["e2e_split"] is not None else "",

@@ -132,11 +132,39 @@ def test_runtime_matches_keras_per_row(
         net, backbone=name, runtime=runtime, precision="32", batch_size=4, cache_dir=conversions
     )
     assert forward.runtime == runtime and forward.precision == "32"
-    # a full batch, then a partial last batch (the input is resized, not padded)
+    # a full batch, then a partial last batch; the network runs slices of 4 rows, the last
+    # padded, so 7 rows in one call are one full slice and one padded
     got = np.concatenate([forward(x[:4]), forward(x[4:])])
     assert got.shape == want.shape and got.dtype == np.float32
     assert relative_error(got, want).max() <= TOLERANCE, relative_error(got, want)
     assert relative_error(forward(x[:1]), want[:1]).max() <= TOLERANCE
+    assert relative_error(forward(x), want).max() <= TOLERANCE
+
+
+@pytest.mark.parametrize("runtime", CONVERTING)
+@pytest.mark.parametrize("rows", ["0", "3"])
+def test_slice_rows_override_keeps_the_rows(
+    runtime: str, rows: str, conversions: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``TRANSFERKIT_SLICE_ROWS``: 0 runs whole batches of any size, 3 slices of 3 rows."""
+    net = transferkit.pool(
+        registry.backbone("efficientnet-lite0").factory(input_size=(32, 32)), "avg"
+    )
+    x = batch_of(net, 7)
+    want = np.asarray(net.model(x, training=False), dtype=np.float32)
+    monkeypatch.setenv("TRANSFERKIT_SLICE_ROWS", rows)
+    forward = inference.build_forward(
+        net, runtime=runtime, precision="32", batch_size=4, cache_dir=conversions
+    )
+    for part in (x, x[:5], x[5:]):
+        got = forward(part)
+        assert got.shape == (len(part), want.shape[1])
+    assert relative_error(np.concatenate([forward(x[:5]), forward(x[5:])]), want).max() <= (
+        TOLERANCE
+    )
+    monkeypatch.setenv("TRANSFERKIT_SLICE_ROWS", "-1")
+    with pytest.raises(transferkit.UsageError, match="TRANSFERKIT_SLICE_ROWS"):
+        inference.build_forward(net, runtime=runtime, cache_dir=conversions)
 
 
 @pytest.mark.skipif(bool(NO_BF16), reason=f"bf16: {NO_BF16}")
