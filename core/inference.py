@@ -16,7 +16,7 @@ that fails leaves a ``.failed`` note beside it, so that ``auto`` does not retry 
 
 1. on a machine where TensorFlow sees a GPU, ``keras`` (TensorFlow's GPU path is the right one);
 2. otherwise, among the available runtimes that offer the precision, by ``auto_order``
-   (built-ins: ``litert``, then ``openvino``): the first whose conversion is cached already;
+   (built-ins: ``openvino``, then ``litert``): the first whose conversion is cached already;
    else the first one, when Keras would take longer than :data:`AUTO_CONVERT_SECONDS` over the
    images to compute (measured on one warm-up batch), so that a small extraction never pays a
    conversion that costs more than it saves;

@@ -252,7 +252,7 @@ def register_runtimes(register: Any) -> None:
             check=_openvino_check,
             convert=openvino_convert,
             version=lambda: _version("openvino"),
-            auto_order=20,
+            auto_order=10,
             convert_per_precision=False,  # the IR is float32; the precision is a compile hint
         )
     )
@@ -265,6 +265,6 @@ def register_runtimes(register: Any) -> None:
             check=_litert_check,
             convert=litert_convert,
             version=lambda: _version("tensorflow", "ai-edge-litert"),
-            auto_order=10,
+            auto_order=20,
         )
     )

@@ -348,7 +348,7 @@ def test_auto_converts_when_it_pays_and_a_second_run_converts_nothing(
     net = transferkit.pool(tiny_backbone.build(), "flatten")
     monkeypatch.setattr(inference, "AUTO_CONVERT_SECONDS", 0.0)
     first = inference.auto_candidates("32")[0].name
-    assert first == "litert"  # the documented order: litert, openvino, keras
+    assert first == "openvino"  # the documented order: openvino, litert, keras
     made = inference.build_forward(net, images=1000, cache_dir=conversions)
     assert made.runtime == first and made.conversion == "converted"
     reused = inference.build_forward(net, images=1000, cache_dir=conversions)
