@@ -4,7 +4,8 @@
 or, for ``"local"``, a local cluster of single-threaded worker processes (to try a cluster path
 on one machine); an unreachable scheduler is a :class:`~transferkit.errors.UsageError` that says
 how to start one. :func:`close` ends the client (and a local cluster it started),
-:func:`dashboard_line` is the line that tells the user where to watch, and
+:func:`dashboard_link` is the scheduler's dashboard (where it serves one), :func:`dashboard_line`
+the line that tells the user where to watch, and
 :func:`running_worker` finds the worker running a task (to restart it when the task is late).
 Imports only ``distributed`` (inside the functions) and ``transferkit.errors``.
 """
@@ -46,20 +47,41 @@ def close(client: Any, scheduler: str) -> None:
         cluster.close()
 
 
+NO_DASHBOARD = "no Dask dashboard (the scheduler serves none: install bokeh beside it to get one)"
+
+
+def _has_bokeh() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("bokeh") is not None
+
+
+def dashboard_link(client: Any) -> str | None:
+    """The address of the scheduler's dashboard, or None when it serves none: no dashboard
+    service, or no bokeh beside the scheduler (the page needs it; Dask's link is printed
+    either way)."""
+    try:
+        if "dashboard" not in client.scheduler_info().get("services", {}):
+            return None
+        if not client.run_on_scheduler(_has_bokeh):
+            return None
+        return str(client.dashboard_link)
+    except Exception:
+        return None
+
+
 def dashboard_line(client: Any, what: str) -> str | None:
-    """``"<what> on the Dask cluster at ADDRESS (N workers); dashboard: URL"``, or None when the
-    client cannot say (the dashboard part is left out where the cluster has none)."""
+    """``"<what> on the Dask cluster at ADDRESS (N workers); dashboard: URL"`` (or why there is
+    no dashboard), or None when the client cannot say."""
     try:
         address = client.scheduler.address
         workers = len(client.nthreads())
     except Exception:
         return None
-    line = f"{what} on the Dask cluster at {address} ({workers} workers)"
-    try:
-        link = client.dashboard_link
-    except Exception:
-        link = None
-    return line + (f"; dashboard: {link}" if link else "")
+    link = dashboard_link(client)
+    return f"{what} on the Dask cluster at {address} ({workers} workers); " + (
+        f"dashboard: {link}" if link else NO_DASHBOARD
+    )
 
 
 def running_worker(client: Any, key: str) -> str | None:

@@ -256,25 +256,6 @@ def shard_on_worker(
 # ---------------------------------------------------------------------------- on the client
 
 
-def _has_bokeh() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("bokeh") is not None
-
-
-def _dashboard(client: Any) -> str | None:
-    """The address of the scheduler's dashboard, or None when it serves none (its page needs
-    bokeh installed beside the scheduler)."""
-    try:
-        if "dashboard" not in client.scheduler_info().get("services", {}):
-            return None
-        if not client.run_on_scheduler(_has_bokeh):
-            return None
-        return str(client.dashboard_link)
-    except Exception:
-        return None
-
-
 def _check_workers(client: Any, source: ImageSource, out: str) -> None:
     """Every worker must read the images and see the output folder (shared storage)."""
     try:
@@ -391,7 +372,7 @@ def extract_on_cluster(
 
         written = _write_images(source, write_images)
 
-    from ..cluster import close, connect
+    from .. import cluster
 
     started = time.perf_counter()
     local = scheduler == "local"
@@ -408,15 +389,14 @@ def extract_on_cluster(
         images=len(source),
         plugins=tuple(runtime_plugins()),
     )
-    client = connect(scheduler, workers_wanted)
+    client = cluster.connect(scheduler, workers_wanted)
     writer: ShardedStoreWriter | None = None
     try:
-        dashboard = _dashboard(client)
+        dashboard = cluster.dashboard_link(client)
         print(
             f"transferkit: Dask dashboard: {dashboard}"
             if dashboard
-            else "transferkit: no Dask dashboard (the scheduler serves none: install bokeh "
-            "beside it to get one)",
+            else f"transferkit: {cluster.NO_DASHBOARD}",
             file=sys.stderr,
         )
         _check_workers(client, source, out)
@@ -461,7 +441,7 @@ def extract_on_cluster(
         plugin_manager.notify_exception(exc, "extract", output=out, backbone=spec.name)
         raise
     finally:
-        close(client, scheduler)
+        cluster.close(client, scheduler)
     summary["seconds"] = round(time.perf_counter() - started, 3)
     summary["scheduler"] = scheduler
     summary["dashboard"] = dashboard
