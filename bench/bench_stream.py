@@ -18,6 +18,7 @@ demo; extracted once and cached), repeated ``--passes`` times in a fresh order e
 stream is long enough to time (both paths see the same sequence length).
 
     .venv/bin/python bench/bench_stream.py [--passes 8] [--classifier softmax,passive-aggressive]
+    .venv/bin/python bench/bench_stream.py --classifier softmax,softmax:echo=1   # with parameters
 """
 
 from __future__ import annotations
@@ -165,18 +166,33 @@ def main() -> None:
     classifiers = args.classifier.split(",")
     runs: dict[str, list[dict[str, Any]]] = {c: [] for c in classifiers}
 
+    def spec(label: str) -> tuple[str, dict[str, Any]]:
+        """``name`` or ``name:key=value:key=value`` (numbers as numbers)."""
+        name, *pairs = label.split(":")
+        params: dict[str, Any] = {}
+        for pair in pairs:
+            key, value = pair.split("=", 1)
+            params[key] = float(value) if "." in value or "e" in value else int(value)
+        return name, params
+
     def transferkit_runs(round_: int) -> None:
         for classifier in classifiers:
+            name, params = spec(classifier)
             runs[classifier].append(
                 api.stream(
                     train_store,
-                    classifier=classifier,
+                    classifier=name,
+                    params=params or None,
                     batch_size=args.batch_size,
                     report_every=10**9,
                     test_size=0.0,
                     shuffle_blocks=0,  # the rows are already shuffled, as the CSV is
                     progress=False,
-                    out=WORK / f"stream-{classifier}" if round_ == args.rounds - 1 else None,
+                    out=(
+                        WORK / f"stream-{classifier.replace(':', '-').replace('=', '')}"
+                        if round_ == args.rounds - 1
+                        else None
+                    ),
                     overwrite=True,
                 )
             )

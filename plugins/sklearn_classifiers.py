@@ -258,13 +258,22 @@ def small_mlp(hidden: int = 256, alpha: float = 1e-3) -> Any:
 
 
 def softmax(
-    learning_rate: float = 2.0, alpha: float = 1e-4, batch_size: int = 32, averaging: float = 3.0
+    learning_rate: float = 2.0,
+    alpha: float = 1e-4,
+    batch_size: int = 32,
+    averaging: float = 3.0,
+    echo: int = 4,
 ) -> Any:
-    """transferkit's SoftmaxRegression: running standardisation, averaged SGD, in NumPy."""
+    """transferkit's SoftmaxRegression: running standardisation, averaged SGD, in NumPy;
+    ``echo`` passes over each batch it is given (data echoing)."""
     from transferkit.plugins._softmax import SoftmaxRegression
 
     return SoftmaxRegression(
-        learning_rate=learning_rate, alpha=alpha, batch_size=batch_size, averaging=averaging
+        learning_rate=learning_rate,
+        alpha=alpha,
+        batch_size=batch_size,
+        averaging=averaging,
+        echo=echo,
     )
 
 
