@@ -180,7 +180,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         # a fresh, seeded order inside each batch: (seed, call number) decides it
         rng = np.random.default_rng((int(self.random_state or 0), self.n_calls_))
         self.n_calls_ += 1
-        for _ in range(max(1, int(self.echo))):
+        for _ in range(max(1, int(getattr(self, "echo", 1)))):  # models saved before echo: 1
             self._pass(X, target, rng.permutation(len(X)))
         return self
 
