@@ -13,9 +13,10 @@
 Both converting runtimes run a batch in **slices** of :data:`SLICE_ROWS` rows on a network
 compiled for exactly that many (the last slice padded with zeros, its padding dropped): a
 slice's activations stay in the CPU's caches, where a whole batch of 32 at 224 px (50 MB for
-one of efficientnet-lite0's early tensors) does not. On a 2-core AMD EPYC that made both about
-1.2-1.3x faster than whole batches (``bench/RESULTS.md``); Keras gains nothing from it and runs
-whole batches. ``TRANSFERKIT_SLICE_ROWS`` overrides the slice (0: whole batches, as given).
+one of efficientnet-lite0's early tensors) does not. On a 2-core AMD EPYC that made OpenVINO
+1.1-1.3x faster end to end than whole batches and LiteRT level to 1.05x (``bench/RESULTS.md``);
+Keras gains nothing from it and runs whole batches. ``TRANSFERKIT_SLICE_ROWS`` overrides the
+slice (0: whole batches, as given).
 """
 
 from __future__ import annotations
