@@ -261,7 +261,7 @@ LISTINGS: dict[str, tuple[str, list[str], str]] = {
     "heads": ("head", ["name", "plugin", "description"], "Classification heads"),
     "runtimes": (
         "runtime",
-        ["name", "available", "reason", "precisions", "bf16", "plugin"],
+        ["name", "available", "reason", "precisions", "bf16", "auto_order", "plugin"],
         "Inference runtimes",
     ),
 }
@@ -329,12 +329,19 @@ def _make_listing(command_name: str, kind: str, columns: list[str], title: str) 
             return
         click.echo(f"{title}: {len(rows)}")
         flat = [{**r.get("metadata", {}), **r} for r in rows]
-        print_table([{c: _short(r.get(c, "")) for c in columns} for r in flat], columns)
+        print_table(
+            [{c: _short(r.get(c, "")) if r.get(c) is not None else "-" for c in columns}
+             for r in flat],
+            columns,
+        )  # fmt: skip
 
     offline = (
         " OFFLINE says whether the default weights need no download (yes: they ship with a "
         "package; cached: already in the Keras cache)."
         if kind == "backbone"
+        else " AUTO_ORDER is the place in the order --runtime auto tries (lowest first; "
+        "- : never picked by auto; see docs/runtimes.md)."
+        if kind == "runtime"
         else ""
     )
     listing.__doc__ = (

@@ -225,6 +225,7 @@ class RuntimeSpec(Spec):
         data["bf16"] = (
             "" if "bf16" not in self.precisions else (self.unavailable("bf16") or "available")
         )
+        data["auto_order"] = self.auto_order  # None: auto never picks it
         return data
 
 

@@ -231,6 +231,8 @@ def test_runtimes_listing_never_imports_tensorflow() -> None:
     assert by_name["openvino"]["precisions"] == ["32", "bf16"]
     assert by_name["openvino"]["plugin"] == "transferkit.plugins.runtimes"
     assert by_name["keras"]["available"] is True and by_name["keras"]["reason"] == ""
+    # the order auto tries them in: openvino, litert, then keras
+    assert [by_name[n]["auto_order"] for n in ("openvino", "litert", "keras")] == [10, 20, 100]
 
 
 def test_unknown_runtime_suggests_the_close_name() -> None:
@@ -289,6 +291,10 @@ def test_a_plugin_runtime_runs_an_extraction(
     listed = CliRunner().invoke(build_cli(), ["runtimes", "--json"])
     row = next(r for r in json.loads(listed.output) if r["name"] == "eager-numpy")
     assert row["plugin"] == "numpy-runtime" and row["available"] is True
+    assert row["auto_order"] is None  # auto never picks a runtime that does not ask for it
+    table = CliRunner().invoke(build_cli(), ["runtimes", "eager"]).output.splitlines()
+    assert table[1].split()[-2:] == ["AUTO_ORDER", "PLUGIN"]
+    assert table[2].split()[-2:] == ["-", "numpy-runtime"]
     result = transferkit.extract(
         images, backbone=tiny, out=tmp_path / "f.h5", runtime="eager-numpy", progress=False
     )
