@@ -53,3 +53,12 @@ def register_plugin() -> Iterator[Callable[[Any, str], Any]]:
             if pm.is_registered(plugin):
                 pm.unregister(plugin)
         registry.clear_cache()
+
+
+@pytest.fixture
+def tiny(register_plugin: Callable[[Any, str], Any]) -> str:
+    """The name of ``tests/tiny_backbone.py``'s backbone, registered as a plugin for one test."""
+    import tiny_backbone
+
+    register_plugin(tiny_backbone, "tiny-backbone")
+    return str(tiny_backbone.NAME)

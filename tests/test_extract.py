@@ -27,12 +27,6 @@ TESTS = Path(__file__).parent
 FORMATS = ["h5", "zarr"]
 
 
-@pytest.fixture
-def tiny(register_plugin):
-    register_plugin(tiny_backbone, "tiny-backbone")
-    return tiny_backbone.NAME
-
-
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("images")

@@ -36,12 +36,6 @@ COMMON: dict[str, Any] = {
 }
 
 
-@pytest.fixture
-def tiny(register_plugin):
-    register_plugin(tiny_backbone, "tiny-backbone")
-    return tiny_backbone.NAME
-
-
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("images")

@@ -44,12 +44,6 @@ def cache(conversions: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return root / "runtimes"
 
 
-@pytest.fixture
-def tiny(register_plugin: Any) -> str:
-    register_plugin(tiny_backbone, "tiny-backbone")
-    return tiny_backbone.NAME
-
-
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("images")

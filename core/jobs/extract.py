@@ -94,6 +94,43 @@ def _forward_fn(model: Any, size: tuple[int, int]) -> Any:
     return forward
 
 
+def open_inputs(
+    images: Any,
+    outs: Mapping[str, Any],
+    *,
+    mode: str,
+    task: str | None,
+    seed: int,
+    max_pixels: int | None,
+    write_images: Any,
+) -> tuple[ImageSource, Any]:
+    """What every extraction checks and does before it builds a network: opens ``images``,
+    refuses outputs (``outs``: each store's path and backend) inside the inputs or in the way of
+    ``mode``, an empty source and an unwritable folder, prints the source's warnings, and writes
+    the images to ``write_images`` when asked. Returns the source and what was written."""
+    source: ImageSource = open_source(images, task=task, seed=seed, max_pixels=max_pixels)
+    inputs = input_paths(source, images)
+    for out in outs:
+        outputs.check_outside_inputs(out, inputs, "output store")
+    if write_images:
+        outputs.check_outside_inputs(write_images, [*inputs, *outs], "--write-images folder")
+        outputs.check_folder(write_images, "images", what="--write-images folder")
+    for out, backend in outs.items():
+        _check_output(backend, out, mode)
+    if len(source) == 0:
+        raise UsageError(f"{images} holds no images")
+    for out in outs:
+        outputs.check_writable(out)  # a read-only disk fails now, before the network is built
+    for warning in _source_warnings(source):
+        print(f"transferkit: warning: {warning}", file=sys.stderr)
+    written = None
+    if write_images:
+        from ..images import write_images as _write_images
+
+        written = _write_images(source, write_images)
+    return source, written
+
+
 def extract(
     images: Any,
     *,
@@ -217,29 +254,15 @@ def extract_many(
         registry.runtime(runtime)  # an unknown runtime fails before any work
     backends = {p: backend_for(out, store) for p, out in targets.items()}  # unknown formats fail
     mode = "resume" if resume else "overwrite" if overwrite else "create"
-    source: ImageSource = open_source(images, task=task, seed=seed, max_pixels=max_pixels)
-    inputs = input_paths(source, images)
-    for out in targets.values():
-        outputs.check_outside_inputs(out, inputs, "output store")
-    if write_images:
-        outputs.check_outside_inputs(
-            write_images, [*inputs, *targets.values()], "--write-images folder"
-        )
-        outputs.check_folder(write_images, "images", what="--write-images folder")
-    for pooling, out in targets.items():
-        _check_output(backends[pooling], out, mode)
-    if len(source) == 0:
-        raise UsageError(f"{images} holds no images")
-    for out in targets.values():
-        outputs.check_writable(out)  # a read-only disk fails now, before the network is built
-    for warning in _source_warnings(source):
-        print(f"transferkit: warning: {warning}", file=sys.stderr)
-
-    written = None
-    if write_images:
-        from ..images import write_images as _write_images
-
-        written = _write_images(source, write_images)
+    source, written = open_inputs(
+        images,
+        {out: backends[p] for p, out in targets.items()},
+        mode=mode,
+        task=task,
+        seed=seed,
+        max_pixels=max_pixels,
+        write_images=write_images,
+    )
     started = time.perf_counter()
     writers: dict[str, FeatureStoreWriter] = {}
     first_out = targets[first_pooling]

@@ -36,9 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import inference, outputs, plugin_manager, registry
+from .. import inference, plugin_manager, registry
 from ..errors import TransferkitError, UsageError
-from ..images import ImageSource, open_source
+from ..images import ImageSource
 from ..pooling import pool
 from ..recipe import FeatureRecipe
 from ..sizes import check_batch_fits
@@ -49,7 +49,7 @@ from ..store import (
     write_shard,
 )
 from ..user_objects import backbone_spec
-from .extract import _RESUME_KEYS, _check_output, _metadata, _order, _source_warnings, input_paths
+from .extract import _RESUME_KEYS, _metadata, _order, _source_warnings, open_inputs
 
 PAUSE_ENV = "TRANSFERKIT_TEST_SHARD_PAUSE"
 WAIT_FOR_WORKERS = 60.0  # seconds a scheduler without workers is given to get one
@@ -354,23 +354,15 @@ def extract_on_cluster(
             "that every worker can build it"
         )
     mode = "resume" if resume else "overwrite" if overwrite else "create"
-    source: ImageSource = open_source(images, task=task, seed=seed, max_pixels=max_pixels)
-    inputs = input_paths(source, images)
-    outputs.check_outside_inputs(out, inputs, "output store")
-    if write_images:
-        outputs.check_outside_inputs(write_images, [*inputs, out], "--write-images folder")
-        outputs.check_folder(write_images, "images", what="--write-images folder")
-    _check_output(backend, out, mode)
-    if len(source) == 0:
-        raise UsageError(f"{images} holds no images")
-    outputs.check_writable(out)
-    for warning in _source_warnings(source):
-        print(f"transferkit: warning: {warning}", file=sys.stderr)
-    written = None
-    if write_images:
-        from ..images import write_images as _write_images
-
-        written = _write_images(source, write_images)
+    source, written = open_inputs(
+        images,
+        {out: backend},
+        mode=mode,
+        task=task,
+        seed=seed,
+        max_pixels=max_pixels,
+        write_images=write_images,
+    )
 
     from .. import cluster
 
