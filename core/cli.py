@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from . import plugin_manager, registry
+from . import logs, plugin_manager, registry
 from .config import ConfigCommand
 from .errors import TransferkitError, UsageError
 from .version import __version__
@@ -59,6 +59,7 @@ class TransferkitGroup(click.Group):
 def _set_verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     if value:
         os.environ[VERBOSE_ENV] = "1"
+    logs.install(verbose=verbose())
 
 
 @click.group(cls=TransferkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -69,7 +70,8 @@ def _set_verbose(ctx: click.Context, param: click.Parameter, value: bool) -> Non
     is_flag=True,
     expose_value=False,
     callback=_set_verbose,
-    help="Show TensorFlow's start-up lines and pip's output (also accepted after the command).",
+    help="Show debug messages, TensorFlow's start-up lines and pip's output (also accepted "
+    "after the command).",
 )
 def cli() -> None:
     """transferkit: transfer learning on images with Keras 3, everything pluggable.
@@ -382,6 +384,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # -v / --verbose anywhere before `--` (so also after the command's name)
     end = args.index("--") if "--" in args else len(args)
     is_verbose = any(a in ("-v", "--verbose") for a in args[:end])
+    logs.install(verbose=is_verbose or verbose())
     if is_verbose:
         os.environ[VERBOSE_ENV] = "1"
         args = [a for i, a in enumerate(args) if i >= end or a not in ("-v", "--verbose")]
