@@ -2,58 +2,100 @@
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
-from .errors import UsageError
+from .options import ExtractOptions, Options, PredictOptions, StreamOptions, TrainOptions
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def extract(images: Any, *, backbone: Any, out: Any, **options: Any) -> dict[str, Any]:
+def takes(options: type[Options], *, skip: Sequence[str] = ()) -> Callable[[F], F]:
+    """Give a public function that takes ``**values`` of ``options`` the signature and the
+    documentation of those options: one keyword argument per field, typed, with its default
+    and help (``help(transferkit.extract)``, IDEs, ``inspect.signature``)."""
+
+    def decorate(func: F) -> F:
+        signature = inspect.signature(func)
+        params = [
+            p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD
+        ]
+        types = options.types()
+        fields = [f for f in dataclasses.fields(options) if f.name not in skip]
+        params += [
+            inspect.Parameter(
+                f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=types[f.name]
+            )
+            for f in fields
+        ]
+        func.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+        lines = [
+            f"    ``{f.name}`` (default ``{f.default!r}``): {f.metadata['help']}" for f in fields
+        ]
+        func.__doc__ = (
+            f"{inspect.cleandoc(func.__doc__ or '')}\n\n"
+            f"Options, as keyword arguments or one ``options`` "
+            f"(:class:`transferkit.options.{options.__name__}`):\n\n" + "\n".join(lines)
+        )
+        return func
+
+    return decorate
+
+
+@takes(ExtractOptions)
+def extract(
+    images: Any,
+    *,
+    backbone: Any,
+    out: Any,
+    options: ExtractOptions | None = None,
+    **values: Any,
+) -> dict[str, Any]:
     """Extract features of ``images`` (a folder, a CSV/JSON list or an ``ImageSource``) with the
     backbone ``backbone`` (a name, a ``transferkit.Backbone`` or a Keras model taking RGB 0..255
     images) into the store ``out`` (``.h5``/``.hdf5``/``.zarr``).
 
-    Options: ``store``, ``weights`` (``"default"``, ``"none"``, a path), ``pooling``
-    (``avg``/``max``/``flatten``), ``input_size``, ``batch_size``, ``task`` (``"rotation"``),
-    ``shuffle``, ``seed``, ``resume``, ``overwrite``, ``strict``, ``max_pixels``, ``progress``,
-    ``runtime`` (``"auto"``, ``"keras"``, ``"openvino"``, ``"litert"``: what runs the network),
-    ``precision`` (``"32"`` or ``"bf16"``), ``threads`` (the runtime's). ``scheduler`` (a Dask
-    scheduler address, or ``"local"`` for a local cluster of ``jobs`` worker processes) writes
-    the same store by shards of ``shard_rows`` images on the cluster's workers (Zarr only; see
-    :mod:`transferkit.jobs.extract_dask`); without it, Dask is not imported.
-    Returns a summary with ``path``, ``rows``, ``skipped``, ``skipped_files``, ``seconds``,
-    ``images_per_second``, ``feature_dim`` and ``backbone``.
+    A ``scheduler`` (a Dask scheduler address, or ``"local"`` for a local cluster of ``jobs``
+    worker processes) writes the same store by shards of ``shard_rows`` images on the cluster's
+    workers (Zarr only; see :mod:`transferkit.jobs.extract_dask`); without it, Dask is not
+    imported. Returns a summary with ``path``, ``rows``, ``skipped``, ``skipped_files``,
+    ``seconds``, ``images_per_second``, ``feature_dim`` and ``backbone``.
     """
-    scheduler = options.pop("scheduler", None)
-    if scheduler is not None:
+    opts = ExtractOptions.of(options, values)
+    if opts.scheduler is not None:
         from .jobs.extract_dask import extract_on_cluster
 
-        if options.pop("buffer_rows", None) is not None:  # a worker writes a whole shard at once
-            raise UsageError("--buffer-rows is for one process; on a cluster use --shard-rows")
-
-        return extract_on_cluster(
-            images, backbone=backbone, out=out, scheduler=scheduler, **options
-        )
-    cluster_only = [k for k in ("jobs", "shard_rows") if options.pop(k, None) is not None]
-    if cluster_only:
-        raise UsageError("--jobs and --shard-rows go with --scheduler (a Dask cluster)")
+        return extract_on_cluster(images, backbone=backbone, out=out, options=opts)
     from .jobs.extract import extract as _extract
 
-    return _extract(images, backbone=backbone, out=out, **options)
+    return _extract(images, backbone=backbone, out=out, options=opts)
 
 
+@takes(ExtractOptions, skip=("pooling", "scheduler", "jobs", "shard_rows"))
 def extract_many(
-    images: Any, *, backbone: Any, outs: Any, **options: Any
+    images: Any,
+    *,
+    backbone: Any,
+    outs: Any,
+    options: ExtractOptions | None = None,
+    **values: Any,
 ) -> dict[str, dict[str, Any]]:
     """Extract several poolings of one backbone in one pass of the network: ``outs`` maps each
     pooling to its store (``{"avg": "a.h5", "max": "m.h5"}``); each store equals what
-    :func:`extract` with that pooling writes. Options as :func:`extract`'s (without
-    ``pooling``). Returns each pooling's summary."""
+    :func:`extract` with that pooling writes. Returns each pooling's summary."""
     from .jobs.extract import extract_many as _extract_many
 
-    return _extract_many(images, backbone=backbone, outs=outs, **options)
+    return _extract_many(
+        images, backbone=backbone, outs=outs, options=ExtractOptions.of(options, values)
+    )
 
 
-def train(store_path: Any, *, classifier: Any, **options: Any) -> dict[str, Any]:
+@takes(TrainOptions)
+def train(
+    store_path: Any, *, classifier: Any, options: TrainOptions | None = None, **values: Any
+) -> dict[str, Any]:
     """Fit one classifier on a feature store (stratified split, or all rows scored on the store
     ``test``, checked to share the recipe and class names); optionally save it with ``out``.
 
@@ -64,7 +106,7 @@ def train(store_path: Any, *, classifier: Any, **options: Any) -> dict[str, Any]
     """
     from .jobs.train import train as _train
 
-    return _train(store_path, classifier=classifier, **options)
+    return _train(store_path, classifier=classifier, options=TrainOptions.of(options, values))
 
 
 def spotcheck(inputs: Any, **options: Any) -> dict[str, Any]:
@@ -90,7 +132,14 @@ def spotcheck(inputs: Any, **options: Any) -> dict[str, Any]:
     return _spotcheck(inputs, **options)
 
 
-def stream(store_path: Any, *, classifier: Any = "softmax", **options: Any) -> dict[str, Any]:
+@takes(StreamOptions)
+def stream(
+    store_path: Any,
+    *,
+    classifier: Any = "softmax",
+    options: StreamOptions | None = None,
+    **values: Any,
+) -> dict[str, Any]:
     """Learn an incremental classifier batch by batch from a store that need not fit in memory.
 
     Reports progressive (test-then-train) accuracy every ``report_every`` samples, then the
@@ -99,16 +148,19 @@ def stream(store_path: Any, *, classifier: Any = "softmax", **options: Any) -> d
     """
     from .jobs.stream import stream as _stream
 
-    return _stream(store_path, classifier=classifier, **options)
+    return _stream(store_path, classifier=classifier, options=StreamOptions.of(options, values))
 
 
-def predict(model_path: Any, images: Any, **options: Any) -> dict[str, Any]:
-    """Classify images with a model saved by ``train`` or ``stream`` (features made with the
-    model's own recipe). A pickled (river) model needs ``trust=True``. ``runtime`` runs the
-    backbone; ``precision``, when given, must be the model's own."""
+@takes(PredictOptions)
+def predict(
+    model_path: Any, images: Any, *, options: PredictOptions | None = None, **values: Any
+) -> dict[str, Any]:
+    """Classify images with a model saved by ``train``, ``stream`` or ``finetune`` (features
+    made with the model's own recipe). A pickled (river) model needs ``trust=True``.
+    ``runtime`` runs the backbone; ``precision``, when given, must be the model's own."""
     from .jobs.predict import predict as _predict
 
-    return _predict(model_path, images, **options)
+    return _predict(model_path, images, options=PredictOptions.of(options, values))
 
 
 def demo(out: Any = "transferkit-demo", **options: Any) -> dict[str, Any]:

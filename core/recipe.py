@@ -30,7 +30,7 @@ from typing import Any
 
 from .errors import UsageError, WeightsUnavailableError
 from .sizes import parse_input_size
-from .specs import POOLINGS, PRECISIONS
+from .specs import FEATURE_PRECISIONS, POOLINGS
 
 DEFAULT_WEIGHTS = "default"
 _DEFAULT_NAMES = ("default", "imagenet")
@@ -80,7 +80,7 @@ def parse_precision(value: Any) -> str:
         return "32"
     found = _PRECISION_ALIASES.get(str(value).strip().lower())
     if found is None:
-        raise UsageError(f"unknown precision {value!r}; allowed: {', '.join(PRECISIONS)}")
+        raise UsageError(f"unknown precision {value!r}; allowed: {', '.join(FEATURE_PRECISIONS)}")
     return found
 
 

@@ -22,9 +22,10 @@ from typing import Any
 POOLINGS = ("avg", "max", "flatten")
 # what a backbone's model gives when the host has not pooled it: the feature map itself
 NO_POOLING = "none"
-# Precisions of the forward pass: "32" (float32, the features' reference) and "bf16" (bfloat16
-# arithmetic where the CPU has it natively; a different feature recipe).
-PRECISIONS = ("32", "bf16")
+# Precisions of the features' forward pass (`extract --precision`): "32" (float32, the features'
+# reference) and "bf16" (bfloat16 arithmetic where the CPU has it natively; a different feature
+# recipe). Training has its own: transferkit.trainer's TRAINING_PRECISIONS (docs/finetune.md).
+FEATURE_PRECISIONS = ("32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -195,10 +196,11 @@ class RuntimeSpec(Spec):
 
     def validate(self) -> None:
         super().validate()
-        unknown = set(self.precisions) - set(PRECISIONS)
+        unknown = set(self.precisions) - set(FEATURE_PRECISIONS)
         if not self.precisions or unknown:
             raise ValueError(
-                f"runtime {self.name!r}: precisions must be a non-empty subset of {PRECISIONS}"
+                f"runtime {self.name!r}: precisions must be a non-empty subset of "
+                f"{FEATURE_PRECISIONS}"
             )
         for name in ("check", "convert", "version"):
             value = getattr(self, name)

@@ -7,7 +7,8 @@ from typing import Any
 import click
 
 from ..config import config_options
-from .options import input_size_option, runtime_options
+from ..options import ExtractOptions
+from .options import from_fields
 
 
 def print_extract_summary(result: dict[str, Any]) -> None:
@@ -59,104 +60,11 @@ def register(cli: click.Group) -> None:
     @click.option(
         "--out", "-o", default=None, type=click.Path(), help="Store path: .h5, .hdf5 or .zarr."
     )
-    @click.option("--store", default=None, help="Store format when the suffix does not tell.")
-    @click.option(
-        "--weights",
-        default="default",
-        show_default=True,
-        help="default (the backbone's pretrained weights), none (random), or a weights file.",
-    )
-    @click.option(
-        "--pooling",
-        type=click.Choice(["avg", "max", "flatten"]),
-        default="avg",
-        show_default=True,
-        help="How the conv feature map becomes one vector.",
-    )
-    @input_size_option
-    @click.option("--batch-size", type=int, default=32, show_default=True)
-    @click.option("--task", default=None, help="A task transform, e.g. rotation.")
-    @click.option("--shuffle/--no-shuffle", default=False, show_default=True)
-    @click.option("--seed", type=int, default=0, show_default=True, help="Seed of task/shuffle.")
-    @click.option("--resume", is_flag=True, help="Continue an interrupted extraction into OUT.")
-    @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-    @click.option("--strict", is_flag=True, help="Fail on the first file that cannot be used.")
-    @click.option(
-        "--max-pixels",
-        type=int,
-        default=None,
-        help="Skip images with more pixels than this (default 89478485; 0: no limit).",
-    )
-    @click.option(
-        "--compression",
-        type=click.Choice(["gzip", "none"]),
-        default="gzip",
-        show_default=True,
-    )
-    @click.option(
-        "--buffer-rows",
-        type=int,
-        default=None,
-        help="Rows kept in memory between writes (default max(batch size, 1024)).",
-    )
-    @click.option(
-        "--write-images",
-        type=click.Path(file_okay=False),
-        default=None,
-        help="Also write the images as read (e.g. rotated by --task rotation) to this folder.",
-    )
-    @runtime_options()
-    @click.option(
-        "--scheduler",
-        default=None,
-        help="Extract on a Dask cluster into a .zarr store: a scheduler address "
-        "(tcp://host:8786), or 'local' for a local Dask cluster of --jobs processes. The "
-        "images and OUT must be on storage every worker sees. Default: this process.",
-    )
-    @click.option(
-        "--jobs",
-        "-j",
-        type=int,
-        default=None,
-        help="With --scheduler local: worker processes [all cores].",
-    )
-    @click.option(
-        "--shard-rows",
-        type=int,
-        default=None,
-        help="With --scheduler: images per shard, rounded up to whole chunks [1024].",
-    )
-    @click.option(
-        "--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr."
-    )
+    @from_fields(ExtractOptions)
     @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
     @config_options
     def extract_command(
-        images: str,
-        backbone: str | None,
-        out: str | None,
-        store: str | None,
-        weights: str,
-        pooling: str,
-        input_size: str | None,
-        batch_size: int,
-        task: str | None,
-        shuffle: bool,
-        seed: int,
-        resume: bool,
-        overwrite: bool,
-        strict: bool,
-        max_pixels: int | None,
-        compression: str,
-        buffer_rows: int | None,
-        write_images: str | None,
-        runtime: str,
-        precision: str,
-        scheduler: str | None,
-        jobs: int | None,
-        shard_rows: int | None,
-        progress: bool,
-        as_json: bool,
+        images: str, backbone: str | None, out: str | None, as_json: bool, **values: Any
     ) -> None:
         """Extract one feature vector per image into an HDF5 or Zarr store.
 
@@ -180,30 +88,7 @@ def register(cli: click.Group) -> None:
             name = "backbone" if not backbone else "out"
             raise UsageError(f"missing option --{name} (give it, or `{name}:` in --config)")
         result = api.extract(
-            images,
-            backbone=backbone,
-            out=out,
-            store=store,
-            weights=weights,
-            pooling=pooling,
-            input_size=input_size,
-            batch_size=batch_size,
-            task=task,
-            shuffle=shuffle,
-            seed=seed,
-            resume=resume,
-            overwrite=overwrite,
-            strict=strict,
-            max_pixels=max_pixels,
-            compression=None if compression == "none" else compression,
-            buffer_rows=buffer_rows,
-            write_images=write_images,
-            runtime=runtime,
-            precision=precision,
-            progress=progress,
-            scheduler=scheduler,
-            jobs=jobs,
-            shard_rows=shard_rows,
+            images, backbone=backbone, out=out, options=ExtractOptions.of(values=values)
         )
         if as_json:
             echo_json(result)

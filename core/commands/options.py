@@ -2,30 +2,102 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import dataclasses
+import typing
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import click
 
+if TYPE_CHECKING:
+    from ..options import Options
+
 
 class InputSize(click.ParamType):
-    """``--input-size N`` or ``HxW``, checked by :func:`transferkit.sizes.parse_input_size` (the
-    one parser of sizes) and passed on as text: ``"96"`` or ``"96x64"``."""
+    """``--input-size N`` or ``HxW``: refused here, on its flag, when
+    :func:`transferkit.sizes.parse_input_size` (the one parser of sizes) refuses it; passed on as
+    the user wrote it (a config file keeps ``96x64``), and parsed once by the job's options."""
 
     name = "N|HxW"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         from ..errors import UsageError
-        from ..recipe import size_text
         from ..sizes import parse_input_size
 
         try:
-            return size_text(parse_input_size(value)) or None
+            parse_input_size(value)
         except UsageError as exc:
             self.fail(str(exc), param, ctx)
+        return None if isinstance(value, str) and not value.strip() else value
 
 
 INPUT_SIZE = InputSize()
+
+_KINDS: dict[str, click.ParamType] = {
+    "size": INPUT_SIZE,
+    "path": click.Path(),
+    "file": click.Path(dir_okay=False),
+    "dir": click.Path(file_okay=False),
+}
+_SCALARS: dict[Any, click.ParamType] = {int: click.INT, float: click.FLOAT, str: click.STRING}
+
+
+def _scalar(annotation: Any) -> Any:
+    """``int | None`` -> ``int``; ``tuple[str, ...]`` -> ``str``."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None) and a is not Ellipsis]
+    return args[0] if args else annotation
+
+
+def click_option(f: dataclasses.Field[Any], annotation: Any) -> Callable[[Any], Any]:
+    """The click option of one field of a job's options (:mod:`transferkit.options`)."""
+    meta = f.metadata
+    flag = meta["flag"] or "--" + f.name.replace("_", "-")
+    decls = [flag, *([meta["short"]] if meta["short"] else []), f.name]
+    kwargs: dict[str, Any] = {"default": f.default, "help": meta["help"]}
+    scalar = _scalar(annotation)
+    if scalar is bool:
+        if meta["negatable"]:
+            decls[0] = f"{flag}/--no-{flag[2:]}"
+        else:
+            kwargs["is_flag"] = True
+    elif meta["choices"]:
+        kwargs["type"] = click.Choice(list(meta["choices"]))
+    elif meta["kind"] in _KINDS:
+        kwargs["type"] = _KINDS[meta["kind"]]
+    else:
+        kwargs["type"] = _SCALARS.get(scalar, click.STRING)
+    if meta["kind"] == "many" or typing.get_origin(annotation) is tuple and scalar is not int:
+        kwargs["multiple"] = True
+        kwargs["default"] = ()
+    if meta["metavar"]:
+        kwargs["metavar"] = meta["metavar"]
+    show = meta["show_default"]
+    if show is None:
+        show = f.default is not None and (scalar is not bool or meta["negatable"])
+    kwargs["show_default"] = show
+    return click.option(*decls, **kwargs)
+
+
+def from_fields(options: type[Options], *, skip: Sequence[str] = ()) -> Callable[[Any], Any]:
+    """The click options of every command-line field of ``options``, in their declared order
+    (``skip``: fields the command declares itself, as arguments)."""
+    types = options.types()
+    chosen = [
+        f for f in dataclasses.fields(options) if f.metadata.get("cli", True) and f.name not in skip
+    ]
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        for f in reversed(chosen):
+            func = click_option(f, types[f.name])(func)
+        return func
+
+    return decorate
+
+
+def cli_values(options: type[Options], values: dict[str, Any]) -> dict[str, Any]:
+    """The values of ``options``'s fields among a command's parameters."""
+    names = set(options.names())
+    return {k: v for k, v in values.items() if k in names}
 
 
 def input_size_option(func: Callable[..., Any]) -> Callable[..., Any]:

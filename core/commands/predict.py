@@ -2,43 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from ..config import config_options
-from .options import runtime_options
+from ..options import PredictOptions
+from .options import from_fields
 
 
 def register(cli: click.Group) -> None:
     @cli.command("predict")
     @click.argument("model_path", metavar="MODEL", type=click.Path())
     @click.argument("images", nargs=-1, required=True, type=click.Path())
-    @click.option(
-        "--trust",
-        is_flag=True,
-        help="Allow loading a pickled model (river), which can run code: only for your own files.",
-    )
-    @click.option("--top", type=int, default=1, show_default=True, help="Classes shown per image.")
-    @click.option("--batch-size", type=int, default=32, show_default=True)
-    @runtime_options(precision_default=None)
-    @click.option(
-        "--out",
-        type=click.Path(dir_okay=False),
-        default=None,
-        help="With a labelled folder (one sub-folder per class): write its confusion matrix "
-        "picture here (.png).",
-    )
+    @from_fields(PredictOptions)
     @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
     @config_options
     def predict_command(
-        model_path: str,
-        images: tuple[str, ...],
-        trust: bool,
-        top: int,
-        batch_size: int,
-        runtime: str,
-        precision: str | None,
-        out: str | None,
-        as_json: bool,
+        model_path: str, images: tuple[str, ...], as_json: bool, **values: Any
     ) -> None:
         """Predict the class of images (files or folders) with a model from train, stream or
         finetune.
@@ -57,16 +38,8 @@ def register(cli: click.Group) -> None:
         from .. import api
         from ..cli import echo_json, print_table
 
-        result = api.predict(
-            model_path,
-            images,
-            trust=trust,
-            top=top,
-            batch_size=batch_size,
-            runtime=runtime,
-            precision=precision,
-            out=out,
-        )
+        options = PredictOptions.of(values=values)
+        result = api.predict(model_path, images, options=options)
         if as_json:
             echo_json(result)
             return
@@ -95,14 +68,14 @@ def register(cli: click.Group) -> None:
                                 f"{t['label']} {t['probability']:.3f}" for t in shown[1:]
                             )
                         }
-                        if top > 1
+                        if options.top > 1
                         else {}
                     ),
                 }
             )
         labelled = "accuracy" in result
         columns = ["image", *(["true"] if labelled else []), "class", "probability"] + (
-            ["runners-up"] if top > 1 else []
+            ["runners-up"] if options.top > 1 else []
         )
         print_table(rows, columns)
         if labelled and result["accuracy"] is not None:

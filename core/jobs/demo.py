@@ -90,6 +90,7 @@ def demo(
 ) -> dict[str, Any]:
     """Run the demo into ``out``; returns what each step produced (see the module docstring).
     ``runtime`` and ``precision`` run the backbone (extraction and prediction)."""
+    from ..options import PredictOptions, TrainOptions
     from .predict import predict
     from .spotcheck import cached_stores, parse_backbone, spotcheck
     from .train import train
@@ -153,14 +154,14 @@ def demo(
     trained = train(
         best_store,
         classifier=report["best_model"],
-        seed=seed,
-        out=root / "model.skops",
-        overwrite=True,
+        options=TrainOptions(seed=seed, out=str(root / "model.skops"), overwrite=True),
     )
     print(trained["report_text"], file=sys.stderr)
 
     _say(f"5/5 predicting the {len(images['new'])} images kept apart")
-    predicted = predict(trained["model_path"], images["new"], trust=False, runtime=runtime)
+    predicted = predict(
+        trained["model_path"], images["new"], options=PredictOptions(runtime=runtime)
+    )
     correct = 0
     for row in predicted["predictions"]:
         row["true"] = Path(row["path"]).name.split("-")[0]

@@ -13,11 +13,13 @@ uninterrupted run's.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -25,6 +27,7 @@ import numpy as np
 from .. import inference, outputs, plugin_manager, registry
 from ..errors import TransferkitError, UsageError
 from ..images import ImageSource, open_source
+from ..options import ExtractOptions
 from ..pooling import pool, split
 from ..recipe import RESUME_KEYS, FeatureRecipe, parse_pooling
 from ..sizes import check_batch_fits
@@ -40,6 +43,8 @@ from ..store import (
 )
 from ..user_objects import backbone_spec
 from ..version import __version__
+
+log = logging.getLogger(__name__)
 
 # settings that must match for a store to be resumed: the recipe's, and how the images were read
 _RESUME_KEYS = (*RESUME_KEYS, "task", "seed", "shuffle")
@@ -94,21 +99,24 @@ def _forward_fn(model: Any, size: tuple[int, int]) -> Any:
     return forward
 
 
+def check_runtime(runtime: str) -> None:
+    """An unknown runtime fails before any work."""
+    if runtime and runtime != inference.AUTO:
+        registry.runtime(runtime)
+
+
 def open_inputs(
-    images: Any,
-    outs: Mapping[str, Any],
-    *,
-    mode: str,
-    task: str | None,
-    seed: int,
-    max_pixels: int | None,
-    write_images: Any,
+    images: Any, outs: Mapping[str, Any], options: ExtractOptions
 ) -> tuple[ImageSource, Any]:
     """What every extraction checks and does before it builds a network: opens ``images``,
     refuses outputs (``outs``: each store's path and backend) inside the inputs or in the way of
-    ``mode``, an empty source and an unwritable folder, prints the source's warnings, and writes
-    the images to ``write_images`` when asked. Returns the source and what was written."""
-    source: ImageSource = open_source(images, task=task, seed=seed, max_pixels=max_pixels)
+    the options' mode, an empty source and an unwritable folder, logs the source's warnings, and
+    writes the images to ``write_images`` when asked. Returns the source and what was
+    written."""
+    write_images = options.write_images
+    source: ImageSource = open_source(
+        images, task=options.task, seed=options.seed, max_pixels=options.max_pixels
+    )
     inputs = input_paths(source, images)
     for out in outs:
         outputs.check_outside_inputs(out, inputs, "output store")
@@ -116,13 +124,13 @@ def open_inputs(
         outputs.check_outside_inputs(write_images, [*inputs, *outs], "--write-images folder")
         outputs.check_folder(write_images, "images", what="--write-images folder")
     for out, backend in outs.items():
-        _check_output(backend, out, mode)
+        _check_output(backend, out, options.mode)
     if len(source) == 0:
         raise UsageError(f"{images} holds no images")
     for out in outs:
         outputs.check_writable(out)  # a read-only disk fails now, before the network is built
     for warning in _source_warnings(source):
-        print(f"transferkit: warning: {warning}", file=sys.stderr)
+        log.warning("warning: %s", warning)
     written = None
     if write_images:
         from ..images import write_images as _write_images
@@ -132,69 +140,21 @@ def open_inputs(
 
 
 def extract(
-    images: Any,
-    *,
-    backbone: Any,
-    out: str | os.PathLike[str],
-    store: str | None = None,
-    weights: Any = "default",
-    pooling: str = "avg",
-    input_size: Any = None,
-    batch_size: int = 32,
-    task: str | None = None,
-    shuffle: bool = False,
-    seed: int = 0,
-    resume: bool = False,
-    overwrite: bool = False,
-    strict: bool = False,
-    max_pixels: int | None = None,
-    progress: bool = True,
-    compression: str | None = "gzip",
-    buffer_rows: int | None = None,
-    write_images: str | os.PathLike[str] | None = None,
-    runtime: str = "auto",
-    precision: Any = "32",
-    threads: int | None = None,
+    images: Any, *, backbone: Any, out: str | os.PathLike[str], options: ExtractOptions
 ) -> dict[str, Any]:
     """Extract one feature vector per image of ``images`` into the store ``out``.
 
     Returns a summary: ``path``, ``rows``, ``skipped`` (count), ``skipped_files`` ([path,
     reason]), ``seconds`` (the whole call), ``images_per_second`` (the streaming rate, once the
-    network and the input pipeline are built), ``feature_dim``, ``backbone`` and more.
-    ``write_images`` also writes the images as read (e.g. rotated by the task) to that folder.
-    ``runtime`` (``auto``, ``keras``, ``openvino``, ``litert``, a plugin's) runs the network at
-    ``precision`` (``"32"`` or ``"bf16"``) with ``threads`` threads (None: the runtime's
-    default, every core; :func:`transferkit.inference.thread_split` computes a split from the
-    measured costs); see ``docs/runtimes.md``. :func:`extract_many` writes several poolings'
-    stores from one pass of the network. On a Dask cluster,
-    :func:`transferkit.jobs.extract_dask.extract_on_cluster` writes the same store by shards
-    (``transferkit.extract(..., scheduler=...)`` chooses it).
+    network and the input pipeline are built), ``feature_dim``, ``backbone`` and more. The
+    ``runtime`` of ``options`` runs the network at its ``precision`` (see ``docs/runtimes.md``).
+    :func:`extract_many` writes several poolings' stores from one pass of the network. On a
+    Dask cluster, :func:`transferkit.jobs.extract_dask.extract_on_cluster` writes the same store
+    by shards (``transferkit.extract(..., scheduler=...)`` chooses it).
     """
-    pooling = parse_pooling(pooling)
-    summaries = extract_many(
-        images,
-        backbone=backbone,
-        outs={pooling: out},
-        store=store,
-        weights=weights,
-        input_size=input_size,
-        batch_size=batch_size,
-        task=task,
-        shuffle=shuffle,
-        seed=seed,
-        resume=resume,
-        overwrite=overwrite,
-        strict=strict,
-        max_pixels=max_pixels,
-        progress=progress,
-        compression=compression,
-        buffer_rows=buffer_rows,
-        write_images=write_images,
-        runtime=runtime,
-        precision=precision,
-        threads=threads,
-    )
-    return summaries[pooling]
+    return extract_many(images, backbone=backbone, outs={options.pooling: out}, options=options)[
+        options.pooling
+    ]
 
 
 def extract_many(
@@ -202,30 +162,13 @@ def extract_many(
     *,
     backbone: Any,
     outs: Mapping[str, str | os.PathLike[str]],
-    store: str | None = None,
-    weights: Any = "default",
-    input_size: Any = None,
-    batch_size: int = 32,
-    task: str | None = None,
-    shuffle: bool = False,
-    seed: int = 0,
-    resume: bool = False,
-    overwrite: bool = False,
-    strict: bool = False,
-    max_pixels: int | None = None,
-    progress: bool = True,
-    compression: str | None = "gzip",
-    buffer_rows: int | None = None,
-    write_images: str | os.PathLike[str] | None = None,
-    runtime: str = "auto",
-    precision: Any = "32",
-    threads: int | None = None,
+    options: ExtractOptions,
 ) -> dict[str, dict[str, Any]]:
     """One pass of the network over ``images``, one store per pooling: ``outs`` maps each
     pooling (``avg``, ``max``, ``flatten``) to its store, e.g. ``{"avg": "a.h5", "max":
     "m.h5"}``. Each store equals what :func:`extract` with that pooling alone writes. Returns
-    each pooling's summary (as :func:`extract`'s); the other options are :func:`extract`'s.
-    With ``resume``, every store must hold the same images so far."""
+    each pooling's summary (as :func:`extract`'s); ``options.pooling`` is not used. With
+    ``resume``, every store must hold the same images so far."""
     targets: dict[str, str] = {}
     for name, path in outs.items():
         pooling = parse_pooling(name)
@@ -236,33 +179,14 @@ def extract_many(
         raise UsageError("give at least one pooling and its output store")
     if len(set(targets.values())) != len(targets):
         raise UsageError("each pooling needs its own output store")
-    if resume and overwrite:
-        raise UsageError("--resume and --overwrite exclude each other; pick one")
-    if batch_size <= 0:
-        raise UsageError(f"batch size must be positive, got {batch_size}")
     first_pooling = next(iter(targets))
     spec = backbone_spec(backbone, pooling=first_pooling)  # a name, or a caller's object
-    recipes = {
-        pooling: FeatureRecipe.create(
-            spec.name, weights=weights, input_size=input_size, pooling=pooling, precision=precision
-        )
-        for pooling in targets
-    }
-    recipe = recipes[first_pooling]
-    check_batch_fits(recipe.input_size, batch_size)
-    if runtime and runtime != inference.AUTO:
-        registry.runtime(runtime)  # an unknown runtime fails before any work
-    backends = {p: backend_for(out, store) for p, out in targets.items()}  # unknown formats fail
-    mode = "resume" if resume else "overwrite" if overwrite else "create"
-    source, written = open_inputs(
-        images,
-        {out: backends[p] for p, out in targets.items()},
-        mode=mode,
-        task=task,
-        seed=seed,
-        max_pixels=max_pixels,
-        write_images=write_images,
-    )
+    recipe = options.recipe(spec.name)
+    recipes = {pooling: replace(recipe, pooling=pooling) for pooling in targets}
+    check_batch_fits(recipe.input_size, options.batch_size)
+    check_runtime(options.runtime)
+    backends = {p: backend_for(out, options.store) for p, out in targets.items()}
+    source, written = open_inputs(images, {out: backends[p] for p, out in targets.items()}, options)
     started = time.perf_counter()
     writers: dict[str, FeatureStoreWriter] = {}
     first_out = targets[first_pooling]
@@ -272,11 +196,11 @@ def extract_many(
         forward = inference.build_forward(
             net,
             backbone=spec.name,
-            runtime=runtime,
+            runtime=options.runtime,
             precision=recipe.precision,
             images=len(source),
-            batch_size=batch_size,
-            threads=threads,
+            batch_size=options.batch_size,
+            threads=options.threads,
         )
         widths: dict[str, int] = net.extra["widths"]
         configs: dict[str, dict[str, Any]] = {}
@@ -284,39 +208,39 @@ def extract_many(
             made = recipes[pooling].replace(
                 input_size=net.input_size, precision=forward.precision, runtime=forward.runtime
             )
-            metadata = _metadata(made, spec, built, source, images, task, seed, shuffle)
+            metadata = _metadata(made, spec, built, source, images, options)
             configs[pooling] = {
                 **metadata,
                 "out": out,
                 "store": backends[pooling].name,
-                "batch_size": batch_size,
-                "resume": resume,
-                "overwrite": overwrite,
-                "strict": strict,
-                "max_pixels": max_pixels,
+                "batch_size": options.batch_size,
+                "resume": options.resume,
+                "overwrite": options.overwrite,
+                "strict": options.strict,
+                "max_pixels": options.max_pixels,
             }
             writers[pooling] = create_store(
                 out,
                 feature_dim=widths[pooling],
                 label_names=source.label_names,
                 metadata=metadata,
-                store=store,
-                mode=mode,
-                compression=compression,
-                buffer_rows=buffer_rows or max(batch_size, 1024),
+                store=options.store,
+                mode=options.mode,
+                compression=options.compression,
+                buffer_rows=options.buffer_rows or max(options.batch_size, 1024),
                 must_match=_RESUME_KEYS,
             )
-        summaries = _run(source, net, forward, writers, configs, strict=strict, progress=progress)
+        summaries = _run(source, net, forward, writers, configs, options)
     except BaseException as exc:
         for writer in writers.values():
             writer.abort()  # keep every finished row: --resume continues from here
         plugin_manager.notify_exception(exc, "extract", output=first_out, backbone=spec.name)
         if isinstance(exc, KeyboardInterrupt):
             for out, writer in zip(targets.values(), writers.values(), strict=False):
-                print(
-                    f"transferkit: interrupted; {writer.rows} rows are kept in {out}; "
-                    f"run again with --resume to finish",
-                    file=sys.stderr,
+                log.warning(
+                    "interrupted; %s rows are kept in %s; run again with --resume to finish",
+                    writer.rows,
+                    out,
                 )
         if isinstance(exc, outputs.OutputError) and writers:
             writer = next(iter(writers.values()))
@@ -389,17 +313,15 @@ def _metadata(
     net: Any,
     source: ImageSource,
     images: Any,
-    task: str | None,
-    seed: int,
-    shuffle: bool,
+    options: ExtractOptions,
 ) -> dict[str, Any]:
     return {
         **recipe.to_metadata(),
         "weights_source": net.weights_source,
         "preprocessing": net.preprocessing or spec.preprocessing,
-        "task": task or "",
-        "seed": int(seed),
-        "shuffle": bool(shuffle),
+        "task": options.task or "",
+        "seed": options.seed,
+        "shuffle": options.shuffle,
         "images": str(getattr(source, "location", "") or images),
         "transferkit_version": __version__,
         "param_count": net.param_count,
@@ -429,24 +351,47 @@ def _batches(
     return ((images, labels, index.numpy()) for images, labels, index in iter(ds))
 
 
+def skipper(
+    source: ImageSource, todo: Iterable[int], strict: bool, record: Callable[[str, str], None]
+) -> Callable[[int | None], None]:
+    """``skip_until(index)`` over the images ``todo`` in their order: each image before
+    ``index`` that the pipeline left out is recorded (``record(path, reason)``), or with
+    ``strict`` refused; ``None`` settles every image left."""
+    from ..pipeline import skip_reason
+
+    pending: deque[int] = deque(int(i) for i in todo)
+    paths = source.paths
+
+    def skip_until(index: int | None) -> None:
+        while pending and pending[0] != index:
+            i = pending.popleft()
+            reason = skip_reason(source, i)
+            if strict:
+                raise TransferkitError(
+                    f"{paths[i]} cannot be used ({reason}); --strict stops at the first bad "
+                    f"file: remove or fix it, or run without --strict to skip and record it"
+                )
+            record(paths[i], reason)
+        if index is not None and pending:
+            pending.popleft()
+
+    return skip_until
+
+
 def _run(
     source: ImageSource,
     net: Any,
     forward: Any,
     writers: dict[str, FeatureStoreWriter],
     configs: dict[str, dict[str, Any]],
-    *,
-    strict: bool,
-    progress: bool,
+    options: ExtractOptions,
 ) -> dict[str, dict[str, Any]]:
     from tqdm import tqdm
 
-    from ..pipeline import skip_reason
-
     first = next(iter(writers))
-    writer, config = writers[first], configs[first]
+    writer = writers[first]
     paths = source.paths
-    order = _order(len(source), bool(config["shuffle"]), int(config["seed"]))
+    order = _order(len(source), options.shuffle, options.seed)
     listed = [path_text(p) for p, _ in source.listing_skipped]
     todo, already = _remaining(order, paths, writer, listed) if writer.resumed else (order, 0)
     for other in writers.values():
@@ -473,27 +418,18 @@ def _run(
         )
     skipped_before = len(writer.skipped)
     new_skips: list[list[str]] = []
-    pending: deque[int] = deque(int(i) for i in todo)
 
-    def skip_until(index: int | None) -> None:
-        while pending and pending[0] != index:
-            i = pending.popleft()
-            reason = skip_reason(source, i)
-            if strict:
-                raise TransferkitError(
-                    f"{paths[i]} cannot be used ({reason}); --strict stops at the first bad "
-                    f"file: remove or fix it, or run without --strict to skip and record it"
-                )
-            for each in writers.values():
-                each.record_skipped(paths[i], reason)
-            new_skips.append([path_text(paths[i]), reason])
-        if index is not None and pending:
-            pending.popleft()
+    def record(path: str, reason: str) -> None:
+        for each in writers.values():
+            each.record_skipped(path, reason)
+        new_skips.append([path_text(path), reason])
+
+    skip_until = skipper(source, todo, options.strict, record)
 
     bar = tqdm(
         total=total,
         initial=already,
-        disable=not progress,
+        disable=not options.progress,
         file=sys.stderr,
         unit="img",
         desc=f"extract {net.name}",
@@ -501,7 +437,7 @@ def _run(
         smoothing=0.1,
     )
     widths = {p: w.feature_dim for p, w in writers.items()}
-    batches = _batches(source, todo, net, int(config["batch_size"]))
+    batches = _batches(source, todo, net, options.batch_size)
     t0 = time.perf_counter()  # the streaming rate: network and input pipeline are ready
     skips_shown = 0
     try:
@@ -539,31 +475,66 @@ def _run(
     computed = len(todo)
     summaries = {}
     for pooling, each in writers.items():
-        skipped_files = [list(s) for s in each.skipped]
-        summaries[pooling] = {
-            "path": each.path,
-            "store": configs[pooling]["store"],
-            "rows": each.rows,
-            "new_rows": computed - len(new_skips),
-            "computed": computed,  # images this call looked at (0: a resume with nothing left)
-            "skipped": len(skipped_files),
-            "skipped_files": skipped_files,
-            "images": total,
-            "files_found": total + len(source.listing_skipped),
-            "empty_classes": [path_text(n) for n in source.empty_classes],
-            "warnings": _source_warnings(source),
-            "resumed": each.resumed,
-            "resumed_from": already,
-            "seconds": round(seconds, 3),
-            "stream_seconds": round(seconds, 3),  # "seconds" becomes the whole call's wall time
-            "images_per_second": round(computed / seconds, 2) if seconds > 0 else 0.0,
-            "feature_dim": each.feature_dim,
-            "backbone": net.name,
-            "weights_source": net.weights_source,
-            "input_size": list(net.input_size),
-            "pooling": pooling,
-            "label_names": [path_text(n) for n in source.label_names],
-            "task": configs[pooling]["task"] or None,
-            **forward.describe(),
-        }
+        summaries[pooling] = extract_summary(
+            source,
+            each,
+            store=configs[pooling]["store"],
+            computed=computed,
+            new_skips=len(new_skips),
+            already=already,
+            seconds=seconds,
+            backbone=net.name,
+            net={
+                "weights_source": net.weights_source,
+                "input_size": list(net.input_size),
+                "pooling": pooling,
+            },
+            task=configs[pooling]["task"],
+            forward=forward.describe(),
+        )
     return summaries
+
+
+def extract_summary(
+    source: ImageSource,
+    writer: Any,
+    *,
+    store: str,
+    computed: int,
+    new_skips: int,
+    already: int,
+    seconds: float,
+    backbone: str,
+    net: Mapping[str, Any],
+    task: str | None,
+    forward: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The summary of one store's extraction (in one process or on a cluster): ``net`` holds
+    ``weights_source``, ``input_size`` and ``pooling``; ``forward`` the runtime's description."""
+    skipped_files = [list(s) for s in writer.skipped]
+    return {
+        "path": writer.path,
+        "store": store,
+        "rows": writer.rows,
+        "new_rows": computed - new_skips,
+        "computed": computed,  # images this call looked at (0: a resume with nothing left)
+        "skipped": len(skipped_files),
+        "skipped_files": skipped_files,
+        "images": len(source),
+        "files_found": len(source) + len(source.listing_skipped),
+        "empty_classes": [path_text(n) for n in source.empty_classes],
+        "warnings": _source_warnings(source),
+        "resumed": writer.resumed,
+        "resumed_from": int(already),
+        "seconds": round(seconds, 3),
+        "stream_seconds": round(seconds, 3),  # "seconds" becomes the whole call's wall time
+        "images_per_second": round(computed / seconds, 2) if seconds > 0 else 0.0,
+        "feature_dim": writer.feature_dim,
+        "backbone": backbone,
+        "weights_source": net["weights_source"],
+        "input_size": list(net["input_size"]),
+        "pooling": net["pooling"],
+        "label_names": [path_text(n) for n in source.label_names],
+        "task": task or None,
+        **forward,
+    }

@@ -24,12 +24,12 @@ middle of a shard. It is meant for tests only.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from typing import Any
@@ -39,6 +39,7 @@ import numpy as np
 from .. import inference, plugin_manager, registry
 from ..errors import TransferkitError, UsageError
 from ..images import ImageSource
+from ..options import ExtractOptions
 from ..pooling import pool
 from ..recipe import FeatureRecipe
 from ..sizes import check_batch_fits
@@ -49,7 +50,9 @@ from ..store import (
     write_shard,
 )
 from ..user_objects import backbone_spec
-from .extract import _RESUME_KEYS, _metadata, _order, _source_warnings, open_inputs
+from .extract import _RESUME_KEYS, _metadata, _order, check_runtime, extract_summary, open_inputs
+
+log = logging.getLogger(__name__)
 
 PAUSE_ENV = "TRANSFERKIT_TEST_SHARD_PAUSE"
 WAIT_FOR_WORKERS = 60.0  # seconds a scheduler without workers is given to get one
@@ -184,8 +187,7 @@ def shard_on_worker(
 ) -> dict[str, Any]:
     """Runs on a worker: computes one shard (the images of ``source``, in order) and writes
     it into the store ``out``."""
-    from ..pipeline import skip_reason
-    from .extract import _batches
+    from .extract import _batches, skipper
 
     started = time.perf_counter()
     paths = source.paths
@@ -196,20 +198,9 @@ def shard_on_worker(
         )
     net, forward = _worker_net(build)
     skipped: list[list[str]] = []
-    pending: deque[int] = deque(range(len(source)))
-
-    def skip_until(index: int | None) -> None:
-        while pending and pending[0] != index:
-            i = pending.popleft()
-            reason = skip_reason(source, i)
-            if strict:
-                raise TransferkitError(
-                    f"{paths[i]} cannot be used ({reason}); --strict stops at the first bad "
-                    f"file: remove or fix it, or run without --strict to skip and record it"
-                )
-            skipped.append([path_text(paths[i]), reason])
-        if index is not None and pending:
-            pending.popleft()
+    skip_until = skipper(
+        source, range(len(source)), strict, lambda path, why: skipped.append([path_text(path), why])
+    )
 
     rows_x: list[np.ndarray] = []
     rows_y: list[np.ndarray] = []
@@ -298,86 +289,46 @@ def _check_done(
 
 
 def extract_on_cluster(
-    images: Any,
-    *,
-    backbone: Any,
-    out: str,
-    scheduler: str,
-    jobs: int | None = None,
-    store: str | None = None,
-    weights: Any = "default",
-    pooling: str = "avg",
-    input_size: Any = None,
-    batch_size: int = 32,
-    task: str | None = None,
-    shuffle: bool = False,
-    seed: int = 0,
-    resume: bool = False,
-    overwrite: bool = False,
-    strict: bool = False,
-    max_pixels: int | None = None,
-    progress: bool = True,
-    compression: str | None = "gzip",
-    runtime: str = "auto",
-    precision: Any = "32",
-    threads: int | None = None,
-    shard_rows: int | None = None,
-    write_images: Any = None,
+    images: Any, *, backbone: Any, out: str | os.PathLike[str], options: ExtractOptions
 ) -> dict[str, Any]:
-    """:func:`transferkit.jobs.extract.extract` on the Dask cluster ``scheduler``; the same
-    store and summary (plus ``scheduler``, ``workers``, ``shards``, ``shards_before``,
+    """:func:`transferkit.jobs.extract.extract` on the Dask cluster ``options.scheduler``; the
+    same store and summary (plus ``scheduler``, ``workers``, ``shards``, ``shards_before``,
     ``dashboard``)."""
     out = os.fspath(out)
-    if resume and overwrite:
-        raise UsageError("--resume and --overwrite exclude each other; pick one")
-    if batch_size <= 0:
-        raise UsageError(f"batch size must be positive, got {batch_size}")
-    if jobs is not None and jobs < 1:
-        raise UsageError(f"--jobs must be at least 1, got {jobs}")
-    if runtime and runtime != inference.AUTO:
-        registry.runtime(runtime)
-    backend = backend_for(out, store)
+    scheduler = str(options.scheduler)
+    check_runtime(options.runtime)
+    backend = backend_for(out, options.store)
     if not backend.concurrent_writers:
         raise UsageError(
             f"a {backend.name} store cannot take the writes of several workers at once; "
             f"extract on a cluster into a .zarr store (e.g. --out "
             f"{os.path.splitext(out)[0]}.zarr), or drop --scheduler"
         )
-    spec = backbone_spec(backbone, pooling=pooling)
-    features = FeatureRecipe.create(
-        spec.name, weights=weights, input_size=input_size, pooling=pooling, precision=precision
-    )
-    check_batch_fits(features.input_size, batch_size)
+    spec = backbone_spec(backbone, pooling=options.pooling)
+    features = options.recipe(spec.name)
+    check_batch_fits(features.input_size, options.batch_size)
     if not isinstance(backbone, str):
         raise UsageError(
             "a cluster extraction needs the backbone by name (a registered backbone), so "
             "that every worker can build it"
         )
-    mode = "resume" if resume else "overwrite" if overwrite else "create"
-    source, written = open_inputs(
-        images,
-        {out: backend},
-        mode=mode,
-        task=task,
-        seed=seed,
-        max_pixels=max_pixels,
-        write_images=write_images,
-    )
+    source, written = open_inputs(images, {out: backend}, options)
 
     from .. import cluster
 
     started = time.perf_counter()
     local = scheduler == "local"
-    workers_wanted = jobs or os.cpu_count() or 1
+    workers_wanted = options.jobs or os.cpu_count() or 1
+    threads = options.threads
     if local and threads is None:  # the local workers share this machine's cores
         threads = max(1, (os.cpu_count() or 1) // workers_wanted)
     from .spotcheck_runner import runtime_plugins
 
     build = WorkerBuild(
         features=features,
-        runtime=runtime or inference.AUTO,
+        runtime=options.runtime or inference.AUTO,
         threads=threads,
-        batch_size=int(batch_size),
+        batch_size=options.batch_size,
         images=len(source),
         plugins=tuple(runtime_plugins()),
     )
@@ -385,12 +336,7 @@ def extract_on_cluster(
     writer: ShardedStoreWriter | None = None
     try:
         dashboard = cluster.dashboard_link(client)
-        print(
-            f"transferkit: Dask dashboard: {dashboard}"
-            if dashboard
-            else f"transferkit: {cluster.NO_DASHBOARD}",
-            file=sys.stderr,
-        )
+        log.warning(f"Dask dashboard: {dashboard}" if dashboard else cluster.NO_DASHBOARD)
         _check_workers(client, source, out)
         try:
             info = client.submit(describe_on_worker, build, pure=False).result()
@@ -403,20 +349,20 @@ def extract_on_cluster(
             precision=info["forward"]["precision"],
             runtime=info["forward"]["runtime"],
         )
-        metadata = _metadata(made, spec, net, source, images, task, seed, shuffle)
+        metadata = _metadata(made, spec, net, source, images, options)
         writer = ShardedStoreWriter(
             backend,
             out,
             feature_dim=int(info["feature_dim"]),
             label_names=source.label_names,
             metadata=metadata,
-            mode=mode,
-            compression=compression,
+            mode=options.mode,
+            compression=options.compression,
             images=len(source),
-            shard_rows=shard_rows,
+            shard_rows=options.shard_rows,
             must_match=_RESUME_KEYS,
         )
-        summary = _run(client, writer, source, build, info, metadata, strict, progress, store)
+        summary = _run(client, writer, source, build, info, metadata, options)
     except BaseException as exc:
         if writer is not None:
             try:
@@ -425,10 +371,12 @@ def extract_on_cluster(
                 done = 0
             writer.close(complete=False)
             if isinstance(exc, KeyboardInterrupt):
-                print(
-                    f"transferkit: interrupted; {done} of {writer.shards} shards are kept in "
-                    f"{out}; run again with --resume to finish",
-                    file=sys.stderr,
+                log.warning(
+                    "interrupted; %s of %s shards are kept in %s; run again with --resume to "
+                    "finish",
+                    done,
+                    writer.shards,
+                    out,
                 )
         plugin_manager.notify_exception(exc, "extract", output=out, backbone=spec.name)
         raise
@@ -450,15 +398,14 @@ def _run(
     build: WorkerBuild,
     info: dict[str, Any],
     metadata: dict[str, Any],
-    strict: bool,
-    progress: bool,
-    store: str | None,
+    options: ExtractOptions,
 ) -> dict[str, Any]:
     from distributed import as_completed
     from tqdm import tqdm
 
+    strict, store = options.strict, options.store
     paths = source.paths
-    order = _order(len(source), bool(metadata["shuffle"]), int(metadata["seed"]))
+    order = _order(len(source), options.shuffle, options.seed)
     done = writer.done_shards()
     if done and not writer.finishing:  # once rows move, shards are no longer where they were
         _check_done(writer, done, order, paths)
@@ -483,7 +430,7 @@ def _run(
     bar = tqdm(
         total=len(source),
         initial=int(already),
-        disable=not progress,
+        disable=not options.progress,
         file=sys.stderr,
         unit="img",
         desc=f"extract {build.features.backbone} ({len(todo)} shards)",
@@ -530,33 +477,20 @@ def _run(
     listed = [[p, r] for p, r in source.listing_skipped if path_text(p) not in recorded]
     writer.finish(listed)
     computed = len(source) - int(already)
-    skipped_files = [list(s) for s in writer.skipped]
-    new_skips = sum(r["skipped"] for r in results)
     return {
-        "path": writer.path,
-        "store": writer.backend.name,
-        "rows": writer.rows,
-        "new_rows": computed - new_skips,
-        "computed": computed,
-        "skipped": len(skipped_files),
-        "skipped_files": skipped_files,
-        "images": len(source),
-        "files_found": len(source) + len(source.listing_skipped),
-        "empty_classes": [path_text(n) for n in source.empty_classes],
-        "warnings": _source_warnings(source),
-        "resumed": writer.resumed,
-        "resumed_from": int(already),
-        "seconds": round(seconds, 3),
-        "stream_seconds": round(seconds, 3),
-        "images_per_second": round(computed / seconds, 2) if seconds > 0 else 0.0,
-        "feature_dim": writer.feature_dim,
-        "backbone": build.features.backbone,
-        "weights_source": info["weights_source"],
-        "input_size": list(info["input_size"]),
-        "pooling": info["pooling"],
-        "label_names": [path_text(n) for n in source.label_names],
-        "task": metadata["task"] or None,
-        **info["forward"],
+        **extract_summary(
+            source,
+            writer,
+            store=writer.backend.name,
+            computed=computed,
+            new_skips=sum(r["skipped"] for r in results),
+            already=int(already),
+            seconds=seconds,
+            backbone=build.features.backbone,
+            net=info,
+            task=metadata["task"],
+            forward=info["forward"],
+        ),
         "workers": len(client.nthreads()),
         "shards": writer.shards,
         "shard_rows": writer.shard_rows,

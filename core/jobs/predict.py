@@ -17,6 +17,7 @@ import numpy as np
 from .. import estimators, inference, registry
 from ..errors import TransferkitError, UsageError
 from ..models import SavedModel, identify_file, load_model
+from ..options import PredictOptions
 from ..pooling import pool
 from ..store import path_text
 
@@ -109,15 +110,7 @@ def extract_features(
 
 
 def predict(
-    model_path: str | Path,
-    images: list[str] | tuple[str, ...],
-    *,
-    trust: bool = False,
-    batch_size: int = 32,
-    top: int = 1,
-    runtime: str = "auto",
-    precision: Any = None,
-    out: str | Path | None = None,
+    model_path: str | Path, images: list[str] | tuple[str, ...], *, options: PredictOptions
 ) -> dict[str, Any]:
     """Predicted class and probability for each image; ``top`` > 1 adds the runners-up.
 
@@ -129,14 +122,21 @@ def predict(
     """
     from .finetune import is_finetuned
 
+    batch_size, top, runtime, precision = (
+        options.batch_size,
+        options.top,
+        options.runtime,
+        options.precision,
+    )
+
     if is_finetuned(model_path) or (  # a classifier saved by `transferkit finetune`
         Path(model_path).is_file() and identify_file(model_path) == "keras"
     ):
         from .finetune import predict_finetuned
 
         result = predict_finetuned(model_path, image_paths(images), batch_size=batch_size, top=top)
-        return with_truth(result, images, out)
-    saved = load_model(model_path, trust=trust)
+        return with_truth(result, images, options.out)
+    saved = load_model(model_path, trust=options.trust)
     check_precision(saved, precision, model_path)
     paths = image_paths(images)
     names = saved.label_names
@@ -194,7 +194,7 @@ def predict(
             "predictions": results,
         },
         images,
-        out,
+        options.out,
     )
 
 

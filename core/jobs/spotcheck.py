@@ -151,6 +151,7 @@ def cached_stores(
     their pooling and are not cached yet are extracted together: one pass of the network writes
     each pooling's store (:func:`transferkit.jobs.extract.extract_many`)."""
     from ..images import open_source
+    from ..options import ExtractOptions
     from .extract import extract_many
 
     recipes = [s.replace(weights=weights, precision=parse_precision(precision)) for s in settings]
@@ -181,13 +182,15 @@ def cached_stores(
             str(images),
             backbone=objects[group[0]] or first.backbone,
             outs={p: str(path) for p, path in partials.items()},
-            weights=first.weights,
-            input_size=first.input_size,
-            batch_size=batch_size,
-            overwrite=True,
-            progress=progress,
-            runtime=runtime,
-            precision=first.precision,
+            options=ExtractOptions(
+                weights=first.weights,
+                input_size=first.input_size,
+                batch_size=batch_size,
+                overwrite=True,
+                progress=progress,
+                runtime=runtime,
+                precision=first.precision,
+            ),
         )
         for i in group:
             with outputs.writing(finals[i]):

@@ -43,6 +43,7 @@ from ..models import (
     save_model,
     store_fields,
 )
+from ..options import StreamOptions
 from ..plugin_manager import notify_exception
 from ..splits import split_indices
 from .train import check_test_store, check_trainable, evaluate, open_reader
@@ -130,21 +131,7 @@ def _epochs(
 
 
 def stream(
-    store_path: str | Path,
-    *,
-    classifier: Any = "softmax",
-    batch_size: int = 256,
-    report_every: int = 1000,
-    test_size: float = 0.2,
-    seed: int = 0,
-    shuffle_blocks: int = 4,
-    out: str | Path | None = None,
-    store: str | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-    passes: int = 1,
-    test: str | Path | None = None,
-    params: Any = None,
+    store_path: str | Path, *, classifier: Any = "softmax", options: StreamOptions
 ) -> dict[str, Any]:
     """Learn ``classifier`` (default ``softmax``) batch by batch from the store; see the module
     docstring.
@@ -154,15 +141,11 @@ def stream(
     """
     from .train import _estimator_for
 
-    if passes < 1:
-        raise UsageError(f"--passes must be at least 1, got {passes}")
-    if batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
-    if report_every < 1:
-        raise UsageError(f"--report-every must be at least 1, got {report_every}")
-    model, classifier, library = _estimator_for(classifier, seed, params)
-    if out is not None:  # refused before any work: an input, or a file that is not ours
-        check_model_out(model_path_for(out, library), overwrite=overwrite, inputs=[store_path])
+    model, classifier, library = _estimator_for(classifier, options.seed, options.params)
+    if options.out is not None:  # refused before any work: an input, or a file that is not ours
+        check_model_out(
+            model_path_for(options.out, library), overwrite=options.overwrite, inputs=[store_path]
+        )
     if not estimators.is_incremental(model):
         incremental = sorted(estimators.select("incremental"))
         raise UsageError(
@@ -173,7 +156,7 @@ def stream(
     from threadpoolctl import threadpool_limits
     from tqdm import tqdm
 
-    reader = open_reader(store_path, store)
+    reader = open_reader(store_path, options.store)
     # one BLAS thread: a batch's products (rows x features x classes) are too skinny to gain from
     # more, and on a busy machine BLAS threads waiting for a core made them 5-15x slower
     blas = threadpool_limits(limits=1, user_api="blas")
@@ -182,14 +165,16 @@ def stream(
         classes = np.arange(len(label_names))
         labels = np.asarray(reader.labels)
         test_reader = None
-        check_trainable(labels, label_names, store_path, split=test is None and test_size > 0)
-        if test is not None:
-            test_reader = open_reader(test, store)
-            check_test_store(reader, test_reader, store_path, test)
+        check_trainable(
+            labels, label_names, store_path, split=options.test is None and options.test_size > 0
+        )
+        if options.test is not None:
+            test_reader = open_reader(options.test, options.store)
+            check_test_store(reader, test_reader, store_path, options.test)
             train_rows = np.arange(len(labels))
             test_rows = np.arange(len(np.asarray(test_reader.labels)))
-        elif test_size > 0:
-            train_rows, test_rows = split_indices(labels, test_size, seed)
+        elif options.test_size > 0:
+            train_rows, test_rows = split_indices(labels, options.test_size, options.seed)
         else:
             train_rows, test_rows = np.arange(len(labels)), np.arange(0)
         del labels
@@ -199,16 +184,21 @@ def stream(
         seen = correct = window_seen = window_correct = 0
         learn_seconds = 0.0
         bar = tqdm(
-            total=len(train_rows) * passes,
+            total=len(train_rows) * options.passes,
             desc=f"stream {classifier}",
             unit="row",
             file=sys.stderr,
-            disable=not progress,
+            disable=not options.progress,
         )
         start = time.perf_counter()
         try:
             for X, y, epoch in _epochs(
-                reader, train_rows, batch_size, shuffle_blocks, seed, passes
+                reader,
+                train_rows,
+                options.batch_size,
+                options.shuffle_blocks,
+                options.seed,
+                options.passes,
             ):
                 if epoch > 0:  # later passes only learn; their batches are not unseen
                     t = time.perf_counter()
@@ -225,7 +215,7 @@ def stream(
                 window_seen += len(y)
                 window_correct += hits
                 bar.update(len(y))
-                if window_seen >= report_every:
+                if window_seen >= options.report_every:
                     checkpoints.append(
                         {
                             "samples": seen,
@@ -259,7 +249,7 @@ def stream(
         y_true: list[np.ndarray] = []
         y_pred: list[np.ndarray] = []
         scored = test_reader if test_reader is not None else reader
-        for X, y in scored.iter_batches(batch_size, indices=test_rows):
+        for X, y in scored.iter_batches(options.batch_size, indices=test_rows):
             y_true.append(y)
             y_pred.append(learner.predict_batch(X))
     finally:
@@ -273,29 +263,29 @@ def stream(
         "classifier": classifier,
         "library": library,
         "batched": learner.batched,
-        "batch_size": batch_size,
-        "passes": passes,
-        "test_store": None if test is None else str(test),
+        "batch_size": options.batch_size,
+        "passes": options.passes,
+        "test_store": None if options.test is None else str(options.test),
         "n_train": int(len(train_rows)),
         "n_test": int(len(test_rows)),
         "label_names": label_names,
-        "seed": seed,
+        "seed": options.seed,
         "progressive": checkpoints,
         "progressive_accuracy": correct / max(seen, 1),
         "train_seconds": train_seconds,
         "learn_seconds": learn_seconds,
         "samples_per_second": (
-            len(train_rows) * passes / train_seconds if train_seconds > 0 else None
+            len(train_rows) * options.passes / train_seconds if train_seconds > 0 else None
         ),
     }
     if len(test_rows):
         result.update(evaluate(np.concatenate(y_true), np.concatenate(y_pred), label_names))
     else:
-        result.update(accuracy=None, macro_f1=None, report_text="(no held-out rows)")
-    if out is not None:
+        result.update(accuracy=None, macro_f1=None, report_text="(no held-options.out rows)")
+    if options.out is not None:
         library = estimators.library_of(learner.model)
-        path = model_path_for(out, library)
-        check_model_out(path, overwrite=overwrite, inputs=[store_path])
+        path = model_path_for(options.out, library)
+        check_model_out(path, overwrite=options.overwrite, inputs=[store_path])
         saved = SavedModel(
             estimator=learner.model,
             **kept,
@@ -305,7 +295,7 @@ def stream(
                 "accuracy": result["accuracy"],
                 "progressive_accuracy": result["progressive_accuracy"],
                 "n_train": result["n_train"],
-                "seed": seed,
+                "seed": options.seed,
                 "store": str(store_path),
                 "trained_by": "stream",
             },

@@ -28,6 +28,7 @@ from ..models import (
     save_model,
     store_fields,
 )
+from ..options import TrainOptions
 from ..plugin_manager import notify_exception
 from ..splits import split_indices, subset_indices
 
@@ -152,19 +153,7 @@ def _estimator_for(classifier: Any, seed: int, params: Any) -> tuple[Any, str, s
     return model, classifier, spec.library
 
 
-def train(
-    store_path: str | Path,
-    *,
-    classifier: Any,
-    test_size: float = 0.2,
-    subset: float | None = None,
-    seed: int = 0,
-    out: str | Path | None = None,
-    store: str | None = None,
-    overwrite: bool = False,
-    test: str | Path | None = None,
-    params: Any = None,
-) -> dict[str, Any]:
+def train(store_path: str | Path, *, classifier: Any, options: TrainOptions) -> dict[str, Any]:
     """Fit ``classifier`` on a stratified split of the store (or all of it, scored on the store
     ``test``); see the module docstring.
 
@@ -172,7 +161,9 @@ def train(
     cloned before fitting); ``params`` (``{"C": 0.1}`` or ``["C=0.1"]``) are set on it, each
     checked against its ``get_params()``.
     """
-    model, classifier, library = _estimator_for(classifier, seed, params)
+    test_size, subset, seed, out = options.test_size, options.subset, options.seed, options.out
+    store, overwrite, test = options.store, options.overwrite, options.test
+    model, classifier, library = _estimator_for(classifier, seed, options.params)
     if out is not None:  # refused before any work: an input, or a file that is not ours
         check_model_out(model_path_for(out, library), overwrite=overwrite, inputs=[store_path])
     reader = open_reader(store_path, store)

@@ -1,0 +1,392 @@
+"""Every job's options, each declared once: its type, default, help and check.
+
+A job's options are one frozen dataclass (:class:`ExtractOptions`, :class:`TrainOptions`, ...).
+Everything else derives from its fields:
+
+* the command line's flags (:func:`transferkit.commands.options.from_fields`), and through them
+  the keys of ``--config`` files and what ``--print-config`` prints;
+* the keyword arguments of :mod:`transferkit.api`'s functions, their signature and their
+  documentation (:func:`transferkit.api` builds them from the fields);
+* what the job reads: the checked, normalised value.
+
+Values are checked once, in ``__post_init__``, with the one parser of each kind (sizes,
+pooling, precision, weights): below the edge nobody parses again. No TensorFlow, no NumPy, no
+click: this module is on the bottom floor, beside :mod:`transferkit.recipe`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .errors import UsageError
+from .recipe import (
+    DEFAULT_WEIGHTS,
+    FeatureRecipe,
+    normalise_weights,
+    parse_pooling,
+    parse_precision,
+)
+from .sizes import parse_input_size
+from .specs import FEATURE_PRECISIONS, POOLINGS
+
+T = TypeVar("T", bound="Options")
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    flag: str | None = None,
+    short: str | None = None,
+    choices: Sequence[str] | None = None,
+    kind: str | None = None,
+    metavar: str | None = None,
+    negatable: bool = False,
+    cli: bool = True,
+    show_default: bool | None = None,
+) -> Any:
+    """One option: its ``default`` and ``help``; for the command line, its ``flag`` (default
+    ``--field-name``), a ``short`` flag, ``choices``, a ``kind`` of value (``size``, ``path``,
+    ``file``, ``dir``, ``many``), ``negatable`` (``--x/--no-x``), or ``cli=False`` for an option
+    of the Python API only (an object, a callback)."""
+    return field(
+        default=default,
+        metadata={
+            "help": help,
+            "flag": flag,
+            "short": short,
+            "choices": tuple(choices) if choices else None,
+            "kind": kind,
+            "metavar": metavar,
+            "negatable": negatable,
+            "cli": cli,
+            "show_default": show_default,
+        },
+    )
+
+
+@dataclass(frozen=True)
+class Options:
+    """The base of every job's options: construction from keyword values, with "did you mean"."""
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def types(cls) -> dict[str, Any]:
+        """Each field's type (resolved from its annotation)."""
+        return typing.get_type_hints(cls)
+
+    @classmethod
+    def of(cls: type[T], options: T | None = None, values: Mapping[str, Any] | None = None) -> T:
+        """``options`` (or the defaults) with ``values`` set; an unknown key is a
+        :class:`UsageError` naming the closest option and every allowed one."""
+        values = dict(values or {})
+        known = cls.names()
+        for key in values:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise UsageError(f"unknown option {key!r}{hint}; allowed: {', '.join(known)}")
+        if options is None:
+            return cls(**values)
+        if not isinstance(options, cls):
+            raise UsageError(f"options must be a {cls.__name__}, got {type(options).__name__}")
+        return dataclasses.replace(options, **values) if values else options
+
+    def replace(self: T, **changes: Any) -> T:
+        return dataclasses.replace(self, **changes)
+
+    def values(self) -> dict[str, Any]:
+        """The options as keyword values (what :meth:`of` takes back)."""
+        return {name: getattr(self, name) for name in self.names()}
+
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+
+
+# ------------------------------------------------------------------ checks used by several jobs
+
+
+def check_positive(value: Any, what: str) -> None:
+    if value is not None and value <= 0:
+        raise UsageError(f"{what} must be positive, got {value}")
+
+
+def check_fraction(value: Any, what: str) -> None:
+    if value is not None and not 0 < value < 1:
+        raise UsageError(f"{what} must lie between 0 and 1, got {value}")
+
+
+def _mode(resume: bool, overwrite: bool) -> str:
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite exclude each other; pick one")
+    return "resume" if resume else "overwrite" if overwrite else "create"
+
+
+# ------------------------------------------------------------------ fields shared by several jobs
+
+
+def store_option() -> Any:
+    return option(None, "Store format, when the suffix does not tell.")
+
+
+def seed_option(help: str = "Seed of the split and the model.") -> Any:
+    return option(0, help)
+
+
+def runtime_option() -> Any:
+    return option(
+        "auto",
+        "Inference runtime (see `transferkit runtimes`): keras, openvino, litert, or auto (the "
+        "fastest available that is exact at 32-bit).",
+    )
+
+
+def precision_option(default: str | None = "32") -> Any:
+    return option(
+        default,
+        "Arithmetic of the network: 32-bit, or bf16 where the CPU has it natively (different "
+        "features; see docs/runtimes.md)." + ("" if default else " Default: the model's own."),
+        choices=FEATURE_PRECISIONS,
+    )
+
+
+def weights_option(help: str = "default (the backbone's pretrained weights), none (random), or a "
+                   "weights file.") -> Any:  # fmt: skip
+    return option(DEFAULT_WEIGHTS, help)
+
+
+def pooling_option() -> Any:
+    return option("avg", "How the conv feature map becomes one vector.", choices=POOLINGS)
+
+
+def input_size_option() -> Any:
+    return option(None, "N or HxW, e.g. 224 or 224x160 (default: the backbone's own).", kind="size")
+
+
+def batch_size_option(default: int = 32, help: str = "Images per batch.") -> Any:
+    return option(default, help)
+
+
+def progress_option() -> Any:
+    return option(True, "Progress bar on stderr.", negatable=True)
+
+
+class RecipeValues:
+    """For options holding ``weights``, ``pooling``, ``input_size`` and ``precision``: checks
+    them once and makes the :class:`~transferkit.recipe.FeatureRecipe` of a backbone."""
+
+    weights: str | None
+    pooling: str
+    input_size: tuple[int, int] | None
+    precision: str
+
+    def _check_recipe(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "weights", normalise_weights(self.weights))
+        set_(self, "pooling", parse_pooling(self.pooling))
+        set_(self, "input_size", parse_input_size(self.input_size))
+        set_(self, "precision", parse_precision(self.precision))
+
+    def recipe(self, backbone: str, *, fingerprint: str = "") -> FeatureRecipe:
+        """The recipe of ``backbone`` (a registered name, or an object's spec name) made with
+        these options."""
+        return FeatureRecipe(
+            backbone=backbone,
+            weights=self.weights,
+            input_size=self.input_size,
+            pooling=self.pooling,
+            precision=self.precision,
+            fingerprint=fingerprint,
+        )
+
+
+# ------------------------------------------------------------------ extract
+
+
+@dataclass(frozen=True)
+class ExtractOptions(RecipeValues, Options):
+    """``transferkit extract`` / :func:`transferkit.extract` (the backbone, the images and the
+    output store are its arguments)."""
+
+    store: str | None = option(None, "Store format when the suffix does not tell.")
+    weights: str | None = weights_option()
+    pooling: str = pooling_option()
+    input_size: tuple[int, int] | None = input_size_option()
+    batch_size: int = batch_size_option()
+    task: str | None = option(None, "A task transform, e.g. rotation.")
+    shuffle: bool = option(False, "Shuffle the images (seeded).", negatable=True)
+    seed: int = seed_option("Seed of task/shuffle.")
+    resume: bool = option(False, "Continue an interrupted extraction into OUT.")
+    overwrite: bool = option(False, "Replace OUT if it exists.")
+    strict: bool = option(False, "Fail on the first file that cannot be used.")
+    max_pixels: int | None = option(
+        None, "Skip images with more pixels than this (default 89478485; 0: no limit)."
+    )
+    compression: str | None = option("gzip", "Compression of the store.", choices=("gzip", "none"))
+    buffer_rows: int | None = option(
+        None, "Rows kept in memory between writes (default max(batch size, 1024))."
+    )
+    write_images: str | None = option(
+        None,
+        "Also write the images as read (e.g. rotated by --task rotation) to this folder.",
+        kind="dir",
+    )
+    runtime: str = runtime_option()
+    precision: str = precision_option()
+    scheduler: str | None = option(
+        None,
+        "Extract on a Dask cluster into a .zarr store: a scheduler address (tcp://host:8786), "
+        "or 'local' for a local Dask cluster of --jobs processes. The images and OUT must be on "
+        "storage every worker sees. Default: this process.",
+    )
+    jobs: int | None = option(
+        None, "With --scheduler local: worker processes [all cores].", short="-j"
+    )
+    shard_rows: int | None = option(
+        None, "With --scheduler: images per shard, rounded up to whole chunks [1024]."
+    )
+    progress: bool = progress_option()
+    threads: int | None = option(
+        None,
+        "Threads of the runtime (None: its default, every core; "
+        ":func:`transferkit.inference.thread_split` computes a split from measured costs).",
+        cli=False,
+    )
+
+    def __post_init__(self) -> None:
+        self._check_recipe()
+        if self.compression == "none":
+            self._set("compression", None)
+        check_positive(self.batch_size, "batch size")
+        _mode(self.resume, self.overwrite)
+        if self.jobs is not None and self.jobs < 1:
+            raise UsageError(f"--jobs must be at least 1, got {self.jobs}")
+        if self.scheduler is None:
+            if self.jobs is not None or self.shard_rows is not None:
+                raise UsageError("--jobs and --shard-rows go with --scheduler (a Dask cluster)")
+        elif self.buffer_rows is not None:  # a worker writes a whole shard at once
+            raise UsageError("--buffer-rows is for one process; on a cluster use --shard-rows")
+
+    @property
+    def mode(self) -> str:
+        """How the output is opened: ``create``, ``resume`` or ``overwrite``."""
+        return _mode(self.resume, self.overwrite)
+
+
+# ------------------------------------------------------------------ train and stream
+
+
+def test_store_option(help_tail: str) -> Any:
+    return option(
+        None,
+        "Score on this store (features of a separate test folder, same recipe and classes) "
+        + help_tail,
+        kind="path",
+    )
+
+
+def model_out_option(help: str) -> Any:
+    return option(None, help, kind="file")
+
+
+def overwrite_model_option() -> Any:
+    return option(False, "Replace --out if it is a model transferkit saved.")
+
+
+def params_option(example: str) -> Any:
+    return option(
+        (),
+        "Set a parameter of the classifier (one of its get_params()), e.g. " + example + ".",
+        flag="--param",
+        short="-p",
+        kind="many",
+        metavar="KEY=VALUE",
+    )
+
+
+@dataclass(frozen=True)
+class TrainOptions(Options):
+    """``transferkit train`` / :func:`transferkit.train` (the store and the classifier are its
+    arguments). ``params``: ``{"C": 0.1}`` or ``["C=0.1"]``, each checked against the
+    classifier's ``get_params()``."""
+
+    test_size: float = option(0.2, "Held-out fraction.")
+    test: str | None = test_store_option("instead of splitting; every row of STORE then trains.")
+    subset: float | None = option(None, "Use only this fraction of the store.")
+    seed: int = seed_option("Seed of split and model.")
+    out: str | None = model_out_option(
+        "Save the fitted model here (.skops for scikit-learn, .pkl for river)."
+    )
+    overwrite: bool = overwrite_model_option()
+    params: Any = params_option("--param C=0.1")
+    store: str | None = store_option()
+
+
+@dataclass(frozen=True)
+class StreamOptions(Options):
+    """``transferkit stream`` / :func:`transferkit.stream` (the store and the classifier are its
+    arguments)."""
+
+    batch_size: int = batch_size_option(256, "Rows per batch.")
+    report_every: int = option(1000, "Print the progressive accuracy every N samples.")
+    passes: int = option(
+        1,
+        "Epochs over the store, each in a fresh seeded order (progressive accuracy: the first "
+        "pass).",
+    )
+    test_size: float = option(0.2, "Held-out fraction.")
+    test: str | None = test_store_option("instead of holding rows out.")
+    seed: int = seed_option("Seed of the split, the order and the model.")
+    shuffle_blocks: int = option(
+        4, "Batches mixed together in the shuffle buffer (0: store order)."
+    )
+    out: str | None = model_out_option("Save the model.")
+    overwrite: bool = overwrite_model_option()
+    params: Any = params_option("-p alpha=1e-4")
+    store: str | None = store_option()
+    progress: bool = option(True, "Progress bar on stderr.", cli=False)
+
+    def __post_init__(self) -> None:
+        for name, flag in (
+            ("passes", "--passes"),
+            ("batch_size", "--batch-size"),
+            ("report_every", "--report-every"),
+        ):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{flag} must be at least 1, got {getattr(self, name)}")
+
+
+# ------------------------------------------------------------------ predict
+
+
+@dataclass(frozen=True)
+class PredictOptions(Options):
+    """``transferkit predict`` / :func:`transferkit.predict` (the model and the images are its
+    arguments)."""
+
+    trust: bool = option(
+        False,
+        "Allow loading a pickled model (river), which can run code: only for your own files.",
+    )
+    top: int = option(1, "Classes shown per image.")
+    batch_size: int = batch_size_option()
+    runtime: str = runtime_option()
+    precision: str | None = precision_option(None)
+    out: str | None = option(
+        None,
+        "With a labelled folder (one sub-folder per class): write its confusion matrix picture "
+        "here (.png).",
+        kind="file",
+    )
+
+    def __post_init__(self) -> None:
+        if self.precision is not None:
+            self._set("precision", parse_precision(self.precision))
