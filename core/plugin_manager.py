@@ -3,15 +3,15 @@
 Built-in plugins are module paths in :data:`DEFAULT_PLUGINS`, registered exactly like third-party
 plugins, which come from the ``transferkit`` entry-point group. Loading is lazy (the first call to
 :func:`get_plugin_manager`) and idempotent. A plugin that fails to import, or implements a hook that
-does not exist, is reported on stderr and recorded in :func:`failed_plugins`; it never stops the
-command line. That holds for anything a plugin raises at import, ``SystemExit`` and other
-``BaseException`` subclasses included, with one exception: a real Ctrl-C. While plugins load (in
-the main thread) a SIGINT handler notes that the signal arrived; a ``KeyboardInterrupt`` that
-follows a real SIGINT stops the program, one that a plugin raises by itself is isolated like any
-other error.
+does not exist, is reported (a warning log record, which the command line prints on stderr) and
+recorded in :func:`failed_plugins`; it never stops the command line. That holds for anything a
+plugin raises at import, ``SystemExit`` and other ``BaseException`` subclasses included, with one
+exception: a real Ctrl-C. While plugins load (in the main thread) a SIGINT handler notes that the
+signal arrived; a ``KeyboardInterrupt`` that follows a real SIGINT stops the program, one that a
+plugin raises by itself is isolated like any other error.
 
 A plugin whose import takes longer than ``TRANSFERKIT_PLUGIN_SLOW_SECONDS`` (default 5) is named
-on stderr while it is still importing, with ``TRANSFERKIT_LOAD_PLUGINS`` as the way round: a
+(a warning) while it is still importing, with ``TRANSFERKIT_LOAD_PLUGINS`` as the way round: a
 message, not a time-out (an import cannot be stopped safely).
 
 Environment:
@@ -27,9 +27,9 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.metadata
+import logging
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -40,6 +40,8 @@ import pluggy
 
 from . import hookspecs
 from .errors import TransferkitError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "transferkit.plugins.heads",
@@ -92,7 +94,7 @@ def _report(name: str, exc: BaseException, builtin: bool) -> None:
     if not isinstance(exc, Exception):
         message += " (raised at import; the plugin is not loaded)"
     _failed.append(FailedPlugin(name, message, builtin))
-    print(f'transferkit: error loading plugin "{name}": {message}', file=sys.stderr)
+    log.warning('error loading plugin "%s": %s', name, message)
 
 
 def _register_checked(pm: pluggy.PluginManager, plugin: Any, name: str, builtin: bool) -> None:
@@ -163,11 +165,13 @@ def slow_seconds() -> float:
 
 
 def _warn_slow(name: str, seconds: float) -> None:
-    print(
-        f'transferkit: plugin "{name}" is still importing after {seconds:g}s; to start without '
-        f"it, name the plugins to load in {LOAD_ENV} (e.g. {LOAD_ENV}= loads none)",
-        file=sys.stderr,
-        flush=True,
+    log.warning(
+        'plugin "%s" is still importing after %gs; to start without it, name the plugins to '
+        "load in %s (e.g. %s= loads none)",
+        name,
+        seconds,
+        LOAD_ENV,
+        LOAD_ENV,
     )
 
 
@@ -196,7 +200,7 @@ def _load_one(
             timer.cancel()
     took = time.monotonic() - started
     if slow is not None and took > slow:
-        print(f'transferkit: plugin "{name}" took {took:.1f}s to import', file=sys.stderr)
+        log.warning('plugin "%s" took %.1fs to import', name, took)
 
 
 def _load_builtins(pm: pluggy.PluginManager, watch: _InterruptWatch) -> None:
@@ -336,7 +340,7 @@ def call_lifecycle(hook_name: str, **kwargs: Any) -> None:
     except Exception as exc:
         if strict_mode():
             raise
-        print(f"transferkit: plugin hook {hook_name} failed: {exc}", file=sys.stderr)
+        log.warning("plugin hook %s failed: %s", hook_name, exc)
 
 
 def notify_exception(exception: BaseException, where: str, **context: Any) -> None:
@@ -344,4 +348,4 @@ def notify_exception(exception: BaseException, where: str, **context: Any) -> No
     try:
         get_plugin_manager().hook.on_exception(exception=exception, where=where, context=context)
     except Exception as exc:  # a failing handler must not hide the original error
-        print(f"transferkit: on_exception hook failed: {exc}", file=sys.stderr)
+        log.warning("on_exception hook failed: %s", exc)

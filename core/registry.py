@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-import sys
+import logging
 import threading
 from collections.abc import Collection
 from typing import Any, TypeVar
@@ -22,6 +22,8 @@ from .specs import (
     StoreSpec,
     StrategySpec,
 )
+
+log = logging.getLogger(__name__)
 
 S = TypeVar("S", bound=Spec)
 
@@ -86,11 +88,7 @@ def _collect(kind: str) -> dict[str, Spec]:
         except Exception as exc:
             if plugins.strict_mode():
                 raise
-            print(
-                f'transferkit: plugin "{plugin_name}" failed in {hook_name}: '
-                f"{type(exc).__name__}: {exc}",
-                file=sys.stderr,
-            )
+            _report(plugin_name, hook_name, exc)
     return items
 
 
@@ -211,7 +209,7 @@ def keras_objects(wanted: Collection[str] = ()) -> dict[str, Any]:
     (``package>Name``): every class registered as one, and those registered through a function
     when their name is in ``wanted`` (the names a file being loaded holds). Imports Keras.
 
-    A plugin that fails in the hook (or whose function fails) is reported on stderr and skipped.
+    A plugin that fails in the hook (or whose function fails) is reported (a warning) and skipped.
     """
     import keras
 
@@ -253,7 +251,4 @@ def keras_objects(wanted: Collection[str] = ()) -> dict[str, Any]:
 
 
 def _report(plugin_name: str, where: str, exc: BaseException) -> None:
-    print(
-        f'transferkit: plugin "{plugin_name}" failed in {where}: {type(exc).__name__}: {exc}',
-        file=sys.stderr,
-    )
+    log.warning('plugin "%s" failed in %s: %s: %s', plugin_name, where, type(exc).__name__, exc)
