@@ -2,8 +2,9 @@
 
 Public names for plugins: :data:`hookimpl`, the specs (:class:`BackboneSpec`, ...),
 :class:`Backbone`, :func:`pool` (the host's pooling of a feature map) and
-:class:`FeatureRecipe`. The jobs (:func:`extract`, :func:`extract_many`, :func:`train`,
-:func:`spotcheck`, :func:`stream`,
+:class:`FeatureRecipe`; :mod:`transferkit.plugin` declares the whole plugin API, these names and
+the helpers a plugin shares with the host (a plugin imports nothing else). The jobs
+(:func:`extract`, :func:`extract_many`, :func:`train`, :func:`spotcheck`, :func:`stream`,
 :func:`finetune`, :func:`predict`) load lazily from :mod:`transferkit.api`, so importing this
 package never imports TensorFlow.
 """

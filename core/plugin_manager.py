@@ -3,16 +3,22 @@
 Built-in plugins are module paths in :data:`DEFAULT_PLUGINS`, registered exactly like third-party
 plugins, which come from the ``transferkit`` entry-point group. Loading is lazy (the first call to
 :func:`get_plugin_manager`) and idempotent. A plugin that fails to import, or implements a hook that
-does not exist, is reported on stderr and recorded in :func:`failed_plugins`; it never stops the
-command line. That holds for anything a plugin raises at import, ``SystemExit`` and other
-``BaseException`` subclasses included, with one exception: a real Ctrl-C. While plugins load (in
-the main thread) a SIGINT handler notes that the signal arrived; a ``KeyboardInterrupt`` that
-follows a real SIGINT stops the program, one that a plugin raises by itself is isolated like any
-other error.
+does not exist, is reported (a warning log record, which the command line prints on stderr) and
+recorded in :func:`failed_plugins`; it never stops the command line. That holds for anything a
+plugin raises at import, ``SystemExit`` and other ``BaseException`` subclasses included, with one
+exception: a real Ctrl-C. While plugins load (in the main thread) a SIGINT handler notes that the
+signal arrived; a ``KeyboardInterrupt`` that follows a real SIGINT stops the program, one that a
+plugin raises by itself is isolated like any other error.
 
 A plugin whose import takes longer than ``TRANSFERKIT_PLUGIN_SLOW_SECONDS`` (default 5) is named
-on stderr while it is still importing, with ``TRANSFERKIT_LOAD_PLUGINS`` as the way round: a
+(a warning) while it is still importing, with ``TRANSFERKIT_LOAD_PLUGINS`` as the way round: a
 message, not a time-out (an import cannot be stopped safely).
+
+Hooks that notify plugins (:func:`call_lifecycle`, :func:`notify_exception`) call each plugin's
+implementation on its own (:func:`implementations`, :func:`call_impl`), as the registry does for
+the ``register_*`` hooks: pluggy's own call stops at the first implementation that raises, which
+would hide the event from every plugin after it. What one plugin raises is reported as a warning
+naming the plugin and the hook (:func:`isolated`); the others still hear the event.
 
 Environment:
 
@@ -27,12 +33,12 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.metadata
+import logging
 import os
 import signal
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +46,8 @@ import pluggy
 
 from . import hookspecs
 from .errors import TransferkitError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "transferkit.plugins.heads",
@@ -92,7 +100,7 @@ def _report(name: str, exc: BaseException, builtin: bool) -> None:
     if not isinstance(exc, Exception):
         message += " (raised at import; the plugin is not loaded)"
     _failed.append(FailedPlugin(name, message, builtin))
-    print(f'transferkit: error loading plugin "{name}": {message}', file=sys.stderr)
+    log.warning('error loading plugin "%s": %s', name, message)
 
 
 def _register_checked(pm: pluggy.PluginManager, plugin: Any, name: str, builtin: bool) -> None:
@@ -163,11 +171,13 @@ def slow_seconds() -> float:
 
 
 def _warn_slow(name: str, seconds: float) -> None:
-    print(
-        f'transferkit: plugin "{name}" is still importing after {seconds:g}s; to start without '
-        f"it, name the plugins to load in {LOAD_ENV} (e.g. {LOAD_ENV}= loads none)",
-        file=sys.stderr,
-        flush=True,
+    log.warning(
+        'plugin "%s" is still importing after %gs; to start without it, name the plugins to '
+        "load in %s (e.g. %s= loads none)",
+        name,
+        seconds,
+        LOAD_ENV,
+        LOAD_ENV,
     )
 
 
@@ -196,7 +206,7 @@ def _load_one(
             timer.cancel()
     took = time.monotonic() - started
     if slow is not None and took > slow:
-        print(f'transferkit: plugin "{name}" took {took:.1f}s to import', file=sys.stderr)
+        log.warning('plugin "%s" took %.1fs to import', name, took)
 
 
 def _load_builtins(pm: pluggy.PluginManager, watch: _InterruptWatch) -> None:
@@ -328,20 +338,66 @@ def list_plugins(include_builtin: bool = False) -> list[dict[str, Any]]:
     return rows
 
 
-def call_lifecycle(hook_name: str, **kwargs: Any) -> None:
-    """Call a lifecycle hook; a plugin's error is reported, not allowed to stop the job."""
-    hook = getattr(get_plugin_manager().hook, hook_name)
+def implementations(hook_name: str) -> list[pluggy.HookImpl]:
+    """The implementations of the hook ``hook_name`` in the order pluggy calls them (``tryfirst``
+    ones first, ``trylast`` ones last, otherwise the last registered first)."""
+    return list(reversed(getattr(get_plugin_manager().hook, hook_name).get_hookimpls()))
+
+
+def call_impl(impl: pluggy.HookImpl, kwargs: Mapping[str, Any]) -> Any:
+    """Call one hook implementation with the keyword arguments it accepts, as pluggy does: each
+    of ``impl.argnames`` (a missing one is a ``pluggy.HookCallError``), and those of
+    ``impl.kwargnames`` that ``kwargs`` holds."""
+    if impl.hookwrapper or impl.wrapper:
+        raise TypeError(
+            "a hook wrapper cannot run here: transferkit calls each implementation of this hook "
+            "on its own; implement it as a plain hook"
+        )
     try:
-        hook(**kwargs)
+        args = [kwargs[name] for name in impl.argnames]
+    except KeyError as exc:
+        raise pluggy.HookCallError(f"hook call must provide argument {exc.args[0]!r}") from exc
+    extra = {name: kwargs[name] for name in impl.kwargnames if name in kwargs}
+    return impl.function(*args, **extra)
+
+
+@contextlib.contextmanager
+def isolated(
+    plugin_name: str,
+    where: str,
+    *,
+    strict: bool | None = None,
+    passthrough: tuple[type[BaseException], ...] = (),
+) -> Iterator[None]:
+    """Report an ``Exception`` that a plugin raises inside the block as a warning naming the
+    plugin and ``where`` (a hook's name), instead of letting it stop the caller.
+
+    ``strict`` (default: :func:`strict_mode`) re-raises instead; ``passthrough`` are exception
+    types that are the caller's to handle (the registry's duplicate names)."""
+    try:
+        yield
+    except passthrough:
+        raise
     except Exception as exc:
-        if strict_mode():
+        if strict_mode() if strict is None else strict:
             raise
-        print(f"transferkit: plugin hook {hook_name} failed: {exc}", file=sys.stderr)
+        log.warning('plugin "%s" failed in %s: %s: %s', plugin_name, where, type(exc).__name__, exc)
+
+
+def call_lifecycle(hook_name: str, **kwargs: Any) -> None:
+    """Call a lifecycle hook, each plugin's implementation on its own: a plugin's error is
+    reported (re-raised with ``TRANSFERKIT_STRICT_PLUGINS=1``), and never keeps the event from the
+    other plugins or stops the job."""
+    for impl in implementations(hook_name):
+        with isolated(impl.plugin_name, hook_name):
+            call_impl(impl, kwargs)
 
 
 def notify_exception(exception: BaseException, where: str, **context: Any) -> None:
-    """The one place a failing job reports to ``on_exception`` hooks before re-raising."""
-    try:
-        get_plugin_manager().hook.on_exception(exception=exception, where=where, context=context)
-    except Exception as exc:  # a failing handler must not hide the original error
-        print(f"transferkit: on_exception hook failed: {exc}", file=sys.stderr)
+    """The one place a failing job reports to ``on_exception`` hooks before re-raising; each
+    plugin hears it, whatever another one raises. A failing handler is reported, never raised
+    (not even in strict mode): it must not hide the original error."""
+    kwargs = {"exception": exception, "where": where, "context": context}
+    for impl in implementations("on_exception"):
+        with isolated(impl.plugin_name, "on_exception", strict=False):
+            call_impl(impl, kwargs)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-import sys
 import threading
 from collections.abc import Collection
 from typing import Any, TypeVar
@@ -54,12 +53,10 @@ def clear_cache() -> None:
 
 def _collect(kind: str) -> dict[str, Spec]:
     hook_name, spec_cls = HOOKS[kind]
-    pm = plugins.get_plugin_manager()
-    caller = getattr(pm.hook, hook_name)
     items: dict[str, Spec] = {}
-    # Hook implementations run last-registered first; reverse so built-ins register first and a
-    # duplicate error names the built-in as the earlier provider.
-    for impl in reversed(caller.get_hookimpls()):
+    # Each implementation on its own, in pluggy's order, so that one plugin's error is reported
+    # and skipped without hiding what the others register.
+    for impl in plugins.implementations(hook_name):
         plugin_name = impl.plugin_name
 
         def register(spec: Spec, _plugin: str = plugin_name) -> None:
@@ -78,19 +75,8 @@ def _collect(kind: str) -> dict[str, Spec]:
             object.__setattr__(spec, "plugin", _plugin)
             items[spec.name] = spec
 
-        kwargs = {"register": register}
-        try:
-            impl.function(*[kwargs[arg] for arg in impl.argnames])
-        except DuplicateNameError:
-            raise
-        except Exception as exc:
-            if plugins.strict_mode():
-                raise
-            print(
-                f'transferkit: plugin "{plugin_name}" failed in {hook_name}: '
-                f"{type(exc).__name__}: {exc}",
-                file=sys.stderr,
-            )
+        with plugins.isolated(plugin_name, hook_name, passthrough=(DuplicateNameError,)):
+            plugins.call_impl(impl, {"register": register})
     return items
 
 
@@ -211,14 +197,13 @@ def keras_objects(wanted: Collection[str] = ()) -> dict[str, Any]:
     (``package>Name``): every class registered as one, and those registered through a function
     when their name is in ``wanted`` (the names a file being loaded holds). Imports Keras.
 
-    A plugin that fails in the hook (or whose function fails) is reported on stderr and skipped.
+    A plugin that fails in the hook (or whose function fails) is reported (a warning) and skipped.
     """
     import keras
 
     classes: dict[str, Any] = {}
     makers: dict[str, tuple[str, Any]] = {}
-    pm = plugins.get_plugin_manager()
-    for impl in reversed(pm.hook.register_keras_objects.get_hookimpls()):
+    for impl in plugins.implementations("register_keras_objects"):
         plugin_name = impl.plugin_name
 
         def register(obj: Any, name: str | None = None, _plugin: str = plugin_name) -> None:
@@ -232,28 +217,12 @@ def keras_objects(wanted: Collection[str] = ()) -> dict[str, Any]:
                     f"with name='package>Name', not {type(obj).__name__}"
                 )
 
-        kwargs = {"register": register}
-        try:
-            impl.function(*[kwargs[arg] for arg in impl.argnames])
-        except Exception as exc:
-            if plugins.strict_mode():
-                raise
-            _report(plugin_name, "register_keras_objects", exc)
+        with plugins.isolated(plugin_name, "register_keras_objects"):
+            plugins.call_impl(impl, {"register": register})
     for name in wanted:
         if name in classes or name not in makers:
             continue
         plugin_name, make = makers[name]
-        try:
+        with plugins.isolated(plugin_name, f"register_keras_objects ({name})"):
             classes[name] = make()
-        except Exception as exc:
-            if plugins.strict_mode():
-                raise
-            _report(plugin_name, f"register_keras_objects ({name})", exc)
     return classes
-
-
-def _report(plugin_name: str, where: str, exc: BaseException) -> None:
-    print(
-        f'transferkit: plugin "{plugin_name}" failed in {where}: {type(exc).__name__}: {exc}',
-        file=sys.stderr,
-    )

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from transferkit import DatasetSpec, UsageError, hookimpl
-from transferkit.images import (
+from transferkit.plugin import (
     IMAGE_SUFFIXES,
     ImageRecord,
     ImageSource,

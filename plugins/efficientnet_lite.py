@@ -31,9 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from transferkit import Backbone, BackboneSpec, WeightsUnavailableError, hookimpl
+from transferkit.plugin import DEFAULT_WEIGHTS, normalise_weights, parse_input_size
 from transferkit.plugins._backbone_utils import load_local_weights
-from transferkit.recipe import DEFAULT_WEIGHTS, normalise_weights
-from transferkit.sizes import parse_input_size
 
 NAME = "efficientnet-lite0"
 INPUT_SIZE = 224
@@ -60,7 +59,7 @@ _lock = threading.Lock()
 def cache_dir() -> Path:
     """Where converted weights live: transferkit's cache root (``$TRANSFERKIT_CACHE``, else
     ``$XDG_CACHE_HOME/transferkit``, ``~/.cache/transferkit``)."""
-    from transferkit.inference import cache_root
+    from transferkit.plugin import cache_root
 
     return cache_root()
 

@@ -30,7 +30,7 @@ def linear_head(num_classes: int, dropout: float = 0.2) -> Any:
     """Global average pooling (when the input is a feature map), Dropout, Dense + Softmax."""
     import keras
 
-    from transferkit.trainer.layers import PoolIfMap
+    from transferkit.plugin import PoolIfMap
 
     return keras.Sequential(
         [
@@ -47,7 +47,7 @@ def dense_head(num_classes: int) -> Any:
     (a feature map is average-pooled first)."""
     import keras
 
-    from transferkit.trainer.layers import PoolIfMap
+    from transferkit.plugin import PoolIfMap
 
     return keras.Sequential(
         [PoolIfMap(), keras.layers.Dense(num_classes, activation="softmax", dtype="float32")],

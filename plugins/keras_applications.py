@@ -23,13 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from transferkit import Backbone, BackboneSpec, WeightsUnavailableError, hookimpl
+from transferkit.plugin import DEFAULT_WEIGHTS, normalise_weights, parse_input_size
 from transferkit.plugins._backbone_utils import (
     OFFLINE_HINT,
     is_download_failure,
     load_local_weights,
 )
-from transferkit.recipe import DEFAULT_WEIGHTS, normalise_weights
-from transferkit.sizes import parse_input_size
 
 # How each preprocess mode of keras.applications.imagenet_utils transforms 0..255 RGB input.
 PREPROCESSING = {

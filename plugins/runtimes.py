@@ -27,7 +27,7 @@ import os
 from typing import Any
 
 from transferkit import RuntimeSpec, UsageError, hookimpl
-from transferkit.inference import native_bf16
+from transferkit.plugin import native_bf16
 
 # rows per call of a converting runtime's network; see the module docstring
 SLICE_ROWS = 4

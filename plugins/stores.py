@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from transferkit import StoreSpec, hookimpl
-from transferkit.store import FeatureStore
+from transferkit.plugin import FeatureStore
 
 
 class HDF5Store(FeatureStore):

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from transferkit import StrategySpec, UsageError, hookimpl
-from transferkit.trainer.strategy import FinetuneStrategy, Phase, trainable_blocks
+from transferkit.plugin import FinetuneStrategy, Phase, trainable_blocks
 
 
 def _per_phase(value: Any, names: Sequence[str], what: str, strategy: str) -> list[Any] | None:
@@ -34,9 +34,9 @@ def default_unfreeze_from(model: Any, top_blocks: int = 1) -> int:
     ``metadata["unfreeze_from"]``, else the first layer of the base's last ``top_blocks`` blocks."""
     name = model.backbone.name
     try:
-        from transferkit import registry
+        from transferkit.plugin import get_spec
 
-        meta = registry.backbone(name).metadata
+        meta = get_spec("backbone", name).metadata
         if "unfreeze_from" in meta:
             return int(meta["unfreeze_from"])
     except Exception:

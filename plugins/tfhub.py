@@ -40,9 +40,8 @@ import urllib.request
 from typing import Any
 
 from transferkit import Backbone, BackboneSpec, UsageError, WeightsUnavailableError, hookimpl
+from transferkit.plugin import DEFAULT_WEIGHTS, normalise_weights, parse_input_size
 from transferkit.plugins._backbone_utils import load_local_weights
-from transferkit.recipe import DEFAULT_WEIGHTS, normalise_weights
-from transferkit.sizes import parse_input_size
 
 DEFAULT_SIZE = 224
 PREPROCESSING = "x / 255: RGB scaled to [0, 1] (the TF Hub image convention)"

@@ -1,7 +1,9 @@
 """The floors of ``docs/architecture.md``, enforced by reading the imports of every module (with
 ``ast``, nothing is imported): no import circle between the files of ``core/``, no ``core/``
-module importing a ``transferkit.plugins`` module, and no built-in plugin importing a private
-(underscore) name of the host, which a third-party plugin could not rely on either.
+module importing a ``transferkit.plugins`` module, and the declared plugin API: a built-in plugin
+or ``plugin_template/`` imports from ``transferkit`` and ``transferkit.plugin`` only the names in
+their ``__all__`` (read by importing those two light modules), and nothing else of the host but
+its own package; so nothing private, nothing a third-party plugin could not rely on either.
 
 Every import counts, a function's included (a lazy import is still a dependency), except those
 under ``if TYPE_CHECKING:``, which never run."""
@@ -9,12 +11,16 @@ under ``if TYPE_CHECKING:``, which never run."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # the import names of the two packages: core/ installs as transferkit, plugins/ as its .plugins
 PACKAGES = {"transferkit": ROOT / "core", "transferkit.plugins": ROOT / "plugins"}
+# the host modules a plugin may import from (the names in their __all__)
+PLUGIN_API = ("transferkit", "transferkit.plugin")
 
 
 def modules(package: str) -> dict[str, Path]:
@@ -174,19 +180,133 @@ def test_core_never_imports_a_plugin_module() -> None:
     assert not bad, "core/ names plugin modules only in DEFAULT_PLUGINS:\n" + "\n".join(bad)
 
 
-def test_built_in_plugins_import_only_public_names_of_transferkit() -> None:
-    host = modules("transferkit")
+def exported_names() -> dict[str, set[str]]:
+    """The names a plugin may import from each module of :data:`PLUGIN_API`."""
+    import transferkit
+    import transferkit.plugin
+
+    return {
+        "transferkit": {*transferkit.__all__, "plugin"},  # `from transferkit import plugin`
+        "transferkit.plugin": set(transferkit.plugin.__all__),
+    }
+
+
+def undeclared_imports(name: str, path: Path, own: str | None) -> list[str]:
+    """``file:line`` lines for each import in ``path`` of a host name outside the declared plugin
+    API; ``own`` is the plugin's own package (its helpers are its own business)."""
+    exported = exported_names()
+    allowed = ", ".join(PLUGIN_API)
     bad = []
-    for name, path in modules("transferkit.plugins").items():
-        for module, imported, line in imports(name, path):
-            if module.startswith("transferkit.plugins") or not (
-                module == "transferkit" or module.startswith("transferkit.")
-            ):
-                continue  # the plugin package's own helpers, or another library
-            parts = [*module.split("."), *([imported] if imported else [])]
-            private = [p for p in parts if p.startswith("_") and not p.startswith("__")]
-            if private or (imported == "*"):
-                bad.append(f"{path.relative_to(ROOT)}:{line} imports {'.'.join(parts)}")
-            elif imported and module not in host:
-                bad.append(f"{path.relative_to(ROOT)}:{line} imports from unknown {module}")
-    assert not bad, "built-in plugins use what a third-party plugin could:\n" + "\n".join(bad)
+    for module, imported, line in imports(name, path):
+        if not (module == "transferkit" or module.startswith("transferkit.")):
+            continue  # another library
+        if own and (module == own or module.startswith(own + ".")):
+            continue
+        where = f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}:{line}"
+        what = f"{module}.{imported}" if imported else module
+        if module not in exported:
+            bad.append(f"{where} imports {what}: a plugin imports only from {allowed}")
+        elif imported == "*" or (imported and imported not in exported[module]):
+            bad.append(f"{where} imports {what}, which is not in {module}.__all__")
+    return bad
+
+
+def test_the_plugin_api_check_names_file_line_and_the_allowed_modules(tmp_path: Path) -> None:
+    module = tmp_path / "plug.py"
+    module.write_text(
+        "import transferkit\n"
+        "import transferkit.plugin\n"
+        "from transferkit import BackboneSpec, hookimpl, plugin\n"
+        "from transferkit.plugin import FeatureStore, get_spec\n"
+        "from transferkit.plugins._backbone_utils import load_local_weights\n"
+        "from transferkit import registry\n"
+        "from transferkit.plugin import _NAMES\n"
+        "def later():\n"
+        "    from transferkit.images import ImageSource\n"
+        "    import transferkit.trainer.layers\n"
+    )
+    assert undeclared_imports("transferkit.plugins.plug", module, "transferkit.plugins") == [
+        f"{module}:6 imports transferkit.registry, which is not in transferkit.__all__",
+        f"{module}:7 imports transferkit.plugin._NAMES, which is not in transferkit.plugin.__all__",
+        f"{module}:9 imports transferkit.images.ImageSource: a plugin imports only from "
+        "transferkit, transferkit.plugin",
+        f"{module}:10 imports transferkit.trainer.layers: a plugin imports only from "
+        "transferkit, transferkit.plugin",
+    ]
+    # the template has no share in the built-ins' package
+    assert len(undeclared_imports("plug", module, None)) == 5
+
+
+def plugin_modules() -> list[tuple[str, Path, str | None]]:
+    """``(module name, path, own package)`` of every built-in plugin and the template's files."""
+    found: list[tuple[str, Path, str | None]] = [
+        (name, path, "transferkit.plugins") for name, path in modules("transferkit.plugins").items()
+    ]
+    template = ROOT / "plugin_template"
+    for path in sorted(template.rglob("*.py")):
+        parts = path.relative_to(template).parts
+        if any(p == "build" or p.startswith(".") or p.endswith(".egg-info") for p in parts):
+            continue  # what building or installing it leaves
+        name = ".".join(path.relative_to(template).with_suffix("").parts)
+        found.append((name, path, None))
+    return found
+
+
+def test_built_in_plugins_and_the_template_import_only_the_declared_api() -> None:
+    found = plugin_modules()
+    assert any(p.name == "transferkit_example.py" for _, p, _ in found)
+    bad = [line for name, path, own in found for line in undeclared_imports(name, path, own)]
+    assert not bad, (
+        "a plugin imports from transferkit and transferkit.plugin (the names in their __all__) "
+        "and from its own package, nothing else:\n" + "\n".join(bad)
+    )
+
+
+def test_core_never_imports_the_plugin_api_module() -> None:
+    """``transferkit.plugin`` faces the plugins, above every floor: no circle can pass by it."""
+    bad = [
+        f"{path.relative_to(ROOT)}:{line} imports {module}"
+        for name, path in modules("transferkit").items()
+        if name != "transferkit.plugin"
+        for module, imported, line in imports(name, path)
+        if module == "transferkit.plugin" or (module == "transferkit" and imported == "plugin")
+    ]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_plugin_api_declares_for_type_checkers_what_it_loads() -> None:
+    """``transferkit.plugin``'s ``if TYPE_CHECKING:`` imports (what mypy and editors see) are
+    exactly its ``__all__``, and each comes from the module its lazy table loads it from."""
+    import transferkit.plugin
+
+    tree = ast.parse((ROOT / "core" / "plugin.py").read_text(encoding="utf-8"))
+    seen: dict[str, tuple[str, str]] = {}
+    for node in tree.body:
+        if isinstance(node, ast.If) and _type_checking(node):
+            for child in node.body:
+                assert isinstance(child, ast.ImportFrom) and child.level == 1
+                for alias in child.names:
+                    seen[alias.asname or alias.name] = (child.module or "", alias.name)
+    assert sorted(seen) == sorted(transferkit.plugin.__all__)
+    assert seen == transferkit.plugin._NAMES
+
+
+def test_the_plugin_api_loads_lazily_and_every_name_resolves() -> None:
+    """In a fresh process: importing ``transferkit.plugin``, listing it and touching every name
+    but the Keras layers imports neither TensorFlow nor Keras; then every name resolves."""
+    code = (
+        "import sys\n"
+        "import transferkit.plugin as api\n"
+        "layers = {'PoolIfMap', 'GradientScale', 'ImagePreprocessing'}\n"
+        "assert set(api.__all__) <= set(dir(api)), set(api.__all__) - set(dir(api))\n"
+        "light = [getattr(api, n) for n in api.__all__ if n not in layers]\n"
+        "print('TF', 'tensorflow' in sys.modules, 'keras' in sys.modules)\n"
+        "missing = [n for n in api.__all__ if getattr(api, n, None) is None]\n"
+        "import keras\n"
+        "bad = [n for n in layers if not issubclass(getattr(api, n), keras.layers.Layer)]\n"
+        "print('missing', missing, 'not layers', bad)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    ).stdout.splitlines()
+    assert out[-2:] == ["TF False False", "missing [] not layers []"], out

@@ -7,29 +7,28 @@ import pytest
 import transferkit_example
 
 import transferkit
-from transferkit import plugin_manager, registry
+from transferkit.plugin import get_plugin_manager, get_spec, reset_plugins
 
 
 @pytest.fixture
 def plugin():
-    plugin_manager.reset()
-    pm = plugin_manager.get_plugin_manager()
+    reset_plugins()  # also forgets what the plugins registered before
+    pm = get_plugin_manager()
     if pm.get_plugin("example") is None:  # not installed: register the module by hand
         pm.register(transferkit_example, name="example")
-    registry.clear_cache()
     yield
-    plugin_manager.reset()
+    reset_plugins()
 
 
 def test_registered(plugin) -> None:
-    spec = registry.backbone("example-cnn")
+    spec = get_spec("backbone", "example-cnn")
     assert spec.plugin == "example"
-    assert registry.classifier("example-centroid").groups == ("example",)
+    assert get_spec("classifier", "example-centroid").groups == ("example",)
 
 
 @pytest.mark.parametrize("pooling", ["avg", "max", "flatten"])
 def test_backbone_feature_width_matches_metadata(plugin, pooling: str) -> None:
-    spec = registry.backbone("example-cnn")
+    spec = get_spec("backbone", "example-cnn")
     backbone = spec.factory()
     images = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
     feature_map = np.asarray(backbone.model(backbone.preprocess(images)))
@@ -40,7 +39,7 @@ def test_backbone_feature_width_matches_metadata(plugin, pooling: str) -> None:
 
 
 def test_classifier_fits(plugin) -> None:
-    clf = registry.classifier("example-centroid").factory()
+    clf = get_spec("classifier", "example-centroid").factory()
     X = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0]])
     clf.fit(X, [0, 0, 1, 1])
     assert list(clf.predict([[0.05, 0.0], [5.0, 5.1]])) == [0, 1]
