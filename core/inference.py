@@ -260,12 +260,22 @@ def converted_model(
 
 @contextlib.contextmanager
 def _quiet() -> Any:
-    """Silence Python warnings of the exporters and converters (they print pages)."""
+    """Silence Python warnings of the exporters and converters (they print pages), and leave the
+    root logger as it was: OpenVINO's converter sets it to ``ERROR`` with a handler of its own
+    and puts it back only when it succeeds, which would hide every later warning of a program."""
+    import logging
     import warnings
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+    root = logging.getLogger()
+    level, filters, handlers = root.level, root.filters[:], root.handlers[:]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)
+        root.filters[:] = filters
+        root.handlers[:] = handlers
 
 
 def _make(
