@@ -20,8 +20,8 @@ that fails leaves a ``.failed`` note beside it, so that ``auto`` does not retry 
    else the first one, when Keras would take longer than :data:`AUTO_CONVERT_SECONDS` over the
    images to compute (measured on one warm-up batch), so that a small extraction never pays a
    conversion that costs more than it saves;
-3. otherwise ``keras``. A runtime that cannot convert the backbone is skipped with one line on
-   stderr, and ``keras`` runs.
+3. otherwise ``keras``. A runtime that cannot convert the backbone is skipped with a logged
+   warning (one line on the command line's stderr), and ``keras`` runs.
 
 Importing this module does not import TensorFlow.
 """
@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -53,6 +54,8 @@ DEFAULT_PRECISION = "32"
 CACHE_ENV = "TRANSFERKIT_CACHE"
 # ``auto`` converts only when Keras would take longer than this over the images to compute.
 AUTO_CONVERT_SECONDS = 20.0
+
+log = logging.getLogger(__name__)
 
 
 class ConversionError(TransferkitError):
@@ -263,7 +266,6 @@ def _quiet() -> Any:
     """Silence Python warnings of the exporters and converters (they print pages), and leave the
     root logger as it was: OpenVINO's converter sets it to ``ERROR`` with a handler of its own
     and puts it back only when it succeeds, which would hide every later warning of a program."""
-    import logging
     import warnings
 
     root = logging.getLogger()
@@ -335,7 +337,9 @@ def auto_candidates(precision: str) -> list[RuntimeSpec]:
 
 
 def say(message: str) -> None:
-    print(f"transferkit: {message}", file=sys.stderr, flush=True)
+    """A warning a user of ``auto`` should see (the command line shows it as
+    ``transferkit: <message>``)."""
+    log.warning(message)
 
 
 def build_forward(

@@ -26,6 +26,7 @@ passes and the fastest.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Iterator
@@ -46,6 +47,8 @@ from ..models import (
 from ..plugin_manager import notify_exception
 from ..splits import split_indices
 from .train import check_test_store, check_trainable, evaluate, open_reader
+
+log = logging.getLogger(__name__)
 
 
 def _read_block(reader: Any, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -233,11 +236,11 @@ def stream(
                             "recent_accuracy": window_correct / window_seen,
                         }
                     )
-                    bar.write(
-                        f"{seen} samples: progressive accuracy {correct / seen:.4f} "
-                        f"(last {window_seen}: {window_correct / window_seen:.4f})",
-                        file=sys.stderr,
-                    )
+                    with bar.external_write_mode(file=sys.stderr):  # above the bar
+                        log.info(
+                            f"{seen} samples: progressive accuracy {correct / seen:.4f} "
+                            f"(last {window_seen}: {window_correct / window_seen:.4f})"
+                        )
                     window_seen = window_correct = 0
         except Exception as exc:
             notify_exception(exc, "stream", classifier=classifier, store=str(store_path))
