@@ -150,8 +150,9 @@ def thread_split(cores: int, decode_ms: float, forward_ms: float | None) -> int:
     ``decode_ms`` and ``forward_ms`` are core-milliseconds per image of the input pipeline and
     of the network. The network gets the cores its share of the work calls for, rounded, at
     least one; the input pipeline's parallel map keeps one call per core, so that it can use
-    whatever the network leaves idle. With a network 5x as costly as decoding (Keras, 32-bit
-    runtimes on 2 cores) that is every core; with bf16 (about 2x) one of two.
+    whatever the network leaves idle. On 2 cores a network that costs at least three times what
+    decoding costs gets both, a cheaper one gets one (the costs measured per runtime are in
+    ``bench/RESULTS.md``).
     """
     if cores <= 1 or not forward_ms or forward_ms <= 0 or decode_ms <= 0:
         return max(1, cores)

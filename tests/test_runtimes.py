@@ -100,7 +100,7 @@ def _example_plugin(register_plugin: Any) -> None:
 
 
 # (backbone, weights, input size, pooling): every pooling is covered, each network once
-# (VGG16: random weights give spread-out features; MobileNetV2's are all about 1e-12)
+# (VGG16: random weights give spread-out features; MobileNetV2's are all close to zero)
 CASES = {
     "efficientnet-lite0": ("efficientnet-lite0", "default", (32, 32), "avg"),
     "keras-applications": ("vgg16", "none", (32, 32), "max"),

@@ -178,7 +178,8 @@ def stream(
 
     reader = open_reader(store_path, store)
     # one BLAS thread: a batch's products (rows x features x classes) are too skinny to gain from
-    # more, and on a busy machine BLAS threads waiting for a core made them 5-15x slower
+    # more, and on a busy machine BLAS threads waiting for a core made them several times slower
+    # (bench/RESULTS.md, streaming)
     blas = threadpool_limits(limits=1, user_api="blas")
     try:
         label_names = [str(n) for n in reader.label_names]
