@@ -8,7 +8,7 @@ Classifier plugins hand back scikit-learn estimators (``fit``/``partial_fit``) o
   ``predict_batch(X)``/``predict_proba_batch(X)``; a scikit-learn ``Pipeline`` whose steps all
   have ``partial_fit`` (a scaler then a linear model) learns step by step; a river model learns
   with ``learn_many`` on a pandas DataFrame when every step supports it, else row by row with
-  ``learn_one`` (about 20 times slower);
+  ``learn_one`` (one Python call per row, so much slower);
 * :func:`fit`, :func:`predict` and :func:`predict_proba` work on any estimator, so a river model
   can sit in a spot-check grid beside scikit-learn ones.
 

@@ -20,8 +20,8 @@ that fails leaves a ``.failed`` note beside it, so that ``auto`` does not retry 
    else the first one, when Keras would take longer than :data:`AUTO_CONVERT_SECONDS` over the
    images to compute (measured on one warm-up batch), so that a small extraction never pays a
    conversion that costs more than it saves;
-3. otherwise ``keras``. A runtime that cannot convert the backbone is skipped with one line on
-   stderr, and ``keras`` runs.
+3. otherwise ``keras``. A runtime that cannot convert the backbone is skipped with a logged
+   warning (one line on the command line's stderr), and ``keras`` runs.
 
 Importing this module does not import TensorFlow.
 """
@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -53,6 +54,8 @@ DEFAULT_PRECISION = "32"
 CACHE_ENV = "TRANSFERKIT_CACHE"
 # ``auto`` converts only when Keras would take longer than this over the images to compute.
 AUTO_CONVERT_SECONDS = 20.0
+
+log = logging.getLogger(__name__)
 
 
 class ConversionError(TransferkitError):
@@ -147,8 +150,9 @@ def thread_split(cores: int, decode_ms: float, forward_ms: float | None) -> int:
     ``decode_ms`` and ``forward_ms`` are core-milliseconds per image of the input pipeline and
     of the network. The network gets the cores its share of the work calls for, rounded, at
     least one; the input pipeline's parallel map keeps one call per core, so that it can use
-    whatever the network leaves idle. With a network 5x as costly as decoding (Keras, 32-bit
-    runtimes on 2 cores) that is every core; with bf16 (about 2x) one of two.
+    whatever the network leaves idle. On 2 cores a network that costs at least three times what
+    decoding costs gets both, a cheaper one gets one (the costs measured per runtime are in
+    ``bench/RESULTS.md``).
     """
     if cores <= 1 or not forward_ms or forward_ms <= 0 or decode_ms <= 0:
         return max(1, cores)
@@ -260,12 +264,21 @@ def converted_model(
 
 @contextlib.contextmanager
 def _quiet() -> Any:
-    """Silence Python warnings of the exporters and converters (they print pages)."""
+    """Silence Python warnings of the exporters and converters (they print pages), and leave the
+    root logger as it was: OpenVINO's converter sets it to ``ERROR`` with a handler of its own
+    and puts it back only when it succeeds, which would hide every later warning of a program."""
     import warnings
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+    root = logging.getLogger()
+    level, filters, handlers = root.level, root.filters[:], root.handlers[:]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)
+        root.filters[:] = filters
+        root.handlers[:] = handlers
 
 
 def _make(
@@ -325,7 +338,9 @@ def auto_candidates(precision: str) -> list[RuntimeSpec]:
 
 
 def say(message: str) -> None:
-    print(f"transferkit: {message}", file=sys.stderr, flush=True)
+    """A warning a user of ``auto`` should see (the command line shows it as
+    ``transferkit: <message>``)."""
+    log.warning(message)
 
 
 def build_forward(

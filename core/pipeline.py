@@ -330,11 +330,12 @@ def dataset_options() -> Any:
     tf.data's autotuning model turned off.
 
     The autotuning model runs in a background thread that the iterator joins when it is
-    destroyed; on a 2-core machine that join waited 2-3 s at the end of a third to a half of
-    the passes (``bench/bench_pipeline_teardown.py``), a pause per extraction and per validation
-    pass during training. Without it a ``map`` given ``AUTOTUNE`` runs as many calls at once as
-    there are schedulable cores (at most 16), which is what a decode-bound pipeline wants, and
-    ``prefetch(AUTOTUNE)`` still grows its buffer on demand.
+    destroyed; that join can pause the end of a pass for seconds with the cores idle
+    (``bench/bench_pipeline_teardown.py``; figures in ``bench/RESULTS.md``), a pause per
+    extraction and per validation pass during training. Without it a ``map`` given
+    ``AUTOTUNE`` runs as many calls at once as there are schedulable cores (at most 16), which
+    is what a decode-bound pipeline wants, and ``prefetch(AUTOTUNE)`` still grows its buffer on
+    demand.
     """
     import tensorflow as tf
 

@@ -20,10 +20,9 @@ logistic regression reaches on the same features:
 * **data echoing.** Each ``partial_fit`` takes ``echo`` passes (4 by default) over the batch it is
   given, each in a fresh seeded order (Choi et al., 2019, "Faster neural network training with
   data echoing"): a stream is bound by reading and decompressing its rows, not by these small
-  matrix products, so the learner takes four times the steps per row read for little time.
-  With one pass per batch, a small store (600 rows of 1,280 features) stayed 2 points under
-  the batch probe after 5 passes over it; with four, every measured set was within a point
-  (``bench/RESULTS.md``).
+  matrix products, so the learner takes four times the steps per row read for little time,
+  and a few passes over a small store come closer to the batch probe than with one pass per
+  batch (``bench/RESULTS.md``, "Data echoing").
 
 Each step is two matrix products on a mini-batch of ``batch_size`` rows (the scores ``X @ W`` and
 the gradient ``X.T @ (P - Y)``) in float32. ``partial_fit(X, y, classes)`` takes ``echo`` passes

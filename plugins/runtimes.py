@@ -13,9 +13,9 @@
 Both converting runtimes run a batch in **slices** of :data:`SLICE_ROWS` rows on a network
 compiled for exactly that many (the last slice padded with zeros, its padding dropped): a
 slice's activations stay in the CPU's caches, where a whole batch of 32 at 224 px (50 MB for
-one of efficientnet-lite0's early tensors) does not. On a 2-core AMD EPYC that made OpenVINO
-1.1-1.3x faster end to end than whole batches and LiteRT level to 1.05x (``bench/RESULTS.md``);
-Keras gains nothing from it and runs whole batches. ``TRANSFERKIT_SLICE_ROWS`` overrides the
+one of efficientnet-lite0's early tensors) does not. What that gains against whole batches, per
+runtime, is in ``bench/RESULTS.md`` (extraction per inference runtime, run 3); Keras gains
+nothing from it and runs whole batches. ``TRANSFERKIT_SLICE_ROWS`` overrides the
 slice (0: whole batches, as given).
 """
 
@@ -155,8 +155,8 @@ def openvino_forward(
     }
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
-    # OpenVINO's own cache of compiled kernels, beside the converted model: a second run
-    # compiles in milliseconds instead of seconds
+    # OpenVINO's own cache of compiled kernels, beside the converted model: a second run loads
+    # them instead of compiling again
     core.set_property({"CACHE_DIR": os.path.join(converted, "compiled")})
     compiled = core.compile_model(network, "CPU", config)
     request = compiled.create_infer_request()

@@ -184,8 +184,8 @@ def standard_logreg_cv(
 ) -> Any:
     """StandardScaler | LogisticRegression with C chosen by ``cv``-fold cross-validation over
     ``Cs`` (a grid search, refitted on all rows, in one process: a spot-check runs many fits side
-    by side). Faster here than ``LogisticRegressionCV``, whose regularisation path on a thousand
-    standardised dimensions took ten times longer for the same choice."""
+    by side), rather than ``LogisticRegressionCV``, whose regularisation path is slower on a
+    thousand standardised dimensions for the same choice (``bench/RESULTS.md``)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GridSearchCV
 
@@ -197,7 +197,7 @@ def standard_logreg_cv(
 
 def standard_linear_svc(C: float = 0.01) -> Any:
     """StandardScaler | LinearSVC solved in the dual; a small C suits hundreds of standardised
-    dimensions (the primal solver took 4x longer on 1,280-d features)."""
+    dimensions (the dual is the faster solver on 1,280-d features: ``bench/RESULTS.md``)."""
     from sklearn.svm import LinearSVC
 
     return _scaled(LinearSVC(C=C, dual=True, max_iter=5000))

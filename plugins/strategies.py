@@ -51,8 +51,8 @@ def default_unfreeze_from(model: Any, top_blocks: int = 1) -> int:
 SCHEDULES: dict[str, tuple[tuple[int, int], tuple[float, float], tuple[str, str], int]] = {
     # the Keras transfer-learning guide and Lightning's BackboneFinetuning: Adam for the head,
     # then the top blocks with a learning rate 10x lower (early stopping decides the length);
-    # from the linear-probe start, 1e-4 beat the guide's 1e-5 by 2-4 points on the 224 px
-    # digits and stayed 2-3 points above the probe on the photos (bench/RESULTS.md)
+    # from the linear-probe start, 1e-4 did better than the guide's 1e-5 on the 224 px
+    # benchmark (bench/RESULTS.md)
     "modern": ((10, 10), (1e-3, 1e-4), ("adam", "adam"), 2),
     # the classic recipe: RMSprop for the head, then SGD with momentum on the last block
     "classic": ((20, 50), (1e-3, 1e-3), ("rmsprop", "sgd"), 1),

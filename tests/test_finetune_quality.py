@@ -57,10 +57,9 @@ def test_default_finetune_beats_its_frozen_base_on_a_separate_test_set(
     assert tuned["data"]["train"] + tuned["data"]["val"] == CLASSES * TRAIN
     warmup, finetune = tuned["phases"]
     assert (warmup["phase"], finetune["phase"]) == ("warmup", "finetune")
-    # measured: the frozen base (head-only, 4 epochs from a random head) 0.817; the default
-    # recipe 0.933 (unstandardised probe start, label smoothing 0.1, the top blocks at Adam
-    # 1e-4, its best-validation epoch restored; 17 s on 2 cores); 0.967 with the standardised
-    # start and 1e-5, which lost on the 224 px benchmark (bench/RESULTS.md)
+    # the frozen base is head-only, 4 epochs from a random head; the default recipe starts from
+    # the unstandardised probe, smooths labels and unfreezes the top blocks, its best-validation
+    # epoch restored (the accuracies measured: bench/RESULTS.md)
     assert tuned["test_accuracy"] > frozen["test_accuracy"] + 0.05, (frozen, tuned)
     assert tuned["restored_best_epoch"] is not None
     # the exported model is the restored one: its accuracy on the test folder is the summary's

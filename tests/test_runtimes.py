@@ -17,6 +17,7 @@ import pytest
 import tiny_backbone
 from click.testing import CliRunner
 from imagefiles import make_folder
+from logstate import command_line_logger
 
 import transferkit
 from transferkit import RuntimeSpec, UsageError, hookimpl, inference, registry
@@ -99,7 +100,7 @@ def _example_plugin(register_plugin: Any) -> None:
 
 
 # (backbone, weights, input size, pooling): every pooling is covered, each network once
-# (VGG16: random weights give spread-out features; MobileNetV2's are all about 1e-12)
+# (VGG16: random weights give spread-out features; MobileNetV2's are all close to zero)
 CASES = {
     "efficientnet-lite0": ("efficientnet-lite0", "default", (32, 32), "avg"),
     "keras-applications": ("vgg16", "none", (32, 32), "max"),
@@ -389,7 +390,8 @@ def test_an_op_a_runtime_lacks_names_runtime_backbone_and_op_and_auto_falls_back
     assert "\n" not in message
     monkeypatch.setattr(inference, "AUTO_CONVERT_SECONDS", 0.0)
     capsys.readouterr()
-    forward = inference.build_forward(net, images=100, cache_dir=conversions)
+    with command_line_logger():  # stderr as the command line shows it
+        forward = inference.build_forward(net, images=100, cache_dir=conversions)
     assert forward.runtime == "keras" and "cannot convert" in forward.note
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "auto falls back to keras" in err[0] and "Igamma" in err[0]

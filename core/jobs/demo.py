@@ -14,12 +14,13 @@
 4. The best pair is trained on all but the held-out split and saved with its feature recipe.
 5. The saved model predicts the images kept apart in step 1.
 
-A second run reuses the images and the cached features. Progress goes to stderr throughout.
+A second run reuses the images and the cached features. Progress is logged throughout (``INFO``
+records of ``transferkit.jobs.demo``; the command line shows them on stderr).
 """
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,11 @@ DEFAULT_BACKBONES = ("efficientnet-lite0@64", "efficientnet-lite0@64:max")
 IMAGE_SIZE = 64
 HELD_OUT_PER_CLASS = 2
 
+log = logging.getLogger(__name__)
+
 
 def _say(step: str) -> None:
-    print(f"\n== {step}", file=sys.stderr, flush=True)
+    log.info(f"\n== {step}")
 
 
 def write_digits(folder: str | Path, *, size: int = IMAGE_SIZE, seed: int = 0) -> dict[str, Any]:
@@ -102,10 +105,9 @@ def demo(
     outputs.mark_folder(root, DEMO_KIND)
     _say(f"1/5 writing scikit-learn's handwritten digits as {IMAGE_SIZE}px PNG files in {root}")
     images = write_digits(root, seed=seed)
-    print(
+    log.info(
         f"{images['count']} training images in {images['images']} ({images['written']} new "
-        f"files), {len(images['new'])} kept apart for prediction",
-        file=sys.stderr,
+        f"files), {len(images['new'])} kept apart for prediction"
     )
 
     _say(f"2/5 extracting features ({', '.join(backbones)}; cached in {root / 'cache'})")
@@ -119,7 +121,7 @@ def demo(
         precision=precision,
     )
     for text, (_, extracted) in zip(backbones, found, strict=True):
-        print(f"{text}: {'extracted' if extracted else 'reused from cache'}", file=sys.stderr)
+        log.info(f"{text}: {'extracted' if extracted else 'reused from cache'}")
 
     _say(f"3/5 spot-checking the '{classifiers}' classifiers on every feature set")
     report = spotcheck(
@@ -144,10 +146,9 @@ def demo(
     best_store = next(
         f["store"] for f in report["features"] if f["name"] == report["best_features"]
     )
-    print(
+    log.info(
         f"best: {report['best_model']} on {report['best_features']} "
-        f"(accuracy {report['best_accuracy']:.4f})",
-        file=sys.stderr,
+        f"(accuracy {report['best_accuracy']:.4f})"
     )
 
     _say(f"4/5 training {report['best_model']} on {report['best_features']} features")
@@ -156,7 +157,7 @@ def demo(
         classifier=report["best_model"],
         options=TrainOptions(seed=seed, out=str(root / "model.skops"), overwrite=True),
     )
-    print(trained["report_text"], file=sys.stderr)
+    log.info(trained["report_text"])
 
     _say(f"5/5 predicting the {len(images['new'])} images kept apart")
     predicted = predict(

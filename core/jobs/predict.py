@@ -7,8 +7,8 @@ a class and its probability for each. Images that cannot be decoded are reported
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,8 @@ from ..models import SavedModel, identify_file, load_model
 from ..options import PredictOptions
 from ..pooling import pool
 from ..store import path_text
+
+log = logging.getLogger(__name__)
 
 
 def image_paths(images: list[str] | tuple[str, ...]) -> list[str]:
@@ -141,10 +143,9 @@ def predict(
     paths = image_paths(images)
     names = saved.label_names
     classes = np.arange(len(names))
-    print(
+    log.info(
         f"predicting {len(paths)} image(s) with {saved.classifier} on {saved.recipe.backbone} "
-        "features",
-        file=sys.stderr,
+        "features"
     )
     X, rows = extract_features(saved, paths, batch_size, runtime=runtime, precision=precision)
     fitted = estimators.as_fitted(saved.estimator, classes)

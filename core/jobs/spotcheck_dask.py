@@ -19,6 +19,7 @@ and the rows of failures are the local runner's (:mod:`transferkit.jobs.spotchec
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 import time
 from collections import Counter, deque
@@ -40,6 +41,7 @@ from .spotcheck_runner import (
     runtime_plugins,
 )
 
+log = logging.getLogger(__name__)
 _worker_plugins: set[str] = set()
 
 
@@ -84,7 +86,7 @@ def run_grid_dask(
     client = cluster.connect(scheduler, jobs)
     try:
         if scheduler != "local" and (line := cluster.dashboard_line(client, "spot-check")):
-            print(line, file=sys.stderr)
+            log.info(line)
         client.register_plugin(_Preload(), name="transferkit-spotcheck-preload")
         slots = max(1, sum(client.nthreads().values()))
         plugins = runtime_plugins()

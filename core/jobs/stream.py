@@ -26,6 +26,7 @@ passes and the fastest.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Iterator
@@ -47,6 +48,8 @@ from ..options import StreamOptions
 from ..plugin_manager import notify_exception
 from ..splits import split_indices
 from .train import check_test_store, check_trainable, evaluate, open_reader
+
+log = logging.getLogger(__name__)
 
 
 def _read_block(reader: Any, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -158,7 +161,8 @@ def stream(
 
     reader = open_reader(store_path, options.store)
     # one BLAS thread: a batch's products (rows x features x classes) are too skinny to gain from
-    # more, and on a busy machine BLAS threads waiting for a core made them 5-15x slower
+    # more, and on a busy machine BLAS threads waiting for a core made them several times slower
+    # (bench/RESULTS.md, streaming)
     blas = threadpool_limits(limits=1, user_api="blas")
     try:
         label_names = [str(n) for n in reader.label_names]
@@ -223,11 +227,11 @@ def stream(
                             "recent_accuracy": window_correct / window_seen,
                         }
                     )
-                    bar.write(
-                        f"{seen} samples: progressive accuracy {correct / seen:.4f} "
-                        f"(last {window_seen}: {window_correct / window_seen:.4f})",
-                        file=sys.stderr,
-                    )
+                    with bar.external_write_mode(file=sys.stderr):  # above the bar
+                        log.info(
+                            f"{seen} samples: progressive accuracy {correct / seen:.4f} "
+                            f"(last {window_seen}: {window_correct / window_seen:.4f})"
+                        )
                     window_seen = window_correct = 0
         except Exception as exc:
             notify_exception(exc, "stream", classifier=classifier, store=str(store_path))

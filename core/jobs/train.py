@@ -11,7 +11,7 @@ seconds, and scikit-learn's per-class precision/recall/F1 report with the store'
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,8 @@ from ..splits import split_indices, subset_indices
 
 # a test set smaller than this gives scores too rough to compare; train says so
 FEW_TEST_ROWS = 10
+
+log = logging.getLogger(__name__)
 
 
 def check_trainable(
@@ -187,16 +189,15 @@ def train(store_path: str | Path, *, classifier: Any, options: TrainOptions) -> 
         reader.close()
 
     classes = np.arange(len(label_names))
-    print(
+    log.info(
         f"training {classifier} on {len(train_rows)} rows, testing on {len(test_rows)} "
-        f"({X_train.shape[1]} features, {len(label_names)} classes)",
-        file=sys.stderr,
+        f"({X_train.shape[1]} features, {len(label_names)} classes)"
     )
+    log.debug("estimator: %s", " ".join(repr(model).split()))  # on one line
     if len(test_rows) < FEW_TEST_ROWS:
-        print(
-            f"transferkit: warning: only {len(test_rows)} test rows; the scores below are rough "
-            "(more images, or a larger --test-size, make them meaningful)",
-            file=sys.stderr,
+        log.warning(
+            f"warning: only {len(test_rows)} test rows; the scores below are rough "
+            "(more images, or a larger --test-size, make them meaningful)"
         )
     try:
         start = time.perf_counter()
