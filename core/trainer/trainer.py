@@ -27,12 +27,9 @@ from ..errors import TransferkitError, UsageError
 from .callbacks import Callback, ModelCheckpoint, ProgressPrinter
 from .data import DataModule
 from .model import TransferModel
+from .precision import policy_name
 from .seed import seed_everything
 from .strategy import FinetuneStrategy
-
-PRECISIONS = {"32": "float32", "float32": "float32", "16-mixed": "mixed_float16",
-              "mixed_float16": "mixed_float16", "bf16-mixed": "mixed_bfloat16",
-              "mixed_bfloat16": "mixed_bfloat16"}  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -70,36 +67,15 @@ def resolve_strategy(strategy: Any, **options: Any) -> FinetuneStrategy:
     return made
 
 
-def set_precision(precision: str) -> str:
-    """Set Keras' global dtype policy (before the model is built); returns the policy name."""
-    import keras
-
-    if str(precision) not in PRECISIONS:
-        raise UsageError(f"unknown precision {precision!r}; use one of {sorted(PRECISIONS)}")
-    policy = PRECISIONS[str(precision)]
-    keras.mixed_precision.set_global_policy(policy)
-    return policy
-
-
-@contextlib.contextmanager
-def precision_scope(precision: str) -> Iterator[str]:
-    """Set Keras' global dtype policy for ``precision`` inside the block, then restore it."""
-    import keras
-
-    previous = keras.mixed_precision.global_policy().name
-    try:
-        yield set_precision(precision)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
-
-
 class Trainer:
     """Fits, validates, tests and predicts with a :class:`TransferModel`.
 
     ``max_epochs`` caps the total number of epochs over all phases (default: the strategy's own
     total). ``callbacks`` are :class:`~transferkit.trainer.callbacks.Callback` objects; a progress
     printer is added unless ``enable_progress=False``. ``seed`` seeds everything at the start of
-    ``fit``; ``deterministic=True`` also switches TensorFlow's op determinism on.
+    ``fit``; ``deterministic=True`` also switches TensorFlow's op determinism on. ``precision``
+    is a training precision (:data:`~transferkit.trainer.precision.TRAINING_PRECISIONS`:
+    ``32``, ``16-mixed``, ``bf16-mixed``).
     """
 
     def __init__(
@@ -115,8 +91,7 @@ class Trainer:
     ) -> None:
         if max_epochs is not None and max_epochs < 0:
             raise UsageError(f"max_epochs must be 0 or more, got {max_epochs}")
-        if str(precision) not in PRECISIONS:
-            raise UsageError(f"unknown precision {precision!r}; use one of {sorted(PRECISIONS)}")
+        policy_name(precision)  # an unknown precision fails here
         self.max_epochs = max_epochs
         self.callbacks: list[Callback] = [c for c in callbacks if isinstance(c, Callback)]
         # Keras callbacks (TensorBoard, EarlyStopping, CSVLogger, ...) run inside Keras' fit
@@ -498,7 +473,7 @@ class Trainer:
     # ------------------------------------------------------------------ properties
 
     def _check_precision(self, model: TransferModel) -> None:
-        want = PRECISIONS[self.precision]
+        want = policy_name(self.precision)
         have = model.head.dtype_policy.name if hasattr(model.head, "dtype_policy") else want
         if have != want:
             raise UsageError(
