@@ -12,11 +12,8 @@ run continues exactly where the last checkpoint left off.
 
 from __future__ import annotations
 
-import contextlib
 import sys
-import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,22 +21,13 @@ import numpy as np
 
 from .. import plugin_manager
 from ..errors import TransferkitError, UsageError
+from .bridge import epoch_bridge, keras_run, quiet_end_of_data
 from .callbacks import Callback, ModelCheckpoint, ProgressPrinter
 from .data import DataModule
 from .model import TransferModel
 from .precision import policy_name
 from .seed import seed_everything
 from .strategy import FinetuneStrategy
-
-
-@contextlib.contextmanager
-def _quiet_end_of_data() -> Iterator[None]:
-    """Keras warns "input ran out of data" at the end of every first pass over a dataset of
-    unknown length (the input pipeline drops undecodable images, so its length is unknown);
-    each epoch here is a first pass, so the warning says nothing."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Your input ran out of data")
-        yield
 
 
 def resolve_strategy(strategy: Any, **options: Any) -> FinetuneStrategy:
@@ -309,23 +297,24 @@ class Trainer:
 
     def _run_segment(self, start: int, end: int) -> bool | None:
         """Train epochs ``start`` .. ``end - 1`` in one ``fit`` call when the data module can give
-        their batches as one dataset (else one epoch per call). A :class:`_EpochBridge` runs the
-        per-epoch work and ends the call early when the phase ends or the strategy changes the
-        trainable state. Returns whether the next epoch's strategy step was already applied
-        (and changed the model), or None when it was not run."""
+        their batches as one dataset (else one epoch per call). A Keras callback
+        (:func:`~transferkit.trainer.bridge.epoch_bridge`) runs the per-epoch work and ends the
+        call early when the phase ends or the strategy changes the trainable state. Returns
+        whether the next epoch's strategy step was already applied (and changed the model), or
+        None when it was not run."""
         segment = self.data.train_segment(start, end)
         if segment is None:
             end = start + 1
             dataset, steps = self.data.train_dataset(start), None
         else:
             dataset, steps = segment
-        bridge = _EpochBridge(self, end)
+        bridge = epoch_bridge(self, end)
         extra: list[Any] = []
         if self.keras_callbacks:
             if self._keras_run is None:
-                self._keras_run = _make_keras_run_class(_bridge_base())(self.keras_callbacks)
-            extra = [self._keras_run, _EpochBridge(self, end, watch=bridge)]
-        with _quiet_end_of_data():
+                self._keras_run = keras_run(self.keras_callbacks)
+            extra = [self._keras_run, epoch_bridge(self, end, watch=bridge)]
+        with quiet_end_of_data():
             self.model.keras_model.fit(
                 dataset,
                 validation_data=self.data.val_dataset(),
@@ -408,7 +397,7 @@ class Trainer:
             model.compile("rmsprop")
 
     def _evaluate(self, dataset: Any) -> dict[str, float]:
-        with _quiet_end_of_data():
+        with quiet_end_of_data():
             scores = self.model.keras_model.evaluate(dataset, verbose=0, return_dict=True)
         return {k: float(v) for k, v in scores.items()}
 
@@ -444,7 +433,7 @@ class Trainer:
         if dataset is None:
             raise UsageError(f"the data module has no {split} split; give it a {split} fraction")
         truth, predicted = [], []
-        with _quiet_end_of_data():
+        with quiet_end_of_data():
             for batch in dataset:
                 probs = self.model.network(batch[0], training=False)
                 predicted.append(np.asarray(probs).argmax(-1).reshape(-1))
@@ -543,139 +532,3 @@ PLUGIN_HOOKS: dict[str, Callable[..., dict[str, Any]]] = {
         "history": result,
     },
 }
-
-
-def _bridge_base() -> Any:
-    import keras
-
-    return keras.callbacks.Callback
-
-
-class _EpochBridge:
-    """A Keras callback (built on first use, so that this module does not import Keras) that
-    runs the Trainer's per-epoch work inside a multi-epoch ``fit`` call."""
-
-    def __new__(cls, trainer: Trainer, end: int, watch: Any = None) -> Any:
-        global _EpochBridgeImpl
-        if _EpochBridgeImpl is None:
-            _EpochBridgeImpl = _make_bridge_class(_bridge_base())
-        return _EpochBridgeImpl(trainer, end, watch)
-
-
-_EpochBridgeImpl: Any = None
-
-
-def _make_bridge_class(base: Any) -> Any:
-    class EpochBridge(base):  # type: ignore[misc, valid-type]
-        def __init__(self, trainer: Trainer, end: int, watch: Any = None) -> None:
-            super().__init__()
-            self.trainer = trainer
-            self.end = end
-            self.changed_ahead: bool | None = None
-            self.started = 0.0
-            base_hook = Callback.on_train_batch_end
-            self.batch_callbacks = [
-                cb
-                for cb in trainer.callbacks
-                if type(cb).on_train_batch_end is not base_hook
-                and getattr(cb, "wants_batches", True)
-            ]
-            if self.batch_callbacks and watch is None:
-                self.on_train_batch_end = self._batch_end  # only then a call per batch
-            # a watcher (after the user's Keras callbacks) instead of a bridge: a stop that
-            # the bridge did not ask for (Keras' EarlyStopping) ends the phase
-            self.watch = watch
-            self.stop_asked = False
-
-        def _batch_end(self, batch: int, logs: Any = None) -> None:
-            steps = (self.params or {}).get("steps")
-            if steps is None:
-                known = getattr(self.trainer.data, "steps_per_epoch", None)
-                steps = known() if callable(known) else known
-            values = {k: float(v) for k, v in (logs or {}).items() if np.ndim(v) == 0}
-            self.trainer._call_callback_hooks(
-                "on_train_batch_end", batch, steps, values, callbacks=self.batch_callbacks
-            )
-
-        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-            if self.watch is not None:
-                return
-            self.stop_asked = False
-            self.started = time.perf_counter()
-            self.trainer._call_callback_hooks("on_epoch_start", epoch)
-
-        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-            trainer, strategy = self.trainer, self.trainer.strategy
-            if self.watch is not None:
-                if self.model.stop_training and not self.watch.stop_asked:
-                    trainer._phase_done = True
-                return
-            values = {k: float(v) for k, v in (logs or {}).items()}
-            values["seconds"] = round(time.perf_counter() - self.started, 4)
-            trainer._after_epoch(epoch, values)
-            if strategy.phase_complete(epoch + 1) or trainer.should_stop_phase:
-                trainer._phase_done = True  # the Trainer ends the phase after this fit call
-                self.model.stop_training = self.stop_asked = True
-                return
-            if not trainer.should_stop and epoch + 1 < self.end:
-                signature = trainer.model.trainable_signature()
-                changed = strategy.on_epoch_start(trainer.model, epoch + 1)
-                if changed or trainer.model.trainable_signature() != signature:
-                    self.changed_ahead = True  # a re-compile is due: end this fit call
-                    self.model.stop_training = True
-            if trainer.should_stop:
-                self.model.stop_training = True
-            self.stop_asked = bool(self.model.stop_training)
-            trainer._call_callback_hooks("on_epoch_complete", epoch)
-
-    return EpochBridge
-
-
-def _make_keras_run_class(base: Any) -> Any:
-    class KerasCallbacks(base):  # type: ignore[misc, valid-type]
-        """The user's Keras callbacks over the many ``fit`` calls of one :meth:`Trainer.fit`
-        (one per phase or segment): they see one training run, so ``on_train_begin`` runs once
-        (EarlyStopping keeps its patience, CSVLogger its file) and ``on_train_end`` at the end."""
-
-        def __init__(self, callbacks: list[Any]) -> None:
-            super().__init__()
-            self.callbacks = list(callbacks)
-            self.started = False
-
-        def set_model(self, model: Any) -> None:
-            super().set_model(model)
-            for cb in self.callbacks:
-                cb.set_model(model)
-
-        def set_params(self, params: Any) -> None:
-            super().set_params(params)
-            for cb in self.callbacks:
-                cb.set_params(params)
-
-        def on_train_begin(self, logs: Any = None) -> None:
-            if not self.started:
-                self.started = True
-                for cb in self.callbacks:
-                    cb.on_train_begin(logs)
-
-        def on_train_end(self, logs: Any = None) -> None:
-            """Deferred to :meth:`finish`."""
-
-        def finish(self) -> None:
-            for cb in self.callbacks:
-                cb.on_train_end(None)
-
-    def forward(name: str) -> Any:
-        def method(self: Any, *args: Any, **kwargs: Any) -> None:
-            for cb in self.callbacks:
-                getattr(cb, name)(*args, **kwargs)
-
-        method.__name__ = name
-        return method
-
-    for hook in (
-        "on_epoch_begin", "on_epoch_end", "on_train_batch_begin", "on_train_batch_end",
-        "on_test_begin", "on_test_end", "on_test_batch_begin", "on_test_batch_end",
-    ):  # fmt: skip
-        setattr(KerasCallbacks, hook, forward(hook))
-    return KerasCallbacks
