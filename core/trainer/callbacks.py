@@ -208,9 +208,7 @@ class ModelCheckpoint(Callback):
 
     def on_epoch_complete(self, trainer: Trainer, epoch: int) -> None:
         if self.save_last:
-            from .checkpoint import save_checkpoint
-
-            save_checkpoint(self.last_path, trainer)
+            trainer.save_checkpoint(self.last_path)
 
     def on_exception(self, trainer: Trainer, exception: BaseException) -> None:
         if self.save_last and self.last_path.exists():

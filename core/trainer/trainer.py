@@ -23,6 +23,7 @@ from .. import plugin_manager
 from ..errors import TransferkitError, UsageError
 from .bridge import epoch_bridge, keras_run, quiet_end_of_data
 from .callbacks import Callback, ModelCheckpoint, ProgressPrinter
+from .checkpoint import Checkpoint, write_checkpoint
 from .data import DataModule
 from .model import TransferModel
 from .precision import policy_name
@@ -112,6 +113,7 @@ class Trainer:
         self._pending: Any = None
         self._phase_done = False
         self._keras_run: Any = None
+        self.ckpt_path: Path | None = None  # the checkpoint this fit resumed from
         self.where = ""
 
     # ------------------------------------------------------------------ public entry points
@@ -293,7 +295,16 @@ class Trainer:
         if self._pending is not None:
             checkpoint, self._pending = self._pending, None
             if checkpoint.state.get("compiled_phase") == self.strategy.phase_index:
-                checkpoint.restore_optimizer(model.keras_model)
+                self._restore_optimizer(checkpoint)
+
+    def _restore_optimizer(self, checkpoint: Checkpoint) -> None:
+        if not checkpoint.optimizer_arrays:
+            return
+        keras_model = self.model.keras_model
+        optimizer = keras_model.optimizer
+        if not optimizer.built:
+            optimizer.build(keras_model.trainable_variables)
+        checkpoint.restore_optimizer(optimizer.variables)
 
     def _run_segment(self, start: int, end: int) -> bool | None:
         """Train epochs ``start`` .. ``end - 1`` in one ``fit`` call when the data module can give
@@ -332,7 +343,21 @@ class Trainer:
         self.history.append({"epoch": epoch, "phase": self.strategy.phase.name, **logs})
         self.epoch = epoch + 1
 
-    # ------------------------------------------------------------------ resume
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self, path: str | Path) -> None:
+        """Write a checkpoint of this fit at ``path`` (``ModelCheckpoint`` calls it after each
+        epoch): the model's and the optimizer's variables and :meth:`state_dict`, handed as
+        plain values to :func:`~transferkit.trainer.checkpoint.write_checkpoint`."""
+        keras_model = self.model.keras_model
+        optimizer = keras_model.optimizer
+        opt_vars = list(optimizer.variables) if optimizer is not None and optimizer.built else []
+        write_checkpoint(
+            Path(path),
+            state=self.state_dict(),
+            model_arrays=[np.asarray(v.numpy()) for v in keras_model.variables],
+            optimizer_arrays=[np.asarray(v.numpy()) for v in opt_vars],
+        )
 
     def _find_checkpoint(self, ckpt_path: str | Path | None) -> Path | None:
         if ckpt_path is None:
@@ -351,8 +376,6 @@ class Trainer:
         return path
 
     def _restore(self, ckpt_path: str | Path | None) -> bool:
-        from .checkpoint import Checkpoint
-
         path = self._find_checkpoint(ckpt_path)
         if path is None:
             return False
@@ -368,8 +391,9 @@ class Trainer:
                 cb.load_state_dict(by_key[cb.state_key])
         if not self.strategy.finished:
             self.strategy.on_epoch_start(self.model, self.epoch)
-        checkpoint.restore_model(self.model.keras_model)
+        checkpoint.restore_model(self.model.keras_model.variables)
         self._pending = checkpoint
+        self.ckpt_path = path
         print(
             f"resuming from {path} at epoch {self.epoch + 1} "
             f"(phase {self._phase_name_or_none() or 'done'})",
