@@ -320,7 +320,7 @@ def test_probe_init_makes_the_head_predict_what_a_logistic_regression_on_its_inp
     model = TransferModel(tiny_backbone(), "linear", num_classes=3, label_names=names)
     assert _probe_head(model, data)
     train = np.sort(data.train_indices)
-    x = np.concatenate([b[0] for b in data._dataset(train)])
+    x = np.concatenate([b[0] for b in data.dataset(train)])
     features = np.asarray(model.base(x, training=False), np.float64)
     probe = LogisticRegression(C=1.0, max_iter=1000).fit(features, data.labels[train])
     test = np.concatenate([b[0] for b in data.test_dataset()])

@@ -342,7 +342,7 @@ def _probe_head(model: Any, data: Any) -> bool:
         return False
     data.setup(preprocess=model.backbone.preprocess, input_size=model.input_size)
     features, labels = [], []
-    for images, y in data._dataset(np.sort(data.train_indices)):
+    for images, y in data.dataset(np.sort(data.train_indices)):
         x = model.base(images, training=False)
         if len(x.shape) == 4:
             x = keras.ops.mean(x, axis=(1, 2))

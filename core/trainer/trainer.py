@@ -472,7 +472,7 @@ class Trainer:
             if self.data is None:
                 raise UsageError("pass a data module, a dataset or an array of images")
             dataset = {
-                "train": lambda: self.data._dataset(self.data.train_indices),
+                "train": lambda: self.data.dataset(self.data.train_indices),
                 "val": self.data.val_dataset,
                 "test": self.data.test_dataset,
             }[split]()
