@@ -15,6 +15,7 @@ frozen in each phase. Everything lands in ``out``:
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 import zipfile
@@ -28,6 +29,8 @@ from .. import outputs, registry
 from ..errors import TransferkitError, UsageError
 from ..pooling import pool
 from ..user_objects import backbone_spec
+
+log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.keras"
 RUN_KIND = "finetune-run"  # the kind in a run folder's marker file
@@ -67,12 +70,9 @@ def _augmentation_for(augment: str | None, task: str | None) -> str:
     if augment is None:
         return str(only or "classic")
     if only is not None and augment != only:
-        import sys
-
-        print(
-            f"transferkit: warning: --augment {augment} flips/rotates images, which changes the "
-            f"labels of the {task} task; use --augment {only}",
-            file=sys.stderr,
+        log.warning(
+            f"warning: --augment {augment} flips/rotates images, which changes the "
+            f"labels of the {task} task; use --augment {only}"
         )
     return augment
 
@@ -592,16 +592,13 @@ def predict_finetuned(
 ) -> dict[str, Any]:
     """``transferkit predict`` for a fine-tuned classifier: the same output as for a classifier
     on features (one entry per image: label, probability, or the reason it was skipped)."""
-    import sys
-
     from ..images import ImageRecord, ImageSource
     from ..pipeline import skip_reason
 
     loaded = load_finetuned(model_path)
     names = loaded.label_names
-    print(
-        f"predicting {len(paths)} image(s) with the fine-tuned {loaded.metadata.get('backbone')}",
-        file=sys.stderr,
+    log.info(
+        f"predicting {len(paths)} image(s) with the fine-tuned {loaded.metadata.get('backbone')}"
     )
     probs, rows = loaded.predict_files(list(paths), batch_size=batch_size)
     by_row: dict[int, dict[str, Any]] = {}

@@ -12,7 +12,7 @@ run continues exactly where the last checkpoint left off.
 
 from __future__ import annotations
 
-import sys
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,8 @@ from .model import TransferModel
 from .precision import policy_name
 from .seed import seed_everything
 from .strategy import FinetuneStrategy
+
+log = logging.getLogger(__name__)
 
 
 def resolve_strategy(strategy: Any, **options: Any) -> FinetuneStrategy:
@@ -190,8 +192,8 @@ class Trainer:
         """Every moment of training reaches the callbacks here: each :class:`Callback`'s method
         ``hook`` (in the order given to the Trainer; ``callbacks`` narrows them), then, where a
         plugin hook of the same name exists (``PLUGIN_HOOKS``), the plugins' hook, so the two
-        always fire at the same moments. ``guard``: a failing callback is reported on stderr
-        instead of raised (while an error is already on its way)."""
+        always fire at the same moments. ``guard``: a failing callback is logged instead of
+        raised (while an error is already on its way)."""
         for cb in self.callbacks if callbacks is None else callbacks:
             if not guard:
                 getattr(cb, hook)(self, *args)
@@ -199,7 +201,7 @@ class Trainer:
             try:
                 getattr(cb, hook)(self, *args)
             except Exception as cb_exc:  # a failing callback must not hide the error
-                print(f"transferkit: callback {hook} failed: {cb_exc}", file=sys.stderr)
+                log.warning(f"callback {hook} failed: {cb_exc}")
         plugin_kwargs = PLUGIN_HOOKS.get(hook)
         if plugin_kwargs is not None:
             plugin_manager.call_lifecycle(hook, **plugin_kwargs(self, *args))
@@ -394,10 +396,9 @@ class Trainer:
         checkpoint.restore_model(self.model.keras_model.variables)
         self._pending = checkpoint
         self.ckpt_path = path
-        print(
+        log.info(
             f"resuming from {path} at epoch {self.epoch + 1} "
-            f"(phase {self._phase_name_or_none() or 'done'})",
-            file=sys.stderr,
+            f"(phase {self._phase_name_or_none() or 'done'})"
         )
         return True
 
