@@ -21,15 +21,19 @@ import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import outputs, registry
 from ..errors import UsageError
 from ..pooling import pool
+from ..trainer.callbacks import Callback
 from ..trainer.saved import MODEL_FILE, FinetunedModel, is_finetuned, load_finetuned
 from ..user_objects import backbone_spec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..trainer import Trainer
 
 __all__ = ["FinetunedModel", "finetune", "is_finetuned", "load_finetuned", "predict_finetuned"]
 
@@ -183,12 +187,13 @@ def finetune(
     weights, scored by :func:`transferkit.metrics.score` as ``train`` scores),
     ``restored_best_epoch``, ``epochs``, ``seconds``...
     """
-    from ..recipe import normalise_weights
-    from ..sizes import check_batch_fits, parse_input_size
+    from ..recipe import FeatureRecipe
+    from ..sizes import check_batch_fits
 
-    size = parse_input_size(input_size)
-    weights = normalise_weights(weights)
-    check_batch_fits(size, batch_size)  # before any folder is made
+    # the backbone, its weights and the input size, parsed once: everything below uses these
+    spec = backbone_spec(backbone)
+    recipe = FeatureRecipe.create(spec.name, weights=weights, input_size=input_size)
+    check_batch_fits(recipe.input_size, batch_size)  # before any folder is made
     _check_out(Path(out), resume, overwrite, images)  # before TensorFlow loads
     outputs.check_writable(Path(out) / outputs.MARKER)
     from ..trainer import (
@@ -212,32 +217,32 @@ def finetune(
     # wants, a head's own schedule (which the strategy takes if it offers it), and the defaults
     # of the recipe a strategy stands for (off when the head brings its own schedule)
     schedule = head_meta.get("schedule")
-    recipe = {} if schedule else dict(strategy_spec.metadata.get("finetune_defaults", {}))
+    defaults = {} if schedule else dict(strategy_spec.metadata.get("finetune_defaults", {}))
     if augment is None and not task:
-        augment = recipe.get("augment")
+        augment = defaults.get("augment")
     augment = _augmentation_for(augment, task)
     # the pooling a head asks for in its metadata (``none``: the feature map, which it pools
     # itself); a head that says nothing gets average-pooled vectors
     pooling = pooling or str(head_meta.get("pooling", "avg"))
-    spec = backbone_spec(backbone)
     options = _strategy_options(strategy_spec, epochs, learning_rate, unfreeze_from)
     if schedule and schedule in strategy_spec.metadata.get("schedules", ()):
         options["schedule"] = schedule
     strategy_obj = resolve_strategy(strategy_spec.name, **options)
     if restore_best is None:
-        restore_best = bool(recipe.get("restore_best", False))
+        restore_best = bool(defaults.get("restore_best", False))
     if probe_init is None:
-        probe_init = bool(recipe.get("probe_init", False))
+        probe_init = bool(defaults.get("probe_init", False))
     if patience is None:
-        patience = recipe.get("patience")
+        patience = defaults.get("patience")
     if label_smoothing is None:
-        label_smoothing = float(recipe.get("label_smoothing", 0.0))
+        label_smoothing = float(defaults.get("label_smoothing", 0.0))
     _prepare_out(out, resume, overwrite, images)
 
     with precision_scope(precision):
+        # seeded once, before the data and the model are made; the Trainer does not reseed
         seed_everything(seed, deterministic=deterministic)
         data = _data_module(images, test, task, split, seed, batch_size, augment)
-        built = pool(spec.factory(weights=weights, input_size=size), pooling)
+        built = pool(spec.factory(weights=recipe.weights, input_size=recipe.input_size), pooling)
         model = TransferModel(
             built,
             head,
@@ -255,6 +260,8 @@ def finetune(
         has_val = bool(len(data.val_indices))
         if patience and has_val:
             own.insert(0, EarlyStopping(patience=patience))
+        if probe_init:
+            own.insert(0, ProbeHead())
         if tensorboard is not None:
             import importlib.util
 
@@ -271,12 +278,11 @@ def finetune(
             max_epochs=max_epochs,
             callbacks=[*own, *callbacks],
             seed=seed,
+            reseed=False,
             precision=precision,
             deterministic=deterministic,
             enable_progress=progress,
         )
-        if probe_init and not (resume and (out / CHECKPOINT_DIR / "last.ckpt.npz").exists()):
-            _probe_head(model, data)
         result = trainer.fit(model, data, strategy_obj, ckpt_path="last" if resume else None)
         best = out / CHECKPOINT_DIR / ModelCheckpoint.BEST
         restored = None
@@ -308,7 +314,7 @@ def finetune(
             extra={
                 "strategy": strategy_obj.name,
                 "test_accuracy": summary["test_accuracy"],
-                "backbone_spec": spec.name,
+                "backbone_spec": recipe.backbone,
                 "pooling": built.pooling,
             },
         )
@@ -322,6 +328,16 @@ def finetune(
         return summary
 
 
+class ProbeHead(Callback):
+    """Starts the head at the linear probe (:func:`_probe_head`) when the fit starts, on the
+    data module as the Trainer set it up, before the first epoch; a fit resumed from a
+    checkpoint keeps the checkpoint's head."""
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if trainer.ckpt_path is None:
+            _probe_head(trainer.model, trainer.data)
+
+
 def _probe_head(model: Any, data: Any) -> bool:
     """Set the last Dense layer of ``model``'s head to the linear probe of its own inputs: a
     multinomial ``LogisticRegression(C=1)`` (an L2 penalty) fitted on the frozen base's pooled
@@ -332,7 +348,8 @@ def _probe_head(model: Any, data: Any) -> bool:
     logits that explode under augmentation) and weights low-spread channels as much as the
     rest (on the photos' unseen tiles, 0.92 standardised against 0.95 unstandardised;
     ``bench/RESULTS.md``). Returns whether it did: only heads whose input to that layer is the
-    pooled feature vector (``linear``, ``dense``)."""
+    pooled feature vector (``linear``, ``dense``). ``data`` must be set up for ``model``
+    (``data.setup``, which the Trainer's ``fit`` does)."""
     import keras
     from sklearn.linear_model import LogisticRegression
 
@@ -342,7 +359,6 @@ def _probe_head(model: Any, data: Any) -> bool:
         isinstance(layer, keras.layers.Dense) for layer in layers[:-1]
     ):
         return False
-    data.setup(preprocess=model.backbone.preprocess, input_size=model.input_size)
     features, labels = [], []
     for images, y in data.dataset(np.sort(data.train_indices)):
         x = model.base(images, training=False)

@@ -27,7 +27,7 @@ from .checkpoint import Checkpoint, write_checkpoint
 from .data import DataModule
 from .model import TransferModel
 from .precision import policy_name
-from .seed import seed_everything
+from .seed import deterministic_ops, seed_everything
 from .strategy import FinetuneStrategy
 
 log = logging.getLogger(__name__)
@@ -64,9 +64,12 @@ class Trainer:
     ``max_epochs`` caps the total number of epochs over all phases (default: the strategy's own
     total). ``callbacks`` are :class:`~transferkit.trainer.callbacks.Callback` objects; a progress
     printer is added unless ``enable_progress=False``. ``seed`` seeds everything at the start of
-    ``fit``; ``deterministic=True`` also switches TensorFlow's op determinism on. ``precision``
-    is a training precision (:data:`~transferkit.trainer.precision.TRAINING_PRECISIONS`:
-    ``32``, ``16-mixed``, ``bf16-mixed``).
+    ``fit`` and the augmentation; ``reseed=False`` leaves the random state as the caller seeded
+    it (:func:`~transferkit.trainer.seed_everything` before building the model, as the fine-tune
+    job does), so a run is seeded once. ``deterministic=True`` also switches TensorFlow's op
+    determinism on. ``precision`` is a training precision
+    (:data:`~transferkit.trainer.precision.TRAINING_PRECISIONS`: ``32``, ``16-mixed``,
+    ``bf16-mixed``).
     """
 
     def __init__(
@@ -79,6 +82,7 @@ class Trainer:
         deterministic: bool = False,
         enable_progress: bool = True,
         jit_compile: Any = False,
+        reseed: bool = True,
     ) -> None:
         if max_epochs is not None and max_epochs < 0:
             raise UsageError(f"max_epochs must be 0 or more, got {max_epochs}")
@@ -96,6 +100,7 @@ class Trainer:
         if enable_progress and not any(isinstance(c, ProgressPrinter) for c in self.callbacks):
             self.callbacks.append(ProgressPrinter())
         self.seed = int(seed)
+        self.reseed = bool(reseed)
         self.precision = str(precision)
         self.deterministic = deterministic
         self.jit_compile = jit_compile
@@ -115,6 +120,7 @@ class Trainer:
         self._pending: Any = None
         self._phase_done = False
         self._keras_run: Any = None
+        self._data_for: tuple[TransferModel, DataModule] | None = None
         self.ckpt_path: Path | None = None  # the checkpoint this fit resumed from
         self.where = ""
 
@@ -215,8 +221,11 @@ class Trainer:
     def _run_fit(self, ckpt_path: str | Path | None) -> dict[str, Any]:
         model, data, strategy = self.model, self.data, self.strategy
         self._check_precision(model)
-        seed_everything(self.seed, deterministic=self.deterministic)
-        data.setup(preprocess=model.backbone.preprocess, input_size=model.input_size)
+        if self.reseed:
+            seed_everything(self.seed, deterministic=self.deterministic)
+        elif self.deterministic:
+            deterministic_ops()
+        self._setup_data()
         if data.num_classes != model.num_classes:
             raise UsageError(
                 f"the data has {data.num_classes} classes but the model's head has "
@@ -432,9 +441,16 @@ class Trainer:
         if self.model is None:
             raise UsageError("pass a model (or call fit first)")
         if isinstance(self.data, DataModule):
-            self.data.setup(
-                preprocess=self.model.backbone.preprocess, input_size=self.model.input_size
-            )
+            self._setup_data()
+
+    def _setup_data(self) -> None:
+        """Hand the data module the model's preprocessing and input size, once for each pair
+        of model and data module (``fit`` sets up; ``score`` after it does not again)."""
+        ready = self._data_for
+        if ready is not None and ready[0] is self.model and ready[1] is self.data:
+            return
+        self.data.setup(preprocess=self.model.backbone.preprocess, input_size=self.model.input_size)
+        self._data_for = (self.model, self.data)
 
     def _run_eval(self, model: TransferModel | None, data: DataModule | None, split: str) -> dict:
         self._bind(model, data)
