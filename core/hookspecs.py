@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
         StoreSpec,
         StrategySpec,
     )
+    from .trainer import Trainer, TransferModel
 
 PROJECT = "transferkit"
 
@@ -146,7 +147,7 @@ def on_extract_end(output: str, summary: Mapping[str, Any]) -> None:
 
 
 @hookspec
-def on_fit_start(trainer: Any, model: Any, phase: str) -> None:
+def on_fit_start(trainer: Trainer, model: TransferModel, phase: str) -> None:
     """Called once per ``Trainer.fit``, before its first epoch (after a checkpoint is restored, on
     a resume); ``phase`` is the name of the strategy's phase the fit starts in.
 
@@ -155,7 +156,7 @@ def on_fit_start(trainer: Any, model: Any, phase: str) -> None:
 
 
 @hookspec
-def on_phase_start(trainer: Any, model: Any, phase: str) -> None:
+def on_phase_start(trainer: Trainer, model: TransferModel, phase: str) -> None:
     """Called when a phase of the strategy begins its first epoch (``phase`` is its name).
 
     A fit resumed in the middle of a phase does not call it for that phase (it began in the run
@@ -164,12 +165,12 @@ def on_phase_start(trainer: Any, model: Any, phase: str) -> None:
 
 
 @hookspec
-def on_epoch_end(trainer: Any, epoch: int, logs: Mapping[str, float], phase: str) -> None:
+def on_epoch_end(trainer: Trainer, epoch: int, logs: Mapping[str, float], phase: str) -> None:
     """Called at the end of each training epoch with Keras' ``logs`` (loss, metrics)."""
 
 
 @hookspec
-def on_fit_end(trainer: Any, model: Any, history: Mapping[str, Any]) -> None:
+def on_fit_end(trainer: Trainer, model: TransferModel, history: Mapping[str, Any]) -> None:
     """Called after the last phase, with the whole training history."""
 
 

@@ -517,3 +517,65 @@ def test_light_augmentation_and_label_smoothing() -> None:
     assert _model().loss() == "sparse_categorical_crossentropy"
     with pytest.raises(UsageError, match="label smoothing"):
         _model(label_smoothing=1.0)
+
+
+def test_the_checkpoint_format_takes_and_gives_plain_values(tmp_path: Any) -> None:
+    """``write_checkpoint`` takes arrays and a JSON-able state (no Trainer, no model); a loaded
+    ``Checkpoint`` gives them back and assigns them only to variables of the same shapes."""
+    import json
+
+    from transferkit.errors import TransferkitError
+    from transferkit.trainer.checkpoint import Checkpoint, write_checkpoint
+
+    path = tmp_path / "last.ckpt.npz"
+    weights = [np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(4, np.float32)]
+    write_checkpoint(
+        path, state={"epoch": 3, "seed": 7}, model_arrays=weights, optimizer_arrays=[np.zeros(2)]
+    )
+    loaded = Checkpoint(path)
+    assert loaded.state["epoch"] == 3 and loaded.state["seed"] == 7
+    assert (loaded.state["n_model"], loaded.state["n_optimizer"]) == (2, 1)
+    assert json.loads((tmp_path / "state.json").read_text())["epoch"] == 3
+    for got, want in zip(loaded.model_arrays, weights, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+    class Variable:
+        def __init__(self, shape: tuple[int, ...]) -> None:
+            self.shape, self.path, self.value = shape, f"v{shape}", None
+
+        def assign(self, value: Any) -> None:
+            self.value = value
+
+    fits = [Variable((2, 3)), Variable((4,))]
+    loaded.restore_model(fits)
+    np.testing.assert_array_equal(fits[1].value, weights[1])
+    wrong = [Variable((2, 3)), Variable((5,))]
+    with pytest.raises(TransferkitError, match="has shape"):
+        loaded.restore_model(wrong)
+    assert wrong[0].value is None  # nothing assigned when one shape differs
+
+
+def test_a_callback_saves_through_trainer_save_checkpoint_and_fit_resumes_from_it(
+    tmp_path: Any,
+) -> None:
+    """``Trainer.save_checkpoint(path)`` is what ``ModelCheckpoint`` calls; any callback may call
+    it, and ``fit(ckpt_path=path)`` continues from that file (``trainer.ckpt_path``)."""
+    from transferkit.trainer import Callback, resolve_strategy
+
+    saved = tmp_path / "mine.ckpt.npz"
+
+    class Save(Callback):
+        def on_epoch_complete(self, trainer: Any, epoch: int) -> None:
+            trainer.save_checkpoint(saved)
+
+    def strategy() -> Any:
+        return resolve_strategy("head-only", epochs=3, learning_rate=1e-2)
+
+    first = _trainer(max_epochs=2, callbacks=[Save()])
+    stopped = first.fit(_model(), _data(64), strategy())
+    assert stopped["epochs"] == 2 and saved.exists() and first.ckpt_path is None
+    trainer = _trainer()
+    resumed = trainer.fit(_model(), _data(64), strategy(), ckpt_path=saved)
+    assert trainer.ckpt_path == saved
+    assert [row["epoch"] for row in resumed["history"]] == [0, 1, 2]
+    assert resumed["history"][:2] == stopped["history"]

@@ -121,6 +121,39 @@ def test_finetune_saves_a_classifier_that_reloads_with_labels_and_preprocessing(
     assert resumed["phases"] == result["phases"]
 
 
+def test_finetune_seeds_once_and_sets_the_data_up_once(
+    digit_folder: Path, tmp_path: Path, register_plugin: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One ``finetune`` (with the default recipe's probe of the head, and the final score)
+    seeds before it makes the data and the model, and hands the data module the backbone's
+    preprocessing once: the Trainer neither reseeds nor sets the data up again."""
+    from transferkit import api, trainer
+    from transferkit.trainer import DataModule
+    from transferkit.trainer import trainer as trainer_module
+
+    register_plugin(TinyBackbones(), "tiny-backbones")
+    calls: dict[str, int] = {"seed": 0, "setup": 0}
+    seed, setup = trainer.seed_everything, DataModule.setup
+
+    def counted_seed(*args: Any, **kwargs: Any) -> int:
+        calls["seed"] += 1
+        return seed(*args, **kwargs)
+
+    def counted_setup(self: Any, **kwargs: Any) -> None:
+        calls["setup"] += 1
+        setup(self, **kwargs)
+
+    monkeypatch.setattr(trainer, "seed_everything", counted_seed)
+    monkeypatch.setattr(trainer_module, "seed_everything", counted_seed)
+    monkeypatch.setattr(DataModule, "setup", counted_setup)
+    result = api.finetune(
+        digit_folder, backbone="tiny-blocks", out=tmp_path / "once", epochs=[1, 1],
+        batch_size=16, input_size="16", weights="none", progress=False,
+    )  # fmt: skip
+    assert calls == {"seed": 1, "setup": 1}
+    assert result["test_accuracy"] is not None and result["input_size"] == [16, 16]
+
+
 def test_finetune_command_with_a_config_file(
     digit_folder: Path, tmp_path: Path, register_plugin: Any
 ) -> None:
@@ -318,9 +351,10 @@ def test_probe_init_makes_the_head_predict_what_a_logistic_regression_on_its_inp
     images, labels, names = digits(150, classes=3)
     data = ArrayDataModule(images, labels, names, seed=0, augment="none")
     model = TransferModel(tiny_backbone(), "linear", num_classes=3, label_names=names)
+    data.setup(preprocess=model.backbone.preprocess, input_size=model.input_size)
     assert _probe_head(model, data)
     train = np.sort(data.train_indices)
-    x = np.concatenate([b[0] for b in data._dataset(train)])
+    x = np.concatenate([b[0] for b in data.dataset(train)])
     features = np.asarray(model.base(x, training=False), np.float64)
     probe = LogisticRegression(C=1.0, max_iter=1000).fit(features, data.labels[train])
     test = np.concatenate([b[0] for b in data.test_dataset()])

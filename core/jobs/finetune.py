@@ -5,7 +5,8 @@ backbone + head inside the :class:`~transferkit.trainer.Trainer`, a strategy plu
 frozen in each phase. Everything lands in ``out``:
 
 * ``model.keras`` -- the classifier, taking RGB 0..255 images, with its label names and
-  preprocessing inside (:func:`load_finetuned` reloads it; ``transferkit predict`` uses it);
+  preprocessing inside (:func:`load_finetuned`, in :mod:`transferkit.trainer.saved` beside its
+  writer ``TransferModel.export``, reloads it; ``transferkit predict`` uses it);
 * ``checkpoints/`` -- ``last.ckpt.npz`` (resume with ``resume=True``), ``best.weights.h5``,
   ``state.json``;
 * ``history.csv``, ``history.json``, ``summary.json`` and ``curves.png`` (loss and accuracy per
@@ -15,21 +16,29 @@ frozen in each phase. Everything lands in ``out``:
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import outputs, registry
-from ..errors import TransferkitError, UsageError
+from ..errors import UsageError
 from ..pooling import pool
+from ..trainer.callbacks import Callback
+from ..trainer.saved import MODEL_FILE, FinetunedModel, is_finetuned, load_finetuned
 from ..user_objects import backbone_spec
 
-MODEL_FILE = "model.keras"
+if TYPE_CHECKING:  # pragma: no cover
+    from ..trainer import Trainer
+
+__all__ = ["FinetunedModel", "finetune", "is_finetuned", "load_finetuned", "predict_finetuned"]
+
+log = logging.getLogger(__name__)
+
 RUN_KIND = "finetune-run"  # the kind in a run folder's marker file
 CHECKPOINT_DIR = "checkpoints"
 
@@ -67,12 +76,9 @@ def _augmentation_for(augment: str | None, task: str | None) -> str:
     if augment is None:
         return str(only or "classic")
     if only is not None and augment != only:
-        import sys
-
-        print(
-            f"transferkit: warning: --augment {augment} flips/rotates images, which changes the "
-            f"labels of the {task} task; use --augment {only}",
-            file=sys.stderr,
+        log.warning(
+            f"warning: --augment {augment} flips/rotates images, which changes the "
+            f"labels of the {task} task; use --augment {only}"
         )
     return augment
 
@@ -181,12 +187,13 @@ def finetune(
     weights, scored by :func:`transferkit.metrics.score` as ``train`` scores),
     ``restored_best_epoch``, ``epochs``, ``seconds``...
     """
-    from ..recipe import normalise_weights
-    from ..sizes import check_batch_fits, parse_input_size
+    from ..recipe import FeatureRecipe
+    from ..sizes import check_batch_fits
 
-    size = parse_input_size(input_size)
-    weights = normalise_weights(weights)
-    check_batch_fits(size, batch_size)  # before any folder is made
+    # the backbone, its weights and the input size, parsed once: everything below uses these
+    spec = backbone_spec(backbone)
+    recipe = FeatureRecipe.create(spec.name, weights=weights, input_size=input_size)
+    check_batch_fits(recipe.input_size, batch_size)  # before any folder is made
     _check_out(Path(out), resume, overwrite, images)  # before TensorFlow loads
     outputs.check_writable(Path(out) / outputs.MARKER)
     from ..trainer import (
@@ -210,32 +217,32 @@ def finetune(
     # wants, a head's own schedule (which the strategy takes if it offers it), and the defaults
     # of the recipe a strategy stands for (off when the head brings its own schedule)
     schedule = head_meta.get("schedule")
-    recipe = {} if schedule else dict(strategy_spec.metadata.get("finetune_defaults", {}))
+    defaults = {} if schedule else dict(strategy_spec.metadata.get("finetune_defaults", {}))
     if augment is None and not task:
-        augment = recipe.get("augment")
+        augment = defaults.get("augment")
     augment = _augmentation_for(augment, task)
     # the pooling a head asks for in its metadata (``none``: the feature map, which it pools
     # itself); a head that says nothing gets average-pooled vectors
     pooling = pooling or str(head_meta.get("pooling", "avg"))
-    spec = backbone_spec(backbone)
     options = _strategy_options(strategy_spec, epochs, learning_rate, unfreeze_from)
     if schedule and schedule in strategy_spec.metadata.get("schedules", ()):
         options["schedule"] = schedule
     strategy_obj = resolve_strategy(strategy_spec.name, **options)
     if restore_best is None:
-        restore_best = bool(recipe.get("restore_best", False))
+        restore_best = bool(defaults.get("restore_best", False))
     if probe_init is None:
-        probe_init = bool(recipe.get("probe_init", False))
+        probe_init = bool(defaults.get("probe_init", False))
     if patience is None:
-        patience = recipe.get("patience")
+        patience = defaults.get("patience")
     if label_smoothing is None:
-        label_smoothing = float(recipe.get("label_smoothing", 0.0))
+        label_smoothing = float(defaults.get("label_smoothing", 0.0))
     _prepare_out(out, resume, overwrite, images)
 
     with precision_scope(precision):
+        # seeded once, before the data and the model are made; the Trainer does not reseed
         seed_everything(seed, deterministic=deterministic)
         data = _data_module(images, test, task, split, seed, batch_size, augment)
-        built = pool(spec.factory(weights=weights, input_size=size), pooling)
+        built = pool(spec.factory(weights=recipe.weights, input_size=recipe.input_size), pooling)
         model = TransferModel(
             built,
             head,
@@ -253,6 +260,8 @@ def finetune(
         has_val = bool(len(data.val_indices))
         if patience and has_val:
             own.insert(0, EarlyStopping(patience=patience))
+        if probe_init:
+            own.insert(0, ProbeHead())
         if tensorboard is not None:
             import importlib.util
 
@@ -269,12 +278,11 @@ def finetune(
             max_epochs=max_epochs,
             callbacks=[*own, *callbacks],
             seed=seed,
+            reseed=False,
             precision=precision,
             deterministic=deterministic,
             enable_progress=progress,
         )
-        if probe_init and not (resume and (out / CHECKPOINT_DIR / "last.ckpt.npz").exists()):
-            _probe_head(model, data)
         result = trainer.fit(model, data, strategy_obj, ckpt_path="last" if resume else None)
         best = out / CHECKPOINT_DIR / ModelCheckpoint.BEST
         restored = None
@@ -306,7 +314,7 @@ def finetune(
             extra={
                 "strategy": strategy_obj.name,
                 "test_accuracy": summary["test_accuracy"],
-                "backbone_spec": spec.name,
+                "backbone_spec": recipe.backbone,
                 "pooling": built.pooling,
             },
         )
@@ -320,6 +328,16 @@ def finetune(
         return summary
 
 
+class ProbeHead(Callback):
+    """Starts the head at the linear probe (:func:`_probe_head`) when the fit starts, on the
+    data module as the Trainer set it up, before the first epoch; a fit resumed from a
+    checkpoint keeps the checkpoint's head."""
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if trainer.ckpt_path is None:
+            _probe_head(trainer.model, trainer.data)
+
+
 def _probe_head(model: Any, data: Any) -> bool:
     """Set the last Dense layer of ``model``'s head to the linear probe of its own inputs: a
     multinomial ``LogisticRegression(C=1)`` (an L2 penalty) fitted on the frozen base's pooled
@@ -330,7 +348,8 @@ def _probe_head(model: Any, data: Any) -> bool:
     logits that explode under augmentation) and weights low-spread channels as much as the
     rest (on the photos' unseen tiles, 0.92 standardised against 0.95 unstandardised;
     ``bench/RESULTS.md``). Returns whether it did: only heads whose input to that layer is the
-    pooled feature vector (``linear``, ``dense``)."""
+    pooled feature vector (``linear``, ``dense``). ``data`` must be set up for ``model``
+    (``data.setup``, which the Trainer's ``fit`` does)."""
     import keras
     from sklearn.linear_model import LogisticRegression
 
@@ -340,9 +359,8 @@ def _probe_head(model: Any, data: Any) -> bool:
         isinstance(layer, keras.layers.Dense) for layer in layers[:-1]
     ):
         return False
-    data.setup(preprocess=model.backbone.preprocess, input_size=model.input_size)
     features, labels = [], []
-    for images, y in data._dataset(np.sort(data.train_indices)):
+    for images, y in data.dataset(np.sort(data.train_indices)):
         x = model.base(images, training=False)
         if len(x.shape) == 4:
             x = keras.ops.mean(x, axis=(1, 2))
@@ -423,185 +441,18 @@ def _data_module(
     return data
 
 
-# --------------------------------------------------------------------------- loading
-
-
-class FinetunedModel:
-    """A classifier saved by :func:`finetune`: ``label_names``, ``input_size``, ``metadata`` and
-    :meth:`predict_proba` / :meth:`predict` on RGB 0..255 images or on image files."""
-
-    def __init__(self, model: Any, path: Path) -> None:
-        self.model = model
-        self.path = path
-        labels, metadata = _labels_and_metadata(model, path)
-        self.label_names: list[str] = labels
-        self.metadata: dict[str, Any] = metadata
-        from ..sizes import parse_input_size
-
-        size = parse_input_size(self.metadata.get("input_size"))
-        if size is None:
-            raise TransferkitError(f"{path} records no input size")
-        self.input_size = size
-        self._preprocess: Any = None
-        if not self.metadata.get("preprocess_in_model", True):
-            spec = registry.backbone(self.metadata["backbone"])
-            built = spec.factory(weights=None, input_size=self.input_size)
-            self._preprocess = built.preprocess
-
-    def _prepare(self, images: Any) -> Any:
-        import tensorflow as tf
-
-        x = tf.convert_to_tensor(np.asarray(images, dtype=np.float32))
-        if x.shape.rank == 3:
-            x = x[None]
-        if tuple(x.shape[1:3]) != self.input_size:
-            x = tf.image.resize(x, self.input_size)
-        return self._preprocess(x) if self._preprocess is not None else x
-
-    def predict_proba(self, images: Any, batch_size: int = 32) -> np.ndarray:
-        """Class probabilities ``(N, classes)`` for RGB images with values 0..255."""
-        probs = self.model.predict(self._prepare(images), batch_size=batch_size, verbose=0)
-        return np.asarray(probs, dtype=np.float32)
-
-    def predict(self, images: Any, batch_size: int = 32) -> list[str]:
-        """The label name of the most probable class of each image."""
-        return [self.label_names[i] for i in self.predict_proba(images, batch_size).argmax(1)]
-
-    def predict_files(
-        self, paths: Sequence[str], batch_size: int = 32
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """``(probabilities, rows)`` for image files through the input pipeline; ``rows`` are the
-        indices of the files that decoded (the others are skipped)."""
-        from ..pipeline import map_files
-
-        return map_files(
-            lambda images: self.model(images, training=False),
-            paths,
-            input_size=self.input_size,
-            preprocess=self._preprocess,
-            width=len(self.label_names),
-            batch_size=batch_size,
-        )
-
-
-def _labels_and_metadata(model: Any, path: Path) -> tuple[list[str], dict[str, Any]]:
-    """The label names and metadata of a fine-tuned file: its ``transferkit.json`` (files that
-    load with plain Keras) or, in older files, its ``ClassLabels`` layer."""
-    from ..trainer.model import METADATA_FILE
-
-    try:
-        with zipfile.ZipFile(path) as archive:
-            sidecar = json.loads(archive.read(METADATA_FILE))
-        return [str(n) for n in sidecar["label_names"]], dict(sidecar["metadata"])
-    except (OSError, KeyError, zipfile.BadZipFile, ValueError, TypeError):
-        pass
-    try:
-        labels = model.get_layer("labels")
-        return list(labels.label_names), dict(labels.metadata)
-    except (ValueError, AttributeError) as exc:
-        raise UsageError(
-            f"{path} is a Keras model but not one saved by `transferkit finetune` (it has no "
-            "label names)"
-        ) from exc
-
-
-def _registered_names(path: Path) -> set[str]:
-    """Every ``registered_name`` in a ``.keras`` file's config (without building anything)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            config = json.loads(archive.read("config.json"))
-    except (OSError, KeyError, zipfile.BadZipFile, ValueError, RecursionError) as exc:
-        raise TransferkitError(
-            f"{path} is not a .keras model file: {type(exc).__name__}: {str(exc)[:200]}"
-        ) from None
-    names: set[str] = set()
-    stack = [config]  # a loop, not recursion: the file may nest as deep as it likes
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            name = node.get("registered_name")
-            if isinstance(name, str) and ">" in name:
-                names.add(name)
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    return names
-
-
-def _plugin_keras_objects(path: Path) -> dict[str, Any]:
-    """The plugins' Keras classes (hook ``register_keras_objects``) the file at ``path`` may
-    need: those registered as classes, and those registered lazily under a name it holds."""
-    import keras
-
-    known = keras.saving.get_custom_objects()
-    missing = [n for n in _registered_names(path) if n not in known]
-    return registry.keras_objects(missing)
-
-
-def load_finetuned(path: str | Path) -> FinetunedModel:
-    """Reload a classifier saved by :func:`finetune` (a ``.keras`` file or the ``out`` folder)."""
-    import keras
-
-    from ..trainer import layers  # noqa: F401  (registers transferkit's Keras classes)
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / MODEL_FILE
-    if not path.exists():
-        raise UsageError(f"no fine-tuned model at {path}; run `transferkit finetune` first")
-    custom_objects = _plugin_keras_objects(path)
-    try:
-        model = keras.saving.load_model(path, compile=False, custom_objects=custom_objects)
-    except Exception as exc:
-        text = " ".join(str(exc).split())[:300]
-        raise TransferkitError(
-            f"cannot load {path}: {type(exc).__name__}: {text}. If it holds a plugin's layer "
-            "(a TF Hub backbone), make sure that plugin is installed and its model reachable"
-        ) from None
-    try:
-        loaded = FinetunedModel(model, path)
-    except TransferkitError:
-        raise
-    except Exception as exc:  # metadata of the wrong shape or type
-        raise TransferkitError(
-            f"{path} is not a usable fine-tuned model: its label names or metadata are malformed "
-            f"({type(exc).__name__}: {str(exc)[:200]})"
-        ) from None
-    width = int(model.outputs[0].shape[-1]) if getattr(model, "outputs", None) else None
-    names = loaded.label_names
-    if (
-        not names
-        or not all(isinstance(n, str) for n in names)
-        or (width is not None and width != len(names))
-    ):
-        raise TransferkitError(
-            f"{path} is not a usable fine-tuned model: it outputs {width} classes but names "
-            f"{len(names)}"
-        )
-    return loaded
-
-
-def is_finetuned(path: str | Path) -> bool:
-    """Whether ``path`` is a fine-tuned classifier (a ``.keras`` file or a folder holding one)."""
-    p = Path(path)
-    return p.suffix == ".keras" or (p.is_dir() and (p / MODEL_FILE).exists())
-
-
 def predict_finetuned(
     model_path: str | Path, paths: Sequence[str], *, batch_size: int = 32, top: int = 1
 ) -> dict[str, Any]:
     """``transferkit predict`` for a fine-tuned classifier: the same output as for a classifier
     on features (one entry per image: label, probability, or the reason it was skipped)."""
-    import sys
-
     from ..images import ImageRecord, ImageSource
     from ..pipeline import skip_reason
 
     loaded = load_finetuned(model_path)
     names = loaded.label_names
-    print(
-        f"predicting {len(paths)} image(s) with the fine-tuned {loaded.metadata.get('backbone')}",
-        file=sys.stderr,
+    log.info(
+        f"predicting {len(paths)} image(s) with the fine-tuned {loaded.metadata.get('backbone')}"
     )
     probs, rows = loaded.predict_files(list(paths), batch_size=batch_size)
     by_row: dict[int, dict[str, Any]] = {}

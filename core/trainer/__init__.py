@@ -16,11 +16,13 @@ from .callbacks import (
 )
 from .data import ArrayDataModule, DataModule, ImageDataModule
 from .model import TransferModel
+from .precision import TRAINING_PRECISIONS, precision_scope, set_precision
 from .seed import seed_everything
 from .strategy import FinetuneStrategy, Phase, layer_blocks
-from .trainer import Trainer, precision_scope, resolve_strategy, set_precision
+from .trainer import Trainer, resolve_strategy
 
 __all__ = [
+    "TRAINING_PRECISIONS",
     "ArrayDataModule",
     "Callback",
     "DataModule",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import os
 import sys
@@ -22,6 +23,8 @@ from ..errors import UsageError
 if TYPE_CHECKING:  # pragma: no cover
     from .strategy import Phase
     from .trainer import Trainer
+
+log = logging.getLogger(__name__)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -208,17 +211,14 @@ class ModelCheckpoint(Callback):
 
     def on_epoch_complete(self, trainer: Trainer, epoch: int) -> None:
         if self.save_last:
-            from .checkpoint import save_checkpoint
-
-            save_checkpoint(self.last_path, trainer)
+            trainer.save_checkpoint(self.last_path)
 
     def on_exception(self, trainer: Trainer, exception: BaseException) -> None:
         if self.save_last and self.last_path.exists():
-            print(
-                f"transferkit: training stopped ({type(exception).__name__}); the last checkpoint "
+            log.warning(
+                f"training stopped ({type(exception).__name__}); the last checkpoint "
                 f"is {self.last_path}: resume from it (finetune --resume, or "
-                'Trainer.fit(..., ckpt_path="last"))',
-                file=sys.stderr,
+                'Trainer.fit(..., ckpt_path="last"))'
             )
 
     def state_dict(self) -> dict[str, Any]:

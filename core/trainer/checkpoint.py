@@ -1,45 +1,62 @@
-"""The ``last`` checkpoint: one ``.npz`` holding model variables, optimizer variables and the
-trainer state as JSON, written to a temporary file and moved into place with ``os.replace``."""
+"""The ``last`` checkpoint format: one ``.npz`` holding the model's variables, the optimizer's
+variables and the trainer state as JSON, written to a temporary file and moved into place with
+``os.replace``; ``state.json`` beside it is a readable copy of the state.
+
+The format takes plain values and gives plain values back: arrays in the order of the model's
+and the optimizer's variables, and a JSON-able state (epoch, strategy phase, callback states,
+history, seed). :meth:`transferkit.trainer.Trainer.save_checkpoint` gathers them, and the
+Trainer puts them back on resume; this module knows nothing of the Trainer or its model.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ..errors import TransferkitError
 from ..outputs import atomic_path, atomic_write_text
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .trainer import Trainer
-
 FORMAT = 1
+STATE_FILE = "state.json"  # the readable copy, beside the checkpoint
 
 
-def save_checkpoint(path: Path, trainer: Trainer) -> None:
-    keras_model = trainer.model.keras_model
+def write_checkpoint(
+    path: Path,
+    *,
+    state: Mapping[str, Any],
+    model_arrays: Sequence[np.ndarray],
+    optimizer_arrays: Sequence[np.ndarray] = (),
+) -> None:
+    """Write one checkpoint at ``path`` (atomically) and the readable ``state.json`` beside it.
+
+    ``model_arrays`` and ``optimizer_arrays`` are the variables' values in order; ``state`` is
+    any JSON-able mapping (the format adds its version and the two counts)."""
     arrays: dict[str, np.ndarray] = {}
-    for i, v in enumerate(keras_model.variables):
-        arrays[f"m{i}"] = np.asarray(v.numpy())
-    optimizer = keras_model.optimizer
-    opt_vars = list(optimizer.variables) if optimizer is not None and optimizer.built else []
-    for i, v in enumerate(opt_vars):
-        arrays[f"o{i}"] = np.asarray(v.numpy())
-    state = trainer.state_dict()
-    state["format"] = FORMAT
-    state["n_model"] = len(keras_model.variables)
-    state["n_optimizer"] = len(opt_vars)
-    text = json.dumps(state)
+    for i, a in enumerate(model_arrays):
+        arrays[f"m{i}"] = np.asarray(a)
+    for i, a in enumerate(optimizer_arrays):
+        arrays[f"o{i}"] = np.asarray(a)
+    full = dict(state)
+    full["format"] = FORMAT
+    full["n_model"] = len(model_arrays)
+    full["n_optimizer"] = len(optimizer_arrays)
+    text = json.dumps(full)
     arrays["state"] = np.frombuffer(text.encode(), dtype=np.uint8)
+    path = Path(path)
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)  # type: ignore[arg-type]
-    atomic_write_text(path.with_name("state.json"), json.dumps(state, indent=2))
+    atomic_write_text(path.with_name(STATE_FILE), json.dumps(full, indent=2))
 
 
 class Checkpoint:
-    """A loaded checkpoint: ``state`` (dict) and the variable arrays."""
+    """A loaded checkpoint: ``state`` (dict), ``model_arrays`` and ``optimizer_arrays``.
+
+    :meth:`restore_model` and :meth:`restore_optimizer` check the arrays against variables (any
+    objects with ``shape``, ``path`` and ``assign``, as Keras variables have) and assign them."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -60,8 +77,10 @@ class Checkpoint:
             "backbone, head and options, or delete the checkpoint folder to start afresh"
         )
 
-    def restore_model(self, keras_model: Any) -> None:
-        variables = list(keras_model.variables)
+    def restore_model(self, variables: Sequence[Any]) -> None:
+        """Assign the model arrays to ``variables`` (the model's, in order), after checking
+        that every count and shape fits (nothing is assigned otherwise)."""
+        variables = list(variables)
         if len(variables) != len(self.model_arrays):
             raise self._mismatch(
                 "model", f"{len(self.model_arrays)} variables saved, {len(variables)} in the model"
@@ -74,13 +93,9 @@ class Checkpoint:
         for v, a in zip(variables, self.model_arrays, strict=True):
             v.assign(a)
 
-    def restore_optimizer(self, keras_model: Any) -> None:
-        optimizer = keras_model.optimizer
-        if not self.optimizer_arrays:
-            return
-        if not optimizer.built:
-            optimizer.build(keras_model.trainable_variables)
-        variables = list(optimizer.variables)
+    def restore_optimizer(self, variables: Sequence[Any]) -> None:
+        """Assign the optimizer arrays to ``variables`` (the built optimizer's, in order)."""
+        variables = list(variables)
         if len(variables) != len(self.optimizer_arrays):
             raise self._mismatch(
                 "optimizer",

@@ -27,7 +27,7 @@ def _split(labels: np.ndarray, fractions: Sequence[float], seed: int) -> tuple[n
 
 
 class DataModule:
-    """Base class: subclasses implement :meth:`_dataset` for a list of row indices."""
+    """Base class: subclasses implement :meth:`dataset` for a list of row indices."""
 
     def __init__(
         self,
@@ -113,7 +113,7 @@ class DataModule:
 
     def train_dataset(self, epoch: int = 0) -> Any:
         self._require_setup()
-        return self._dataset(self.epoch_order(epoch))
+        return self.dataset(self.epoch_order(epoch))
 
     def train_segment(self, start: int, end: int) -> tuple[Any, int] | None:
         """The training batches of epochs ``start`` .. ``end - 1`` as ONE dataset, and the
@@ -136,10 +136,12 @@ class DataModule:
         if len(indices) == 0:
             return None
         if key not in self._cache:
-            self._cache[key] = self._dataset(indices)
+            self._cache[key] = self.dataset(indices)
         return self._cache[key]
 
-    def _dataset(self, indices: np.ndarray) -> Any:  # pragma: no cover - abstract
+    def dataset(self, indices: np.ndarray) -> Any:  # pragma: no cover - abstract
+        """The batches ``(images, labels)`` of the rows ``indices``, in that order, preprocessed
+        and resized as :meth:`setup` says, without augmentation (a ``tf.data`` dataset)."""
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
@@ -178,11 +180,12 @@ class ArrayDataModule(DataModule):
         self._tensors: Any = None
         super().__init__(labels, names, **options)
 
-    def _dataset(self, indices: np.ndarray) -> Any:
+    def dataset(self, indices: np.ndarray) -> Any:
         import tensorflow as tf
 
         from ..pipeline import dataset_options
 
+        self._require_setup()
         gather = self._gather_fn()
         ds = tf.data.Dataset.from_tensor_slices(np.asarray(indices, np.int64))
         ds = ds.batch(self.batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
@@ -242,9 +245,10 @@ class ImageDataModule(DataModule):
         labels = [r.label for r in source.records]
         super().__init__(labels, list(source.label_names), **options)
 
-    def _dataset(self, indices: np.ndarray) -> Any:
+    def dataset(self, indices: np.ndarray) -> Any:
         from ..pipeline import image_dataset
 
+        self._require_setup()
         assert self.input_size is not None
         return image_dataset(
             self.source,

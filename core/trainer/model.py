@@ -238,7 +238,8 @@ class TransferModel:
 
     def export(self, path: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
         """Save a ``.keras`` classifier that takes float RGB 0..255 images at ``input_size`` and
-        carries its label names and preprocessing (see :func:`load_finetuned`).
+        carries its label names and preprocessing (its reader:
+        :func:`transferkit.trainer.saved.load_finetuned`).
 
         The file holds standard Keras layers only, wherever the backbone's do: the preprocessing
         (when it is affine) as ``Rescaling`` or a frozen ``Dense(3)``, the head's pooling as

@@ -23,7 +23,12 @@ def seed_everything(seed: int = 0, *, deterministic: bool = False) -> int:
     np.random.seed(seed % (2**32))
     keras.utils.set_random_seed(seed)
     if deterministic:
-        import tensorflow as tf
-
-        tf.config.experimental.enable_op_determinism()
+        deterministic_ops()
     return seed
+
+
+def deterministic_ops() -> None:
+    """Switch TensorFlow's op determinism on (for the rest of the process)."""
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()

@@ -12,11 +12,8 @@ run continues exactly where the last checkpoint left off.
 
 from __future__ import annotations
 
-import contextlib
-import sys
-import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,25 +21,16 @@ import numpy as np
 
 from .. import plugin_manager
 from ..errors import TransferkitError, UsageError
+from .bridge import epoch_bridge, keras_run, quiet_end_of_data
 from .callbacks import Callback, ModelCheckpoint, ProgressPrinter
+from .checkpoint import Checkpoint, write_checkpoint
 from .data import DataModule
 from .model import TransferModel
-from .seed import seed_everything
+from .precision import policy_name
+from .seed import deterministic_ops, seed_everything
 from .strategy import FinetuneStrategy
 
-PRECISIONS = {"32": "float32", "float32": "float32", "16-mixed": "mixed_float16",
-              "mixed_float16": "mixed_float16", "bf16-mixed": "mixed_bfloat16",
-              "mixed_bfloat16": "mixed_bfloat16"}  # fmt: skip
-
-
-@contextlib.contextmanager
-def _quiet_end_of_data() -> Iterator[None]:
-    """Keras warns "input ran out of data" at the end of every first pass over a dataset of
-    unknown length (the input pipeline drops undecodable images, so its length is unknown);
-    each epoch here is a first pass, so the warning says nothing."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Your input ran out of data")
-        yield
+log = logging.getLogger(__name__)
 
 
 def resolve_strategy(strategy: Any, **options: Any) -> FinetuneStrategy:
@@ -70,36 +58,18 @@ def resolve_strategy(strategy: Any, **options: Any) -> FinetuneStrategy:
     return made
 
 
-def set_precision(precision: str) -> str:
-    """Set Keras' global dtype policy (before the model is built); returns the policy name."""
-    import keras
-
-    if str(precision) not in PRECISIONS:
-        raise UsageError(f"unknown precision {precision!r}; use one of {sorted(PRECISIONS)}")
-    policy = PRECISIONS[str(precision)]
-    keras.mixed_precision.set_global_policy(policy)
-    return policy
-
-
-@contextlib.contextmanager
-def precision_scope(precision: str) -> Iterator[str]:
-    """Set Keras' global dtype policy for ``precision`` inside the block, then restore it."""
-    import keras
-
-    previous = keras.mixed_precision.global_policy().name
-    try:
-        yield set_precision(precision)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
-
-
 class Trainer:
     """Fits, validates, tests and predicts with a :class:`TransferModel`.
 
     ``max_epochs`` caps the total number of epochs over all phases (default: the strategy's own
     total). ``callbacks`` are :class:`~transferkit.trainer.callbacks.Callback` objects; a progress
     printer is added unless ``enable_progress=False``. ``seed`` seeds everything at the start of
-    ``fit``; ``deterministic=True`` also switches TensorFlow's op determinism on.
+    ``fit`` and the augmentation; ``reseed=False`` leaves the random state as the caller seeded
+    it (:func:`~transferkit.trainer.seed_everything` before building the model, as the fine-tune
+    job does), so a run is seeded once. ``deterministic=True`` also switches TensorFlow's op
+    determinism on. ``precision`` is a training precision
+    (:data:`~transferkit.trainer.precision.TRAINING_PRECISIONS`: ``32``, ``16-mixed``,
+    ``bf16-mixed``).
     """
 
     def __init__(
@@ -112,11 +82,11 @@ class Trainer:
         deterministic: bool = False,
         enable_progress: bool = True,
         jit_compile: Any = False,
+        reseed: bool = True,
     ) -> None:
         if max_epochs is not None and max_epochs < 0:
             raise UsageError(f"max_epochs must be 0 or more, got {max_epochs}")
-        if str(precision) not in PRECISIONS:
-            raise UsageError(f"unknown precision {precision!r}; use one of {sorted(PRECISIONS)}")
+        policy_name(precision)  # an unknown precision fails here
         self.max_epochs = max_epochs
         self.callbacks: list[Callback] = [c for c in callbacks if isinstance(c, Callback)]
         # Keras callbacks (TensorBoard, EarlyStopping, CSVLogger, ...) run inside Keras' fit
@@ -130,6 +100,7 @@ class Trainer:
         if enable_progress and not any(isinstance(c, ProgressPrinter) for c in self.callbacks):
             self.callbacks.append(ProgressPrinter())
         self.seed = int(seed)
+        self.reseed = bool(reseed)
         self.precision = str(precision)
         self.deterministic = deterministic
         self.jit_compile = jit_compile
@@ -149,6 +120,8 @@ class Trainer:
         self._pending: Any = None
         self._phase_done = False
         self._keras_run: Any = None
+        self._data_for: tuple[TransferModel, DataModule] | None = None
+        self.ckpt_path: Path | None = None  # the checkpoint this fit resumed from
         self.where = ""
 
     # ------------------------------------------------------------------ public entry points
@@ -225,8 +198,8 @@ class Trainer:
         """Every moment of training reaches the callbacks here: each :class:`Callback`'s method
         ``hook`` (in the order given to the Trainer; ``callbacks`` narrows them), then, where a
         plugin hook of the same name exists (``PLUGIN_HOOKS``), the plugins' hook, so the two
-        always fire at the same moments. ``guard``: a failing callback is reported on stderr
-        instead of raised (while an error is already on its way)."""
+        always fire at the same moments. ``guard``: a failing callback is logged instead of
+        raised (while an error is already on its way)."""
         for cb in self.callbacks if callbacks is None else callbacks:
             if not guard:
                 getattr(cb, hook)(self, *args)
@@ -234,7 +207,7 @@ class Trainer:
             try:
                 getattr(cb, hook)(self, *args)
             except Exception as cb_exc:  # a failing callback must not hide the error
-                print(f"transferkit: callback {hook} failed: {cb_exc}", file=sys.stderr)
+                log.warning(f"callback {hook} failed: {cb_exc}")
         plugin_kwargs = PLUGIN_HOOKS.get(hook)
         if plugin_kwargs is not None:
             plugin_manager.call_lifecycle(hook, **plugin_kwargs(self, *args))
@@ -248,8 +221,11 @@ class Trainer:
     def _run_fit(self, ckpt_path: str | Path | None) -> dict[str, Any]:
         model, data, strategy = self.model, self.data, self.strategy
         self._check_precision(model)
-        seed_everything(self.seed, deterministic=self.deterministic)
-        data.setup(preprocess=model.backbone.preprocess, input_size=model.input_size)
+        if self.reseed:
+            seed_everything(self.seed, deterministic=self.deterministic)
+        elif self.deterministic:
+            deterministic_ops()
+        self._setup_data()
         if data.num_classes != model.num_classes:
             raise UsageError(
                 f"the data has {data.num_classes} classes but the model's head has "
@@ -330,27 +306,37 @@ class Trainer:
         if self._pending is not None:
             checkpoint, self._pending = self._pending, None
             if checkpoint.state.get("compiled_phase") == self.strategy.phase_index:
-                checkpoint.restore_optimizer(model.keras_model)
+                self._restore_optimizer(checkpoint)
+
+    def _restore_optimizer(self, checkpoint: Checkpoint) -> None:
+        if not checkpoint.optimizer_arrays:
+            return
+        keras_model = self.model.keras_model
+        optimizer = keras_model.optimizer
+        if not optimizer.built:
+            optimizer.build(keras_model.trainable_variables)
+        checkpoint.restore_optimizer(optimizer.variables)
 
     def _run_segment(self, start: int, end: int) -> bool | None:
         """Train epochs ``start`` .. ``end - 1`` in one ``fit`` call when the data module can give
-        their batches as one dataset (else one epoch per call). A :class:`_EpochBridge` runs the
-        per-epoch work and ends the call early when the phase ends or the strategy changes the
-        trainable state. Returns whether the next epoch's strategy step was already applied
-        (and changed the model), or None when it was not run."""
+        their batches as one dataset (else one epoch per call). A Keras callback
+        (:func:`~transferkit.trainer.bridge.epoch_bridge`) runs the per-epoch work and ends the
+        call early when the phase ends or the strategy changes the trainable state. Returns
+        whether the next epoch's strategy step was already applied (and changed the model), or
+        None when it was not run."""
         segment = self.data.train_segment(start, end)
         if segment is None:
             end = start + 1
             dataset, steps = self.data.train_dataset(start), None
         else:
             dataset, steps = segment
-        bridge = _EpochBridge(self, end)
+        bridge = epoch_bridge(self, end)
         extra: list[Any] = []
         if self.keras_callbacks:
             if self._keras_run is None:
-                self._keras_run = _make_keras_run_class(_bridge_base())(self.keras_callbacks)
-            extra = [self._keras_run, _EpochBridge(self, end, watch=bridge)]
-        with _quiet_end_of_data():
+                self._keras_run = keras_run(self.keras_callbacks)
+            extra = [self._keras_run, epoch_bridge(self, end, watch=bridge)]
+        with quiet_end_of_data():
             self.model.keras_model.fit(
                 dataset,
                 validation_data=self.data.val_dataset(),
@@ -368,7 +354,21 @@ class Trainer:
         self.history.append({"epoch": epoch, "phase": self.strategy.phase.name, **logs})
         self.epoch = epoch + 1
 
-    # ------------------------------------------------------------------ resume
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self, path: str | Path) -> None:
+        """Write a checkpoint of this fit at ``path`` (``ModelCheckpoint`` calls it after each
+        epoch): the model's and the optimizer's variables and :meth:`state_dict`, handed as
+        plain values to :func:`~transferkit.trainer.checkpoint.write_checkpoint`."""
+        keras_model = self.model.keras_model
+        optimizer = keras_model.optimizer
+        opt_vars = list(optimizer.variables) if optimizer is not None and optimizer.built else []
+        write_checkpoint(
+            Path(path),
+            state=self.state_dict(),
+            model_arrays=[np.asarray(v.numpy()) for v in keras_model.variables],
+            optimizer_arrays=[np.asarray(v.numpy()) for v in opt_vars],
+        )
 
     def _find_checkpoint(self, ckpt_path: str | Path | None) -> Path | None:
         if ckpt_path is None:
@@ -387,8 +387,6 @@ class Trainer:
         return path
 
     def _restore(self, ckpt_path: str | Path | None) -> bool:
-        from .checkpoint import Checkpoint
-
         path = self._find_checkpoint(ckpt_path)
         if path is None:
             return False
@@ -404,12 +402,12 @@ class Trainer:
                 cb.load_state_dict(by_key[cb.state_key])
         if not self.strategy.finished:
             self.strategy.on_epoch_start(self.model, self.epoch)
-        checkpoint.restore_model(self.model.keras_model)
+        checkpoint.restore_model(self.model.keras_model.variables)
         self._pending = checkpoint
-        print(
+        self.ckpt_path = path
+        log.info(
             f"resuming from {path} at epoch {self.epoch + 1} "
-            f"(phase {self._phase_name_or_none() or 'done'})",
-            file=sys.stderr,
+            f"(phase {self._phase_name_or_none() or 'done'})"
         )
         return True
 
@@ -433,7 +431,7 @@ class Trainer:
             model.compile("rmsprop")
 
     def _evaluate(self, dataset: Any) -> dict[str, float]:
-        with _quiet_end_of_data():
+        with quiet_end_of_data():
             scores = self.model.keras_model.evaluate(dataset, verbose=0, return_dict=True)
         return {k: float(v) for k, v in scores.items()}
 
@@ -443,9 +441,16 @@ class Trainer:
         if self.model is None:
             raise UsageError("pass a model (or call fit first)")
         if isinstance(self.data, DataModule):
-            self.data.setup(
-                preprocess=self.model.backbone.preprocess, input_size=self.model.input_size
-            )
+            self._setup_data()
+
+    def _setup_data(self) -> None:
+        """Hand the data module the model's preprocessing and input size, once for each pair
+        of model and data module (``fit`` sets up; ``score`` after it does not again)."""
+        ready = self._data_for
+        if ready is not None and ready[0] is self.model and ready[1] is self.data:
+            return
+        self.data.setup(preprocess=self.model.backbone.preprocess, input_size=self.model.input_size)
+        self._data_for = (self.model, self.data)
 
     def _run_eval(self, model: TransferModel | None, data: DataModule | None, split: str) -> dict:
         self._bind(model, data)
@@ -469,7 +474,7 @@ class Trainer:
         if dataset is None:
             raise UsageError(f"the data module has no {split} split; give it a {split} fraction")
         truth, predicted = [], []
-        with _quiet_end_of_data():
+        with quiet_end_of_data():
             for batch in dataset:
                 probs = self.model.network(batch[0], training=False)
                 predicted.append(np.asarray(probs).argmax(-1).reshape(-1))
@@ -484,7 +489,7 @@ class Trainer:
             if self.data is None:
                 raise UsageError("pass a data module, a dataset or an array of images")
             dataset = {
-                "train": lambda: self.data._dataset(self.data.train_indices),
+                "train": lambda: self.data.dataset(self.data.train_indices),
                 "val": self.data.val_dataset,
                 "test": self.data.test_dataset,
             }[split]()
@@ -498,7 +503,7 @@ class Trainer:
     # ------------------------------------------------------------------ properties
 
     def _check_precision(self, model: TransferModel) -> None:
-        want = PRECISIONS[self.precision]
+        want = policy_name(self.precision)
         have = model.head.dtype_policy.name if hasattr(model.head, "dtype_policy") else want
         if have != want:
             raise UsageError(
@@ -568,139 +573,3 @@ PLUGIN_HOOKS: dict[str, Callable[..., dict[str, Any]]] = {
         "history": result,
     },
 }
-
-
-def _bridge_base() -> Any:
-    import keras
-
-    return keras.callbacks.Callback
-
-
-class _EpochBridge:
-    """A Keras callback (built on first use, so that this module does not import Keras) that
-    runs the Trainer's per-epoch work inside a multi-epoch ``fit`` call."""
-
-    def __new__(cls, trainer: Trainer, end: int, watch: Any = None) -> Any:
-        global _EpochBridgeImpl
-        if _EpochBridgeImpl is None:
-            _EpochBridgeImpl = _make_bridge_class(_bridge_base())
-        return _EpochBridgeImpl(trainer, end, watch)
-
-
-_EpochBridgeImpl: Any = None
-
-
-def _make_bridge_class(base: Any) -> Any:
-    class EpochBridge(base):  # type: ignore[misc, valid-type]
-        def __init__(self, trainer: Trainer, end: int, watch: Any = None) -> None:
-            super().__init__()
-            self.trainer = trainer
-            self.end = end
-            self.changed_ahead: bool | None = None
-            self.started = 0.0
-            base_hook = Callback.on_train_batch_end
-            self.batch_callbacks = [
-                cb
-                for cb in trainer.callbacks
-                if type(cb).on_train_batch_end is not base_hook
-                and getattr(cb, "wants_batches", True)
-            ]
-            if self.batch_callbacks and watch is None:
-                self.on_train_batch_end = self._batch_end  # only then a call per batch
-            # a watcher (after the user's Keras callbacks) instead of a bridge: a stop that
-            # the bridge did not ask for (Keras' EarlyStopping) ends the phase
-            self.watch = watch
-            self.stop_asked = False
-
-        def _batch_end(self, batch: int, logs: Any = None) -> None:
-            steps = (self.params or {}).get("steps")
-            if steps is None:
-                known = getattr(self.trainer.data, "steps_per_epoch", None)
-                steps = known() if callable(known) else known
-            values = {k: float(v) for k, v in (logs or {}).items() if np.ndim(v) == 0}
-            self.trainer._call_callback_hooks(
-                "on_train_batch_end", batch, steps, values, callbacks=self.batch_callbacks
-            )
-
-        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-            if self.watch is not None:
-                return
-            self.stop_asked = False
-            self.started = time.perf_counter()
-            self.trainer._call_callback_hooks("on_epoch_start", epoch)
-
-        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-            trainer, strategy = self.trainer, self.trainer.strategy
-            if self.watch is not None:
-                if self.model.stop_training and not self.watch.stop_asked:
-                    trainer._phase_done = True
-                return
-            values = {k: float(v) for k, v in (logs or {}).items()}
-            values["seconds"] = round(time.perf_counter() - self.started, 4)
-            trainer._after_epoch(epoch, values)
-            if strategy.phase_complete(epoch + 1) or trainer.should_stop_phase:
-                trainer._phase_done = True  # the Trainer ends the phase after this fit call
-                self.model.stop_training = self.stop_asked = True
-                return
-            if not trainer.should_stop and epoch + 1 < self.end:
-                signature = trainer.model.trainable_signature()
-                changed = strategy.on_epoch_start(trainer.model, epoch + 1)
-                if changed or trainer.model.trainable_signature() != signature:
-                    self.changed_ahead = True  # a re-compile is due: end this fit call
-                    self.model.stop_training = True
-            if trainer.should_stop:
-                self.model.stop_training = True
-            self.stop_asked = bool(self.model.stop_training)
-            trainer._call_callback_hooks("on_epoch_complete", epoch)
-
-    return EpochBridge
-
-
-def _make_keras_run_class(base: Any) -> Any:
-    class KerasCallbacks(base):  # type: ignore[misc, valid-type]
-        """The user's Keras callbacks over the many ``fit`` calls of one :meth:`Trainer.fit`
-        (one per phase or segment): they see one training run, so ``on_train_begin`` runs once
-        (EarlyStopping keeps its patience, CSVLogger its file) and ``on_train_end`` at the end."""
-
-        def __init__(self, callbacks: list[Any]) -> None:
-            super().__init__()
-            self.callbacks = list(callbacks)
-            self.started = False
-
-        def set_model(self, model: Any) -> None:
-            super().set_model(model)
-            for cb in self.callbacks:
-                cb.set_model(model)
-
-        def set_params(self, params: Any) -> None:
-            super().set_params(params)
-            for cb in self.callbacks:
-                cb.set_params(params)
-
-        def on_train_begin(self, logs: Any = None) -> None:
-            if not self.started:
-                self.started = True
-                for cb in self.callbacks:
-                    cb.on_train_begin(logs)
-
-        def on_train_end(self, logs: Any = None) -> None:
-            """Deferred to :meth:`finish`."""
-
-        def finish(self) -> None:
-            for cb in self.callbacks:
-                cb.on_train_end(None)
-
-    def forward(name: str) -> Any:
-        def method(self: Any, *args: Any, **kwargs: Any) -> None:
-            for cb in self.callbacks:
-                getattr(cb, name)(*args, **kwargs)
-
-        method.__name__ = name
-        return method
-
-    for hook in (
-        "on_epoch_begin", "on_epoch_end", "on_train_batch_begin", "on_train_batch_end",
-        "on_test_begin", "on_test_end", "on_test_batch_begin", "on_test_batch_end",
-    ):  # fmt: skip
-        setattr(KerasCallbacks, hook, forward(hook))
-    return KerasCallbacks
