@@ -7,7 +7,14 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from .options import ExtractOptions, Options, PredictOptions, StreamOptions, TrainOptions
+from .options import (
+    ExtractOptions,
+    FinetuneOptions,
+    Options,
+    PredictOptions,
+    StreamOptions,
+    TrainOptions,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -171,20 +178,25 @@ def demo(out: Any = "transferkit-demo", **options: Any) -> dict[str, Any]:
     return _demo(out, **options)
 
 
-def finetune(images: Any, *, backbone: Any, out: Any, **options: Any) -> dict[str, Any]:
+@takes(FinetuneOptions)
+def finetune(
+    images: Any,
+    *,
+    backbone: Any,
+    out: Any,
+    options: FinetuneOptions | None = None,
+    **values: Any,
+) -> dict[str, Any]:
     """Fine-tune ``backbone`` with a head on ``images`` (a folder, a CSV/JSON list or an
     ``ImageSource``) with a strategy (``warmup-unfreeze`` by default) and save the classifier as
-    ``out/model.keras``. Options: ``strategy``, ``head``, ``epochs``, ``learning_rate``,
-    ``unfreeze_from``, ``augment``, ``batch_size``, ``input_size``, ``weights``, ``task``,
-    ``split``, ``test`` (separate test images), ``seed``, ``patience``, ``max_epochs``,
-    ``train_bn``, ``precision``, ``resume``, ``overwrite``, ``progress``, ``restore_best``,
-    ``probe_init``, ``callbacks`` (Trainer or Keras callbacks), ``tensorboard`` (a log folder).
-    ``backbone`` is a name, a ``transferkit.Backbone`` or a Keras model. Returns the phases with
-    their test accuracy and ``model_path``.
+    ``out/model.keras``. ``backbone`` is a name, a ``transferkit.Backbone`` or a Keras model.
+    Returns the phases with their test accuracy and ``model_path``.
     """
     from .jobs.finetune import finetune as _finetune
 
-    return _finetune(images, backbone=backbone, out=out, **options)
+    return _finetune(
+        images, backbone=backbone, out=out, options=FinetuneOptions.of(options, values)
+    )
 
 
 def load_finetuned(path: Any) -> Any:

@@ -32,7 +32,7 @@ from .recipe import (
     parse_precision,
 )
 from .sizes import parse_input_size
-from .specs import FEATURE_PRECISIONS, POOLINGS
+from .specs import FEATURE_PRECISIONS, POOLINGS, TRAINING_PRECISIONS
 
 T = TypeVar("T", bound="Options")
 
@@ -49,11 +49,14 @@ def option(
     negatable: bool = False,
     cli: bool = True,
     show_default: bool | None = None,
+    aliases: Sequence[str] = (),
+    nargs: int = 1,
 ) -> Any:
     """One option: its ``default`` and ``help``; for the command line, its ``flag`` (default
     ``--field-name``), a ``short`` flag, ``choices``, a ``kind`` of value (``size``, ``path``,
-    ``file``, ``dir``, ``many``), ``negatable`` (``--x/--no-x``), or ``cli=False`` for an option
-    of the Python API only (an object, a callback)."""
+    ``file``, ``dir``, ``many``: the flag given several times), ``negatable`` (``--x/--no-x``),
+    more flags (``aliases``), ``nargs`` values after one flag, or ``cli=False`` for an option of
+    the Python API only (an object, a callback)."""
     return field(
         default=default,
         metadata={
@@ -66,6 +69,8 @@ def option(
             "negatable": negatable,
             "cli": cli,
             "show_default": show_default,
+            "aliases": tuple(aliases),
+            "nargs": nargs,
         },
     )
 
@@ -390,3 +395,111 @@ class PredictOptions(Options):
     def __post_init__(self) -> None:
         if self.precision is not None:
             self._set("precision", parse_precision(self.precision))
+
+
+# ------------------------------------------------------------------ finetune
+
+
+def _per_phase(value: Any, cast: type) -> Any:
+    """One value, or one per phase (a sequence); an empty sequence is None."""
+    if value is None or isinstance(value, int | float | str):
+        return None if value is None else cast(value)
+    values = tuple(cast(v) for v in value)
+    return values or None
+
+
+@dataclass(frozen=True)
+class FinetuneOptions(Options):
+    """``transferkit finetune`` / :func:`transferkit.finetune` (the images, the backbone and the
+    output folder are its arguments). What a head or a strategy brings by default (augmentation,
+    early stopping, label smoothing, the probe start) is in their specs' metadata: ``None`` here
+    means "that default"."""
+
+    strategy: str = option(
+        "warmup-unfreeze",
+        "Fine-tune strategy: warmup-unfreeze, head-only, full, gradual, or a plugin's.",
+        short="-s",
+    )
+    head: str | None = option(
+        None,
+        "Head: linear (default: pooling, dropout, dense), classic (with warmup-unfreeze also the "
+        "classic recipe's RMSprop/SGD schedule), dense or a plugin's.",
+    )
+    epochs: int | tuple[int, ...] | None = option(
+        None,
+        "Epochs, once or once per phase (warmup-unfreeze: --epochs 10 --epochs 10).",
+        kind="many",
+    )
+    learning_rate: float | tuple[float, ...] | None = option(
+        None, "Learning rate, once or once per phase.", kind="many", aliases=("--lr",)
+    )
+    unfreeze_from: int | None = option(
+        None, "First base layer trained in the unfrozen phase (default per backbone; VGG16: 15)."
+    )
+    augment: str | None = option(
+        None,
+        "Augmentation of training batches (classic: the classic generator's settings; light: "
+        "flips and random crops; flip: flips); default flip with warmup-unfreeze and its linear "
+        "head, else classic, none with --task rotation.",
+        choices=("classic", "light", "flip", "none"),
+    )
+    label_smoothing: float | None = option(
+        None, "Label smoothing of the loss (default warmup-unfreeze: 0.1; --head classic: 0)."
+    )
+    batch_size: int = batch_size_option()
+    input_size: tuple[int, int] | None = input_size_option()
+    weights: str | None = weights_option("default (pretrained), none (random), or a weights file.")
+    task: str | None = option(None, "A task transform, e.g. rotation.")
+    split: tuple[float, float, float] = option(
+        (0.7, 0.15, 0.15), "Train, validation and test fractions.", nargs=3
+    )
+    test: Any = option(
+        None,
+        "Separate test images (same class sub-folders); IMAGES is then split into train and "
+        "validation only (the test fraction goes to training).",
+        kind="path",
+    )
+    seed: int = seed_option("Seed of the split, the initialisation and the batches.")
+    patience: int | None = option(
+        None,
+        "Early stopping patience in epochs (default warmup-unfreeze: 3, the best epoch's weights "
+        "restored; --head classic: none).",
+    )
+    max_epochs: int | None = option(None, "Cap on the epochs of all phases.")
+    train_bn: bool = option(False, "Train BatchNorm layers of the base too.")
+    precision: str = option(
+        "32",
+        "Training precision (Keras' dtype policy; not the features' --precision of extract).",
+        choices=tuple(TRAINING_PRECISIONS),
+    )
+    deterministic: bool = option(False, "TensorFlow op determinism on.")
+    tensorboard: str | None = option(
+        None, "Write TensorBoard logs to this folder (`tensorboard --logdir DIR`).", kind="dir"
+    )
+    resume: bool = option(False, "Continue from OUT's last checkpoint.")
+    overwrite: bool = option(False, "Start afresh even if OUT has a checkpoint.")
+    progress: bool = option(True, "Per-epoch lines on stderr.", negatable=True)
+    pooling: str | None = option(
+        None, "The pooling of the base (default: the head's own, else avg).", cli=False
+    )
+    restore_best: bool | None = option(
+        None, "Restore the best epoch's weights before the test and the export.", cli=False
+    )
+    probe_init: bool | None = option(
+        None,
+        "Start the linear head from a logistic regression on the frozen base's features.",
+        cli=False,
+    )
+    callbacks: Sequence[Any] = option(
+        (), "Trainer callbacks or Keras callbacks, added to transferkit's own.", cli=False
+    )
+
+    def __post_init__(self) -> None:
+        self._set("epochs", _per_phase(self.epochs, int))
+        self._set("learning_rate", _per_phase(self.learning_rate, float))
+        self._set("weights", normalise_weights(self.weights))
+        self._set("input_size", parse_input_size(self.input_size))
+        self._set("split", tuple(float(v) for v in self.split))
+        self._set("callbacks", tuple(self.callbacks))
+        if self.pooling is not None:
+            self._set("pooling", parse_pooling(self.pooling))

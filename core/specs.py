@@ -22,10 +22,13 @@ from typing import Any
 POOLINGS = ("avg", "max", "flatten")
 # what a backbone's model gives when the host has not pooled it: the feature map itself
 NO_POOLING = "none"
-# Precisions of the features' forward pass (`extract --precision`): "32" (float32, the features'
-# reference) and "bf16" (bfloat16 arithmetic where the CPU has it natively; a different feature
-# recipe). Training has its own: transferkit.trainer's TRAINING_PRECISIONS (docs/finetune.md).
+# Two vocabularies under two flags named --precision (docs/finetune.md sets them side by side):
+# - the features' forward pass (`extract`, `spotcheck`, `predict`): "32" (float32, the features'
+#   reference) or "bf16" (bfloat16 arithmetic where the CPU has it natively; another recipe);
+# - training (`finetune`, `Trainer(precision=)`): Lightning's names, each with its Keras dtype
+#   policy (whose names are accepted too).
 FEATURE_PRECISIONS = ("32", "bf16")
+TRAINING_PRECISIONS = {"32": "float32", "16-mixed": "mixed_float16", "bf16-mixed": "mixed_bfloat16"}
 
 
 @dataclass(frozen=True)

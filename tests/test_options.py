@@ -19,6 +19,7 @@ JOBS = {
     "train": (options.TrainOptions, api.train),
     "stream": (options.StreamOptions, api.stream),
     "predict": (options.PredictOptions, api.predict),
+    "finetune": (options.FinetuneOptions, api.finetune),
 }
 
 

@@ -52,7 +52,7 @@ def click_option(f: dataclasses.Field[Any], annotation: Any) -> Callable[[Any], 
     """The click option of one field of a job's options (:mod:`transferkit.options`)."""
     meta = f.metadata
     flag = meta["flag"] or "--" + f.name.replace("_", "-")
-    decls = [flag, *([meta["short"]] if meta["short"] else []), f.name]
+    decls = [flag, *meta["aliases"], *([meta["short"]] if meta["short"] else []), f.name]
     kwargs: dict[str, Any] = {"default": f.default, "help": meta["help"]}
     scalar = _scalar(annotation)
     if scalar is bool:
@@ -66,9 +66,11 @@ def click_option(f: dataclasses.Field[Any], annotation: Any) -> Callable[[Any], 
         kwargs["type"] = _KINDS[meta["kind"]]
     else:
         kwargs["type"] = _SCALARS.get(scalar, click.STRING)
-    if meta["kind"] == "many" or typing.get_origin(annotation) is tuple and scalar is not int:
+    if meta["kind"] == "many":
         kwargs["multiple"] = True
         kwargs["default"] = ()
+    if meta["nargs"] != 1:
+        kwargs["nargs"] = meta["nargs"]
     if meta["metavar"]:
         kwargs["metavar"] = meta["metavar"]
     show = meta["show_default"]
@@ -78,12 +80,16 @@ def click_option(f: dataclasses.Field[Any], annotation: Any) -> Callable[[Any], 
     return click.option(*decls, **kwargs)
 
 
-def from_fields(options: type[Options], *, skip: Sequence[str] = ()) -> Callable[[Any], Any]:
-    """The click options of every command-line field of ``options``, in their declared order
-    (``skip``: fields the command declares itself, as arguments)."""
+def from_fields(
+    options: type[Options], *, skip: Sequence[str] = (), only: Sequence[str] | None = None
+) -> Callable[[Any], Any]:
+    """The click options of the command-line fields of ``options`` (``only`` these, or all but
+    ``skip``), in their declared order."""
     types = options.types()
     chosen = [
-        f for f in dataclasses.fields(options) if f.metadata.get("cli", True) and f.name not in skip
+        f
+        for f in dataclasses.fields(options)
+        if f.metadata.get("cli", True) and f.name not in skip and (only is None or f.name in only)
     ]
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -27,6 +27,7 @@ import numpy as np
 
 from .. import outputs, registry
 from ..errors import UsageError
+from ..options import FinetuneOptions
 from ..pooling import pool
 from ..trainer.callbacks import Callback
 from ..trainer.saved import MODEL_FILE, FinetunedModel, is_finetuned, load_finetuned
@@ -127,42 +128,13 @@ def _prepare_out(out: Path, resume: bool, overwrite: bool, images: Any = None) -
 
 
 def finetune(
-    images: Any,
-    *,
-    backbone: Any,
-    out: str | Path,
-    strategy: str = "warmup-unfreeze",
-    head: str | None = None,
-    epochs: int | Sequence[int] | None = None,
-    learning_rate: float | Sequence[float] | None = None,
-    unfreeze_from: int | None = None,
-    augment: str | None = None,
-    batch_size: int = 32,
-    input_size: Any = None,
-    weights: Any = "default",
-    pooling: str | None = None,
-    task: str | None = None,
-    split: Sequence[float] = (0.7, 0.15, 0.15),
-    seed: int = 0,
-    train_bn: bool = False,
-    patience: int | None = None,
-    max_epochs: int | None = None,
-    precision: str = "32",
-    deterministic: bool = False,
-    resume: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
-    test: Any = None,
-    restore_best: bool | None = None,
-    callbacks: Sequence[Any] = (),
-    tensorboard: str | Path | None = None,
-    probe_init: bool | None = None,
-    label_smoothing: float | None = None,
+    images: Any, *, backbone: Any, out: str | Path, options: FinetuneOptions
 ) -> dict[str, Any]:
     """Fine-tune ``backbone`` with ``head`` on ``images`` and save the classifier in ``out``.
 
     ``backbone`` is a registered name, a ``transferkit.Backbone`` or a Keras model (taking RGB
-    0..255 images). ``callbacks`` are added to transferkit's own: Trainer callbacks or Keras ones
+    0..255 images); ``options`` are :class:`transferkit.options.FinetuneOptions`. Its ``callbacks``
+    are added to transferkit's own: Trainer callbacks or Keras ones
     (``keras.callbacks.TensorBoard``, ``EarlyStopping``, ``CSVLogger``...); ``tensorboard`` is a
     log folder for a ``TensorBoard`` callback.
 
@@ -190,10 +162,15 @@ def finetune(
     from ..recipe import FeatureRecipe
     from ..sizes import check_batch_fits
 
-    # the backbone, its weights and the input size, parsed once: everything below uses these
+    # the backbone, its weights and the input size, parsed with the options: everything below
+    # uses the recipe
+    resume, overwrite, seed = options.resume, options.overwrite, options.seed
+    augment, pooling, patience = options.augment, options.pooling, options.patience
+    restore_best, probe_init = options.restore_best, options.probe_init
+    label_smoothing = options.label_smoothing
     spec = backbone_spec(backbone)
-    recipe = FeatureRecipe.create(spec.name, weights=weights, input_size=input_size)
-    check_batch_fits(recipe.input_size, batch_size)  # before any folder is made
+    recipe = FeatureRecipe(spec.name, weights=options.weights, input_size=options.input_size)
+    check_batch_fits(recipe.input_size, options.batch_size)  # before any folder is made
     _check_out(Path(out), resume, overwrite, images)  # before TensorFlow loads
     outputs.check_writable(Path(out) / outputs.MARKER)
     from ..trainer import (
@@ -210,24 +187,26 @@ def finetune(
 
     start = time.perf_counter()
     out = Path(out)
-    head = head or "linear"
+    head = options.head or "linear"
     head_meta = registry.head(head).metadata  # an unknown head fails here, before any work
-    strategy_spec = registry.strategy(strategy or "head-only")
+    strategy_spec = registry.strategy(options.strategy or "head-only")
     # what varies with the head and the strategy is in their specs' metadata: the pooling a head
     # wants, a head's own schedule (which the strategy takes if it offers it), and the defaults
     # of the recipe a strategy stands for (off when the head brings its own schedule)
     schedule = head_meta.get("schedule")
     defaults = {} if schedule else dict(strategy_spec.metadata.get("finetune_defaults", {}))
-    if augment is None and not task:
+    if augment is None and not options.task:
         augment = defaults.get("augment")
-    augment = _augmentation_for(augment, task)
+    augment = _augmentation_for(augment, options.task)
     # the pooling a head asks for in its metadata (``none``: the feature map, which it pools
     # itself); a head that says nothing gets average-pooled vectors
     pooling = pooling or str(head_meta.get("pooling", "avg"))
-    options = _strategy_options(strategy_spec, epochs, learning_rate, unfreeze_from)
+    strategy_options = _strategy_options(
+        strategy_spec, options.epochs, options.learning_rate, options.unfreeze_from
+    )
     if schedule and schedule in strategy_spec.metadata.get("schedules", ()):
-        options["schedule"] = schedule
-    strategy_obj = resolve_strategy(strategy_spec.name, **options)
+        strategy_options["schedule"] = schedule
+    strategy_obj = resolve_strategy(strategy_spec.name, **strategy_options)
     if restore_best is None:
         restore_best = bool(defaults.get("restore_best", False))
     if probe_init is None:
@@ -238,17 +217,19 @@ def finetune(
         label_smoothing = float(defaults.get("label_smoothing", 0.0))
     _prepare_out(out, resume, overwrite, images)
 
-    with precision_scope(precision):
+    with precision_scope(options.precision):
         # seeded once, before the data and the model are made; the Trainer does not reseed
-        seed_everything(seed, deterministic=deterministic)
-        data = _data_module(images, test, task, split, seed, batch_size, augment)
+        seed_everything(seed, deterministic=options.deterministic)
+        data = _data_module(
+            images, options.test, options.task, options.split, seed, options.batch_size, augment
+        )
         built = pool(spec.factory(weights=recipe.weights, input_size=recipe.input_size), pooling)
         model = TransferModel(
             built,
             head,
             num_classes=data.num_classes,
             label_names=data.label_names,
-            train_bn=train_bn,
+            train_bn=options.train_bn,
             label_smoothing=label_smoothing,
         )
         checkpoint = ModelCheckpoint(out / CHECKPOINT_DIR, save_best=bool(len(data.val_indices)))
@@ -262,7 +243,7 @@ def finetune(
             own.insert(0, EarlyStopping(patience=patience))
         if probe_init:
             own.insert(0, ProbeHead())
-        if tensorboard is not None:
+        if options.tensorboard is not None:
             import importlib.util
 
             import keras
@@ -273,15 +254,15 @@ def finetune(
                     "(or transferkit[tensorboard])"
                 )
 
-            own.append(keras.callbacks.TensorBoard(log_dir=str(tensorboard)))
+            own.append(keras.callbacks.TensorBoard(log_dir=str(options.tensorboard)))
         trainer = Trainer(
-            max_epochs=max_epochs,
-            callbacks=[*own, *callbacks],
+            max_epochs=options.max_epochs,
+            callbacks=[*own, *options.callbacks],
             seed=seed,
             reseed=False,
-            precision=precision,
-            deterministic=deterministic,
-            enable_progress=progress,
+            precision=options.precision,
+            deterministic=options.deterministic,
+            enable_progress=options.progress,
         )
         result = trainer.fit(model, data, strategy_obj, ckpt_path="last" if resume else None)
         best = out / CHECKPOINT_DIR / ModelCheckpoint.BEST

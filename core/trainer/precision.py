@@ -14,20 +14,19 @@ import contextlib
 from collections.abc import Iterator
 
 from ..errors import UsageError
-
-# a training precision (Lightning's name, or Keras' policy name) -> Keras' dtype policy
-TRAINING_PRECISIONS = {"32": "float32", "float32": "float32", "16-mixed": "mixed_float16",
-                       "mixed_float16": "mixed_float16", "bf16-mixed": "mixed_bfloat16",
-                       "mixed_bfloat16": "mixed_bfloat16"}  # fmt: skip
+from ..specs import TRAINING_PRECISIONS
 
 
 def policy_name(precision: str) -> str:
-    """The Keras dtype policy of a training precision; :class:`UsageError` for an unknown one."""
-    if str(precision) not in TRAINING_PRECISIONS:
-        raise UsageError(
-            f"unknown precision {precision!r}; use one of {sorted(TRAINING_PRECISIONS)}"
-        )
-    return TRAINING_PRECISIONS[str(precision)]
+    """The Keras dtype policy of a training precision (Lightning's name, or the policy's own);
+    :class:`UsageError` for an unknown one."""
+    text = str(precision)
+    if text in TRAINING_PRECISIONS.values():
+        return text
+    if text not in TRAINING_PRECISIONS:
+        allowed = sorted([*TRAINING_PRECISIONS, *TRAINING_PRECISIONS.values()])
+        raise UsageError(f"unknown precision {precision!r}; use one of {allowed}")
+    return TRAINING_PRECISIONS[text]
 
 
 def set_precision(precision: str) -> str:
