@@ -32,7 +32,6 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,21 +43,12 @@ from ..plugin_manager import call_lifecycle, notify_exception
 from ..recipe import FeatureRecipe, parse_precision
 from .spotcheck_journal import Journal, journal_key
 from .spotcheck_report import check_report_folder, write_report
-from .spotcheck_runner import ROW_FIELDS, Task, run_grid, save_split
+from .spotcheck_runner import ROW_FIELDS, FeatureSource, Task, run_grid, save_split
 
 CACHE_ENV = "TRANSFERKIT_CACHE"
 
 
 # ---------------------------------------------------------------------- feature sources
-
-
-@dataclass
-class FeatureSource:
-    """One column of the grid: a store and the name its rows carry."""
-
-    name: str
-    path: str
-    extracted: bool = False
 
 
 def default_cache_dir() -> Path:
