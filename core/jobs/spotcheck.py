@@ -27,8 +27,8 @@ computes only the missing pairs; the journal is removed once the report is compl
 from __future__ import annotations
 
 import functools
+import logging
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -44,6 +44,9 @@ from .feature_cache import cached_stores, parse_backbone
 from .spotcheck_journal import Journal, journal_key
 from .spotcheck_report import check_report_folder, write_report
 from .spotcheck_runner import ROW_FIELDS, FeatureSource, Task, run_grid, save_split
+
+log = logging.getLogger(__name__)
+
 
 # ---------------------------------------------------------------------- feature sources
 
@@ -142,7 +145,7 @@ def resolve_sources(
         sources = []
         for text, (path, extracted) in zip(texts, found, strict=True):
             note = "extracted" if extracted else "reused from cache"
-            print(f"features {text}: {note} ({path})", file=sys.stderr)
+            log.info(f"features {text}: {note} ({path})")
             sources.append(FeatureSource(text, path, extracted))
         return sources
     sources = []
@@ -352,11 +355,10 @@ def spotcheck(
             todo = [t for t in tasks if t.index not in finished]
             if journal is not None:
                 journal.open([finished[i] for i in sorted(finished)], timeout)
-            print(
+            log.info(
                 f"spot-checking {len(names)} classifiers x {len(sources)} feature sets = "
                 f"{len(tasks)} fits on {min(jobs, len(todo))} worker(s)"
-                + (f"; {len(finished)} done in an earlier run" if finished else ""),
-                file=sys.stderr,
+                + (f"; {len(finished)} done in an earlier run" if finished else "")
             )
             for index in sorted(finished):
                 _on_row(finished[index])
@@ -441,10 +443,9 @@ def spotcheck(
             if out is not None
             else "pass --out to keep finished pairs across runs"
         )
-        print(
-            f"transferkit: interrupted; {len(rows)} of {len(tasks)} pairs finished, "
-            f"{report['pairs_left']} left; the finished rows are {where}; {again}",
-            file=sys.stderr,
+        log.warning(
+            f"interrupted; {len(rows)} of {len(tasks)} pairs finished, "
+            f"{report['pairs_left']} left; the finished rows are {where}; {again}"
         )
         raise KeyboardInterrupt
     return report
