@@ -12,10 +12,25 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import outputs
 from ..recipe import FeatureRecipe, parse_precision
+
+if TYPE_CHECKING:
+    from typing import TypedDict
+
+    from typing_extensions import Unpack
+
+    class CacheOptions(TypedDict, total=False):
+        """How :func:`cached_stores` extracts what the cache lacks (its keyword options)."""
+
+        weights: Any
+        cache_dir: str | Path | None
+        batch_size: int
+        progress: bool
+        runtime: str
+        precision: Any
 
 
 def default_cache_dir() -> Path:
@@ -64,32 +79,12 @@ def cached_store(
     images: str | Path,
     setting: FeatureRecipe,
     *,
-    weights: Any = "default",
-    cache_dir: str | Path | None = None,
-    batch_size: int = 32,
-    progress: bool = True,
-    runtime: str = "auto",
-    precision: Any = "32",
     spec: Any = None,
+    **options: Unpack[CacheOptions],
 ) -> tuple[str, bool]:
-    """The store of ``images`` under the recipe ``setting`` (with these ``weights`` and
-    ``precision``): from the cache, or extracted into it. ``spec`` is the backbone when it is
-    not a registered name (a caller's ``Backbone`` or Keras model).
-
-    Returns ``(path, extracted_now)``. Extraction writes to a temporary name and renames it when
-    complete, so an interrupted run never leaves a half store that a later run would reuse.
-    """
-    return cached_stores(
-        images,
-        [setting],
-        weights=weights,
-        cache_dir=cache_dir,
-        batch_size=batch_size,
-        progress=progress,
-        runtime=runtime,
-        precision=precision,
-        specs=[spec],
-    )[0]
+    """:func:`cached_stores` of one recipe: ``(path, extracted_now)``. ``spec`` is the backbone
+    when it is not a registered name (a caller's ``Backbone`` or Keras model)."""
+    return cached_stores(images, [setting], specs=[spec], **options)[0]
 
 
 def cached_stores(
@@ -104,9 +99,16 @@ def cached_stores(
     precision: Any = "32",
     specs: list[Any] | None = None,
 ) -> list[tuple[str, bool]]:
-    """:func:`cached_store` of each recipe of ``settings``, in order. Recipes that differ only in
-    their pooling and are not cached yet are extracted together: one pass of the network writes
-    each pooling's store (:func:`transferkit.jobs.extract.extract_many`)."""
+    """The store of ``images`` under each recipe of ``settings`` (with these ``weights`` and
+    ``precision``), in order: from the cache, or extracted into it, as ``(path,
+    extracted_now)``. ``specs`` holds, for a recipe whose backbone is not a registered name, the
+    caller's ``Backbone`` or Keras model.
+
+    Recipes that differ only in their pooling and are not cached yet are extracted together:
+    one pass of the network writes each pooling's store
+    (:func:`transferkit.jobs.extract.extract_many`). Extraction writes to a temporary name and
+    renames it when complete, so an interrupted run never leaves a half store that a later run
+    would reuse."""
     from ..images import open_source
     from .extract import extract_many
 
