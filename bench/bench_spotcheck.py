@@ -20,7 +20,7 @@ from pathlib import Path
 
 from transferkit import api
 from transferkit.jobs.demo import write_digits
-from transferkit.jobs.spotcheck import cached_store, parse_backbone
+from transferkit.jobs.feature_cache import cached_store, parse_backbone
 
 WORK = Path(os.environ.get("TRANSFERKIT_BENCH_DIR", Path(tempfile.gettempdir()) / "tk-bench"))
 SETTINGS = ("efficientnet-lite0@64", "efficientnet-lite0@64:max")

@@ -37,7 +37,7 @@ import numpy as np
 
 from transferkit import api
 from transferkit.jobs.demo import write_digits
-from transferkit.jobs.spotcheck import cached_store, parse_backbone
+from transferkit.jobs.feature_cache import cached_store, parse_backbone
 from transferkit.splits import split_indices
 from transferkit.store import create_store, open_store
 

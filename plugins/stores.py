@@ -11,6 +11,8 @@ from typing import Any
 from transferkit import StoreSpec, hookimpl
 from transferkit.plugin import FeatureStore
 
+Shape = tuple[int, ...]  # an array's shape or chunks, as create_array takes them
+
 
 class HDF5Store(FeatureStore):
     """HDF5 through h5py: chunked, resizable datasets; metadata as file attributes."""
@@ -28,13 +30,7 @@ class HDF5Store(FeatureStore):
 
     @classmethod
     def create_array(
-        cls,
-        root: Any,
-        name: str,
-        shape: tuple[int, ...],
-        dtype: str,
-        chunks: tuple[int, ...],
-        compression: str | None,
+        cls, root: Any, name: str, shape: Shape, dtype: str, chunks: Shape, compression: str | None
     ) -> Any:
         import h5py
 
@@ -102,13 +98,7 @@ class ZarrStore(FeatureStore):
 
     @classmethod
     def create_array(
-        cls,
-        root: Any,
-        name: str,
-        shape: tuple[int, ...],
-        dtype: str,
-        chunks: tuple[int, ...],
-        compression: str | None,
+        cls, root: Any, name: str, shape: Shape, dtype: str, chunks: Shape, compression: str | None
     ) -> Any:
         import warnings
 

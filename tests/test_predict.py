@@ -71,7 +71,7 @@ def test_second_spotcheck_extracts_nothing(
     assert [r["accuracy"] for r in again["rows"]] == [r["accuracy"] for r in spotchecked["rows"]]
     # another pooling is another cache entry; so is a changed image
     from transferkit.images import open_source
-    from transferkit.jobs.spotcheck import cache_key, image_list_digest, parse_backbone
+    from transferkit.jobs.feature_cache import cache_key, image_list_digest, parse_backbone
 
     records = open_source(digits_folder["images"]).records
     digest = image_list_digest(records)
@@ -135,7 +135,7 @@ def test_a_test_folder_is_extracted_once_for_the_poolings_of_one_backbone(
     network once, into one test store per pooling."""
     import shutil
 
-    from transferkit.jobs.spotcheck import cached_stores, parse_backbone
+    from transferkit.jobs.feature_cache import cached_stores, parse_backbone
 
     test = tmp_path / "test-images"
     for path in digits_folder["new"]:  # two per digit, named by their digit

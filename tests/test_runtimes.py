@@ -446,7 +446,7 @@ def test_resume_refuses_another_precision_and_predict_a_bf16_model_at_32(
 
 
 def test_feature_cache_key_ignores_the_runtime_but_not_bf16() -> None:
-    from transferkit.jobs.spotcheck import cache_key
+    from transferkit.jobs.feature_cache import cache_key
 
     setting = {"backbone": "efficientnet-lite0", "pooling": "avg", "input_size": (64, 64)}
     assert cache_key(setting, "default", "d") == cache_key(setting, "default", "d", "32")

@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from transferkit import UsageError
-from transferkit.store import StoreExistsError, StoreLockedError, create_store, open_store
+from transferkit.store import (
+    PidLock,
+    StoreExistsError,
+    StoreLockedError,
+    backend_for,
+    check_output,
+    create_store,
+    open_store,
+)
 
 FORMATS = ["h5", "zarr"]
 
@@ -179,6 +187,60 @@ def test_resume_refuses_other_settings_and_live_writer(tmp_path, fmt):
             fh.write(str(os.getpid()))
     finally:
         w.close()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_check_output_refuses_what_the_writer_refuses_and_writes_nothing(tmp_path, fmt):
+    path = str(tmp_path / f"f.{fmt}")
+    backend = backend_for(path)
+    for mode in ("create", "overwrite", "resume"):  # nothing there: nothing to refuse
+        check_output(backend, path, mode)
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(UsageError, match="unknown store mode 'append'"):
+        check_output(backend, path, "append")
+    x, y, paths = _data(n=4)
+    _write(path, x, y, paths)
+    with pytest.raises(StoreExistsError, match="--overwrite to replace it or --resume") as info:
+        check_output(backend, path, "create")
+    assert "(overwrite=True or resume=True in Python)" in str(info.value)
+    check_output(backend, path, "overwrite")
+    check_output(backend, path, "resume")
+    with open(path + ".lock", "w") as fh:  # another live process (our parent) writes it
+        fh.write(str(os.getppid()))
+    for mode in ("overwrite", "resume"):
+        with pytest.raises(StoreLockedError) as locked:
+            check_output(backend, path, mode)
+        assert str(locked.value) == (
+            f"{path} is being written by process {os.getppid()}; wait for it to finish or "
+            f"stop it (if no process writes it, delete {path}.lock)"
+        )
+    os.remove(path + ".lock")
+    foreign = tmp_path / f"notes.{fmt}"
+    if fmt == "zarr":
+        foreign.mkdir()
+        (foreign / "mine.txt").write_text("keep me")
+    else:
+        foreign.write_text("keep me")
+    with pytest.raises(UsageError, match="is not a .* store written by transferkit"):
+        check_output(backend, str(foreign), "overwrite")
+    with open_store(path) as r:
+        assert len(r) == 4  # untouched
+
+
+def test_one_pid_lock_refuses_a_live_holder_and_takes_a_stale_one(tmp_path):
+    target = tmp_path / "journal.jsonl"
+    lock = PidLock(target, busy=lambda pid: f"busy {pid}", idle="nothing runs")
+    with open(str(target) + ".lock", "w") as fh:
+        fh.write("999999999")  # left by a killed process
+    lock.acquire()
+    assert lock.held and (tmp_path / "journal.jsonl.lock").read_text() == str(os.getpid())
+    lock.release()
+    assert not lock.held and not (tmp_path / "journal.jsonl.lock").exists()
+    (tmp_path / "journal.jsonl.lock").write_text(str(os.getppid()))
+    with pytest.raises(StoreLockedError, match=f"^busy {os.getppid()}$"):
+        lock.acquire()
+    lock.release()  # not held: another process's lock stays
+    assert (tmp_path / "journal.jsonl.lock").read_text() == str(os.getppid())
 
 
 def test_unknown_suffix_names_the_options(tmp_path):

@@ -94,8 +94,9 @@ def demo(
     """Run the demo into ``out``; returns what each step produced (see the module docstring).
     ``runtime`` and ``precision`` run the backbone (extraction and prediction)."""
     from ..options import PredictOptions, TrainOptions
+    from .feature_cache import cached_stores, parse_backbone
     from .predict import predict
-    from .spotcheck import cached_stores, parse_backbone, spotcheck
+    from .spotcheck import spotcheck
     from .train import train
 
     started = time.perf_counter()

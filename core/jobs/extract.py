@@ -31,16 +31,7 @@ from ..options import ExtractOptions
 from ..pooling import pool, split
 from ..recipe import RESUME_KEYS, FeatureRecipe, parse_pooling
 from ..sizes import check_batch_fits
-from ..store import (
-    FeatureStoreWriter,
-    StoreExistsError,
-    StoreLockedError,
-    backend_for,
-    check_replaceable_store,
-    create_store,
-    lock_holder,
-    path_text,
-)
+from ..store import FeatureStoreWriter, backend_for, check_output, create_store, path_text
 from ..user_objects import backbone_spec
 from ..version import __version__
 
@@ -124,7 +115,7 @@ def open_inputs(
         outputs.check_outside_inputs(write_images, [*inputs, *outs], "--write-images folder")
         outputs.check_folder(write_images, "images", what="--write-images folder")
     for out, backend in outs.items():
-        _check_output(backend, out, options.mode)
+        check_output(backend, out, options.mode)
     if len(source) == 0:
         raise UsageError(f"{images} holds no images")
     for out in outs:
@@ -257,24 +248,6 @@ def extract_many(
             summary["written_images"] = {k: written[k] for k in ("out", "written", "skipped")}
         plugin_manager.call_lifecycle("on_extract_end", output=targets[pooling], summary=summary)
     return summaries
-
-
-def _check_output(backend: Any, out: str, mode: str) -> None:
-    """Refuse an output store that exists (without resume or overwrite), that another process
-    writes, or that is not a store to replace."""
-    if mode == "create" and backend.exists(out):
-        raise StoreExistsError(
-            f"{out} already exists; pass --overwrite to replace it or --resume to continue "
-            f"an interrupted extraction into it"
-        )
-    holder = lock_holder(out)
-    if holder is not None:
-        raise StoreLockedError(
-            f"{out} is being written by process {holder}; wait for it to finish or stop it "
-            f"(if no process writes it, delete {out.rstrip('/')}.lock)"
-        )
-    if mode == "overwrite" and backend.exists(out):
-        check_replaceable_store(backend, out)
 
 
 def input_paths(source: ImageSource, images: Any) -> list[str]:

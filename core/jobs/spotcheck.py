@@ -1,9 +1,9 @@
 """``transferkit spotcheck``: every (features x classifier) pair, in parallel, never crashing.
 
 Inputs are feature stores, or one image folder plus backbones: the folder's features are then
-extracted once per backbone setting into a cache (:func:`cached_store`) keyed by backbone,
-weights, input size, pooling and the image list (paths, sizes, modification times), so a second
-spot-check of the same images extracts nothing.
+extracted once per backbone setting into the feature cache (:mod:`transferkit.jobs.feature_cache`)
+keyed by backbone, weights, input size, pooling and the image list (paths, sizes, modification
+times), so a second spot-check of the same images extracts nothing.
 
 Each feature source is split once (stratified, seeded: :mod:`transferkit.splits`); its
 train/test arrays are written to a scratch folder that workers memory-map. The pairs then run on
@@ -27,175 +27,28 @@ computes only the missing pairs; the journal is removed once the report is compl
 from __future__ import annotations
 
 import functools
-import hashlib
+import logging
 import os
-import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .. import estimators, outputs, registry
+from .. import estimators, registry
 from ..errors import TransferkitError, UsageError
 from ..plugin_manager import call_lifecycle, notify_exception
-from ..recipe import FeatureRecipe, parse_precision
+from ..recipe import FeatureRecipe
+from .feature_cache import cached_stores, parse_backbone
 from .spotcheck_journal import Journal, journal_key
 from .spotcheck_report import check_report_folder, write_report
-from .spotcheck_runner import ROW_FIELDS, Task, run_grid, save_split
+from .spotcheck_runner import ROW_FIELDS, FeatureSource, Task, run_grid, save_split
 
-CACHE_ENV = "TRANSFERKIT_CACHE"
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------- feature sources
-
-
-@dataclass
-class FeatureSource:
-    """One column of the grid: a store and the name its rows carry."""
-
-    name: str
-    path: str
-    extracted: bool = False
-
-
-def default_cache_dir() -> Path:
-    from ..inference import cache_root
-
-    return cache_root() / "features"
-
-
-def parse_backbone(text: str, input_size: Any = None, pooling: str = "avg") -> FeatureRecipe:
-    """``NAME[@SIZE][:POOLING]`` (e.g. ``efficientnet-lite0@128:max``) as a :class:`FeatureRecipe`
-    (see :meth:`FeatureRecipe.parse`)."""
-    return FeatureRecipe.parse(text, input_size=input_size, pooling=pooling)
-
-
-def image_list_digest(records: list[Any]) -> str:
-    """A hash of the images (path, label, size, mtime): any change makes a new cache entry."""
-    digest = hashlib.sha256()
-    for record in records:
-        try:
-            st = os.stat(record.path)
-            stamp = f"{st.st_size}:{st.st_mtime_ns}"
-        except OSError:
-            stamp = "missing"
-        line = f"{os.path.abspath(record.path)}\0{record.label}\0{stamp}\n"
-        digest.update(line.encode("utf-8", "surrogateescape"))  # names that are not UTF-8
-    return digest.hexdigest()
-
-
-def cache_key(
-    setting: FeatureRecipe | dict[str, Any], weights: Any, images_digest: str, precision: Any = "32"
-) -> str:
-    """The feature cache's key of ``setting`` (a recipe, or a mapping of its fields) with these
-    weights and precision over an image list; see :meth:`FeatureRecipe.cache_key`."""
-    if not isinstance(setting, FeatureRecipe):
-        setting = FeatureRecipe(
-            backbone=setting["backbone"],
-            input_size=setting.get("input_size"),
-            pooling=setting.get("pooling") or "avg",
-            fingerprint=setting.get("fingerprint") or "",
-        )
-    recipe = setting.replace(weights=weights, precision=parse_precision(precision))
-    return recipe.cache_key(images_digest)
-
-
-def cached_store(
-    images: str | Path,
-    setting: FeatureRecipe,
-    *,
-    weights: Any = "default",
-    cache_dir: str | Path | None = None,
-    batch_size: int = 32,
-    progress: bool = True,
-    runtime: str = "auto",
-    precision: Any = "32",
-    spec: Any = None,
-) -> tuple[str, bool]:
-    """The store of ``images`` under the recipe ``setting`` (with these ``weights`` and
-    ``precision``): from the cache, or extracted into it. ``spec`` is the backbone when it is
-    not a registered name (a caller's ``Backbone`` or Keras model).
-
-    Returns ``(path, extracted_now)``. Extraction writes to a temporary name and renames it when
-    complete, so an interrupted run never leaves a half store that a later run would reuse.
-    """
-    return cached_stores(
-        images,
-        [setting],
-        weights=weights,
-        cache_dir=cache_dir,
-        batch_size=batch_size,
-        progress=progress,
-        runtime=runtime,
-        precision=precision,
-        specs=[spec],
-    )[0]
-
-
-def cached_stores(
-    images: str | Path,
-    settings: list[FeatureRecipe],
-    *,
-    weights: Any = "default",
-    cache_dir: str | Path | None = None,
-    batch_size: int = 32,
-    progress: bool = True,
-    runtime: str = "auto",
-    precision: Any = "32",
-    specs: list[Any] | None = None,
-) -> list[tuple[str, bool]]:
-    """:func:`cached_store` of each recipe of ``settings``, in order. Recipes that differ only in
-    their pooling and are not cached yet are extracted together: one pass of the network writes
-    each pooling's store (:func:`transferkit.jobs.extract.extract_many`)."""
-    from ..images import open_source
-    from ..options import ExtractOptions
-    from .extract import extract_many
-
-    recipes = [s.replace(weights=weights, precision=parse_precision(precision)) for s in settings]
-    objects = list(specs or [None] * len(recipes))
-    cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    outputs.check_outside_inputs(cache, [images], "feature cache")
-    outputs.ensure_folder(cache)
-    digest = image_list_digest(list(open_source(str(images)).records))
-    finals = [cache / f"{r.backbone}-{r.cache_key(digest)}.h5" for r in recipes]
-    cached = [final.exists() for final in finals]
-    groups: list[list[int]] = []  # missing stores, grouped by network
-    for i, recipe in enumerate(recipes):
-        if cached[i] or any(finals[g[0]] == finals[i] for g in groups):
-            continue
-        group = next((g for g in groups if recipes[g[0]].same_network(recipe)), None)
-        if group is None:
-            groups.append([i])
-        elif all(recipes[j].pooling != recipe.pooling for j in group):
-            group.append(i)
-        else:
-            groups.append([i])
-    for group in groups:
-        first = recipes[group[0]]
-        partials = {
-            recipes[i].pooling: finals[i].with_name(finals[i].stem + ".partial.h5") for i in group
-        }
-        extract_many(
-            str(images),
-            backbone=objects[group[0]] or first.backbone,
-            outs={p: str(path) for p, path in partials.items()},
-            options=ExtractOptions(
-                weights=first.weights,
-                input_size=first.input_size,
-                batch_size=batch_size,
-                overwrite=True,
-                progress=progress,
-                runtime=runtime,
-                precision=first.precision,
-            ),
-        )
-        for i in group:
-            with outputs.writing(finals[i]):
-                os.replace(partials[recipes[i].pooling], finals[i])
-    return [(str(final), not was) for final, was in zip(finals, cached, strict=True)]
 
 
 def setting_label(setting: FeatureRecipe, default_size: Any, default_pooling: str) -> str:
@@ -292,7 +145,7 @@ def resolve_sources(
         sources = []
         for text, (path, extracted) in zip(texts, found, strict=True):
             note = "extracted" if extracted else "reused from cache"
-            print(f"features {text}: {note} ({path})", file=sys.stderr)
+            log.info(f"features {text}: {note} ({path})")
             sources.append(FeatureSource(text, path, extracted))
         return sources
     sources = []
@@ -502,11 +355,10 @@ def spotcheck(
             todo = [t for t in tasks if t.index not in finished]
             if journal is not None:
                 journal.open([finished[i] for i in sorted(finished)], timeout)
-            print(
+            log.info(
                 f"spot-checking {len(names)} classifiers x {len(sources)} feature sets = "
                 f"{len(tasks)} fits on {min(jobs, len(todo))} worker(s)"
-                + (f"; {len(finished)} done in an earlier run" if finished else ""),
-                file=sys.stderr,
+                + (f"; {len(finished)} done in an earlier run" if finished else "")
             )
             for index in sorted(finished):
                 _on_row(finished[index])
@@ -591,10 +443,9 @@ def spotcheck(
             if out is not None
             else "pass --out to keep finished pairs across runs"
         )
-        print(
-            f"transferkit: interrupted; {len(rows)} of {len(tasks)} pairs finished, "
-            f"{report['pairs_left']} left; the finished rows are {where}; {again}",
-            file=sys.stderr,
+        log.warning(
+            f"interrupted; {len(rows)} of {len(tasks)} pairs finished, "
+            f"{report['pairs_left']} left; the finished rows are {where}; {again}"
         )
         raise KeyboardInterrupt
     return report

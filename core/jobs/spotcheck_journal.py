@@ -16,14 +16,12 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import outputs
+from ..store.lock import PidLock
 from .spotcheck_report import REPORT_KIND
-from .spotcheck_runner import ROW_FIELDS
-
-if TYPE_CHECKING:
-    from .spotcheck import FeatureSource
+from .spotcheck_runner import ROW_FIELDS, FeatureSource
 
 JOURNAL_NAME = "spotcheck-journal.jsonl"
 
@@ -73,7 +71,7 @@ class Journal:
         self.path = folder / JOURNAL_NAME
         self.key = key
         self._fh: Any = None
-        self._locked: Path | None = None
+        self._locked: PidLock | None = None
 
     def load(self, timeout: float | None) -> dict[tuple[str, str], dict[str, Any]]:
         """The rows of an earlier run with the same key, by (features, classifier). A
@@ -102,27 +100,15 @@ class Journal:
 
     def _lock(self) -> None:
         """One spot-check at a time per output folder; a lock left by a killed run is taken."""
-        from ..store import StoreLockedError, lock_holder
-
-        lock = Path(str(self.path) + ".lock")
-        for _ in range(2):
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                holder = lock_holder(self.path)
-                if holder is not None:
-                    raise StoreLockedError(
-                        f"{self.path.parent} is being written by another spot-check (process "
-                        f"{holder}); wait for it to finish or pass another --out"
-                    ) from None
-                with contextlib.suppress(FileNotFoundError):
-                    lock.unlink()
-                continue
-            with os.fdopen(fd, "w") as fh:
-                fh.write(str(os.getpid()))
-            self._locked = lock
-            return
-        raise StoreLockedError(f"cannot lock {self.path}; delete {lock} if no spot-check runs")
+        self._locked = PidLock(
+            self.path,
+            busy=lambda pid: (
+                f"{self.path.parent} is being written by another spot-check (process {pid}); "
+                f"wait for it to finish or pass another --out"
+            ),
+            idle="no spot-check runs",
+        )
+        self._locked.acquire()
 
     def open(self, kept: list[dict[str, Any]], timeout: float | None) -> None:
         """Start the journal afresh with the rows kept from the last run, then append. The
@@ -157,8 +143,7 @@ class Journal:
             self._fh.close()
             self._fh = None
         if self._locked is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self._locked.unlink()
+            self._locked.release()
             self._locked = None
         if remove:
             with contextlib.suppress(FileNotFoundError):

@@ -1,13 +1,13 @@
 """The spot-check's local runner: every (features x classifier) pair in a worker process.
 
-A :class:`Task` is one pair; :func:`run_pair` fits and scores it in whatever process calls it
-(and never raises: a failure is a ``failed`` row). :func:`run_grid` runs a list of tasks on at
-most ``jobs`` long-lived worker processes started with multiprocessing's forkserver method (a
-clean process, not a fork of a parent that may hold TensorFlow threads), each limited to one
-BLAS/OpenMP thread so that results do not depend on the degree of parallelism. A pair that
-runs past ``timeout`` seconds is killed with its worker (and whatever the worker started) and
-becomes a ``timeout`` row; a worker that dies is a ``failed`` row; either is replaced by a fresh
-worker.
+A :class:`FeatureSource` is one column of the grid (a store and its name), a :class:`Task` one
+pair; :func:`run_pair` fits and scores it in whatever process calls it (and never raises: a
+failure is a ``failed`` row). :func:`run_grid` runs a list of tasks on at most ``jobs``
+long-lived worker processes started with multiprocessing's forkserver method (a clean process,
+not a fork of a parent that may hold TensorFlow threads), each limited to one BLAS/OpenMP thread
+so that results do not depend on the degree of parallelism. A pair that runs past ``timeout``
+seconds is killed with its worker (and whatever the worker started) and becomes a ``timeout``
+row; a worker that dies is a ``failed`` row; either is replaced by a fresh worker.
 
 A script with an ``if __name__ == "__main__":`` guard is imported by the workers as usual (so
 classes it defines unpickle there); a plain script without one is not
@@ -75,6 +75,15 @@ PRELOAD = [
     "transferkit.plugin_manager",
     "transferkit.registry",
 ]
+
+
+@dataclass
+class FeatureSource:
+    """One column of the grid: a store and the name its rows carry."""
+
+    name: str
+    path: str
+    extracted: bool = False
 
 
 @dataclass
