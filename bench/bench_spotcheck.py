@@ -21,6 +21,7 @@ from pathlib import Path
 from transferkit import api
 from transferkit.jobs.demo import write_digits
 from transferkit.jobs.feature_cache import cached_store, parse_backbone
+from transferkit.options import CacheOptions
 
 WORK = Path(os.environ.get("TRANSFERKIT_BENCH_DIR", Path(tempfile.gettempdir()) / "tk-bench"))
 SETTINGS = ("efficientnet-lite0@64", "efficientnet-lite0@64:max")
@@ -40,7 +41,9 @@ def main() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     images = write_digits(WORK / "digits")
     stores = [
-        cached_store(images["images"], parse_backbone(s), cache_dir=WORK / "cache")[0]
+        cached_store(
+            images["images"], parse_backbone(s), CacheOptions(cache_dir=str(WORK / "cache"))
+        )[0]
         for s in SETTINGS
     ]
     print(f"load: {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} cores", file=sys.stderr)

@@ -38,6 +38,7 @@ import numpy as np
 from transferkit import api
 from transferkit.jobs.demo import write_digits
 from transferkit.jobs.feature_cache import cached_store, parse_backbone
+from transferkit.options import CacheOptions
 from transferkit.splits import split_indices
 from transferkit.store import create_store, open_store
 
@@ -48,7 +49,9 @@ WORK = Path(os.environ.get("TRANSFERKIT_BENCH_DIR", Path(tempfile.gettempdir()) 
 def digits_features() -> str:
     images = write_digits(WORK / "digits")
     path, _ = cached_store(
-        images["images"], parse_backbone("efficientnet-lite0@64"), cache_dir=WORK / "cache"
+        images["images"],
+        parse_backbone("efficientnet-lite0@64"),
+        CacheOptions(cache_dir=str(WORK / "cache")),
     )
     return path
 

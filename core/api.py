@@ -8,10 +8,12 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from .options import (
+    DemoOptions,
     ExtractOptions,
     FinetuneOptions,
     Options,
     PredictOptions,
+    SpotcheckOptions,
     StreamOptions,
     TrainOptions,
 )
@@ -116,7 +118,10 @@ def train(
     return _train(store_path, classifier=classifier, options=TrainOptions.of(options, values))
 
 
-def spotcheck(inputs: Any, **options: Any) -> dict[str, Any]:
+@takes(SpotcheckOptions)
+def spotcheck(
+    inputs: Any, *, options: SpotcheckOptions | None = None, **values: Any
+) -> dict[str, Any]:
     """Score every (features x classifier) pair in worker processes, with time-outs.
 
     ``inputs`` are feature stores, or one image folder with ``backbones=[...]`` (extracted once
@@ -129,14 +134,14 @@ def spotcheck(inputs: Any, **options: Any) -> dict[str, Any]:
     """
     from .jobs.spotcheck import spotcheck as _spotcheck
 
-    scheduler = options.pop("scheduler", None)
-    if scheduler:
+    opts = SpotcheckOptions.of(options, values)
+    if opts.scheduler:
         import functools
 
         from .jobs.spotcheck_dask import run_grid_dask
 
-        options["runner"] = functools.partial(run_grid_dask, scheduler=scheduler)
-    return _spotcheck(inputs, **options)
+        opts = opts.replace(runner=functools.partial(run_grid_dask, scheduler=opts.scheduler))
+    return _spotcheck(inputs, options=opts)
 
 
 @takes(StreamOptions)
@@ -170,12 +175,15 @@ def predict(
     return _predict(model_path, images, options=PredictOptions.of(options, values))
 
 
-def demo(out: Any = "transferkit-demo", **options: Any) -> dict[str, Any]:
+@takes(DemoOptions)
+def demo(
+    out: Any = "transferkit-demo", *, options: DemoOptions | None = None, **values: Any
+) -> dict[str, Any]:
     """The whole flow offline on scikit-learn's digits: images, features, spot-check, train,
     predict. Returns what each step produced. ``runtime``/``precision`` run the backbone."""
     from .jobs.demo import demo as _demo
 
-    return _demo(out, **options)
+    return _demo(out, options=DemoOptions.of(options, values))
 
 
 @takes(FinetuneOptions)
@@ -202,6 +210,6 @@ def finetune(
 def load_finetuned(path: Any) -> Any:
     """Reload a classifier saved by :func:`finetune`: ``.label_names``, ``.predict_proba``,
     ``.predict``, ``.predict_files``."""
-    from .jobs.finetune import load_finetuned as _load
+    from .trainer.saved import load_finetuned as _load
 
     return _load(path)

@@ -503,3 +503,149 @@ class FinetuneOptions(Options):
         self._set("callbacks", tuple(self.callbacks))
         if self.pooling is not None:
             self._set("pooling", parse_pooling(self.pooling))
+
+
+# ------------------------------------------------------------------ feature cache, spotcheck, demo
+
+
+def cache_dir_option() -> Any:
+    return option(None, "Feature cache [$TRANSFERKIT_CACHE or ~/.cache/transferkit].", kind="dir")
+
+
+def jobs_option() -> Any:
+    return option(None, "Worker processes [all cores].", short="-j")
+
+
+def _texts(value: Any) -> Any:
+    """``"a,b"`` -> ``("a", "b")``; a list -> a tuple; one object -> a tuple of it."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return tuple(b.strip() for b in value.split(",") if b.strip())
+    if isinstance(value, list | tuple):
+        return tuple(value)
+    return (value,)  # one Backbone or Keras model
+
+
+@dataclass(frozen=True)
+class CacheOptions(Options):
+    """How the feature cache (:mod:`transferkit.jobs.feature_cache`) extracts the images it does
+    not hold yet (the recipe's backbone, input size and pooling are the recipe's own)."""
+
+    weights: str | None = weights_option(
+        "Backbone weights for extraction: default, none, or a file."
+    )
+    cache_dir: str | None = cache_dir_option()
+    batch_size: int = batch_size_option()
+    progress: bool = progress_option()
+    runtime: str = runtime_option()
+    precision: str = precision_option()
+
+    def __post_init__(self) -> None:
+        self._set("weights", normalise_weights(self.weights))
+        self._set("precision", parse_precision(self.precision))
+        check_positive(self.batch_size, "batch size")
+
+
+@dataclass(frozen=True)
+class SpotcheckOptions(Options):
+    """``transferkit spotcheck`` / :func:`transferkit.spotcheck` (the feature stores, or one image
+    folder, are its argument). ``backbones`` and ``classifiers`` may hold a caller's objects too
+    (a ``transferkit.Backbone`` or Keras model; an estimator)."""
+
+    backbones: Any = option(
+        None,
+        "With an image folder: backbones to extract with, comma-separated (NAME[@SIZE][:POOLING], "
+        "e.g. efficientnet-lite0,efficientnet-lite0@128).",
+        short="-b",
+    )
+    classifiers: Any = option(
+        "recommended",
+        "Classifier names and/or groups (recommended, classic, fast, linear, incremental, river, "
+        "all).",
+        short="-c",
+    )
+    timeout: float | None = option(
+        300.0, "Seconds one fit may take before it is killed (a 'timeout' row)."
+    )
+    jobs: int | None = jobs_option()
+    scheduler: str | None = option(
+        None,
+        "Fan the pairs out on a Dask cluster: a scheduler address (tcp://host:8786), or 'local' "
+        "for a local Dask cluster of --jobs processes. Default: local processes.",
+    )
+    test_size: float = option(0.2, "Held-out fraction.")
+    test: str | None = test_store_option(
+        "instead of splitting; with --backbones, a test image folder, extracted the same way."
+    )
+    seed: int = seed_option()
+    out: str | None = option(
+        None, "Folder for report.json, report.csv, heatmap.png and report.html.", kind="dir"
+    )
+    weights: str | None = weights_option(
+        "Backbone weights for extraction: default, none, or a file."
+    )
+    pooling: str = pooling_option()
+    input_size: tuple[int, int] | None = input_size_option()
+    batch_size: int = batch_size_option()
+    cache_dir: str | None = cache_dir_option()
+    store: str | None = store_option()
+    runtime: str = runtime_option()
+    precision: str = precision_option()
+    progress: bool = option(True, "Progress bars of the extraction on stderr.", cli=False)
+    isolate: bool = option(
+        True, "Fit each pair in a worker process (False: in this process, no time-out).", cli=False
+    )
+    runner: Any = option(
+        None,
+        "Runs the grid instead of the local worker processes, called like "
+        ":func:`transferkit.jobs.spotcheck_runner.run_grid` (e.g. the Dask runner).",
+        cli=False,
+    )
+
+    def __post_init__(self) -> None:
+        self._set("backbones", _texts(self.backbones))
+        self._set("pooling", parse_pooling(self.pooling))
+        self._set("input_size", parse_input_size(self.input_size))
+        self._set("weights", normalise_weights(self.weights))
+        self._set("precision", parse_precision(self.precision))
+        if self.jobs is not None and self.jobs < 1:
+            raise UsageError(f"--jobs must be at least 1, got {self.jobs}")
+        if self.timeout is not None and self.timeout <= 0:
+            raise UsageError(f"--timeout must be positive seconds, got {self.timeout}")
+
+    def cache(self) -> CacheOptions:
+        """How the feature cache extracts the image folder (and a test image folder)."""
+        return CacheOptions(
+            weights=self.weights,
+            cache_dir=self.cache_dir,
+            batch_size=self.batch_size,
+            progress=self.progress,
+            runtime=self.runtime,
+            precision=self.precision,
+        )
+
+
+DEMO_BACKBONES = "efficientnet-lite0@64,efficientnet-lite0@64:max"
+
+
+@dataclass(frozen=True)
+class DemoOptions(Options):
+    """``transferkit demo`` / :func:`transferkit.demo` (the output folder is its argument)."""
+
+    backbones: Any = option(
+        DEMO_BACKBONES,
+        "Feature settings to compare, NAME[@SIZE][:POOLING], comma-separated.",
+        short="-b",
+    )
+    classifiers: str = option("fast", "Classifier names and/or groups.", short="-c")
+    jobs: int | None = jobs_option()
+    runtime: str = runtime_option()
+    precision: str = precision_option()
+    timeout: float = option(300.0, "Seconds one fit may take.", cli=False)
+    seed: int = option(0, "Seed of the images kept apart, the splits and the models.", cli=False)
+    progress: bool = option(True, "Progress bars on stderr.", cli=False)
+
+    def __post_init__(self) -> None:
+        self._set("backbones", _texts(self.backbones))
+        self._set("precision", parse_precision(self.precision))

@@ -20,6 +20,8 @@ JOBS = {
     "stream": (options.StreamOptions, api.stream),
     "predict": (options.PredictOptions, api.predict),
     "finetune": (options.FinetuneOptions, api.finetune),
+    "spotcheck": (options.SpotcheckOptions, api.spotcheck),
+    "demo": (options.DemoOptions, api.demo),
 }
 
 

@@ -136,6 +136,7 @@ def test_a_test_folder_is_extracted_once_for_the_poolings_of_one_backbone(
     import shutil
 
     from transferkit.jobs.feature_cache import cached_stores, parse_backbone
+    from transferkit.options import CacheOptions
 
     test = tmp_path / "test-images"
     for path in digits_folder["new"]:  # two per digit, named by their digit
@@ -145,7 +146,9 @@ def test_a_test_folder_is_extracted_once_for_the_poolings_of_one_backbone(
     backbones = [BACKBONE, f"{BACKBONE}:max"]
     settings = [parse_backbone(b) for b in backbones]
     cached_stores(  # the training features are cached before counting
-        digits_folder["images"], settings, cache_dir=digits_folder["cache"], progress=False
+        digits_folder["images"],
+        settings,
+        CacheOptions(cache_dir=str(digits_folder["cache"]), progress=False),
     )
     counter = register_plugin(BatchCounter(), "batch-counter")
     report = api.spotcheck(

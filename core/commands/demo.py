@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from ..config import config_options
-from .options import runtime_options
+from ..options import DemoOptions
+from .options import from_fields
 
 
 def register(cli: click.Group) -> None:
@@ -17,27 +20,10 @@ def register(cli: click.Group) -> None:
         show_default=True,
         help="Folder for the images, cached features, report and model.",
     )
-    @click.option(
-        "--backbones",
-        "-b",
-        default="efficientnet-lite0@64,efficientnet-lite0@64:max",
-        show_default=True,
-        help="Feature settings to compare, NAME[@SIZE][:POOLING], comma-separated.",
-    )
-    @click.option("--classifiers", "-c", default="fast", show_default=True)
-    @click.option("--jobs", "-j", type=int, default=None, help="Worker processes [all cores].")
-    @runtime_options()
+    @from_fields(DemoOptions)
     @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
     @config_options
-    def demo_command(
-        out: str,
-        backbones: str,
-        classifiers: str,
-        jobs: int | None,
-        runtime: str,
-        precision: str,
-        as_json: bool,
-    ) -> None:
+    def demo_command(out: str, as_json: bool, **values: Any) -> None:
         """Run the whole flow offline on the handwritten digits that ship with scikit-learn.
 
         Writes the 1,797 digits as PNG images, extracts features with efficientnet-lite0
@@ -52,14 +38,7 @@ def register(cli: click.Group) -> None:
         from ..cli import echo_json, print_table
         from .spotcheck import print_spotcheck
 
-        result = api.demo(
-            out,
-            backbones=[b.strip() for b in backbones.split(",") if b.strip()],
-            classifiers=classifiers,
-            jobs=jobs,
-            runtime=runtime,
-            precision=precision,
-        )
+        result = api.demo(out, options=DemoOptions.of(values=values))
         if as_json:
             echo_json(result)
             return

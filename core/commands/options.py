@@ -1,4 +1,5 @@
-"""Options several commands share (not a command module: nothing to register)."""
+"""The click options of the jobs, derived from their declarations in :mod:`transferkit.options`
+(not a command module: nothing to register)."""
 
 from __future__ import annotations
 
@@ -104,58 +105,3 @@ def cli_values(options: type[Options], values: dict[str, Any]) -> dict[str, Any]
     """The values of ``options``'s fields among a command's parameters."""
     names = set(options.names())
     return {k: v for k, v in values.items() if k in names}
-
-
-def input_size_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    """``--input-size N|HxW`` (default: the backbone's own), the same on every command."""
-    return click.option(
-        "--input-size",
-        type=INPUT_SIZE,
-        default=None,
-        help="N or HxW, e.g. 224 or 224x160 (default: the backbone's own).",
-    )(func)
-
-
-def runtime_options(precision_default: str | None = "32") -> Callable[[Any], Any]:
-    """``--runtime NAME|auto`` and ``--precision 32|bf16`` (``precision_default=None``: the
-    precision of what is being used, e.g. a saved model's)."""
-
-    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
-        func = click.option(
-            "--precision",
-            type=click.Choice(["32", "bf16"]),
-            default=precision_default,
-            show_default=precision_default is not None,
-            help="Arithmetic of the network: 32-bit, or bf16 where the CPU has it natively "
-            "(different features; see docs/runtimes.md)."
-            + ("" if precision_default else " Default: the model's own."),
-        )(func)
-        return click.option(
-            "--runtime",
-            default="auto",
-            show_default=True,
-            help="Inference runtime (see `transferkit runtimes`): keras, openvino, litert, or "
-            "auto (the fastest available that is exact at 32-bit).",
-        )(func)
-
-    return decorate
-
-
-def model_out_options(example: str) -> Callable[[Any], Any]:
-    """``--overwrite`` (for ``--out``) and ``--param KEY=VALUE`` of the commands that fit and
-    save a classifier (``train``, ``stream``); ``example`` is the help's ``--param`` example."""
-
-    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
-        func = click.option(
-            "--param",
-            "-p",
-            "params",
-            multiple=True,
-            metavar="KEY=VALUE",
-            help=f"Set a parameter of the classifier (one of its get_params()), e.g. {example}.",
-        )(func)
-        return click.option(
-            "--overwrite", is_flag=True, help="Replace --out if it is a model transferkit saved."
-        )(func)
-
-    return decorate

@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 
 from .. import outputs
+from ..options import DemoOptions
 
 DEFAULT_OUT = "transferkit-demo"
 DEMO_KIND = "demo"  # the kind in the demo folder's marker file
-DEFAULT_BACKBONES = ("efficientnet-lite0@64", "efficientnet-lite0@64:max")
 IMAGE_SIZE = 64
 HELD_OUT_PER_CLASS = 2
 
@@ -79,26 +79,23 @@ def write_digits(folder: str | Path, *, size: int = IMAGE_SIZE, seed: int = 0) -
     }
 
 
-def demo(
-    out: str | Path = DEFAULT_OUT,
-    *,
-    backbones: tuple[str, ...] | list[str] = DEFAULT_BACKBONES,
-    classifiers: str = "fast",
-    jobs: int | None = None,
-    timeout: float = 300.0,
-    seed: int = 0,
-    progress: bool = True,
-    runtime: str = "auto",
-    precision: Any = "32",
-) -> dict[str, Any]:
+def demo(out: str | Path = DEFAULT_OUT, *, options: DemoOptions | None = None) -> dict[str, Any]:
     """Run the demo into ``out``; returns what each step produced (see the module docstring).
-    ``runtime`` and ``precision`` run the backbone (extraction and prediction)."""
-    from ..options import PredictOptions, TrainOptions
+    The options' ``runtime`` and ``precision`` run the backbone (extraction and prediction)."""
+    from ..options import CacheOptions, PredictOptions, SpotcheckOptions, TrainOptions
     from .feature_cache import cached_stores, parse_backbone
     from .predict import predict
     from .spotcheck import spotcheck
     from .train import train
 
+    options = options or DemoOptions()
+    backbones, classifiers, seed = options.backbones, options.classifiers, options.seed
+    cache = CacheOptions(
+        cache_dir=str(Path(out) / "cache"),
+        progress=options.progress,
+        runtime=options.runtime,
+        precision=options.precision,
+    )
     started = time.perf_counter()
     root = Path(out)
     # a new or empty folder, or one an earlier demo made: a second run reuses what it holds
@@ -113,30 +110,22 @@ def demo(
 
     _say(f"2/5 extracting features ({', '.join(backbones)}; cached in {root / 'cache'})")
     # the poolings of one backbone and size come from one pass of the network
-    found = cached_stores(
-        images["images"],
-        [parse_backbone(text) for text in backbones],
-        cache_dir=root / "cache",
-        progress=progress,
-        runtime=runtime,
-        precision=precision,
-    )
+    found = cached_stores(images["images"], [parse_backbone(text) for text in backbones], cache)
     for text, (_, extracted) in zip(backbones, found, strict=True):
         log.info(f"{text}: {'extracted' if extracted else 'reused from cache'}")
 
     _say(f"3/5 spot-checking the '{classifiers}' classifiers on every feature set")
     report = spotcheck(
         [images["images"]],
-        backbones=list(backbones),
-        classifiers=classifiers,
-        jobs=jobs,
-        timeout=timeout,
-        seed=seed,
-        out=root / "report",
-        cache_dir=root / "cache",
-        progress=progress,
-        runtime=runtime,
-        precision=precision,
+        options=SpotcheckOptions(
+            backbones=backbones,
+            classifiers=classifiers,
+            jobs=options.jobs,
+            timeout=options.timeout,
+            seed=seed,
+            out=str(root / "report"),
+            **cache.values(),
+        ),
     )
     if not report["best_model"]:
         from ..errors import TransferkitError
@@ -162,7 +151,7 @@ def demo(
 
     _say(f"5/5 predicting the {len(images['new'])} images kept apart")
     predicted = predict(
-        trained["model_path"], images["new"], options=PredictOptions(runtime=runtime)
+        trained["model_path"], images["new"], options=PredictOptions(runtime=options.runtime)
     )
     correct = 0
     for row in predicted["predictions"]:

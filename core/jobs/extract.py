@@ -324,6 +324,22 @@ def _batches(
     return ((images, labels, index.numpy()) for images, labels, index in iter(ds))
 
 
+def progress_bar(total: int, initial: int, progress: bool, desc: str) -> Any:
+    """The extraction's progress bar on stderr, in images (``progress=False``: none)."""
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        initial=initial,
+        disable=not progress,
+        file=sys.stderr,
+        unit="img",
+        desc=desc,
+        dynamic_ncols=True,
+        smoothing=0.1,
+    )
+
+
 def skipper(
     source: ImageSource, todo: Iterable[int], strict: bool, record: Callable[[str, str], None]
 ) -> Callable[[int | None], None]:
@@ -359,7 +375,6 @@ def _run(
     configs: dict[str, dict[str, Any]],
     options: ExtractOptions,
 ) -> dict[str, dict[str, Any]]:
-    from tqdm import tqdm
 
     first = next(iter(writers))
     writer = writers[first]
@@ -399,16 +414,7 @@ def _run(
 
     skip_until = skipper(source, todo, options.strict, record)
 
-    bar = tqdm(
-        total=total,
-        initial=already,
-        disable=not options.progress,
-        file=sys.stderr,
-        unit="img",
-        desc=f"extract {net.name}",
-        dynamic_ncols=True,
-        smoothing=0.1,
-    )
+    bar = progress_bar(total, already, options.progress, f"extract {net.name}")
     widths = {p: w.feature_dim for p, w in writers.items()}
     batches = _batches(source, todo, net, options.batch_size)
     t0 = time.perf_counter()  # the streaming rate: network and input pipeline are ready

@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sys
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -50,7 +49,15 @@ from ..store import (
     write_shard,
 )
 from ..user_objects import backbone_spec
-from .extract import _RESUME_KEYS, _metadata, _order, check_runtime, extract_summary, open_inputs
+from .extract import (
+    _RESUME_KEYS,
+    _metadata,
+    _order,
+    check_runtime,
+    extract_summary,
+    open_inputs,
+    progress_bar,
+)
 
 log = logging.getLogger(__name__)
 
@@ -401,7 +408,6 @@ def _run(
     options: ExtractOptions,
 ) -> dict[str, Any]:
     from distributed import as_completed
-    from tqdm import tqdm
 
     strict, store = options.strict, options.store
     paths = source.paths
@@ -427,16 +433,8 @@ def _run(
         output=writer.path,
         config=config,
     )
-    bar = tqdm(
-        total=len(source),
-        initial=int(already),
-        disable=not options.progress,
-        file=sys.stderr,
-        unit="img",
-        desc=f"extract {build.features.backbone} ({len(todo)} shards)",
-        dynamic_ncols=True,
-        smoothing=0.1,
-    )
+    desc = f"extract {build.features.backbone} ({len(todo)} shards)"
+    bar = progress_bar(len(source), int(already), options.progress, desc)
     t0 = time.perf_counter()
     results: list[dict[str, Any]] = []
     futures = []

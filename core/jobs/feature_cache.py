@@ -12,25 +12,11 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import outputs
+from ..options import CacheOptions, ExtractOptions
 from ..recipe import FeatureRecipe, parse_precision
-
-if TYPE_CHECKING:
-    from typing import TypedDict
-
-    from typing_extensions import Unpack
-
-    class CacheOptions(TypedDict, total=False):
-        """How :func:`cached_stores` extracts what the cache lacks (its keyword options)."""
-
-        weights: Any
-        cache_dir: str | Path | None
-        batch_size: int
-        progress: bool
-        runtime: str
-        precision: Any
 
 
 def default_cache_dir() -> Path:
@@ -78,29 +64,24 @@ def cache_key(
 def cached_store(
     images: str | Path,
     setting: FeatureRecipe,
+    options: CacheOptions | None = None,
     *,
     spec: Any = None,
-    **options: Unpack[CacheOptions],
 ) -> tuple[str, bool]:
     """:func:`cached_stores` of one recipe: ``(path, extracted_now)``. ``spec`` is the backbone
     when it is not a registered name (a caller's ``Backbone`` or Keras model)."""
-    return cached_stores(images, [setting], specs=[spec], **options)[0]
+    return cached_stores(images, [setting], options, specs=[spec])[0]
 
 
 def cached_stores(
     images: str | Path,
     settings: list[FeatureRecipe],
+    options: CacheOptions | None = None,
     *,
-    weights: Any = "default",
-    cache_dir: str | Path | None = None,
-    batch_size: int = 32,
-    progress: bool = True,
-    runtime: str = "auto",
-    precision: Any = "32",
     specs: list[Any] | None = None,
 ) -> list[tuple[str, bool]]:
-    """The store of ``images`` under each recipe of ``settings`` (with these ``weights`` and
-    ``precision``), in order: from the cache, or extracted into it, as ``(path,
+    """The store of ``images`` under each recipe of ``settings`` (with the weights and the
+    precision of ``options``), in order: from the cache, or extracted into it, as ``(path,
     extracted_now)``. ``specs`` holds, for a recipe whose backbone is not a registered name, the
     caller's ``Backbone`` or Keras model.
 
@@ -110,12 +91,12 @@ def cached_stores(
     renames it when complete, so an interrupted run never leaves a half store that a later run
     would reuse."""
     from ..images import open_source
-    from ..options import ExtractOptions
     from .extract import extract_many
 
-    recipes = [s.replace(weights=weights, precision=parse_precision(precision)) for s in settings]
+    options = options or CacheOptions()
+    recipes = [s.replace(weights=options.weights, precision=options.precision) for s in settings]
     objects = list(specs or [None] * len(recipes))
-    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
     outputs.check_outside_inputs(cache, [images], "feature cache")
     outputs.ensure_folder(cache)
     digest = image_list_digest(list(open_source(str(images)).records))
@@ -144,10 +125,10 @@ def cached_stores(
             options=ExtractOptions(
                 weights=first.weights,
                 input_size=first.input_size,
-                batch_size=batch_size,
+                batch_size=options.batch_size,
                 overwrite=True,
-                progress=progress,
-                runtime=runtime,
+                progress=options.progress,
+                runtime=options.runtime,
                 precision=first.precision,
             ),
         )

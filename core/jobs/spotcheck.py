@@ -38,6 +38,7 @@ import numpy as np
 
 from .. import estimators, registry
 from ..errors import TransferkitError, UsageError
+from ..options import SpotcheckOptions
 from ..plugin_manager import call_lifecycle, notify_exception
 from ..recipe import FeatureRecipe
 from .feature_cache import cached_stores, parse_backbone
@@ -86,19 +87,10 @@ def recipe_label(path: str | Path) -> str | None:
     return None if recipe is None else recipe.text
 
 
-def resolve_sources(
-    inputs: list[str],
-    backbones: list[str] | None,
-    *,
-    weights: Any,
-    input_size: Any,
-    pooling: str,
-    cache_dir: str | Path | None,
-    batch_size: int,
-    progress: bool,
-    runtime: str = "auto",
-    precision: Any = "32",
-) -> list[FeatureSource]:
+def resolve_sources(inputs: list[str], options: SpotcheckOptions) -> list[FeatureSource]:
+    """The grid's feature sets: the stores given, or with ``options.backbones`` one image
+    folder's features under each backbone setting (from the feature cache)."""
+    backbones, input_size, pooling = options.backbones, options.input_size, options.pooling
     if not inputs:
         raise UsageError("give feature stores, or an image folder with --backbones a,b")
     if backbones:
@@ -120,7 +112,7 @@ def resolve_sources(
                 from ..user_objects import backbone_spec
 
                 spec = backbone_spec(item, pooling=pooling)
-                setting = FeatureRecipe.create(
+                setting = FeatureRecipe(
                     spec.name,
                     input_size=input_size,
                     pooling=pooling,
@@ -131,17 +123,7 @@ def resolve_sources(
             specs.append(spec)
             texts.append(text)
         # one pass of each network for all of its poolings
-        found = cached_stores(
-            inputs[0],
-            settings,
-            weights=weights,
-            cache_dir=cache_dir,
-            batch_size=batch_size,
-            progress=progress,
-            runtime=runtime,
-            precision=precision,
-            specs=specs,
-        )
+        found = cached_stores(inputs[0], settings, options.cache(), specs=specs)
         sources = []
         for text, (path, extracted) in zip(texts, found, strict=True):
             note = "extracted" if extracted else "reused from cache"
@@ -201,14 +183,10 @@ def _prepare_split(
     return folder, label_names
 
 
-def _test_stores(
-    test: str | Path | None,
-    sources: list[FeatureSource],
-    backbones: list[str] | None,
-    **extract: Any,
-) -> list[str | None]:
+def _test_stores(sources: list[FeatureSource], options: SpotcheckOptions) -> list[str | None]:
     """The test store of each source: ``test`` itself, or with ``--backbones`` and an image
     folder as ``test``, that folder's features under each source's setting (cached)."""
+    test, backbones = options.test, options.backbones
     if test is None:
         return [None] * len(sources)
     location = Path(test)
@@ -221,19 +199,9 @@ def _test_stores(
                 "spot-check an image folder with --backbones (the test folder is then "
                 "extracted the same way)"
             )
-        settings = [
-            parse_backbone(text, extract["input_size"], extract["pooling"]) for text in backbones
-        ]
-        made = cached_stores(  # poolings of one network: one pass over the test images
-            str(test),
-            settings,
-            weights=extract["weights"],
-            cache_dir=extract["cache_dir"],
-            batch_size=extract["batch_size"],
-            progress=extract["progress"],
-            runtime=extract["runtime"],
-            precision=extract["precision"],
-        )
+        settings = [parse_backbone(text, options.input_size, options.pooling) for text in backbones]
+        # poolings of one network: one pass over the test images
+        made = cached_stores(str(test), settings, options.cache())
         stores: list[str | None] = [path for path, _ in made]
         return stores
     return [str(test)] * len(sources)
@@ -268,29 +236,7 @@ def _select_classifiers(classifiers: Any) -> tuple[list[str], dict[str, Any]]:
     return names, own
 
 
-def spotcheck(
-    inputs: list[str] | str,
-    *,
-    classifiers: str | list[str] = "recommended",
-    backbones: Any = None,
-    weights: Any = "default",
-    input_size: Any = None,
-    pooling: str = "avg",
-    test_size: float = 0.2,
-    seed: int = 0,
-    timeout: float | None = 300.0,
-    jobs: int | None = None,
-    out: str | Path | None = None,
-    cache_dir: str | Path | None = None,
-    store: str | None = None,
-    batch_size: int = 32,
-    isolate: bool = True,
-    progress: bool = True,
-    runner: Any = None,
-    runtime: str = "auto",
-    precision: Any = "32",
-    test: str | Path | None = None,
-) -> dict[str, Any]:
+def spotcheck(inputs: list[str] | str, *, options: SpotcheckOptions) -> dict[str, Any]:
     """Score every (features x classifier) pair; see the module docstring. Returns the report.
 
     ``test`` replaces the split: a feature store of separate test images (same recipe and class
@@ -304,33 +250,21 @@ def spotcheck(
     """
     if isinstance(inputs, str | Path):
         inputs = [str(inputs)]
-    if isinstance(backbones, str):
-        backbones = [b.strip() for b in backbones.split(",") if b.strip()]
-    elif backbones is not None and not isinstance(backbones, list | tuple):
-        backbones = [backbones]  # one Backbone or Keras model
-    names, own = _select_classifiers(classifiers)
-    jobs = jobs or os.cpu_count() or 1
-    if jobs < 1:
-        raise UsageError(f"--jobs must be at least 1, got {jobs}")
-    if timeout is not None and timeout <= 0:
-        raise UsageError(f"--timeout must be positive seconds, got {timeout}")
+    test_size, seed, timeout, out, store = (
+        options.test_size,
+        options.seed,
+        options.timeout,
+        options.out,
+        options.store,
+    )
+    names, own = _select_classifiers(options.classifiers)
+    jobs = options.jobs or os.cpu_count() or 1
     if out is not None:  # refused before any work: an input, or a folder that is not ours
         check_report_folder(Path(out), [str(i) for i in inputs])
     started = time.perf_counter()
     try:
-        # how images are extracted, for the feature sets and a test image folder alike
-        extraction: dict[str, Any] = {
-            "weights": weights,
-            "input_size": input_size,
-            "pooling": pooling,
-            "cache_dir": cache_dir,
-            "batch_size": batch_size,
-            "progress": progress,
-            "runtime": runtime,
-            "precision": precision,
-        }
-        sources = resolve_sources(list(inputs), backbones, **extraction)
-        tests = _test_stores(test, sources, backbones, **extraction)
+        sources = resolve_sources(list(inputs), options)
+        tests = _test_stores(sources, options)
         with tempfile.TemporaryDirectory(prefix="transferkit-spotcheck-") as scratch:
             tasks: list[Task] = []
             label_names: list[str] = []
@@ -376,13 +310,13 @@ def spotcheck(
             grid: dict[str, Any] = {
                 "jobs": jobs,
                 "timeout": timeout,
-                "progress": progress,
+                "progress": options.progress,
                 "on_row": on_row,
             }
             interrupted = False
             try:
                 if todo:
-                    run = runner or functools.partial(run_grid, isolate=isolate)
+                    run = options.runner or functools.partial(run_grid, isolate=options.isolate)
                     # the runner's rows are the result; on_row only keeps them on Ctrl-C
                     for task, row in zip(todo, run(todo, **grid), strict=True):
                         finished[task.index] = row
@@ -416,8 +350,8 @@ def spotcheck(
         ],
         "best_confusion": best.get("confusion") if best else None,
         "label_names": label_names,
-        "test_size": None if test is not None else test_size,
-        "test": None if test is None else str(test),
+        "test_size": None if options.test is not None else test_size,
+        "test": None if options.test is None else str(options.test),
         "seed": seed,
         "jobs": jobs,
         "timeout": timeout,
