@@ -1,10 +1,12 @@
 # The two set-up commands of the README: `make demo` and `make test`.
 # Each creates the virtual environment in .venv when it is missing or out of date.
+# `make test` is the whole suite after the linters (what CI runs); `make test-fast` is the
+# developers' lane: pytest without the tests marked `process` or `slow`, no linters.
 VENV ?= .venv
 PYTHON ?= python3
 BIN = $(VENV)/bin
 
-.PHONY: demo test lint bench
+.PHONY: demo test test-fast lint bench
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,3 +24,6 @@ lint: $(BIN)/.installed
 
 test: lint
 	$(BIN)/pytest
+
+test-fast: $(BIN)/.installed
+	$(BIN)/pytest -m "not process and not slow"

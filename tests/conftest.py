@@ -1,5 +1,7 @@
 """Shared fixtures. Entry-point plugins never autoload in tests: whatever is installed on a machine
-cannot leak into a test. Tests register plugin objects through ``register_plugin``."""
+cannot leak into a test. Tests register plugin objects through ``register_plugin``. A command line
+run in this process (click's ``CliRunner``) leaves no handler, level or ``-v`` behind for the
+next test."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from cli_faults import command_line_state
 
 # A test run started in the background of a non-interactive shell inherits SIGINT ignored, and
 # so would every command a test starts (Python installs no KeyboardInterrupt handler then): the
@@ -29,6 +32,13 @@ def _isolated_plugins(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     plugin_manager.reset()
     yield
     plugin_manager.reset()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_command_line(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.delenv("TRANSFERKIT_VERBOSE", raising=False)
+    with command_line_state():
+        yield
 
 
 @pytest.fixture

@@ -2,22 +2,28 @@
 extraction summary's wall time and streaming rate, a resume with nothing left, ``backbones
 PATTERN`` and its OFFLINE column, plugins' distribution names, ``uninstall`` failing when nothing
 was uninstalled, and ``transferkit.spotcheck`` from a plain script without a ``__main__`` guard.
-All through real subprocesses where the terminal's view is what is tested."""
+Through real processes (``@pytest.mark.process``) where the terminal's view is what is tested,
+with the tiny backbone."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from cli_faults import invoke_cli, plugin_env, write_entry_points
 from click.testing import CliRunner
 from PIL import Image
 
+from transferkit import hookimpl
 from transferkit.cli import build_cli
 from transferkit.quiet import NATIVE_LINE, _pump
 
@@ -64,20 +70,23 @@ def images(tmp_path: Path) -> Path:
     return tmp_path / "images"
 
 
+@pytest.mark.process
 @pytest.mark.slow
 def test_extract_in_a_terminal_shows_no_tensorflow_start_up_lines(
     images: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "f.h5"
-    command = [TRANSFERKIT, "extract", str(images), "-b", "efficientnet-lite0", "--weights",
-               "none", "--input-size", "32", "-o", str(out), "--no-progress"]  # fmt: skip
-    first = subprocess.run(command, capture_output=True, text=True, env=clean_env(), timeout=300)
+    site = write_entry_points(tmp_path / "site", {"tiny": "tiny_backbone"}, name="tiny-backbone")
+    env = {**clean_env(), **plugin_env(site, "tiny")}
+    command = [TRANSFERKIT, "extract", str(images), "-b", "tiny-cnn", "--input-size", "32",
+               "-o", str(out), "--no-progress"]  # fmt: skip
+    first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert first.returncode == 0, first.stderr
     assert not [m for m in NATIVE_MARKERS if m in first.stderr], first.stderr
     assert "wall time" in first.stdout and "images/s streaming" in first.stdout
     # nothing left to do: said so, not "0.0 images/s"
     again = subprocess.run(
-        [*command, "--resume"], capture_output=True, text=True, env=clean_env(), timeout=300
+        [*command, "--resume"], capture_output=True, text=True, env=env, timeout=300
     )
     assert again.returncode == 0, again.stderr
     assert "Nothing left to extract: all 6 images were already done" in again.stdout
@@ -90,13 +99,14 @@ def test_extract_in_a_terminal_shows_no_tensorflow_start_up_lines(
     shown = [m for m in NATIVE_MARKERS if m in raw.stderr]
     if shown:
         verbose = subprocess.run(
-            [*command[:-1], "--overwrite", "-v"], capture_output=True, text=True,
-            env=clean_env(), timeout=300,
+            [*command[:-1], "--overwrite", "-v"], capture_output=True, text=True, env=env,
+            timeout=300,
         )  # fmt: skip
         assert verbose.returncode == 0, verbose.stderr
         assert any(m in verbose.stderr for m in shown), verbose.stderr
 
 
+@pytest.mark.process
 def test_spotcheck_from_a_plain_script_without_a_main_guard(tmp_path: Path) -> None:
     script = tmp_path / "plain.py"
     script.write_text(
@@ -137,6 +147,7 @@ def test_backbones_filter_and_offline_column() -> None:
     assert "resnet50" not in table.stdout
 
 
+@pytest.mark.process  # pip uninstall
 def test_plugins_show_distributions_and_uninstall_fails_when_nothing_goes() -> None:
     runner = CliRunner()
     listed = runner.invoke(build_cli(), ["plugins", "--all", "--json"])
@@ -152,6 +163,7 @@ def test_plugins_show_distributions_and_uninstall_fails_when_nothing_goes() -> N
     assert "Skipping" not in gone.output  # pip's own lines only with -v
 
 
+@pytest.mark.process  # pip install
 def test_install_shows_pips_output_only_with_verbose(
     monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -178,3 +190,32 @@ def test_install_shows_pips_output_only_with_verbose(
     failing = runner.invoke(build_cli(), ["install", "--no-deps", str(ROOT / "no-such-plugin")])
     assert failing.exit_code == 1
     assert "pip install failed" in failing.stderr and "no-such-plugin" in failing.stderr
+
+
+class NoisyPlugin:
+    """Logs through the library's loggers while its classifiers are collected."""
+
+    @hookimpl
+    def register_classifiers(self, register: Any) -> None:
+        log = logging.getLogger("transferkit.tests.noisy")
+        log.warning("warning: a noisy plugin")
+        log.debug("the details")
+
+
+def test_a_command_run_in_this_process_shows_log_records_and_leaves_nothing_behind(
+    register_plugin: Callable[[Any, str], Any],
+) -> None:
+    from transferkit import registry
+
+    register_plugin(NoisyPlugin(), "noisy")
+    logger = logging.getLogger("transferkit")
+    before = (list(logger.handlers), logger.level, logger.propagate)
+    quiet = invoke_cli("classifiers", "--json")
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr == "transferkit: warning: a noisy plugin\n"
+    registry.clear_cache()  # the plugin is asked again
+    loud = invoke_cli("-v", "classifiers", "--json")
+    assert loud.returncode == 0, loud.stderr
+    assert "the details\n" in loud.stderr
+    assert "TRANSFERKIT_VERBOSE" not in os.environ
+    assert (list(logger.handlers), logger.level, logger.propagate) == before

@@ -1,7 +1,9 @@
 """The fault suite: plugins that raise anything or import slowly, Ctrl-C and SIGKILL in the middle
-of every long job, bad images, and two writers on one output. Every case runs the real command
-line in a subprocess and checks the exit code, that no traceback is printed, the message, and that
-nothing was lost or duplicated. docs/reliability.md lists each case with what transferkit does."""
+of every long job, bad images, and two writers on one output. Each case checks the exit code, that
+no traceback is printed, the message, and that nothing was lost or duplicated. Signals, plugin
+imports and what a killed process leaves behind are tested on the real command line in a process
+(``@pytest.mark.process``), with the tiny backbone; the rest runs the command line in this process.
+docs/reliability.md lists each case with what transferkit does."""
 
 from __future__ import annotations
 
@@ -17,9 +19,16 @@ from typing import Any
 
 import numpy as np
 import pytest
-from cli_faults import QUIET_ENV, assert_fails_cleanly, assert_succeeds, run_cli, tree_digest
-
-TESTS = Path(__file__).parent
+from cli_faults import (
+    QUIET_ENV,
+    assert_fails_cleanly,
+    assert_succeeds,
+    invoke_cli,
+    plugin_env,
+    run_cli,
+    tree_digest,
+    write_entry_points,
+)
 
 # ---------------------------------------------------------------------------- plugins
 
@@ -73,27 +82,15 @@ PLUGINS = {
 
 @pytest.fixture(scope="module")
 def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder for PYTHONPATH holding a fake installed distribution: its ``.dist-info`` with
-    ``METADATA`` and ``entry_points.txt`` declares one ``transferkit`` entry point per module,
-    found by ``importlib.metadata`` exactly as a pip-installed plugin is."""
+    """A folder for PYTHONPATH with one module per plugin of PLUGINS, each declared as a
+    ``transferkit`` entry point of a fake installed distribution, and the entry points ``inject``
+    (tests/fault_plugin.py) and ``tiny`` (tests/tiny_backbone.py)."""
     root = tmp_path_factory.mktemp("site")
-    info = root / "fault_plugins-0.3.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fault-plugins\nVersion: 0.3\n")
-    lines = ["[transferkit]"]
+    modules = {}
     for name, code in PLUGINS.items():
-        module = "fault_plugin_" + name.replace("-", "_")
-        (root / f"{module}.py").write_text(code)
-        lines.append(f"{name} = {module}")
-    lines.append("inject = fault_plugin")  # tests/fault_plugin.py
-    (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
-    return root
-
-
-def with_plugins(plugin_path: Path, names: str, **extra: str) -> dict[str, str]:
-    parts = [str(plugin_path), str(TESTS), os.environ.get("PYTHONPATH", "")]
-    path = os.pathsep.join(filter(None, parts))
-    return {"PYTHONPATH": path, "TRANSFERKIT_LOAD_PLUGINS": names, **extra}
+        modules[name] = "fault_plugin_" + name.replace("-", "_")
+        (root / f"{modules[name]}.py").write_text(code)
+    return write_entry_points(root, {**modules, "inject": "fault_plugin", "tiny": "tiny_backbone"})
 
 
 RAISERS = {
@@ -104,8 +101,9 @@ RAISERS = {
 }
 
 
+@pytest.mark.process
 def test_a_plugin_raising_any_base_exception_is_isolated(plugin_path: Path) -> None:
-    env = with_plugins(plugin_path, ",".join([*RAISERS, "good"]))
+    env = plugin_env(plugin_path, ",".join([*RAISERS, "good"]))
     listed = run_cli("plugins", "--json", env=env)
     assert_succeeds(listed)
     rows = {r["name"]: r for r in json.loads(listed.stdout)}
@@ -119,23 +117,26 @@ def test_a_plugin_raising_any_base_exception_is_isolated(plugin_path: Path) -> N
     assert "plugin-centroid" in {c["name"] for c in json.loads(classifiers.stdout)}
 
 
+@pytest.mark.process
 def test_strict_mode_stops_on_a_system_exit_with_a_message(plugin_path: Path) -> None:
-    env = with_plugins(plugin_path, "exits", TRANSFERKIT_STRICT_PLUGINS="1")
+    env = plugin_env(plugin_path, "exits", TRANSFERKIT_STRICT_PLUGINS="1")
     result = run_cli("plugins", env=env)
     assert result.returncode != 0  # not the plugin's exit code 0: that would hide the failure
     assert "PluginLoadError" in result.stderr and '"exits" raised SystemExit' in result.stderr
 
 
+@pytest.mark.process
 def test_ctrl_c_while_plugins_load_stops_the_program(plugin_path: Path) -> None:
     start = time.monotonic()
-    result = run_cli("plugins", env=with_plugins(plugin_path, "ctrl-c,good"))
+    result = run_cli("plugins", env=plugin_env(plugin_path, "ctrl-c,good"))
     assert time.monotonic() - start < 25  # did not sit out the plugin's sleep
     assert_fails_cleanly(result, 130, "interrupted while loading plugins")
     assert result.stdout == ""
 
 
+@pytest.mark.process
 def test_a_slow_plugin_is_named_with_the_way_round(plugin_path: Path) -> None:
-    env = with_plugins(plugin_path, "slow,good", TRANSFERKIT_PLUGIN_SLOW_SECONDS="0.3")
+    env = plugin_env(plugin_path, "slow,good", TRANSFERKIT_PLUGIN_SLOW_SECONDS="0.3")
     result = run_cli("plugins", "--json", env=env)
     assert_succeeds(result)
     assert 'plugin "slow" is still importing after 0.3s' in result.stderr
@@ -147,7 +148,7 @@ def test_a_slow_plugin_is_named_with_the_way_round(plugin_path: Path) -> None:
         "slow": "loaded",
         "good": "loaded",
     }
-    quiet = run_cli("plugins", env=with_plugins(plugin_path, "slow"))  # default threshold: 5 s
+    quiet = run_cli("plugins", env=plugin_env(plugin_path, "slow"))  # default threshold: 5 s
     assert_succeeds(quiet)
     assert "slow" not in quiet.stderr
 
@@ -216,6 +217,7 @@ def _interrupt(
     return _stop(proc, sig)
 
 
+@pytest.mark.process
 def test_ctrl_c_and_sigkill_during_spotcheck_keep_every_finished_row(
     plugin_path: Path, tmp_path: Path
 ) -> None:
@@ -230,7 +232,7 @@ def test_ctrl_c_and_sigkill_during_spotcheck_keep_every_finished_row(
     logs = [tmp_path / f"fits-{i}.log" for i in range(3)]
 
     def env(run: int, **extra: str) -> dict[str, str]:
-        return {**with_plugins(plugin_path, "sleepy"), "FAULTS_FIT_LOG": str(logs[run]), **extra}
+        return {**plugin_env(plugin_path, "sleepy"), "FAULTS_FIT_LOG": str(logs[run]), **extra}
 
     # Ctrl-C: the finished rows are the report, marked incomplete (two pairs, then the third
     # hangs, so that the signal always comes in the middle)
@@ -273,6 +275,7 @@ def test_ctrl_c_and_sigkill_during_spotcheck_keep_every_finished_row(
 # ---------------------------------------------------------------------------- images
 
 BACKBONE = ["-b", "efficientnet-lite0", "--input-size", "32"]
+TINY = ["-b", "tiny-cnn", "--input-size", "32"]  # tests/tiny_backbone.py, for the processes
 
 # a decoded file -> the plain file with the pixels it must decode to (same features)
 DECODED = {
@@ -360,7 +363,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, Path, d
     images = root / "images"
     count = build_corpus(images)
     reference = root / "reference.h5"
-    result = run_cli("extract", images, *BACKBONE, "-o", reference, "--json", "--no-progress")
+    result = invoke_cli("extract", images, *BACKBONE, "-o", reference, "--json", "--no-progress")
     assert_succeeds(result)
     return images, count, reference, json.loads(result.stdout)
 
@@ -394,32 +397,42 @@ def test_bad_images_are_decoded_or_skipped_with_their_reason(
 # ---------------------------------------------------------------------------- SIGKILL and resume
 
 
+@pytest.mark.process
 @pytest.mark.slow
 def test_sigkill_during_extraction_and_during_a_flush_then_resume_loses_nothing(
-    corpus: tuple[Path, int, Path, dict[str, Any]], plugin_path: Path, tmp_path: Path
+    corpus: tuple[Path, int, Path, dict[str, Any]],
+    plugin_path: Path,
+    tmp_path: Path,
+    register_plugin: Any,
+    tiny: str,
 ) -> None:
     """Killed between two flushes, then killed again inside a flush of the resumed run (the
     features of a new block written, its labels array grown, its paths not), then Ctrl-C: the
     final ``--resume`` gives the uninterrupted run's store. Meanwhile a second writer is
     refused."""
+    import fault_plugin
+
     from transferkit.store import open_store
 
-    images, count, reference, _ = corpus
+    register_plugin(fault_plugin, "inject")  # for the runs in this process
+    images, count, _, _ = corpus
     before = tree_digest(images)
+    reference = tmp_path / "reference.h5"
+    assert_succeeds(invoke_cli("extract", images, *TINY, "-o", reference, "--no-progress"))
     out = tmp_path / "features.ph5"  # HDF5, through the plugin's pausing store
     mark = tmp_path / "paused"
-    args = ["extract", images, *BACKBONE, "-o", out, "--batch-size", "4", "--buffer-rows", "8"]
+    args = ["extract", images, *TINY, "-o", out, "--batch-size", "4", "--buffer-rows", "8"]
     args += ["--no-progress"]
 
     def env(pause: str = "") -> dict[str, str]:
-        return with_plugins(plugin_path, "inject", FAULTS_PAUSE=pause, FAULTS_MARK=str(mark))
+        return plugin_env(plugin_path, "inject,tiny", FAULTS_PAUSE=pause, FAULTS_MARK=str(mark))
 
     # 1. killed after its third batch: two batches flushed, one in the buffer
     first = _start(args, env("batch:3"))
     _wait_until(mark.exists, first)
     on_disk = tree_digest(tmp_path)
     # a second writer on the same output is refused, even with --overwrite, and deletes nothing
-    second = run_cli(*args, "--overwrite", env=env())
+    second = invoke_cli(*args, "--overwrite")
     assert_fails_cleanly(second, 1, f"is being written by process {first.pid}")
     assert tree_digest(tmp_path) == on_disk
     killed = _stop(first, signal.SIGKILL)
@@ -446,7 +459,7 @@ def test_sigkill_during_extraction_and_during_a_flush_then_resume_loses_nothing(
         assert len(store) == kept + 4 and not store.complete
 
     # 4. the last resume finishes, and the store equals the uninterrupted run's
-    done = run_cli(*args, "--resume", "--json", env=env())
+    done = invoke_cli(*args, "--resume", "--json")
     assert_succeeds(done)
     summary = json.loads(done.stdout)
     assert summary["resumed"] and summary["rows"] + summary["skipped"] == count
@@ -461,22 +474,29 @@ def test_sigkill_during_extraction_and_during_a_flush_then_resume_loses_nothing(
     assert tree_digest(images) == before
 
 
-@pytest.mark.slow
+@pytest.mark.process
 def test_sigkill_during_finetuning_then_resume_trains_each_epoch_once(
-    corpus: tuple[Path, int, Path, dict[str, Any]], plugin_path: Path, tmp_path: Path
+    corpus: tuple[Path, int, Path, dict[str, Any]],
+    plugin_path: Path,
+    tmp_path: Path,
+    register_plugin: Any,
+    tiny: str,
 ) -> None:
+    import fault_plugin
+
+    register_plugin(fault_plugin, "inject")  # for the runs in this process
     images = corpus[0]
     out, mark, logs = (
         tmp_path / "run",
         tmp_path / "paused",
         [tmp_path / "epochs-1", tmp_path / "epochs-2"],
     )
-    args = ["finetune", images, *BACKBONE, "-o", out, "-s", "head-only", "--epochs", "3"]
+    args = ["finetune", images, *TINY, "-o", out, "-s", "head-only", "--epochs", "3"]
     args += ["--batch-size", "8", "--no-progress"]
 
     def env(log: Path, pause: str = "") -> dict[str, str]:
         extra = {"FAULTS_PAUSE": pause, "FAULTS_MARK": str(mark), "FAULTS_LOG": str(log)}
-        return with_plugins(plugin_path, "inject", **extra)
+        return plugin_env(plugin_path, "inject,tiny", **extra)
 
     # killed at the end of the second epoch, before its checkpoint: the first one is saved
     proc = _start(args, env(logs[0], "epoch:2"))
@@ -485,9 +505,10 @@ def test_sigkill_during_finetuning_then_resume_trains_each_epoch_once(
     assert (out / "checkpoints" / "last.ckpt.npz").exists()
     assert not (out / "model.keras").exists()
 
-    again = run_cli(*args, env=env(logs[1]))  # without --resume: refused, nothing deleted
+    log = {"FAULTS_LOG": str(logs[1])}
+    again = invoke_cli(*args, env=log)  # without --resume: refused, nothing deleted
     assert_fails_cleanly(again, 2, "--resume")
-    resumed = run_cli(*args, "--resume", "--json", env=env(logs[1]))
+    resumed = invoke_cli(*args, "--resume", "--json", env=log)
     assert_succeeds(resumed)
     assert logs[0].read_text().split() == ["0", "1"]
     assert logs[1].read_text().split() == ["1", "2"]  # only what the checkpoint lacked

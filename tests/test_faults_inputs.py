@@ -1,7 +1,7 @@
 """The fault suite for inputs: image folders of any shape, and options and files that cannot be
-right. Every case runs the real command line in a subprocess, on a corpus the test builds, and
-checks the exit code, the message, that no traceback was printed and that the user's files are
-unchanged (``tree_digest``)."""
+right. Every case runs the command line (in this process, click's ``CliRunner``) on a corpus the
+test builds, and checks the exit code, the message, that no traceback was printed and that the
+user's files are unchanged (``tree_digest``)."""
 
 from __future__ import annotations
 
@@ -9,17 +9,17 @@ import json
 import os
 import pickle
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 import pytest
-from cli_faults import QUIET_ENV, assert_fails_cleanly, assert_succeeds, run_cli, tree_digest
+from cli_faults import assert_fails_cleanly, assert_succeeds, invoke_cli, tree_digest
 from imagefiles import photo
 
-HERE = Path(__file__).parent
+from transferkit import hookimpl
+
 BACKBONE = ("--backbone", "efficientnet-lite0", "--input-size", "32")
 BAD_NAME = b"caf\xe9-\xff.jpg"  # Latin-1 and a byte no encoding decodes: not valid UTF-8
 
@@ -86,7 +86,7 @@ def test_an_image_folder_of_every_shape(tmp_path: Path, suffix: str) -> None:
     expected = _image_folder_of_every_shape(root)
     before = tree_digest(root)
     out = tmp_path / f"features{suffix}"
-    summary = _summary(run_cli("extract", root, *BACKBONE, "-o", out, "--no-progress", "--json"))
+    summary = _summary(invoke_cli("extract", root, *BACKBONE, "-o", out, "--no-progress", "--json"))
     _check_folder_run(summary, expected, root)
     paths, names = _stored(out)
     # each real file once, the name that is not UTF-8 recorded with \xNN escapes
@@ -105,7 +105,7 @@ def test_an_image_folder_of_every_shape(tmp_path: Path, suffix: str) -> None:
         return
     # a second run resumes the finished store: nothing is read or recorded twice
     again = _summary(
-        run_cli("extract", root, *BACKBONE, "-o", out, "--resume", "--no-progress", "--json")
+        invoke_cli("extract", root, *BACKBONE, "-o", out, "--resume", "--no-progress", "--json")
     )
     assert again["rows"] == 5 and again["skipped"] == summary["skipped"]
     assert _stored(out)[0] == paths
@@ -119,20 +119,40 @@ def test_one_class_warns_and_train_refuses_it(tmp_path: Path) -> None:
         _jpeg(root / "only" / f"{i}.jpg", name)
     before = tree_digest(root)
     out = tmp_path / "one.h5"
-    result = run_cli("extract", root, *BACKBONE, "-o", out, "--no-progress")
+    result = invoke_cli("extract", root, *BACKBONE, "-o", out, "--no-progress")
     assert_succeeds(result)
     assert "one class (only)" in result.stderr and "at least two" in result.stderr
-    trained = run_cli("train", out, "--classifier", "ridge-1", "--out", tmp_path / "m.skops")
+    trained = invoke_cli("train", out, "--classifier", "ridge-1", "--out", tmp_path / "m.skops")
     assert_fails_cleanly(trained, 2, "only class 'only'", "at least two classes")
     assert not (tmp_path / "m.skops").exists()
-    streamed = run_cli("stream", out, "--classifier", "river-logreg")
+    streamed = invoke_cli("stream", out, "--classifier", "river-logreg")
     assert_fails_cleanly(streamed, 2, "only class 'only'")
-    checked = run_cli("spotcheck", out, "-c", "ridge-1", "--out", tmp_path / "report")
+    checked = invoke_cli("spotcheck", out, "-c", "ridge-1", "--out", tmp_path / "report")
     assert_fails_cleanly(checked, 2, "only class 'only'")
     assert tree_digest(root) == before
 
 
-def test_files_that_vanish_or_change_during_a_run_are_skipped(tmp_path: Path) -> None:
+class Vandal:
+    """A plugin that damages the image folder once the run has listed it (``on_extract_start``):
+    it deletes one file and truncates another, so that a test sees files that vanish or change
+    between the listing and the reading, deterministically."""
+
+    def __init__(self, delete: Path, truncate: Path) -> None:
+        self.delete, self.truncate = delete, truncate
+        self.damaged: str | None = None
+
+    @hookimpl
+    def on_extract_start(self, total: int) -> None:
+        os.remove(self.delete)
+        size = os.path.getsize(self.truncate)
+        with open(self.truncate, "r+b") as fh:
+            fh.truncate(size // 2)
+        self.damaged = f"damaged 2 of {total} files"
+
+
+def test_files_that_vanish_or_change_during_a_run_are_skipped(
+    tmp_path: Path, register_plugin: Any
+) -> None:
     root = tmp_path / "photos"
     for cls, names in (("cat", ("chelsea", "coffee", "astronaut")), ("dog", ("rocket", "coffee"))):
         (root / cls).mkdir(parents=True)
@@ -140,16 +160,10 @@ def test_files_that_vanish_or_change_during_a_run_are_skipped(tmp_path: Path) ->
             _jpeg(root / cls / f"{i}.jpg", name)
     gone, cut = root / "cat" / "1.jpg", root / "dog" / "0.jpg"
     out = tmp_path / "f.h5"
-    args = ["extract", str(root), *BACKBONE, "-o", str(out), "--no-progress", "--json"]
-    result = subprocess.run(
-        [sys.executable, str(HERE / "faults_inputs_child.py"), str(gone), str(cut), "--", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **QUIET_ENV},
-        timeout=300,
-    )
+    vandal = register_plugin(Vandal(gone, cut), "vandal")
+    result = invoke_cli("extract", root, *BACKBONE, "-o", out, "--no-progress", "--json")
     summary = _summary(result)
-    assert "damaged 2 of 5 files" in result.stderr
+    assert vandal.damaged == "damaged 2 of 5 files"
     reasons = dict(summary["skipped_files"])
     assert reasons == {str(gone): "file not found", str(cut): "truncated file"}
     assert summary["rows"] == 3 and summary["rows"] + summary["skipped"] == summary["files_found"]
@@ -191,7 +205,7 @@ def test_input_sizes_that_cannot_be_right_are_usage_errors(
         args = ["finetune", root, "-b", "efficientnet-lite0", "--input-size", size, "--out", out]
     else:
         args = ["spotcheck", root, "-b", size, "-c", "ridge-1", "--out", out]
-    result = run_cli(*args)
+    result = invoke_cli(*args)
     assert_fails_cleanly(result, 2, needle)
     assert tree_digest(tmp_path) == before  # nothing was written or allocated on disk
 
@@ -201,7 +215,7 @@ def test_a_batch_larger_than_the_machine_is_a_usage_error(tmp_path: Path) -> Non
     _jpeg(tmp_path / "photos" / "a" / "0.jpg")
     before = tree_digest(tmp_path)
     args = ["--input-size", "2048", "--batch-size", "1000000", "-o", tmp_path / "f.h5"]
-    result = run_cli("extract", tmp_path / "photos", *BACKBONE[:2], *args)
+    result = invoke_cli("extract", tmp_path / "photos", *BACKBONE[:2], *args)
     assert_fails_cleanly(result, 2, "more than a quarter of this machine's")
     assert tree_digest(tmp_path) == before
 
@@ -241,7 +255,7 @@ def test_train_on_a_hostile_store_fails_in_one_line(tmp_path: Path, case: str) -
     changes, needle = HOSTILE_STORES[case]
     store = _store(tmp_path / "hostile.h5", **changes)
     before = tree_digest(tmp_path)
-    result = run_cli("train", store, "--classifier", "ridge-1", "--out", tmp_path / "m.skops")
+    result = invoke_cli("train", store, "--classifier", "ridge-1", "--out", tmp_path / "m.skops")
     assert_fails_cleanly(result, 1, needle)
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert tree_digest(tmp_path) == before
@@ -254,17 +268,17 @@ def test_files_that_are_not_stores_fail_in_one_line(tmp_path: Path) -> None:
     zarr_dir.mkdir()
     (zarr_dir / "zarr.json").write_text('{"zarr_format": 3, "node_type": "array"')
     for path in (junk, zarr_dir):
-        result = run_cli("train", path, "--classifier", "ridge-1")
+        result = invoke_cli("train", path, "--classifier", "ridge-1")
         assert_fails_cleanly(result, 1, "cannot open")
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_train_refuses_classes_too_small_to_split(tmp_path: Path) -> None:
     store = _store(tmp_path / "s.h5", labels=np.array([0] * 11 + [1]))
-    result = run_cli("train", store, "--classifier", "ridge-1")
+    result = invoke_cli("train", store, "--classifier", "ridge-1")
     assert_fails_cleanly(result, 2, "at least 2 rows", "'dog' (1)")
     tiny = _store(tmp_path / "tiny.h5", labels=np.array([0, 1] * 6))
-    ok = run_cli("train", tiny, "--classifier", "ridge-1", "--json")
+    ok = invoke_cli("train", tiny, "--classifier", "ridge-1", "--json")
     assert_succeeds(ok)
     assert "only 2 test rows" in ok.stderr and "rough" in ok.stderr
 
@@ -325,7 +339,7 @@ def test_predict_says_what_a_file_is_when_it_is_not_a_model(tmp_path: Path) -> N
     ]
     before = tree_digest(tmp_path)
     for path, code, needle in cases:
-        result = run_cli("predict", path, image)
+        result = invoke_cli("predict", path, image)
         assert_fails_cleanly(result, code, needle)
         if path != river_pickle:
             assert "--trust" not in result.stderr
@@ -349,7 +363,7 @@ def test_predict_with_a_hostile_model_fails_in_one_line(tmp_path: Path, case: st
     model = _skops_model(tmp_path / "m.skops", header, classes)
     image = tmp_path / "x.jpg"
     _jpeg(image)
-    result = run_cli("predict", model, image)
+    result = invoke_cli("predict", model, image)
     assert_fails_cleanly(result, 1, "not a usable transferkit model", needle)
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
@@ -376,6 +390,6 @@ def test_a_hostile_config_file_is_a_usage_error(tmp_path: Path, case: str) -> No
     else:
         config.write_text(text)
     (tmp_path / "photos").mkdir()
-    result = run_cli("extract", tmp_path / "photos", "--config", config, "--print-config")
+    result = invoke_cli("extract", tmp_path / "photos", "--config", config, "--print-config")
     assert_fails_cleanly(result, 2, needle)
     assert len(result.stderr.strip().splitlines()) <= 3, result.stderr  # click's usage + error

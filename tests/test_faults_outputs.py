@@ -2,9 +2,10 @@
 that cannot be written (a read-only or full file system, a missing parent folder) ends in one
 line, leaves no temporary file, and keeps a store's committed rows for ``--resume``.
 
-Every case runs the real command line in a subprocess; the user's files are checksummed before
-and after. The file-system cases mount a small or a read-only ``tmpfs`` and need root (CI runs
-as root); elsewhere they are skipped with the reason.
+Every case runs the command line in this process (click's ``CliRunner``): a refusal is an exit
+code, one line on stderr and an unchanged file tree, all visible here; the user's files are
+checksummed before and after. The file-system cases mount a small or a read-only ``tmpfs`` and
+need root (CI runs as root); elsewhere they are skipped with the reason.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_faults import assert_fails_cleanly, assert_succeeds, run_cli, tree_digest
+from cli_faults import assert_fails_cleanly, assert_succeeds, invoke_cli, tree_digest
 from imagefiles import make_folder
 
 from transferkit.errors import UsageError
 
-# a real, offline backbone that needs no plugin registration in the subprocess; 64 px and
-# flatten pooling give 5120-d rows, so a few dozen images fill a 600 KiB tmpfs
+# a real, offline backbone that needs no plugin registration; 64 px and flatten pooling give
+# 5120-d rows, so a few dozen images fill a 600 KiB tmpfs
 BACKBONE = ["-b", "efficientnet-lite0", "--input-size", "64", "--pooling", "flatten"]
 FAST = ["--batch-size", "4", "--buffer-rows", "4", "--no-progress"]
 
@@ -72,7 +73,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def reference(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A store of the corpus, extracted in one clean run."""
     out = tmp_path_factory.mktemp("reference") / "ref.zarr"
-    assert_succeeds(run_cli(*extract_args(corpus / "photos", out)))
+    assert_succeeds(invoke_cli(*extract_args(corpus / "photos", out)))
     return out
 
 
@@ -165,7 +166,7 @@ def test_extract_overwrite_refuses_every_path_it_did_not_make(
         (user_h5, "hdf5", "not a hdf5 store written by transferkit"),
     ]
     for out, fmt, why in cases:
-        result = run_cli(*extract_args(photos, out, "--store", fmt, "--overwrite"))
+        result = invoke_cli(*extract_args(photos, out, "--store", fmt, "--overwrite"))
         line = assert_one_line(result, 2, why)
         assert str(out) in line
     assert tree_digest(corpus) == before
@@ -181,12 +182,11 @@ def test_extract_overwrite_refuses_an_output_holding_images_of_a_list(
     rows = [f"{p},{p.parent.name}" for p in sorted((photos / "rocket").glob("*.jpg"))]
     listing.write_text("path,label\n" + "\n".join(rows) + "\n")
     before = tree_digest(corpus)
-    result = run_cli(*extract_args(listing, photos / "rocket", "--store", "zarr", "--overwrite"))
+    result = invoke_cli(*extract_args(listing, photos / "rocket", "--store", "zarr", "--overwrite"))
     assert_one_line(result, 2, "contains the input")
     assert tree_digest(corpus) == before
 
 
-@pytest.mark.slow
 def test_extract_overwrite_replaces_a_transferkit_store_and_written_images(
     corpus: Path, reference: Path, tmp_path: Path
 ) -> None:
@@ -201,7 +201,7 @@ def test_extract_overwrite_replaces_a_transferkit_store_and_written_images(
     shown = mark_folder(tmp_path / "shown", "images")
     (shown / "old.png").write_bytes(b"old")
     before = tree_digest(corpus)
-    result = run_cli(
+    result = invoke_cli(
         *extract_args(corpus / "photos", out, "--overwrite", "--write-images", str(shown))
     )
     assert_succeeds(result)
@@ -220,7 +220,7 @@ def test_write_images_refuses_an_input_and_a_users_folder(
     photos = corpus / "photos"
     before, mine = tree_digest(corpus), tree_digest(user_files)
     for folder, why in ((photos, "is the input"), (user_files, "did not make")):
-        result = run_cli(*extract_args(photos, tmp_path / "f.h5", "--write-images", str(folder)))
+        result = invoke_cli(*extract_args(photos, tmp_path / "f.h5", "--write-images", str(folder)))
         assert_one_line(result, 2, "--write-images folder", why)
     assert not (tmp_path / "f.h5").exists()
     assert tree_digest(corpus) == before and tree_digest(user_files) == mine
@@ -244,27 +244,26 @@ def test_saved_model_is_replaced_only_with_overwrite_and_only_if_transferkit_sav
 
     # the input itself, and a path inside it (a Zarr store is a folder)
     inside = [command, str(folder_store), *classifier, "--out", str(folder_store / "m.skops")]
-    assert_one_line(run_cli(*base, "--out", str(store), "--overwrite"), 2, "is the input")
-    assert_one_line(run_cli(*inside, "--overwrite"), 2, "lies inside the input")
+    assert_one_line(invoke_cli(*base, "--out", str(store), "--overwrite"), 2, "is the input")
+    assert_one_line(invoke_cli(*inside, "--overwrite"), 2, "lies inside the input")
     assert tree_digest(folder_store) == folder_stored
     # a user's folder, a user's file
-    assert_fails_cleanly(run_cli(*base, "--out", str(user_files), "--overwrite"), 2)
+    assert_fails_cleanly(invoke_cli(*base, "--out", str(user_files), "--overwrite"), 2)
     theirs = user_files / "theirs.skops"
     theirs.write_bytes(b"PK\x03\x04 my own zip")
     mine = tree_digest(user_files)
-    assert_one_line(
-        run_cli(*base, "--out", str(theirs), "--overwrite"), 2, "not a model saved by transferkit"
-    )
+    replaced = invoke_cli(*base, "--out", str(theirs), "--overwrite")
+    assert_one_line(replaced, 2, "not a model saved by transferkit")
     assert tree_digest(user_files) == mine
 
     # a model transferkit saved: refused without --overwrite, replaced with it
     model = tmp_path / "models" / "m.skops"  # the parent folder is created
-    assert_succeeds(run_cli(*base, "--out", str(model)))
+    assert_succeeds(invoke_cli(*base, "--out", str(model)))
     first = model.read_bytes()
     assert is_saved_model(model)
-    assert_one_line(run_cli(*base, "--out", str(model)), 2, "--overwrite")
+    assert_one_line(invoke_cli(*base, "--out", str(model)), 2, "--overwrite")
     assert model.read_bytes() == first
-    assert_succeeds(run_cli(*base, "--out", str(model), "--seed", "3", "--overwrite"))
+    assert_succeeds(invoke_cli(*base, "--out", str(model), "--seed", "3", "--overwrite"))
     assert model.read_bytes() != first and load_model(model).classifier == classifier[1]
     assert store.read_bytes() == stored
     assert leftovers(tmp_path) == []
@@ -289,12 +288,11 @@ def test_finetune_overwrite_refuses_every_folder_it_did_not_make(
     ]
     for out, why in cases:
         for flags in (["--overwrite"], []):
-            result = run_cli("finetune", str(photos), *FINETUNE, "-o", str(out), *flags)
+            result = invoke_cli("finetune", str(photos), *FINETUNE, "-o", str(out), *flags)
             assert str(out) in assert_one_line(result, 2, why)
     assert tree_digest(corpus) == before and tree_digest(user_files) == mine
 
 
-@pytest.mark.slow
 def test_finetune_overwrite_replaces_a_run_folder_it_made(corpus: Path, tmp_path: Path) -> None:
     from transferkit.outputs import MARKER, folder_kind, mark_folder
 
@@ -303,9 +301,9 @@ def test_finetune_overwrite_replaces_a_run_folder_it_made(corpus: Path, tmp_path
     (run / "checkpoints" / "last.ckpt.npz").write_bytes(b"an old checkpoint")
     (run / "model.keras").write_bytes(b"an old model")
     before = tree_digest(corpus)
-    refused = run_cli("finetune", str(corpus / "photos"), *FINETUNE, "-o", str(run))
+    refused = invoke_cli("finetune", str(corpus / "photos"), *FINETUNE, "-o", str(run))
     assert_one_line(refused, 2, "--resume", "--overwrite")
-    result = run_cli(
+    result = invoke_cli(
         "finetune",
         str(corpus / "photos"),
         *FINETUNE,
@@ -339,9 +337,9 @@ def test_spotcheck_and_demo_refuse_folders_they_did_not_make(
         (user_files, "transferkit did not make"),
     ]
     for out, why in cases:
-        assert str(out) in assert_one_line(run_cli(*base, "--out", str(out)), 2, why)
+        assert str(out) in assert_one_line(invoke_cli(*base, "--out", str(out)), 2, why)
     # the feature cache may not lie inside the image folder it caches
-    cached = run_cli(
+    cached = invoke_cli(
         "spotcheck",
         str(corpus / "photos"),
         "--backbones",
@@ -354,7 +352,7 @@ def test_spotcheck_and_demo_refuse_folders_they_did_not_make(
 
     report = mark_folder(tmp_path / "a-report", "spotcheck-report")
     for out, why in ((user_files, "transferkit did not make"), (report, "not a demo folder")):
-        assert_one_line(run_cli("demo", "--out", str(out)), 2, "demo folder", why)
+        assert_one_line(invoke_cli("demo", "--out", str(out)), 2, "demo folder", why)
     assert tree_digest(store) == stored and tree_digest(user_files) == mine
     assert tree_digest(corpus) == images
 
@@ -364,7 +362,7 @@ def test_spotcheck_replaces_its_own_report(reference: Path, tmp_path: Path) -> N
 
     report = mark_folder(tmp_path / "report", "spotcheck-report")
     (report / "report.csv").write_text("an old report\n")
-    result = run_cli(
+    result = invoke_cli(
         "spotcheck", str(reference), "--classifiers", "logistic-regression", "--out", str(report)
     )
     assert_succeeds(result)
@@ -395,12 +393,11 @@ def test_outputs_on_a_read_only_file_system_fail_in_one_line(
              str(ro / "cache")],
         ]  # fmt: skip
         for args in cases:
-            line = assert_one_line(run_cli(*args), 1, "Read-only file system")
+            line = assert_one_line(invoke_cli(*args), 1, "Read-only file system")
             assert str(ro) in line
         assert os.listdir(ro) == []
 
 
-@pytest.mark.slow
 def test_a_full_disk_fails_in_one_line_and_leaves_no_temporary_file(
     reference: Path, tmp_path: Path
 ) -> None:
@@ -413,14 +410,13 @@ def test_a_full_disk_fails_in_one_line_and_leaves_no_temporary_file(
              str(full / "report")],
         ]  # fmt: skip
         for args in cases:
-            line = assert_one_line(run_cli(*args), 1, "No space left on device")
+            line = assert_one_line(invoke_cli(*args), 1, "No space left on device")
             assert str(full) in line
             assert leftovers(full) == []
         assert not (full / "m.skops").exists() and not (full / "m.pkl").exists()
         assert os.listdir(full) == [filler.name]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".zarr", ".h5"])
 def test_extraction_on_a_full_disk_keeps_its_rows_and_resumes_once_space_is_freed(
     corpus: Path, reference: Path, tmp_path: Path, suffix: str
@@ -433,7 +429,7 @@ def test_extraction_on_a_full_disk_keeps_its_rows_and_resumes_once_space_is_free
     size = "size=600k" if suffix == ".zarr" else "size=1700k"
     with tmpfs(tmp_path / "small", size) as small:
         out = small / f"f{suffix}"
-        result = run_cli(*extract_args(photos, out))
+        result = invoke_cli(*extract_args(photos, out))
         line = assert_one_line(result, 1, "No space left on device", "--resume")
         assert str(out) in line
         with open_store(out) as partial:
@@ -443,7 +439,7 @@ def test_extraction_on_a_full_disk_keeps_its_rows_and_resumes_once_space_is_free
         assert leftovers(small) == []
         # free space: the same tmpfs, remounted bigger (its files stay)
         subprocess.run(["mount", "-o", "remount,size=16m", str(small)], check=True)
-        resumed = run_cli(*extract_args(photos, out, "--resume"))
+        resumed = invoke_cli(*extract_args(photos, out, "--resume"))
         assert_succeeds(resumed)
         assert f"Resumed: {kept} images were already done" in resumed.stdout
         with open_store(out) as done, open_store(reference) as ref:
