@@ -42,6 +42,7 @@ def test_every_keras_application_is_listed_with_metadata() -> None:
     assert specs["inception-v3"].input_size == (299, 299)
 
 
+@pytest.mark.process
 def test_listing_backbones_does_not_import_tensorflow() -> None:
     code = (
         "import sys\n"

@@ -190,6 +190,7 @@ def test_resume_refuses_other_settings(tiny, images, tmp_path):
     assert result["rows"] == 8 and result["new_rows"] == 0 and result["resumed_from"] == 11
 
 
+@pytest.mark.process
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_resume_after_sigkill_equals_an_uninterrupted_run(tiny, tmp_path, fmt):

@@ -138,6 +138,7 @@ def test_h5_on_a_cluster_is_refused_before_any_work(tiny, images, tmp_path):
         transferkit.extract(images, backbone=tiny, out=tmp_path / "f.zarr", jobs=2)
 
 
+@pytest.mark.process
 def test_extract_without_a_scheduler_does_not_import_dask():
     code = (
         "import sys, transferkit.api, transferkit.jobs.extract, transferkit.commands.extract\n"
@@ -190,6 +191,7 @@ def test_worker_killed_mid_shard_loses_only_that_shard(tiny, images, cluster, re
     cluster.wait_for_workers(2, timeout=60)  # the nanny has restarted it
 
 
+@pytest.mark.process
 def test_resume_after_the_client_is_killed(tiny, images, cluster, reference, tmp_path):
     out, pauses = tmp_path / "resumed.zarr", tmp_path / "pauses"
     pauses.mkdir()

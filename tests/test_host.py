@@ -249,6 +249,7 @@ def test_usage_errors_exit_2_and_job_errors_exit_1(register_plugin: Any) -> None
     assert runner.invoke(group, ["no-such-command"]).exit_code == 2
 
 
+@pytest.mark.process
 def test_help_and_listing_do_not_import_tensorflow() -> None:
     code = (
         "import sys\n"
@@ -277,6 +278,7 @@ def test_every_command_has_help_with_an_example() -> None:
         assert "Example" in result.stdout, f"`transferkit {name} --help` shows no example"
 
 
+@pytest.mark.process
 def test_python_dash_m_runs() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "transferkit", "--version"], capture_output=True, text=True
@@ -295,6 +297,7 @@ def test_api_functions_stay_functions_after_their_jobs_are_imported() -> None:
         assert getattr(transferkit, name).__module__ == "transferkit.api", name
 
 
+@pytest.mark.process
 def test_no_top_level_core_or_plugins_module_is_installed(tmp_path: Any) -> None:
     code = (
         "import importlib.util, transferkit, transferkit.plugins\n"
@@ -306,6 +309,7 @@ def test_no_top_level_core_or_plugins_module_is_installed(tmp_path: Any) -> None
     assert out.strip() == "None None"
 
 
+@pytest.mark.process
 def test_refused_outputs_and_bad_options_fail_before_tensorflow_loads(tmp_path: Any) -> None:
     """What the user can get wrong on the command line is refused in well under a second: the
     check runs before the job imports TensorFlow (a fresh process, then its ``sys.modules``)."""

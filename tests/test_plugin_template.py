@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.process  # each test starts processes (pip, python -m)
+
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -91,6 +91,7 @@ print(json.dumps(result))
 
 
 @pytest.mark.slow
+@pytest.mark.process
 def test_finetuned_model_and_docs_snippets_work_without_transferkit(
     tmp_path: Path, register_plugin: Any
 ) -> None:

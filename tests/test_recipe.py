@@ -112,6 +112,7 @@ def test_store_metadata_round_trip_and_older_stores() -> None:
     assert FeatureRecipe.from_metadata({}).backbone == ""
 
 
+@pytest.mark.process
 def test_importing_the_recipe_imports_neither_tensorflow_nor_numpy() -> None:
     code = (
         "import sys, transferkit.recipe; "

@@ -200,6 +200,7 @@ def test_bf16_linear_probe_within_one_point_of_32_bit(conversions: Path) -> None
 # ---------------------------------------------------------------------------- the registry
 
 
+@pytest.mark.process
 def test_runtimes_listing_never_imports_tensorflow() -> None:
     code = (
         "import sys, json, io, contextlib\n"

@@ -188,6 +188,7 @@ def test_frozen_then_unfrozen_training(savedmodel: Path) -> None:
     assert layer.trainable_weights == []
 
 
+@pytest.mark.process
 def test_saved_keras_model_reloads(savedmodel: Path, tmp_path) -> None:
     import keras
 

@@ -254,6 +254,7 @@ def hub_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.mark.process
 def test_tfhub_backbone_trains_frozen_and_unfrozen_and_reloads(
     hub_folder: Path, digit_folder: Path, tmp_path: Path
 ) -> None:

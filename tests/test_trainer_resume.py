@@ -54,6 +54,7 @@ def _weights(model: Any) -> list[np.ndarray]:
     return [v.numpy() for v in model.network.variables]
 
 
+@pytest.mark.process
 @pytest.mark.slow
 @pytest.mark.parametrize("kill_after", [3, 2], ids=["mid-phase", "at-phase-change"])
 def test_killed_run_resumes_to_the_same_result(tmp_path: Path, kill_after: int) -> None:
