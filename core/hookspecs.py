@@ -24,15 +24,7 @@ import pluggy
 if TYPE_CHECKING:  # pragma: no cover
     import click
 
-    from .specs import (
-        BackboneSpec,
-        ClassifierSpec,
-        DatasetSpec,
-        HeadSpec,
-        RuntimeSpec,
-        StoreSpec,
-        StrategySpec,
-    )
+    from . import specs
     from .trainer import Trainer, TransferModel
 
 PROJECT = "transferkit"
@@ -45,7 +37,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def register_backbones(register: Callable[[BackboneSpec], None]) -> None:
+def register_backbones(register: Callable[[specs.BackboneSpec], None]) -> None:
     """Register feature-extraction backbones.
 
     Called once when the registry is first used. Call ``register(BackboneSpec(...))`` for each
@@ -54,12 +46,12 @@ def register_backbones(register: Callable[[BackboneSpec], None]) -> None:
 
 
 @hookspec
-def register_feature_stores(register: Callable[[StoreSpec], None]) -> None:
+def register_feature_stores(register: Callable[[specs.StoreSpec], None]) -> None:
     """Register feature store formats (``StoreSpec``), each with the file suffixes it handles."""
 
 
 @hookspec
-def register_classifiers(register: Callable[[ClassifierSpec], None]) -> None:
+def register_classifiers(register: Callable[[specs.ClassifierSpec], None]) -> None:
     """Register classifiers on feature vectors (``ClassifierSpec``).
 
     Set ``incremental=True`` for estimators that learn batch by batch and ``groups`` for the
@@ -68,23 +60,23 @@ def register_classifiers(register: Callable[[ClassifierSpec], None]) -> None:
 
 
 @hookspec
-def register_finetune_strategies(register: Callable[[StrategySpec], None]) -> None:
+def register_finetune_strategies(register: Callable[[specs.StrategySpec], None]) -> None:
     """Register fine-tune strategies (``StrategySpec``) for the Trainer."""
 
 
 @hookspec
-def register_datasets(register: Callable[[DatasetSpec], None]) -> None:
+def register_datasets(register: Callable[[specs.DatasetSpec], None]) -> None:
     """Register image sources and task transforms (``DatasetSpec``), e.g. ``image-folder`` or the
     ``rotation`` task."""
 
 
 @hookspec
-def register_heads(register: Callable[[HeadSpec], None]) -> None:
+def register_heads(register: Callable[[specs.HeadSpec], None]) -> None:
     """Register classification heads (``HeadSpec``) that fine-tuning can put on a backbone."""
 
 
 @hookspec
-def register_runtimes(register: Callable[[RuntimeSpec], None]) -> None:
+def register_runtimes(register: Callable[[specs.RuntimeSpec], None]) -> None:
     """Register inference runtimes (``RuntimeSpec``) that run a backbone's feature model.
 
     Called once when the registry is first used. Each spec says which precisions it offers,

@@ -6,8 +6,8 @@ import dataclasses
 import difflib
 import functools
 import threading
-from collections.abc import Collection
-from typing import Any, TypeVar
+from collections.abc import Callable, Collection
+from typing import Any, TypeVar, cast
 
 from . import plugin_manager as plugins
 from .errors import UsageError
@@ -140,39 +140,24 @@ def get(kind: str, name: str) -> Any:
     )
 
 
-def backbone(name: str) -> BackboneSpec:
-    spec: BackboneSpec = get("backbone", name)
-    return spec
+def _lookup(kind: str, cls: type[S]) -> Callable[[str], S]:
+    """The typed lookup of one kind: :func:`get` for ``kind``, returning a ``cls``."""
+
+    def lookup(name: str) -> S:
+        return cast(S, get(kind, name))
+
+    lookup.__name__ = lookup.__qualname__ = kind
+    lookup.__doc__ = f"The {kind} registered as ``name`` (see :func:`get`)."
+    return lookup
 
 
-def classifier(name: str) -> ClassifierSpec:
-    spec: ClassifierSpec = get("classifier", name)
-    return spec
-
-
-def strategy(name: str) -> StrategySpec:
-    spec: StrategySpec = get("strategy", name)
-    return spec
-
-
-def dataset(name: str) -> DatasetSpec:
-    spec: DatasetSpec = get("dataset", name)
-    return spec
-
-
-def head(name: str) -> HeadSpec:
-    spec: HeadSpec = get("head", name)
-    return spec
-
-
-def runtime(name: str) -> RuntimeSpec:
-    spec: RuntimeSpec = get("runtime", name)
-    return spec
-
-
-def store(name: str) -> StoreSpec:
-    spec: StoreSpec = get("store", name)
-    return spec
+backbone = _lookup("backbone", BackboneSpec)
+classifier = _lookup("classifier", ClassifierSpec)
+strategy = _lookup("strategy", StrategySpec)
+dataset = _lookup("dataset", DatasetSpec)
+head = _lookup("head", HeadSpec)
+runtime = _lookup("runtime", RuntimeSpec)
+store = _lookup("store", StoreSpec)
 
 
 def store_for_path(path: str, store_name: str | None = None) -> StoreSpec:

@@ -54,3 +54,11 @@ def exif_rotated_jpeg(path: Path, orientation: int = 6) -> np.ndarray:
     exif[0x0112] = orientation
     img.save(path, exif=exif, quality=95)
     return np.asarray(Image.open(path).convert("RGB"))
+
+
+def folder_with_bad_files(root: Path, per_class: int) -> Path:
+    """A class folder tree of ``per_class`` images a class, and the bad files of
+    :func:`add_bad_files` in its ``rocket`` class."""
+    make_folder(root, per_class=per_class, size=36)
+    add_bad_files(root / "rocket")
+    return root

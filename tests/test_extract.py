@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tiny_backbone
 from click.testing import CliRunner
-from imagefiles import add_bad_files, make_folder
+from imagefiles import add_bad_files, folder_with_bad_files, make_folder
 
 import transferkit
 from transferkit import TransferkitError, UsageError, hookimpl
@@ -29,10 +29,7 @@ FORMATS = ["h5", "zarr"]
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("images")
-    make_folder(root, per_class=4, size=36)
-    add_bad_files(root / "rocket")
-    return root
+    return folder_with_bad_files(tmp_path_factory.mktemp("images"), per_class=4)
 
 
 def _expected_features(path: str, pooling: str = "avg") -> np.ndarray:

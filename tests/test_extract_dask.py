@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tiny_backbone
 from click.testing import CliRunner
-from imagefiles import add_bad_files, make_folder
+from imagefiles import folder_with_bad_files
 
 import transferkit
 from transferkit import UsageError
@@ -38,10 +38,7 @@ COMMON: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("images")
-    make_folder(root, per_class=5, size=36)
-    add_bad_files(root / "rocket")
-    return root
+    return folder_with_bad_files(tmp_path_factory.mktemp("images"), per_class=5)
 
 
 @pytest.fixture(scope="module")
@@ -103,16 +100,21 @@ def _pause_workers(client: Any, value: str | None) -> None:
     client.run(setenv, value, on_error="ignore")  # a worker just killed cannot answer
 
 
-def test_cluster_store_equals_the_single_process_store(tiny, images, cluster, reference, tmp_path):
-    out = tmp_path / "cluster.zarr"
-    result = transferkit.extract(
+def on_cluster(images: Path, tiny: str, out: Path, cluster: Any, **options: Any) -> dict[str, Any]:
+    """``transferkit.extract`` of ``images`` into ``out`` on ``cluster``, by shards of 4."""
+    return transferkit.extract(
         images,
         backbone=tiny,
         out=out,
         scheduler=cluster.scheduler.address,
         shard_rows=4,
-        **COMMON,
+        **{**COMMON, **options},
     )
+
+
+def test_cluster_store_equals_the_single_process_store(tiny, images, cluster, reference, tmp_path):
+    out = tmp_path / "cluster.zarr"
+    result = on_cluster(images, tiny, out, cluster)
     assert result["rows"] == 10 and result["skipped"] == 3 and result["shards"] == 4
     assert result["workers"] == 2 and result["computed"] == 13
     _assert_same_store(out, reference)
@@ -158,14 +160,7 @@ def test_worker_killed_mid_shard_loses_only_that_shard(tiny, images, cluster, re
 
     def run() -> None:
         try:
-            results["summary"] = transferkit.extract(
-                images,
-                backbone=tiny,
-                out=out,
-                scheduler=cluster.scheduler.address,
-                shard_rows=4,
-                **COMMON,
-            )
+            results["summary"] = on_cluster(images, tiny, out, cluster)
         except BaseException as exc:  # reported by the main thread
             results["error"] = exc
 
@@ -226,15 +221,7 @@ def test_resume_after_the_client_is_killed(tiny, images, cluster, reference, tmp
         assert not partial.complete and len(partial) == 0
     with pytest.raises(UsageError, match="--scheduler"):  # one process cannot continue it
         transferkit.extract(images, backbone=tiny, out=out, resume=True, **COMMON)
-    result = transferkit.extract(
-        images,
-        backbone=tiny,
-        out=out,
-        scheduler=cluster.scheduler.address,
-        shard_rows=4,
-        resume=True,
-        **COMMON,
-    )
+    result = on_cluster(images, tiny, out, cluster, resume=True)
     assert result["resumed"] and result["shards_before"] >= 1
     assert result["computed"] < 13 and result["resumed_from"] + result["computed"] == 13
     _assert_same_store(out, reference)
@@ -337,15 +324,7 @@ def test_strict_stops_at_a_bad_file_and_keeps_the_store_resumable(tiny, images, 
 
     out = tmp_path / "strict.zarr"
     with pytest.raises(TransferkitError, match="--strict stops at the first bad file"):
-        transferkit.extract(
-            images,
-            backbone=tiny,
-            out=out,
-            scheduler=cluster.scheduler.address,
-            shard_rows=4,
-            strict=True,
-            **COMMON,
-        )
+        on_cluster(images, tiny, out, cluster, strict=True)
     assert not (tmp_path / "strict.zarr.lock").exists()  # the lock is released
     with open_store(out) as partial:
         assert not partial.complete and len(partial) == 0

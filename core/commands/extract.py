@@ -8,7 +8,7 @@ import click
 
 from ..config import config_options
 from ..options import ExtractOptions
-from .options import from_fields
+from .options import from_fields, require
 
 
 def print_extract_summary(result: dict[str, Any]) -> None:
@@ -82,11 +82,8 @@ def register(cli: click.Group) -> None:
         """
         from .. import api
         from ..cli import echo_json
-        from ..errors import UsageError
 
-        if not backbone or not out:
-            name = "backbone" if not backbone else "out"
-            raise UsageError(f"missing option --{name} (give it, or `{name}:` in --config)")
+        require(backbone=backbone, out=out)
         result = api.extract(
             images, backbone=backbone, out=out, options=ExtractOptions.of(values=values)
         )

@@ -8,7 +8,7 @@ import click
 
 from ..config import config_options
 from ..options import FinetuneOptions
-from .options import from_fields
+from .options import from_fields, require
 
 
 def print_finetune_summary(result: dict[str, Any]) -> None:
@@ -60,10 +60,8 @@ def register(cli: click.Group) -> None:
         """
         from .. import api
         from ..cli import echo_json
-        from ..errors import UsageError
 
-        if not backbone:
-            raise UsageError("give a backbone: --backbone NAME, or backbone: NAME in --config")
+        require(backbone=backbone)
         result = api.finetune(
             images, backbone=backbone, out=out, options=FinetuneOptions.of(values=values)
         )

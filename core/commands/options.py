@@ -105,3 +105,14 @@ def cli_values(options: type[Options], values: dict[str, Any]) -> dict[str, Any]
     """The values of ``options``'s fields among a command's parameters."""
     names = set(options.names())
     return {k: v for k, v in values.items() if k in names}
+
+
+def require(**values: Any) -> None:
+    """Refuse a missing required option that ``--config`` may also give (so click cannot
+    require it): ``require(backbone=backbone, out=out)``."""
+    from ..errors import UsageError
+
+    for name, value in values.items():
+        if not value:
+            flag = name.replace("_", "-")
+            raise UsageError(f"missing option --{flag} (give it, or `{flag}:` in --config)")
