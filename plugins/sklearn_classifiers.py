@@ -325,26 +325,22 @@ def classic_entries() -> list[Entry]:
         entries.append(
             (f"knn-{k}", f"KNeighborsClassifier, k={k}", _bind(knn, n_neighbors=k), False, ())
         )
-    for c in CLASSIC_C:
-        entries.append(
-            (
-                f"linear-svc-{_fmt(c)}",
-                f"LinearSVC, C={_fmt(c)}",
-                _bind(linear_svc, C=c),
-                False,
-                ("linear",),
+    linear = (
+        ("linear-svc", "LinearSVC", linear_svc, "C"),
+        ("ridge", "RidgeClassifier", ridge, "alpha"),
+    )
+    for name, model, build, param in linear:
+        for value in CLASSIC_C:
+            label = f"{param}={_fmt(value)}"
+            entries.append(
+                (
+                    f"{name}-{_fmt(value)}",
+                    f"{model}, {label}",
+                    _bind(build, **{param: value}),
+                    False,
+                    ("linear",),
+                )
             )
-        )
-    for a in CLASSIC_C:
-        entries.append(
-            (
-                f"ridge-{_fmt(a)}",
-                f"RidgeClassifier, alpha={_fmt(a)}",
-                _bind(ridge, alpha=a),
-                False,
-                ("linear",),
-            )
-        )
     return [(n, d, f, inc, ("classic", *g)) for n, d, f, inc, g in entries]
 
 

@@ -55,6 +55,19 @@ def run_cli(
     )
 
 
+def python_output(code: str, *, cwd: Path | None = None, timeout: float = 300) -> str:
+    """What ``python -c CODE`` prints in a fresh process (it must succeed): for what only a new
+    process shows, such as the modules an import brings in."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=cwd,
+        timeout=timeout,
+    ).stdout
+
+
 @contextlib.contextmanager
 def command_line_state() -> Iterator[None]:
     """Put back what running the command line in this process changes: the ``transferkit``

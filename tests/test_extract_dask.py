@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tiny_backbone
+from cli_faults import python_output
 from click.testing import CliRunner
 from imagefiles import folder_with_bad_files
 
@@ -146,8 +147,7 @@ def test_extract_without_a_scheduler_does_not_import_dask():
         "import sys, transferkit.api, transferkit.jobs.extract, transferkit.commands.extract\n"
         "print(sorted(m for m in ('dask', 'distributed') if m in sys.modules))"
     )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert run.stdout.strip() == "[]"
+    assert python_output(code).strip() == "[]"
 
 
 def test_worker_killed_mid_shard_loses_only_that_shard(tiny, images, cluster, reference, tmp_path):

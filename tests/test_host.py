@@ -11,6 +11,7 @@ import types
 from typing import Any
 
 import pytest
+from cli_faults import python_output
 from click.testing import CliRunner
 
 from transferkit import BackboneSpec, ClassifierSpec, hookimpl, plugin_manager, registry
@@ -262,9 +263,7 @@ def test_help_and_listing_do_not_import_tensorflow() -> None:
         "        assert e.code == 0, (args, e.code)\n"
         "print('TF', 'tensorflow' in sys.modules, 'keras' in sys.modules)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
+    out = python_output(code)
     assert out.strip().endswith("TF False False"), out[-500:]
 
 
@@ -303,9 +302,7 @@ def test_no_top_level_core_or_plugins_module_is_installed(tmp_path: Any) -> None
         "import importlib.util, transferkit, transferkit.plugins\n"
         "print(importlib.util.find_spec('core'), importlib.util.find_spec('plugins'))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
-    ).stdout
+    out = python_output(code, cwd=tmp_path)
     assert out.strip() == "None None"
 
 

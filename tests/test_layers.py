@@ -11,10 +11,10 @@ under ``if TYPE_CHECKING:``, which never run."""
 from __future__ import annotations
 
 import ast
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
+
+from cli_faults import python_output
 
 ROOT = Path(__file__).resolve().parents[1]
 # the import names of the two packages: core/ installs as transferkit, plugins/ as its .plugins
@@ -306,7 +306,5 @@ def test_the_plugin_api_loads_lazily_and_every_name_resolves() -> None:
         "bad = [n for n in layers if not issubclass(getattr(api, n), keras.layers.Layer)]\n"
         "print('missing', missing, 'not layers', bad)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
-    ).stdout.splitlines()
+    out = python_output(code).splitlines()
     assert out[-2:] == ["TF False False", "missing [] not layers []"], out

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_faults import python_output
 
 from transferkit.errors import UsageError, WeightsUnavailableError
 from transferkit.recipe import FeatureRecipe, normalise_weights
@@ -118,5 +117,4 @@ def test_importing_the_recipe_imports_neither_tensorflow_nor_numpy() -> None:
         "import sys, transferkit.recipe; "
         "print(any(m in sys.modules for m in ('tensorflow', 'numpy', 'keras')))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert python_output(code).strip() == "False"

@@ -7,7 +7,6 @@ shared by the module) and the networks are small (64 px or less)."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tiny_backbone
+from cli_faults import python_output
 from click.testing import CliRunner
 from imagefiles import make_folder
 from logstate import command_line_logger
@@ -215,9 +215,7 @@ def test_runtimes_listing_never_imports_tensorflow() -> None:
         "print(json.dumps([rows, [m in sys.modules for m in "
         "('tensorflow', 'openvino', 'ai_edge_litert')]]))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
+    out = python_output(code)
     rows, imported = json.loads(out.strip().splitlines()[-1])
     assert imported == [False, False, False]
     by_name = {r["name"]: r for r in rows}
