@@ -124,11 +124,6 @@ def check_positive(value: Any, what: str) -> None:
         raise UsageError(f"{what} must be positive, got {value}")
 
 
-def check_fraction(value: Any, what: str) -> None:
-    if value is not None and not 0 < value < 1:
-        raise UsageError(f"{what} must lie between 0 and 1, got {value}")
-
-
 def _mode(resume: bool, overwrite: bool) -> str:
     if resume and overwrite:
         raise UsageError("--resume and --overwrite exclude each other; pick one")
@@ -548,7 +543,7 @@ class CacheOptions(Options):
 
 
 @dataclass(frozen=True)
-class SpotcheckOptions(Options):
+class SpotcheckOptions(RecipeValues, Options):
     """``transferkit spotcheck`` / :func:`transferkit.spotcheck` (the feature stores, or one image
     folder, are its argument). ``backbones`` and ``classifiers`` may hold a caller's objects too
     (a ``transferkit.Backbone`` or Keras model; an estimator)."""
@@ -605,10 +600,7 @@ class SpotcheckOptions(Options):
 
     def __post_init__(self) -> None:
         self._set("backbones", _texts(self.backbones))
-        self._set("pooling", parse_pooling(self.pooling))
-        self._set("input_size", parse_input_size(self.input_size))
-        self._set("weights", normalise_weights(self.weights))
-        self._set("precision", parse_precision(self.precision))
+        self._check_recipe()
         if self.jobs is not None and self.jobs < 1:
             raise UsageError(f"--jobs must be at least 1, got {self.jobs}")
         if self.timeout is not None and self.timeout <= 0:

@@ -194,6 +194,7 @@ def test_dask_cluster_gives_the_same_rows_with_failures_and_timeouts(
 
 def test_unreachable_dask_scheduler_is_a_usage_error(stores: list[Path]) -> None:
     import dask
+    import distributed  # noqa: F401  its config defaults first: leaving set() would drop them
 
     with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
         result = CliRunner().invoke(
