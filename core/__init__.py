@@ -6,7 +6,8 @@ Public names for plugins: :data:`hookimpl`, the specs (:class:`BackboneSpec`, ..
 the helpers a plugin shares with the host (a plugin imports nothing else). The jobs
 (:func:`extract`, :func:`extract_many`, :func:`train`, :func:`spotcheck`, :func:`stream`,
 :func:`finetune`, :func:`predict`) load lazily from :mod:`transferkit.api`, so importing this
-package never imports TensorFlow.
+package never imports TensorFlow; their options are :class:`ExtractOptions`, ... (declared once
+in :mod:`transferkit.options`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,15 @@ from typing import Any
 
 from .errors import TransferkitError, UsageError, WeightsUnavailableError
 from .hookspecs import hookimpl
+from .options import (
+    DemoOptions,
+    ExtractOptions,
+    FinetuneOptions,
+    PredictOptions,
+    SpotcheckOptions,
+    StreamOptions,
+    TrainOptions,
+)
 from .pooling import pool
 from .recipe import FeatureRecipe
 from .specs import (
@@ -46,11 +56,18 @@ __all__ = [
     "BackboneSpec",
     "ClassifierSpec",
     "DatasetSpec",
+    "DemoOptions",
+    "ExtractOptions",
     "FeatureRecipe",
+    "FinetuneOptions",
     "HeadSpec",
+    "PredictOptions",
     "RuntimeSpec",
+    "SpotcheckOptions",
     "StoreSpec",
     "StrategySpec",
+    "StreamOptions",
+    "TrainOptions",
     "TransferkitError",
     "UsageError",
     "WeightsUnavailableError",

@@ -67,6 +67,7 @@ def test_groups_and_flags() -> None:
         estimators.select("logistic-regresion")
 
 
+@pytest.mark.slow
 def test_every_classic_configuration_learns_digits(digits: tuple[np.ndarray, ...]) -> None:
     Xtr, Xte, ytr, yte = digits
     accuracies = {}

@@ -5,7 +5,12 @@ from __future__ import annotations
 import importlib.util
 import time
 
+import pytest
+
 from transferkit import cluster
+
+# a local Dask cluster starts worker processes
+pytestmark = pytest.mark.process
 
 
 def _nap(seconds: float) -> float:

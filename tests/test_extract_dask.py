@@ -27,6 +27,9 @@ from transferkit.jobs.extract_dask import PAUSE_ENV
 from transferkit.store import open_store, shard_progress
 
 TESTS = Path(__file__).parent
+# a local Dask cluster starts worker processes, each importing TensorFlow
+pytestmark = pytest.mark.process
+
 # 10 good images and 3 bad ones, shuffled: shards of 4 images, some with skipped files
 COMMON: dict[str, Any] = {
     "batch_size": 3,

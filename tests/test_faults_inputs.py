@@ -80,6 +80,7 @@ def _stored(path: Path) -> tuple[list[str], list[str]]:
         return reader.paths, reader.label_names
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".h5", ".zarr"])
 def test_an_image_folder_of_every_shape(tmp_path: Path, suffix: str) -> None:
     root = tmp_path / "photos"

@@ -187,6 +187,7 @@ def test_extract_overwrite_refuses_an_output_holding_images_of_a_list(
     assert tree_digest(corpus) == before
 
 
+@pytest.mark.slow
 def test_extract_overwrite_replaces_a_transferkit_store_and_written_images(
     corpus: Path, reference: Path, tmp_path: Path
 ) -> None:
@@ -417,6 +418,7 @@ def test_a_full_disk_fails_in_one_line_and_leaves_no_temporary_file(
         assert os.listdir(full) == [filler.name]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".zarr", ".h5"])
 def test_extraction_on_a_full_disk_keeps_its_rows_and_resumes_once_space_is_freed(
     corpus: Path, reference: Path, tmp_path: Path, suffix: str

@@ -14,6 +14,7 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from cli_faults import python_output
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -291,6 +292,7 @@ def test_the_plugin_api_declares_for_type_checkers_what_it_loads() -> None:
     assert seen == transferkit.plugin._NAMES
 
 
+@pytest.mark.process
 def test_the_plugin_api_loads_lazily_and_every_name_resolves() -> None:
     """In a fresh process: importing ``transferkit.plugin``, listing it and touching every name
     but the Keras layers imports neither TensorFlow nor Keras; then every name resolves."""

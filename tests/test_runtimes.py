@@ -109,6 +109,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow  # converts four networks with each converting runtime
 @pytest.mark.parametrize("runtime", CONVERTING)
 @pytest.mark.parametrize("case", list(CASES))
 def test_runtime_matches_keras_per_row(
@@ -136,6 +137,7 @@ def test_runtime_matches_keras_per_row(
     assert relative_error(forward(x), want).max() <= TOLERANCE
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("runtime", CONVERTING)
 @pytest.mark.parametrize("rows", ["0", "3"])
 def test_slice_rows_override_keeps_the_rows(
