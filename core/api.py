@@ -16,6 +16,7 @@ from .options import (
     SpotcheckOptions,
     StreamOptions,
     TrainOptions,
+    UnknownOptionError,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -82,7 +83,10 @@ def extract(
     return _extract(images, backbone=backbone, out=out, options=opts)
 
 
-@takes(ExtractOptions, skip=("pooling", "scheduler", "jobs", "shard_rows"))
+_NOT_MANY = ("pooling", "scheduler", "jobs", "shard_rows")
+
+
+@takes(ExtractOptions, skip=_NOT_MANY)
 def extract_many(
     images: Any,
     *,
@@ -95,6 +99,13 @@ def extract_many(
     pooling to its store (``{"avg": "a.h5", "max": "m.h5"}``); each store equals what
     :func:`extract` with that pooling writes. Returns each pooling's summary."""
     from .jobs.extract import extract_many as _extract_many
+
+    for key in _NOT_MANY:
+        if key in values:
+            raise UnknownOptionError(
+                f"extract_many takes no {key!r}: the poolings are the keys of outs, and it runs "
+                f"in this process"
+            )
 
     return _extract_many(
         images, backbone=backbone, outs=outs, options=ExtractOptions.of(options, values)

@@ -11,13 +11,14 @@ Everything else derives from its fields:
 
 Values are checked once, in ``__post_init__``, with the one parser of each kind (sizes,
 pooling, precision, weights): below the edge nobody parses again. No TensorFlow, no NumPy, no
-click: this module is on the bottom floor, beside :mod:`transferkit.recipe`.
+click: this module stands on the second floor, just above :mod:`transferkit.recipe`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import numbers
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,11 @@ from .sizes import parse_input_size
 from .specs import FEATURE_PRECISIONS, POOLINGS, TRAINING_PRECISIONS
 
 T = TypeVar("T", bound="Options")
+
+
+class UnknownOptionError(UsageError, TypeError):
+    """A keyword that is no option of the job: a usage error on the command line, and the
+    ``TypeError`` Python raises for an unexpected keyword argument."""
 
 
 def option(
@@ -98,7 +104,9 @@ class Options:
             if key not in known:
                 close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise UsageError(f"unknown option {key!r}{hint}; allowed: {', '.join(known)}")
+                raise UnknownOptionError(
+                    f"unknown option {key!r}{hint}; allowed: {', '.join(known)}"
+                )
         if options is None:
             return cls(**values)
         if not isinstance(options, cls):
@@ -124,6 +132,12 @@ def check_positive(value: Any, what: str) -> None:
         raise UsageError(f"{what} must be positive, got {value}")
 
 
+def check_jobs(jobs: int | None, *, zero_is_all: bool = False) -> None:
+    """``--jobs``: at least 1 (``zero_is_all``: 0 is every core, as ``None`` is)."""
+    if jobs is not None and jobs < (0 if zero_is_all else 1):
+        raise UsageError(f"--jobs must be at least 1, got {jobs}")
+
+
 def _mode(resume: bool, overwrite: bool) -> str:
     if resume and overwrite:
         raise UsageError("--resume and --overwrite exclude each other; pick one")
@@ -139,6 +153,10 @@ def store_option() -> Any:
 
 def seed_option(help: str = "Seed of the split and the model.") -> Any:
     return option(0, help)
+
+
+def test_size_option() -> Any:
+    return option(0.2, "Held-out fraction.")
 
 
 def runtime_option() -> Any:
@@ -216,7 +234,7 @@ class ExtractOptions(RecipeValues, Options):
     """``transferkit extract`` / :func:`transferkit.extract` (the backbone, the images and the
     output store are its arguments)."""
 
-    store: str | None = option(None, "Store format when the suffix does not tell.")
+    store: str | None = store_option()
     weights: str | None = weights_option()
     pooling: str = pooling_option()
     input_size: tuple[int, int] | None = input_size_option()
@@ -265,10 +283,11 @@ class ExtractOptions(RecipeValues, Options):
         self._check_recipe()
         if self.compression == "none":
             self._set("compression", None)
+        self._set("seed", int(self.seed))
+        self._set("shuffle", bool(self.shuffle))
         check_positive(self.batch_size, "batch size")
         _mode(self.resume, self.overwrite)
-        if self.jobs is not None and self.jobs < 1:
-            raise UsageError(f"--jobs must be at least 1, got {self.jobs}")
+        check_jobs(self.jobs)
         if self.scheduler is None:
             if self.jobs is not None or self.shard_rows is not None:
                 raise UsageError("--jobs and --shard-rows go with --scheduler (a Dask cluster)")
@@ -318,7 +337,7 @@ class TrainOptions(Options):
     arguments). ``params``: ``{"C": 0.1}`` or ``["C=0.1"]``, each checked against the
     classifier's ``get_params()``."""
 
-    test_size: float = option(0.2, "Held-out fraction.")
+    test_size: float = test_size_option()
     test: str | None = test_store_option("instead of splitting; every row of STORE then trains.")
     subset: float | None = option(None, "Use only this fraction of the store.")
     seed: int = seed_option("Seed of split and model.")
@@ -342,7 +361,7 @@ class StreamOptions(Options):
         "Epochs over the store, each in a fresh seeded order (progressive accuracy: the first "
         "pass).",
     )
-    test_size: float = option(0.2, "Held-out fraction.")
+    test_size: float = test_size_option()
     test: str | None = test_store_option("instead of holding rows out.")
     seed: int = seed_option("Seed of the split, the order and the model.")
     shuffle_blocks: int = option(
@@ -395,11 +414,27 @@ class PredictOptions(Options):
 # ------------------------------------------------------------------ finetune
 
 
-def _per_phase(value: Any, cast: type) -> Any:
-    """One value, or one per phase (a sequence); an empty sequence is None."""
-    if value is None or isinstance(value, int | float | str):
-        return None if value is None else cast(value)
-    values = tuple(cast(v) for v in value)
+def _per_phase(value: Any, kind: type, what: str) -> Any:
+    """One value, or one per phase (a sequence); an empty sequence is None. ``kind`` is ``int``
+    (a whole number, NumPy's included) or ``float``."""
+
+    def one(v: Any) -> Any:
+        if isinstance(v, str):
+            try:
+                v = float(v)
+            except ValueError:
+                raise UsageError(f"{what} must be numbers, got {v!r}") from None
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise UsageError(f"{what} must be numbers, got {v!r}")
+        if kind is int and not float(v).is_integer():
+            raise UsageError(f"{what} must be whole numbers, got {v!r}")
+        return kind(v)
+
+    if value is None:
+        return None
+    if isinstance(value, str | numbers.Real):
+        return one(value)
+    values = tuple(one(v) for v in value)
     return values or None
 
 
@@ -490,8 +525,8 @@ class FinetuneOptions(Options):
     )
 
     def __post_init__(self) -> None:
-        self._set("epochs", _per_phase(self.epochs, int))
-        self._set("learning_rate", _per_phase(self.learning_rate, float))
+        self._set("epochs", _per_phase(self.epochs, int, "epochs"))
+        self._set("learning_rate", _per_phase(self.learning_rate, float, "learning rates"))
         self._set("weights", normalise_weights(self.weights))
         self._set("input_size", parse_input_size(self.input_size))
         self._set("split", tuple(float(v) for v in self.split))
@@ -569,7 +604,7 @@ class SpotcheckOptions(RecipeValues, Options):
         "Fan the pairs out on a Dask cluster: a scheduler address (tcp://host:8786), or 'local' "
         "for a local Dask cluster of --jobs processes. Default: local processes.",
     )
-    test_size: float = option(0.2, "Held-out fraction.")
+    test_size: float = test_size_option()
     test: str | None = test_store_option(
         "instead of splitting; with --backbones, a test image folder, extracted the same way."
     )
@@ -601,8 +636,7 @@ class SpotcheckOptions(RecipeValues, Options):
     def __post_init__(self) -> None:
         self._set("backbones", _texts(self.backbones))
         self._check_recipe()
-        if self.jobs is not None and self.jobs < 1:
-            raise UsageError(f"--jobs must be at least 1, got {self.jobs}")
+        check_jobs(self.jobs, zero_is_all=True)
         if self.timeout is not None and self.timeout <= 0:
             raise UsageError(f"--timeout must be positive seconds, got {self.timeout}")
 
@@ -641,3 +675,4 @@ class DemoOptions(Options):
     def __post_init__(self) -> None:
         self._set("backbones", _texts(self.backbones))
         self._set("precision", parse_precision(self.precision))
+        check_jobs(self.jobs, zero_is_all=True)

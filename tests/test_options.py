@@ -122,3 +122,27 @@ def test_the_command_line_hands_the_job_one_parsed_options_value(cli, monkeypatc
     assert isinstance(made, options.ExtractOptions)
     assert seen["values"] == {}
     assert (made.input_size, made.weights, made.compression) == ((48, 32), None, None)
+
+
+def test_an_unknown_keyword_is_also_the_type_error_python_raises():
+    with pytest.raises(TypeError, match="unknown option 'sed'"):
+        transferkit.train("store.h5", classifier="knn-3", sed=1)
+    with pytest.raises(TypeError, match="extract_many takes no 'scheduler'"):
+        transferkit.extract_many("images", backbone="b", outs={"avg": "a.h5"}, scheduler="local")
+
+
+def test_per_phase_values_take_numpy_numbers_and_refuse_fractions_of_an_epoch():
+    import numpy as np
+
+    made = options.FinetuneOptions(epochs=[np.int64(2), 3.0], learning_rate=np.float32(0.5))
+    assert made.epochs == (2, 3) and made.learning_rate == 0.5
+    assert options.FinetuneOptions(epochs=[]).epochs is None
+    with pytest.raises(UsageError, match="whole numbers"):
+        options.FinetuneOptions(epochs=2.5)
+
+
+def test_jobs_zero_is_every_core_where_it_always_was():
+    assert options.SpotcheckOptions(jobs=0).jobs == 0  # the grid then runs on every core
+    for cls in (options.SpotcheckOptions, options.DemoOptions, options.ExtractOptions):
+        with pytest.raises(UsageError, match="--jobs must be at least 1"):
+            cls(jobs=-1, **({"scheduler": "local"} if cls is options.ExtractOptions else {}))

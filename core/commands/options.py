@@ -101,12 +101,6 @@ def from_fields(
     return decorate
 
 
-def cli_values(options: type[Options], values: dict[str, Any]) -> dict[str, Any]:
-    """The values of ``options``'s fields among a command's parameters."""
-    names = set(options.names())
-    return {k: v for k, v in values.items() if k in names}
-
-
 def require(**values: Any) -> None:
     """Refuse a missing required option that ``--config`` may also give (so click cannot
     require it): ``require(backbone=backbone, out=out)``."""

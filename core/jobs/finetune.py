@@ -30,13 +30,13 @@ from ..errors import UsageError
 from ..options import FinetuneOptions
 from ..pooling import pool
 from ..trainer.callbacks import Callback
-from ..trainer.saved import MODEL_FILE, FinetunedModel, is_finetuned, load_finetuned
+from ..trainer.saved import MODEL_FILE, load_finetuned
 from ..user_objects import backbone_spec
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..trainer import Trainer
 
-__all__ = ["FinetunedModel", "finetune", "is_finetuned", "load_finetuned", "predict_finetuned"]
+__all__ = ["finetune", "predict_finetuned"]
 
 log = logging.getLogger(__name__)
 

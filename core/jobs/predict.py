@@ -49,11 +49,12 @@ def image_paths(images: list[str] | tuple[str, ...]) -> list[str]:
 
 
 def check_precision(saved: SavedModel, precision: Any, model_path: Any = "the model") -> str:
-    """The precision to compute features at: the model's own; a different one is refused."""
+    """The precision to compute features at: the model's own; a different one (as
+    :class:`~transferkit.options.PredictOptions` parsed it) is refused."""
     own = saved.recipe.precision
     if precision is None or precision == "":
         return own
-    asked = inference.parse_precision(precision)
+    asked = precision
     if asked != own:
         raise UsageError(
             f"{model_path} was trained on {own}-bit features ({saved.recipe.backbone}); "
@@ -122,7 +123,7 @@ def predict(
     get their ``true`` class, and the result the ``accuracy`` over them; ``out`` (a ``.png``)
     then receives their confusion matrix with the class names.
     """
-    from .finetune import is_finetuned
+    from ..trainer.saved import is_finetuned
 
     batch_size, top, runtime, precision = (
         options.batch_size,

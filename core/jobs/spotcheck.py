@@ -52,11 +52,6 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------- feature sources
 
 
-def setting_label(setting: FeatureRecipe, default_size: Any, default_pooling: str) -> str:
-    """The name of a recipe's features in the grid; see :meth:`FeatureRecipe.label`."""
-    return setting.label(default_size, default_pooling)
-
-
 def _store_label(location: Path) -> str:
     """A store's name in the grid: its file name, or for a file of the feature cache (named
     ``<backbone>-<key>.h5``) the settings it was made with, e.g. ``efficientnet-lite0@64:max``."""

@@ -285,7 +285,7 @@ def stream(
     if len(test_rows):
         result.update(evaluate(np.concatenate(y_true), np.concatenate(y_pred), label_names))
     else:
-        result.update(accuracy=None, macro_f1=None, report_text="(no held-options.out rows)")
+        result.update(accuracy=None, macro_f1=None, report_text="(no held-out rows)")
     if options.out is not None:
         library = estimators.library_of(learner.model)
         path = model_path_for(options.out, library)
