@@ -641,15 +641,9 @@ class SpotcheckOptions(RecipeValues, Options):
             raise UsageError(f"--timeout must be positive seconds, got {self.timeout}")
 
     def cache(self) -> CacheOptions:
-        """How the feature cache extracts the image folder (and a test image folder)."""
-        return CacheOptions(
-            weights=self.weights,
-            cache_dir=self.cache_dir,
-            batch_size=self.batch_size,
-            progress=self.progress,
-            runtime=self.runtime,
-            precision=self.precision,
-        )
+        """How the feature cache extracts the image folder (and a test image folder): these
+        options' values of the fields :class:`CacheOptions` has."""
+        return CacheOptions(**{name: getattr(self, name) for name in CacheOptions.names()})
 
 
 DEMO_BACKBONES = "efficientnet-lite0@64,efficientnet-lite0@64:max"
