@@ -182,7 +182,11 @@ def weights_option(help: str = "default (the backbone's pretrained weights), non
 
 
 def pooling_option() -> Any:
-    return option("avg", "How the conv feature map becomes one vector.", choices=POOLINGS)
+    return option(
+        "avg",
+        "How the feature map (or a transformer's tokens: cls, mean, cls+mean) becomes one vector.",
+        choices=POOLINGS,
+    )
 
 
 def input_size_option() -> Any:

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
         RuntimeSpec,
         StoreSpec,
         StrategySpec,
+        TokenLayout,
     )
     from .store import FeatureStore
     from .trainer.layers import GradientScale, ImagePreprocessing, PoolIfMap
@@ -66,6 +67,7 @@ _NAMES: dict[str, tuple[str, str]] = {
     "RuntimeSpec": ("specs", "RuntimeSpec"),
     "StoreSpec": ("specs", "StoreSpec"),
     "StrategySpec": ("specs", "StrategySpec"),
+    "TokenLayout": ("specs", "TokenLayout"),
     # the errors the command line maps to exit codes
     "TransferkitError": ("errors", "TransferkitError"),
     "UsageError": ("errors", "UsageError"),
@@ -121,6 +123,7 @@ __all__ = [
     "RuntimeSpec",
     "StoreSpec",
     "StrategySpec",
+    "TokenLayout",
     "TransferkitError",
     "TransformedSource",
     "UsageError",

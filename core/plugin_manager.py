@@ -58,6 +58,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "transferkit.plugins.keras_applications",
     "transferkit.plugins.efficientnet_lite",
     "transferkit.plugins.tfhub",
+    "transferkit.plugins.kerashub",
     "transferkit.plugins.strategies",
     "transferkit.plugins.runtimes",
 )

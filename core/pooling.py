@@ -7,6 +7,13 @@ poolings at once, :func:`pool` returns one model whose output is the poolings' v
 side (``widths`` says where each one lies, :func:`split` cuts them apart): the network then runs
 once for all of them, and each part equals what that pooling alone gives.
 
+A transformer's backbone gives a token sequence ``(N, T, C)`` and says how it is laid out
+(``Backbone.tokens``): ``cls`` takes the class token, ``mean`` averages the patch tokens (class
+and register tokens left out), ``cls+mean`` puts the two side by side (DINOv2's linear-probe
+recipe), and ``avg``, ``max`` and ``flatten`` pool the patch tokens as the feature map of their
+grid. Every pooling is made of Keras' own layers (cropping, reshaping, pooling), so a pooled
+model converts to every inference runtime and reloads from a ``.keras`` file.
+
 A backbone whose network returns pooled vectors already (``Backbone.pooling`` set, e.g. a TF Hub
 feature-vector model) offers that pooling only; any other is a :class:`UsageError`.
 
@@ -21,7 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import UsageError
-from .specs import NO_POOLING, POOLINGS, Backbone
+from .specs import NO_POOLING, POOLINGS, Backbone, TokenLayout
 
 _LAYERS = {
     "avg": ("GlobalAveragePooling2D", "avg_pool"),
@@ -38,6 +45,12 @@ def check_poolings(backbone: Backbone, poolings: Sequence[str]) -> tuple[str, ..
     for pooling in chosen:
         if pooling not in POOLINGS:
             raise UsageError(f"unknown pooling {pooling!r}; allowed: {', '.join(POOLINGS)}")
+        if pooling not in backbone.poolings and backbone.pooling == NO_POOLING:
+            kind = "token sequence" if backbone.tokens is not None else "feature map"
+            raise UsageError(
+                f"backbone {backbone.name} gives a {kind}, whose poolings are "
+                f"{', '.join(backbone.poolings)}; --pooling {pooling} is not one of them"
+            )
         if pooling not in backbone.poolings:
             raise UsageError(
                 f"backbone {backbone.name} returns feature vectors that are already pooled "
@@ -76,10 +89,10 @@ def pool(backbone: Backbone, pooling: str | Sequence[str]) -> Backbone:
     else:
         inputs = keras.Input((*backbone.input_size, 3), name="image")
         feature_map = model(inputs)
-    outputs = []
-    for name in poolings:
-        layer, layer_name = _LAYERS[name]
-        outputs.append(getattr(keras.layers, layer)(name=layer_name)(feature_map))
+    if backbone.tokens is not None:
+        outputs = _token_poolings(keras, feature_map, backbone.tokens, poolings)
+    else:
+        outputs = [_map_pooling(keras, feature_map, name) for name in poolings]
     joined = outputs[0] if len(outputs) == 1 else keras.layers.Concatenate(name="poolings")(outputs)
     label = "+".join(poolings)
     pooled = keras.Model(inputs, joined, name=_model_name(backbone.name, label.replace("+", "_")))
@@ -89,6 +102,57 @@ def pool(backbone: Backbone, pooling: str | Sequence[str]) -> Backbone:
         pooling=label,
         extra={**backbone.extra, "widths": {p: widths[p] for p in poolings}},
     )
+
+
+def _map_pooling(keras: Any, feature_map: Any, name: str) -> Any:
+    layer, layer_name = _LAYERS[name]
+    return getattr(keras.layers, layer)(name=layer_name)(feature_map)
+
+
+def _token_poolings(
+    keras: Any, tokens: Any, layout: TokenLayout, poolings: Sequence[str]
+) -> list[Any]:
+    """Each pooling of a token sequence ``(N, prefix + h * w, C)``, in order; the class token
+    and the patch tokens are cut once and shared."""
+    length, channels = int(tokens.shape[1]), int(tokens.shape[2])
+    parts: dict[str, Any] = {}
+
+    def patches() -> Any:
+        if "patches" not in parts:
+            cropped = tokens
+            if layout.prefix:
+                cropped = keras.layers.Cropping1D((layout.prefix, 0), name="patch_tokens")(tokens)
+            parts["patches"] = cropped
+        return parts["patches"]
+
+    def cls() -> Any:
+        if "cls" not in parts:
+            first = keras.layers.Cropping1D((0, length - 1), name="class_token_1")(tokens)
+            parts["cls"] = keras.layers.Flatten(name="class_token")(first)
+        return parts["cls"]
+
+    def mean() -> Any:
+        if "mean" not in parts:
+            parts["mean"] = keras.layers.GlobalAveragePooling1D(name="patch_mean")(patches())
+        return parts["mean"]
+
+    def grid() -> Any:
+        if "grid" not in parts:
+            shape = (*layout.grid, channels)
+            parts["grid"] = keras.layers.Reshape(shape, name="patch_grid")(patches())
+        return parts["grid"]
+
+    outputs = []
+    for name in poolings:
+        if name == "cls":
+            outputs.append(cls())
+        elif name == "mean":
+            outputs.append(mean())
+        elif name == "cls+mean":
+            outputs.append(keras.layers.Concatenate(name="cls_mean")([cls(), mean()]))
+        else:
+            outputs.append(_map_pooling(keras, grid(), name))
+    return outputs
 
 
 def split(rows: Any, widths: dict[str, int]) -> dict[str, Any]:

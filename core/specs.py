@@ -19,7 +19,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-POOLINGS = ("avg", "max", "flatten")
+# the poolings of a feature map (N, h, w, C); a token sequence (N, T, C) offers these over its
+# patch grid too, and the token poolings: ``cls`` (the class token), ``mean`` (the mean of the
+# patch tokens, class and register tokens left out) and ``cls+mean`` (both side by side)
+MAP_POOLINGS = ("avg", "max", "flatten")
+TOKEN_POOLINGS = ("cls", "mean", "cls+mean")
+POOLINGS = MAP_POOLINGS + TOKEN_POOLINGS
 # what a backbone's model gives when the host has not pooled it: the feature map itself
 NO_POOLING = "none"
 # Two vocabularies under two flags named --precision (docs/finetune.md sets them side by side):
@@ -60,11 +65,41 @@ class Spec:
         return _jsonable(data)
 
 
-def pooling_widths(feature_map: Sequence[int]) -> dict[str, int]:
+def pooling_widths(feature_map: Sequence[int], tokens: TokenLayout | None = None) -> dict[str, int]:
     """The feature width of each pooling of a feature map of shape ``(h, w, channels)``: the
-    channels for ``avg`` and ``max``, ``h * w * channels`` for ``flatten``."""
+    channels for ``avg`` and ``max``, ``h * w * channels`` for ``flatten``. With ``tokens``,
+    ``feature_map`` is the patch grid of a token sequence, which offers the token poolings
+    too (``cls`` where it has a class token)."""
     height, width, channels = (int(d) for d in feature_map)
-    return {"avg": channels, "max": channels, "flatten": height * width * channels}
+    widths = {"avg": channels, "max": channels, "flatten": height * width * channels}
+    if tokens is not None:
+        widths["mean"] = channels
+        if tokens.class_token:
+            widths.update({"cls": channels, "cls+mean": 2 * channels})
+    return widths
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """How a transformer's token sequence ``(N, prefix + h * w, C)`` is laid out: ``prefix``
+    tokens first (the class token, when ``class_token``, then any register tokens), then the
+    patch tokens of a ``grid`` of ``(h, w)`` patches in row-major order."""
+
+    prefix: int
+    grid: tuple[int, int]
+    class_token: bool = True
+
+    def __post_init__(self) -> None:
+        if self.prefix < int(self.class_token) or len(self.grid) != 2 or min(self.grid) <= 0:
+            raise ValueError(f"a token layout needs prefix >= class token and a grid, got {self}")
+
+    @property
+    def length(self) -> int:
+        """Tokens in one image's sequence."""
+        return self.prefix + self.grid[0] * self.grid[1]
+
+    def describe(self) -> dict[str, Any]:
+        return {"prefix": self.prefix, "grid": list(self.grid), "class_token": self.class_token}
 
 
 @dataclass(frozen=True)
@@ -246,6 +281,11 @@ class Backbone:
     ``pooling`` to the pooling they already had: that is then the only one it offers.
     ``preprocess`` maps a float32 RGB batch with values in 0..255 to the model's input; it must
     be a TensorFlow-traceable function so that the input pipeline can run it in parallel.
+
+    A transformer's ``model`` gives a token sequence ``(N, T, C)`` instead; ``tokens`` (a
+    :class:`TokenLayout`) then says how many prefix tokens (class, registers) come before the
+    patch grid, and the host pools the tokens (``cls``, ``mean``, ``cls+mean``) or the patch
+    grid (``avg``, ``max``, ``flatten``).
     """
 
     name: str
@@ -256,6 +296,7 @@ class Backbone:
     preprocessing: str = ""
     pooling: str = NO_POOLING
     extra: dict[str, Any] = field(default_factory=dict)
+    tokens: TokenLayout | None = None
 
     @property
     def param_count(self) -> int:
@@ -276,8 +317,13 @@ class Backbone:
 
     @property
     def poolings(self) -> tuple[str, ...]:
-        """The poolings this backbone offers: every one for a feature map, else its own."""
-        return POOLINGS if self.pooling == NO_POOLING else (self.pooling,)
+        """The poolings this backbone offers: those of a feature map or of a token sequence,
+        else its own."""
+        if self.pooling != NO_POOLING:
+            return (self.pooling,)
+        if self.tokens is None:
+            return MAP_POOLINGS
+        return tuple(p for p in POOLINGS if self.tokens.class_token or "cls" not in p)
 
     @property
     def feature_dims(self) -> dict[str, int]:
@@ -285,6 +331,14 @@ class Backbone:
         if self.pooling != NO_POOLING:
             return {self.pooling: self.feature_dim}
         shape = self.output_shape
+        if self.tokens is not None:
+            if len(shape) != 2 or shape[0] != self.tokens.length:
+                raise ValueError(
+                    f"backbone {self.name}: its model gives outputs of shape (N, "
+                    f"{', '.join(map(str, shape))}), not the {self.tokens.length} tokens of its "
+                    f"layout ({self.tokens.prefix} + {self.tokens.grid[0]}x{self.tokens.grid[1]})"
+                )
+            return pooling_widths((*self.tokens.grid, shape[1]), self.tokens)
         if len(shape) != 3:
             raise ValueError(
                 f"backbone {self.name}: its model gives outputs of shape (N, "
@@ -303,6 +357,7 @@ class Backbone:
             "param_count": self.param_count,
             "weights_source": self.weights_source,
             "preprocessing": self.preprocessing,
+            **({"tokens": self.tokens.describe()} if self.tokens is not None else {}),
         }
 
 

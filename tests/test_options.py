@@ -80,7 +80,7 @@ def test_values_are_checked_and_normalised_once_at_the_edge():
         ({"jobs": 2}, "go with --scheduler"),
         ({"scheduler": "local", "buffer_rows": 10}, "--buffer-rows is for one process"),
         ({"input_size": "96x"}, "not understood"),
-        ({"pooling": "mean"}, "unknown pooling"),
+        ({"pooling": "median"}, "unknown pooling"),
         ({"weights": "/no/such/weights.h5"}, "does not exist"),
     ],
 )

@@ -298,6 +298,8 @@ def _metadata(
         "images": str(getattr(source, "location", "") or images),
         "transferkit_version": __version__,
         "param_count": net.param_count,
+        # a transformer's token layout: prefix tokens (class, registers) and the patch grid
+        **({"tokens": net.tokens.describe()} if net.tokens is not None else {}),
     }
 
 

@@ -42,6 +42,7 @@ from ..options import ExtractOptions
 from ..pooling import pool
 from ..recipe import FeatureRecipe
 from ..sizes import check_batch_fits
+from ..specs import TokenLayout
 from ..store import (
     ShardedStoreWriter,
     backend_for,
@@ -167,6 +168,7 @@ def describe_on_worker(build: WorkerBuild) -> dict[str, Any]:
         "preprocessing": net.preprocessing,
         "param_count": net.param_count,
         "name": net.name,
+        "tokens": net.tokens.describe() if net.tokens is not None else None,
         "forward": forward.describe(),
         "host": _where(),
     }
@@ -350,7 +352,17 @@ def extract_on_cluster(
         except Exception as exc:  # e.g. a backbone or runtime a worker does not have
             raise _shard_error(exc) from exc
         build = replace(build, runtime=info["forward"]["runtime"])
-        net = SimpleNamespace(**{k: info[k] for k in info if k != "forward"})
+        tokens = info.get("tokens")
+        net = SimpleNamespace(
+            **{k: info[k] for k in info if k not in ("forward", "tokens")},
+            tokens=None
+            if not tokens
+            else TokenLayout(
+                prefix=int(tokens["prefix"]),
+                grid=(int(tokens["grid"][0]), int(tokens["grid"][1])),
+                class_token=bool(tokens["class_token"]),
+            ),
+        )
         made = features.replace(
             input_size=tuple(info["input_size"]),
             precision=info["forward"]["precision"],

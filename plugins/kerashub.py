@@ -1,0 +1,270 @@
+"""Backbones from keras-hub: ``keras-hub:<preset>``.
+
+The preset is a keras-hub preset name (``dinov2_small``, ``resnet_vd_50_imagenet``; downloaded by
+keras-hub into its cache), a ``hf://`` or ``kaggle://`` handle, or a local preset folder (what
+``save_to_preset`` writes: ``config.json``, ``model.weights.h5``, ``metadata.json``, and an
+``image_converter.json`` when a converter was saved there), which works offline::
+
+    transferkit extract photos/ -b keras-hub:/models/dinov2_small --pooling cls+mean -o f.h5
+
+A vision transformer (DINOv2, DINOv3, ViT, SigLIP, ...) gives a token sequence ``(N, T, C)``;
+the backbone says how it is laid out (:class:`transferkit.plugin.TokenLayout`: the class token
+and any register tokens, then the patch grid) and the host pools it (``cls``, ``mean``,
+``cls+mean``, or ``avg``/``max``/``flatten`` over the patch grid). A CNN preset (ResNet,
+EfficientNet, ...) gives a feature map, pooled like any other.
+
+Preprocessing is the preset's image converter: its scale and offset (mean and standard
+deviation folded in) run in the input pipeline after transferkit's resize to the input size, so
+the features of an image of that size equal keras-hub's converter + backbone. A preset without
+an ``image_converter.json`` is refused unless the caller gives ``scale``/``offset``
+(:func:`build`). The input size of a patch model must be a multiple of its patch size.
+
+keras-hub, Keras and TensorFlow are imported only when a backbone is built.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from transferkit import Backbone, BackboneSpec, UsageError, WeightsUnavailableError, hookimpl
+from transferkit.plugin import DEFAULT_WEIGHTS, TokenLayout, normalise_weights, parse_input_size
+from transferkit.plugins._backbone_utils import load_local_weights
+
+log = logging.getLogger(__name__)
+
+FAMILY = "keras-hub:"
+DEFAULT_SIZE = 224
+OFFLINE_HINT = (
+    "without internet use a local preset folder (keras-hub:/path/to/preset, written by "
+    "save_to_preset), a preset already in the keras-hub cache ($KAGGLEHUB_CACHE or "
+    "$HF_HOME), or the offline backbone efficientnet-lite0"
+)
+
+
+def is_local(preset: str) -> bool:
+    """Whether ``preset`` names a local preset folder (one holding ``config.json``)."""
+    path = os.path.expanduser(preset)
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json"))
+
+
+def _resolve(preset: str) -> str:
+    if not preset:
+        raise UsageError(
+            "a keras-hub backbone needs a preset: keras-hub:<preset name, hf:// or kaggle:// "
+            "handle, or a local preset folder>"
+        )
+    path = os.path.expanduser(preset)
+    if os.path.isdir(path):
+        if not is_local(path):
+            raise UsageError(
+                f"keras-hub preset folder {preset} holds no config.json; give a folder written by "
+                f"a keras-hub Backbone's save_to_preset, or a preset name"
+            )
+        return path
+    if os.sep in preset and "://" not in preset:
+        raise UsageError(
+            f"keras-hub preset folder {preset} does not exist; give a folder written by "
+            f"save_to_preset, or a preset name (transferkit backbones 'keras-hub*')"
+        )
+    return preset
+
+
+def _download_failure(preset: str, exc: BaseException) -> WeightsUnavailableError:
+    return WeightsUnavailableError(
+        f"cannot load the keras-hub preset {preset} ({type(exc).__name__}, no internet or no "
+        f"such preset); {OFFLINE_HINT}"
+    )
+
+
+def _patch_size(config: dict[str, Any]) -> tuple[int, int] | None:
+    for source in (config, config.get("vision_encoder", {}).get("config", {})):
+        size = source.get("patch_size")
+        if size:
+            if isinstance(size, int):
+                return (size, size)
+            return (int(size[0]), int(size[1]))
+    return None
+
+
+def _image_shape(config: dict[str, Any]) -> tuple[int, int] | None:
+    shape = config.get("image_shape")
+    if shape and shape[0] and shape[1]:
+        return (int(shape[0]), int(shape[1]))
+    return None
+
+
+def _check_size(preset: str, size: tuple[int, int], patch: tuple[int, int] | None) -> None:
+    if patch is None:
+        return
+    if size[0] % patch[0] or size[1] % patch[1]:
+        raise UsageError(
+            f"input size {size[0]}x{size[1]} is not a multiple of the patch size "
+            f"{patch[0]}x{patch[1]} of keras-hub:{preset}; give e.g. "
+            f"--input-size {max(1, size[0] // patch[0]) * patch[0]}"
+        )
+
+
+def _converter(preset: str, scale: Any, offset: Any) -> tuple[Any, Any, Any]:
+    """The preset's converter's ``(scale, offset, image_size)``, or the caller's."""
+    if scale is not None or offset is not None:
+        return scale, offset, None
+    import keras_hub
+
+    try:
+        converter = keras_hub.layers.ImageConverter.from_preset(preset)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(
+            f"keras-hub preset {preset} has no image converter ({exc.__class__.__name__}), so "
+            f"its preprocessing is unknown; save one into the preset folder "
+            f"(keras_hub.layers.ImageConverter(scale=..., offset=...).save_to_preset(DIR)) or "
+            f"give scale and offset to transferkit.plugins.kerashub.build"
+        ) from None
+    return converter.scale, converter.offset, converter.image_size
+
+
+def _channel_values(value: Any) -> list[float] | float | None:
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    return [float(v) for v in value]
+
+
+def make_preprocess(scale: Any, offset: Any) -> Any:
+    """``x * scale + offset`` (each a number or one value per channel), TensorFlow-traceable."""
+    scale, offset = _channel_values(scale), _channel_values(offset)
+
+    def preprocess(x: Any) -> Any:
+        import tensorflow as tf
+
+        x = tf.cast(x, tf.float32)
+        if scale is not None:
+            x = x * tf.constant(scale, tf.float32)
+        if offset is not None:
+            x = x + tf.constant(offset, tf.float32)
+        return x
+
+    return preprocess
+
+
+def _describe_preprocessing(scale: Any, offset: Any) -> str:
+    def text(value: Any) -> str:
+        value = _channel_values(value)
+        if isinstance(value, list):
+            return "(" + ", ".join(f"{v:.6g}" for v in value) + ")"
+        return "none" if value is None else f"{value:.6g}"
+
+    return f"the preset's image converter: x * {text(scale)} + {text(offset)} on 0..255 RGB"
+
+
+def _vision_model(backbone: Any) -> Any:
+    """The image part of a keras-hub backbone (an image-text model's vision encoder), as a
+    model of one image tensor (keras-hub's take a dict ``{"images": ...}``): the same layers."""
+    import keras
+
+    network = getattr(backbone, "vision_encoder", None) or backbone
+    return keras.Model(network.inputs[0], network.outputs[0], name=network.name)
+
+
+def token_layout(
+    model: Any, size: tuple[int, int], patch: tuple[int, int] | None, config: dict[str, Any]
+) -> TokenLayout | None:
+    """How ``model``'s token sequence is laid out (None for a feature map)."""
+    shape = tuple(model.outputs[0].shape[1:])
+    if len(shape) != 2:
+        return None
+    if patch is None:
+        raise UsageError(f"{model.name} gives tokens but its config names no patch size")
+    grid = (size[0] // patch[0], size[1] // patch[1])
+    prefix = int(shape[0]) - grid[0] * grid[1]
+    if prefix < 0:
+        raise UsageError(
+            f"{model.name} gives {shape[0]} tokens, fewer than its {grid[0]}x{grid[1]} patches"
+        )
+    class_token = prefix > 0 and bool(config.get("use_class_token", True))
+    return TokenLayout(prefix=prefix, grid=grid, class_token=class_token)
+
+
+def build(
+    preset: str,
+    weights: Any = DEFAULT_WEIGHTS,
+    input_size: Any = None,
+    scale: float | Sequence[float] | None = None,
+    offset: float | Sequence[float] | None = None,
+) -> Backbone:
+    """The keras-hub backbone of ``preset`` (see the module docstring).
+
+    ``weights``: ``"default"`` (the preset's), None (random initialisation) or a weights file
+    saved from a backbone of the same preset and input size. ``scale`` and ``offset`` replace
+    the preset's image converter (``x * scale + offset`` on 0..255 RGB).
+    """
+    source = normalise_weights(weights)
+    location = _resolve(str(preset))
+    import keras_hub
+    from keras_hub.src.utils.preset_utils import load_json
+
+    try:
+        config = load_json(location, "config.json")["config"]
+        scale, offset, converter_size = _converter(location, scale, offset)
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise _download_failure(str(preset), exc) from None
+    patch = _patch_size(config)
+    size = parse_input_size(input_size) or converter_size or _image_shape(config)
+    size = tuple(size) if size else (DEFAULT_SIZE, DEFAULT_SIZE)
+    _check_size(str(preset), size, patch)
+    try:
+        network = keras_hub.models.Backbone.from_preset(
+            location, load_weights=source == DEFAULT_WEIGHTS, image_shape=(*size, 3)
+        )
+    except Exception as exc:
+        if isinstance(exc, OSError | ConnectionError) or "download" in str(exc).lower():
+            raise _download_failure(str(preset), exc) from None
+        own = converter_size or _image_shape(config)
+        hint = f"; give its own size, --input-size {own[0]}x{own[1]}" if own else ""
+        raise UsageError(
+            f"keras-hub preset {preset} ({config.get('name', 'backbone')}) cannot be built at "
+            f"{size[0]}x{size[1]} ({type(exc).__name__}: "
+            f"{(str(exc).splitlines() or [''])[0].rstrip(':. ')}){hint}"
+        ) from None
+    model = _vision_model(network)
+    if source not in (None, DEFAULT_WEIGHTS):
+        load_local_weights(model, model, source)
+    tokens = token_layout(model, size, patch, config)
+    log.debug("keras-hub %s: %s, tokens %s", preset, type(network).__name__, tokens)
+    weights_source = (
+        f"keras-hub {preset}"
+        if source == DEFAULT_WEIGHTS
+        else "random"
+        if source is None
+        else f"file {source}"
+    )
+    return Backbone(
+        name=f"{FAMILY}{preset}",
+        model=model,
+        preprocess=make_preprocess(scale, offset),
+        input_size=size,
+        weights_source=weights_source,
+        preprocessing=_describe_preprocessing(scale, offset),
+        tokens=tokens,
+        extra={"preset": str(preset), "patch_size": patch, "class": type(network).__name__},
+    )
+
+
+@hookimpl
+def register_backbones(register: Any) -> None:
+    register(
+        BackboneSpec(
+            name=FAMILY,
+            description="a keras-hub image backbone: keras-hub:<preset, hf:// handle or folder>",
+            factory=build,
+            input_size=(DEFAULT_SIZE, DEFAULT_SIZE),
+            preprocessing="the preset's image converter (scale and offset)",
+            weights="the preset's own (keras-hub cache; a local preset folder works offline)",
+            metadata={"parameter": "preset", "example": "keras-hub:/models/dinov2_small"},
+        )
+    )

@@ -1,0 +1,174 @@
+"""keras-hub backbones on tiny presets these tests save offline (tests/tiny_kerashub.py): token
+poolings, preprocessing from the preset's converter, features equal to keras-hub's own
+converter + backbone, and the refusals (no converter, a size off the patch grid, a download)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cli_faults import invoke_cli
+from imagefiles import photo
+from PIL import Image
+from tiny_kerashub import SIZES, WIDTHS, save_presets
+
+import transferkit
+from transferkit import UsageError, WeightsUnavailableError, pool, registry
+from transferkit.recipe import FeatureRecipe
+from transferkit.store import open_store
+
+TOKEN_POOLINGS = ("cls", "mean", "cls+mean", "avg", "max", "flatten")
+
+
+@pytest.fixture(scope="module")
+def presets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return save_presets(tmp_path_factory.mktemp("presets"))
+
+
+def _photos(folder: Path, size: int) -> Path:
+    """Lossless PNGs at the preset's own size (the resize is then exact in both pipelines)."""
+    for c, name in enumerate(("cat", "rocket")):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for i, source in enumerate(("astronaut", "coffee", "chelsea")[: 2 + c]):
+            photo(source, (size, size)).save(folder / name / f"{name}_{i}.png")
+    return folder
+
+
+def _reference(preset: Path, images: np.ndarray) -> np.ndarray:
+    """keras-hub's own converter + backbone on 0..255 RGB images."""
+    import keras_hub
+
+    converter = keras_hub.layers.ImageConverter.from_preset(str(preset))
+    network = keras_hub.models.Backbone.from_preset(str(preset))
+    with warnings.catch_warnings():  # a tensor where it names its input {"images": ...}
+        warnings.simplefilter("ignore", UserWarning)
+        return np.asarray(network(converter(images)))
+
+
+def _expected(outputs: np.ndarray, pooling: str, prefix: int) -> np.ndarray:
+    if outputs.ndim == 4:  # a feature map
+        n, h, w, c = outputs.shape
+        patches = outputs.reshape(n, h * w, c)
+    else:
+        patches = outputs[:, prefix:]
+    mean = patches.mean(axis=1)
+    return {
+        "cls": lambda: outputs[:, 0],
+        "mean": lambda: mean,
+        "cls+mean": lambda: np.concatenate([outputs[:, 0], mean], axis=1),
+        "avg": lambda: mean,
+        "max": lambda: patches.max(axis=1),
+        "flatten": lambda: patches.reshape(len(patches), -1),
+    }[pooling]()
+
+
+def _close_per_row(got: np.ndarray, want: np.ndarray) -> float:
+    """The largest relative error of a row (norm of the difference / norm of the row)."""
+    assert got.shape == want.shape
+    errors = np.linalg.norm(got - want, axis=1) / np.maximum(np.linalg.norm(want, axis=1), 1e-12)
+    return float(errors.max())
+
+
+@pytest.mark.parametrize(
+    ("name", "prefix"), [("dinov2", 1), ("dinov2-registers", 5), ("vit", 1), ("resnet", 0)]
+)
+def test_features_equal_keras_hubs_converter_and_backbone(
+    presets: dict[str, Path], tmp_path: Path, name: str, prefix: int
+) -> None:
+    size = SIZES[name]
+    backbone = registry.backbone(f"keras-hub:{presets[name]}").factory()
+    poolings = backbone.poolings
+    if name == "resnet":
+        assert backbone.tokens is None and poolings == ("avg", "max", "flatten")
+    else:
+        assert backbone.tokens is not None and backbone.tokens.prefix == prefix
+        assert backbone.tokens.grid == (size // backbone.extra["patch_size"][0],) * 2
+        assert poolings == ("avg", "max", "flatten", "cls", "mean", "cls+mean")
+    # the widths are known before any image: from the model's symbolic output
+    width = WIDTHS[name]
+    dims = backbone.feature_dims
+    assert dims["avg"] == dims["max"] == width
+    if name != "resnet":
+        assert dims["cls"] == dims["mean"] == width and dims["cls+mean"] == 2 * width
+
+    folder = _photos(tmp_path / "photos", size)
+    outs = {p: tmp_path / f"{p.replace('+', '_')}.h5" for p in poolings}
+    transferkit.extract_many(folder, backbone=f"keras-hub:{presets[name]}", outs=outs)
+    with open_store(outs[poolings[0]]) as store:
+        paths = store.paths
+    images = np.stack([np.asarray(Image.open(p).convert("RGB"), np.float32) for p in paths])
+    reference = _reference(presets[name], images)
+    for pooling in poolings:
+        with open_store(outs[pooling]) as store:
+            rows, _ = store.read()
+            assert store.metadata["pooling"] == pooling
+        assert rows.shape[1] == dims[pooling]
+        assert _close_per_row(rows, _expected(reference, pooling, prefix)) < 1e-4, pooling
+
+
+def test_registers_are_left_out_of_the_mean(presets: dict[str, Path]) -> None:
+    backbone = registry.backbone(f"keras-hub:{presets['dinov2-registers']}").factory()
+    tokens = np.random.RandomState(0).normal(size=(2, 21, 32)).astype("float32")
+    tokens[:, 1:5] = 1e6  # registers, which no pooling may see
+    pooled = pool(backbone, ["cls", "mean", "max"])
+    # the pooling layers alone, on chosen tokens
+    import keras
+
+    head = keras.Model(pooled.model.get_layer("patch_tokens").input, pooled.model.output)
+    rows = np.asarray(head(tokens))
+    np.testing.assert_allclose(rows[:, :32], tokens[:, 0], rtol=1e-6)
+    np.testing.assert_allclose(rows[:, 32:64], tokens[:, 5:].mean(axis=1), rtol=1e-5)
+    np.testing.assert_allclose(rows[:, 64:], tokens[:, 5:].max(axis=1), rtol=1e-6)
+
+
+def test_cli_extract_cls_mean_from_a_local_preset(presets: dict[str, Path], tmp_path: Path) -> None:
+    folder = _photos(tmp_path / "photos", 56)
+    out = tmp_path / "f.h5"
+    backbone = f"keras-hub:{presets['dinov2']}"
+    result = invoke_cli("extract", folder, "-b", backbone, "--pooling", "cls+mean", "-o", out)
+    assert result.returncode == 0, result.stderr
+    with open_store(out) as store:
+        assert store.feature_dim == 64 and len(store) == 5
+        meta = store.metadata
+    assert meta["pooling"] == "cls+mean" and meta["backbone"] == backbone
+    assert meta["tokens"] == {"prefix": 1, "grid": [4, 4], "class_token": True}
+    assert FeatureRecipe.from_metadata(meta).pooling == "cls+mean"
+
+
+def test_recipe_text_takes_token_poolings_and_sizes(presets: dict[str, Path]) -> None:
+    recipe = FeatureRecipe.parse(f"keras-hub:{presets['dinov2']}@84:cls+mean")
+    assert recipe.backbone == f"keras-hub:{presets['dinov2']}"
+    assert recipe.input_size == (84, 84) and recipe.pooling == "cls+mean"
+    # DINOv2 interpolates its position embeddings: another size, another patch grid
+    built = registry.backbone(recipe.backbone).factory(input_size=recipe.input_size)
+    assert built.tokens is not None and built.tokens.grid == (6, 6)
+    assert pool(built, "cls+mean").feature_dim == 64
+    # ViT's are fixed: its own size only, said in one line
+    with pytest.raises(UsageError, match="cannot be built at 64x64.*--input-size 32x32") as caught:
+        registry.backbone(f"keras-hub:{presets['vit']}").factory(input_size=64)
+    assert "\n" not in str(caught.value)
+
+
+def test_refusals_are_one_line(presets: dict[str, Path]) -> None:
+    spec = registry.backbone(f"keras-hub:{presets['vit']}")
+    with pytest.raises(UsageError, match="not a multiple of the patch size 8x8") as caught:
+        spec.factory(input_size=(36, 36))
+    assert "\n" not in str(caught.value)
+    with pytest.raises(UsageError, match="has no image converter") as caught:
+        registry.backbone(f"keras-hub:{presets['no-converter']}").factory()
+    assert "save_to_preset" in str(caught.value)
+    resnet = registry.backbone(f"keras-hub:{presets['resnet']}").factory()
+    with pytest.raises(UsageError, match="gives a feature map, whose poolings are avg, max"):
+        pool(resnet, "cls")
+    with pytest.raises(UsageError, match="does not exist"):
+        registry.backbone(f"keras-hub:{presets['vit']}/missing").factory()
+
+
+def test_a_named_preset_without_internet_fails_in_one_sentence() -> None:
+    with pytest.raises(WeightsUnavailableError) as caught:
+        registry.backbone("keras-hub:dinov2_small").factory()
+    message = str(caught.value)
+    assert "\n" not in message and "local preset folder" in message
+    assert "efficientnet-lite0" in message
