@@ -290,13 +290,17 @@ def _natural_key(spec: Any) -> list[Any]:
 
 def _offline(row: dict[str, Any]) -> str:
     """Whether a backbone's default weights need no download: ``yes`` (they ship with an installed
-    package), ``cached`` (already in the Keras cache), ``download``, or ``-`` (a family)."""
+    package), ``cached`` (already in the Keras cache), ``download``, or ``-`` (a family); a spec
+    whose ``metadata["offline"]`` is a word says it itself (keras-hub presets: ``cached``)."""
     import re
 
     weights = str(row.get("weights", ""))
     if row["name"].endswith(":"):
         return "-"
-    if "offline" in weights.lower() or row.get("metadata", {}).get("offline"):
+    offline = row.get("metadata", {}).get("offline")
+    if isinstance(offline, str) and offline:  # the plugin knows (e.g. "cached", "download")
+        return offline
+    if "offline" in weights.lower() or offline:
         return "yes"
     if "keras cache" in weights.lower():
         home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
@@ -339,7 +343,7 @@ def _make_listing(command_name: str, kind: str, columns: list[str], title: str) 
 
     offline = (
         " OFFLINE says whether the default weights need no download (yes: they ship with a "
-        "package; cached: already in the Keras cache)."
+        "package; cached: already in the Keras or keras-hub cache)."
         if kind == "backbone"
         else " AUTO_ORDER is the place in the order --runtime auto tries (lowest first; "
         "- : never picked by auto; see docs/runtimes.md)."

@@ -19,13 +19,22 @@ the features of an image of that size equal keras-hub's converter + backbone. A 
 an ``image_converter.json`` is refused unless the caller gives ``scale``/``offset``
 (:func:`build`). The input size of a patch model must be a multiple of its patch size.
 
-keras-hub, Keras and TensorFlow are imported only when a backbone is built.
+``transferkit backbones 'keras-hub*'`` lists keras-hub's image presets (:data:`FAMILIES`) with
+their family, parameters, input size (from the name; 224 where it gives none) and whether they
+are already in the cache (OFFLINE ``cached``), read from keras-hub's preset tables without
+importing it and without the network. keras-hub, Keras and TensorFlow are imported only when a
+backbone is built.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
+import glob
+import importlib.util
 import logging
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,6 +51,107 @@ OFFLINE_HINT = (
     "save_to_preset), a preset already in the keras-hub cache ($KAGGLEHUB_CACHE or "
     "$HF_HOME), or the offline backbone efficientnet-lite0"
 )
+
+
+# keras-hub's model folders whose presets are image backbones giving features
+FAMILIES = (
+    "clip",
+    "cspnet",
+    "deit",
+    "densenet",
+    "dinov2",
+    "dinov3",
+    "efficientnet",
+    "hgnetv2",
+    "metaclip_2",
+    "mobilenet",
+    "mobilenetv5",
+    "resnet",
+    "siglip",
+    "swin_transformer",
+    "vgg",
+    "vit",
+    "xception",
+)
+_SIZE_IN_NAME = re.compile(r"(?:_r?)(\d{3})(?=_|$)")
+# the input sizes a preset's name may carry (densenet_121 is a depth, not a size)
+_SIZES = {96, 128, 160, 192, 224, 240, 256, 260, 288, 300, 320, 336, 378, 380, 384, 448, 512, 518}
+
+
+def image_presets() -> dict[str, dict[str, Any]]:
+    """keras-hub's image presets, name -> ``{"family", "params", "description", "handle",
+    "input_size"}``, read from its ``*_presets.py`` tables (plain literals) without importing
+    keras-hub (so without TensorFlow); empty where keras-hub is not installed."""
+    found = importlib.util.find_spec("keras_hub")
+    if found is None or not found.submodule_search_locations:
+        return {}
+    models = os.path.join(list(found.submodule_search_locations)[0], "src", "models")
+    presets: dict[str, dict[str, Any]] = {}
+    for family in FAMILIES:
+        for path in sorted(glob.glob(os.path.join(models, family, "*_presets.py"))):
+            for name, entry in _literal_presets(path).items():
+                meta = entry.get("metadata", {})
+                sizes = [int(s) for s in _SIZE_IN_NAME.findall(name) if int(s) in _SIZES]
+                presets[name] = {
+                    "family": str(meta.get("path") or family),
+                    "params": int(meta.get("params") or 0),
+                    "description": " ".join(str(meta.get("description", "")).split()),
+                    "handle": str(entry.get("kaggle_handle", "")),
+                    "input_size": (sizes[-1],) * 2 if sizes else (DEFAULT_SIZE, DEFAULT_SIZE),
+                }
+    return presets
+
+
+def _literal_presets(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf8") as handle:
+            tree = ast.parse(handle.read())
+    except (OSError, SyntaxError):
+        return {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = node.targets[0]
+            if isinstance(target, ast.Name) and target.id.endswith("presets"):
+                try:
+                    value = ast.literal_eval(node.value)
+                except ValueError:
+                    return {}
+                return value if isinstance(value, dict) else {}
+    return {}
+
+
+def cached_path(handle: str) -> str:
+    """The folder a ``kaggle://`` or ``hf://`` handle is cached in (kagglehub's
+    ``$KAGGLEHUB_CACHE``, Hugging Face's ``$HF_HUB_CACHE``); "" for another handle."""
+    if handle.startswith("kaggle://"):
+        cache = os.environ.get("KAGGLEHUB_CACHE") or os.path.join(
+            os.path.expanduser("~"), ".cache", "kagglehub"
+        )
+        return os.path.join(cache, "models", *handle[len("kaggle://") :].split("/"))
+    if handle.startswith("hf://"):
+        home = os.environ.get("HF_HOME") or os.path.join(
+            os.path.expanduser("~"), ".cache", "huggingface"
+        )
+        cache = os.environ.get("HF_HUB_CACHE") or os.path.join(home, "hub")
+        repo = handle[len("hf://") :].strip("/").replace("/", "--")
+        return os.path.join(cache, f"models--{repo}", "snapshots")
+    return ""
+
+
+def is_cached(handle: str) -> bool:
+    """Whether the preset of ``handle`` is already downloaded (its ``config.json`` is there)."""
+    folder = cached_path(handle)
+    if not folder:
+        return False
+    if handle.startswith("hf://"):
+        return bool(glob.glob(os.path.join(glob.escape(folder), "*", "config.json")))
+    # kagglehub marks each finished file (or the whole bundle) complete beside the folder
+    variation, version = os.path.split(folder)
+    markers = (
+        os.path.join(variation, ".complete", version, "config.json.complete"),
+        os.path.join(variation, f"{version}.complete"),
+    )
+    return os.path.isfile(os.path.join(folder, "config.json")) and any(map(os.path.isfile, markers))
 
 
 def is_local(preset: str) -> bool:
@@ -268,3 +378,20 @@ def register_backbones(register: Any) -> None:
             metadata={"parameter": "preset", "example": "keras-hub:/models/dinov2_small"},
         )
     )
+    for name, preset in image_presets().items():
+        register(
+            BackboneSpec(
+                name=f"{FAMILY}{name}",
+                description=preset["description"],
+                factory=functools.partial(build, name),
+                input_size=preset["input_size"],
+                preprocessing="the preset's image converter (scale and offset)",
+                weights=f"keras-hub {preset['family']} preset ({preset['handle']})",
+                metadata={
+                    "family": preset["family"],
+                    "param_count": preset["params"],
+                    "handle": preset["handle"],
+                    "offline": "cached" if is_cached(preset["handle"]) else "download",
+                },
+            )
+        )

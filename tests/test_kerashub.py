@@ -4,6 +4,9 @@ converter + backbone, and the refusals (no converter, a size off the patch grid,
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -172,3 +175,77 @@ def test_a_named_preset_without_internet_fails_in_one_sentence() -> None:
     message = str(caught.value)
     assert "\n" not in message and "local preset folder" in message
     assert "efficientnet-lite0" in message
+
+
+def _fake_cache(root: Path, preset: Path | None = None) -> Path:
+    """A kagglehub cache holding keras-hub's dinov2_small preset: ``preset``'s files (a
+    ``config.json`` alone without one), each marked complete as kagglehub marks them."""
+    import shutil
+
+    from transferkit.plugins import kerashub
+
+    handle = kerashub.image_presets()["dinov2_small"]["handle"]
+    assert handle.startswith("kaggle://keras/dinov2/")
+    cache = root / "kagglehub"
+    target = cache / "models" / Path(*handle[len("kaggle://") :].split("/"))
+    if preset is None:
+        target.mkdir(parents=True)
+        (target / "config.json").write_text("{}")
+    else:
+        shutil.copytree(preset, target)
+    markers = target.parent / ".complete" / target.name
+    markers.mkdir(parents=True)
+    for file in target.iterdir():
+        (markers / f"{file.name}.complete").touch()
+    return cache
+
+
+def test_listing_names_families_sizes_and_what_is_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(_fake_cache(tmp_path)))
+    result = invoke_cli("backbones", "keras-hub*", "--json")
+    assert result.returncode == 0, result.stderr
+    import json
+
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert len(rows) > 100 and "keras-hub:" in rows
+    small = rows["keras-hub:dinov2_small"]
+    assert small["offline"] == "cached" and small["metadata"]["family"] == "dinov2"
+    assert small["metadata"]["param_count"] == 22_582_656 and small["input_size"] == [224, 224]
+    assert rows["keras-hub:dinov2_base"]["offline"] == "download"
+    assert rows["keras-hub:siglip2_base_patch16_384"]["input_size"] == [384, 384]
+    assert rows["keras-hub:densenet_121_imagenet"]["input_size"] == [224, 224]
+    for family in ("dinov2", "dinov3", "siglip", "clip", "vit", "efficientnet", "resnet"):
+        assert any(r.get("metadata", {}).get("family") == family for r in rows.values()), family
+    table = invoke_cli("backbones", "keras-hub:dinov2*")
+    assert table.returncode == 0 and "cached" in table.stdout and "download" in table.stdout
+
+
+@pytest.mark.process
+def test_listing_imports_no_tensorflow_and_opens_no_socket(tmp_path: Path) -> None:
+    code = (
+        "import socket, sys\n"
+        "def refuse(*a, **k):\n"
+        "    raise OSError('no network in this test')\n"
+        "socket.socket.connect = refuse\n"
+        "socket.create_connection = refuse\n"
+        "from transferkit import registry\n"
+        "specs = registry.all_specs('backbone')\n"
+        "rows = [s.describe() for n, s in specs.items() if n.startswith('keras-hub:')]\n"
+        "assert len(rows) > 100, len(rows)\n"
+        "assert specs['keras-hub:dinov2_small'].metadata['offline'] == 'cached'\n"
+        "heavy = [m for m in ('tensorflow', 'keras', 'keras_hub', 'torch') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    env = {**os.environ, "KAGGLEHUB_CACHE": str(_fake_cache(tmp_path))}
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, env=env)
+
+
+def test_a_cached_preset_builds_without_internet(
+    presets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(_fake_cache(tmp_path, presets["dinov2"])))
+    backbone = registry.backbone("keras-hub:dinov2_small").factory()
+    assert backbone.tokens is not None and backbone.weights_source == "keras-hub dinov2_small"
+    assert pool(backbone, "cls+mean").feature_dim == 64
