@@ -249,3 +249,54 @@ def test_a_cached_preset_builds_without_internet(
     backbone = registry.backbone("keras-hub:dinov2_small").factory()
     assert backbone.tokens is not None and backbone.weights_source == "keras-hub dinov2_small"
     assert pool(backbone, "cls+mean").feature_dim == 64
+
+
+@pytest.mark.slow  # converts two networks with each converting runtime (~15 s)
+@pytest.mark.parametrize("runtime", ["openvino", "litert"])
+def test_runtimes_match_keras_per_row(
+    presets: dict[str, Path], tmp_path: Path, runtime: str
+) -> None:
+    from transferkit import inference
+
+    for name, poolings in (("dinov2-registers", ["cls+mean", "max"]), ("resnet", ["avg"])):
+        backbone = registry.backbone(f"keras-hub:{presets[name]}").factory()
+        net = pool(backbone, poolings)
+        pixels = np.random.default_rng(0).uniform(0, 255, (7, *backbone.input_size, 3))
+        x = np.asarray(backbone.preprocess(pixels.astype(np.float32)), dtype=np.float32)
+        want = np.asarray(net.model(x, training=False), dtype=np.float32)
+        forward = inference.build_forward(
+            net, backbone=name, runtime=runtime, precision="32", batch_size=4, cache_dir=tmp_path
+        )
+        assert forward.runtime == runtime
+        got = np.concatenate([forward(x[:4]), forward(x[4:])])
+        assert _close_per_row(got, want) <= 1e-4, (name, _close_per_row(got, want))
+
+
+@pytest.mark.slow  # ~10 s
+@pytest.mark.process  # the spot-check's worker processes
+def test_spotcheck_and_predict_with_a_local_preset(
+    presets: dict[str, Path], tmp_path: Path
+) -> None:
+    folder = tmp_path / "photos"
+    for c, name in enumerate(("cat", "rocket")):
+        (folder / name).mkdir(parents=True)
+        for i in range(6):
+            source = ("chelsea", "coffee")[c] if i % 3 else ("astronaut", "rocket")[c]
+            photo(source, (56 + 4 * i, 56)).save(folder / name / f"{name}_{i}.png")
+    backbone = f"keras-hub:{presets['dinov2']}@56:cls+mean"
+    report = transferkit.spotcheck(
+        [str(folder)],
+        backbones=[backbone],
+        classifiers="logistic-regression",
+        cache_dir=tmp_path / "cache",
+        jobs=1,
+        progress=False,
+    )
+    assert [r["status"] for r in report["rows"]] == ["ok"]
+    store = report["features"][0]["store"]
+    with open_store(store) as features:
+        assert features.feature_dim == 64 and features.metadata["pooling"] == "cls+mean"
+    trained = transferkit.train(store, classifier="logistic-regression", out=tmp_path / "model")
+    result = transferkit.predict(trained["model_path"], sorted(folder.glob("*/*.png"))[:3])
+    assert result["backbone"] == f"keras-hub:{presets['dinov2']}"
+    assert [r["status"] for r in result["predictions"]] == ["ok"] * 3
