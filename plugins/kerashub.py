@@ -272,11 +272,37 @@ def _describe_preprocessing(scale: Any, offset: Any) -> str:
 
 def _vision_model(backbone: Any) -> Any:
     """The image part of a keras-hub backbone (an image-text model's vision encoder), as a
-    model of one image tensor (keras-hub's take a dict ``{"images": ...}``): the same layers."""
+    model of one image tensor (keras-hub's take a dict ``{"images": ...}``): the same layers,
+    a known transformer's blocks unrolled (:func:`unrolled`)."""
     import keras
 
     network = getattr(backbone, "vision_encoder", None) or backbone
+    flat = unrolled(network)
+    if flat is not None:
+        return flat
     return keras.Model(network.inputs[0], network.outputs[0], name=network.name)
+
+
+def unrolled(network: Any) -> Any:
+    """``network`` (DINOv2, ViT) as a model whose layers are the embedding, each transformer
+    block and the final norm, called in the order its encoder calls them, so that a fine-tune
+    strategy unfreezes it block by block; None for another network (kept whole)."""
+    import keras
+
+    kind, layers = type(network).__name__, list(network.layers)
+    if kind == "DINOV2Backbone" and len(layers) == 4:
+        _, embeddings, encoder, norm = layers
+        order = [embeddings, *encoder.layers, norm]
+    elif kind == "ViTBackbone" and len(layers) == 3:
+        _, embeddings, encoder = layers
+        order = [embeddings, encoder.dropout, *encoder.encoder_layers, encoder.layer_norm]
+    else:
+        return None
+    inputs = keras.Input(tuple(network.inputs[0].shape[1:]), name="images")
+    x = inputs
+    for layer in order:
+        x = layer(x)
+    return keras.Model(inputs, x, name=network.name)
 
 
 def token_layout(
@@ -363,6 +389,16 @@ def build(
         tokens=tokens,
         extra={"preset": str(preset), "patch_size": patch, "class": type(network).__name__},
     )
+
+
+@hookimpl
+def register_keras_objects(register: Any) -> None:
+    # a fine-tuned model.keras holds keras-hub's layers: importing keras-hub registers them all
+    # with Keras (called only when a model is loaded)
+    try:
+        import keras_hub  # noqa: F401
+    except ImportError:  # keras-hub not installed: no model can hold its layers
+        return
 
 
 @hookimpl

@@ -9,10 +9,11 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from cli_faults import invoke_cli
+from cli_faults import invoke_cli, python_output
 from imagefiles import photo
 from PIL import Image
 from tiny_kerashub import SIZES, WIDTHS, save_presets
@@ -300,3 +301,80 @@ def test_spotcheck_and_predict_with_a_local_preset(
     result = transferkit.predict(trained["model_path"], sorted(folder.glob("*/*.png"))[:3])
     assert result["backbone"] == f"keras-hub:{presets['dinov2']}"
     assert [r["status"] for r in result["predictions"]] == ["ok"] * 3
+
+
+def test_strategies_see_transformer_blocks_and_cnn_stages(presets: dict[str, Path]) -> None:
+    from transferkit.plugin import trainable_blocks
+
+    def blocks(name: str) -> list[str]:
+        built = registry.backbone(f"keras-hub:{presets[name]}").factory()
+        return [block for block, _, _ in trainable_blocks(built.model.layers)]
+
+    assert blocks("dinov2") == ["stem", "layers_0", "layers_1"]
+    assert blocks("vit") == ["stem", "block_1", "block_2"]
+    assert blocks("resnet") == ["conv1", "stack0", "stack1"]
+
+
+def _trainable_per_phase(register_plugin: Any) -> dict[str, int]:
+    """A plugin noting the base's trainable weights at the end of each phase's epochs."""
+    from transferkit import hookimpl
+
+    seen: dict[str, int] = {}
+
+    class Count:
+        @hookimpl
+        def on_epoch_end(self, trainer: Any, phase: str) -> None:
+            seen[phase] = len(trainer.model.base.trainable_weights)
+
+    register_plugin(Count(), "count-trainable")
+    return seen
+
+
+@pytest.mark.slow  # a fine-tune of a tiny DINOv2 in four phases (~20 s)
+@pytest.mark.process  # the saved model, loaded in a fresh process
+def test_finetune_unfreezes_transformer_blocks_and_the_model_reloads(
+    presets: dict[str, Path], tmp_path: Path, register_plugin: Any
+) -> None:
+    folder = tmp_path / "photos"
+    for c, name in enumerate(("cat", "rocket")):
+        (folder / name).mkdir(parents=True)
+        for i in range(4):
+            photo(("chelsea", "rocket")[c], (56 + 4 * i, 56)).save(folder / name / f"{i}.png")
+    seen = _trainable_per_phase(register_plugin)
+    backbone = f"keras-hub:{presets['dinov2-registers']}"
+    built = registry.backbone(backbone).factory()
+    names = [layer.name for layer in built.model.layers]
+    assert names[2:4] == ["layers_0", "layers_1"]  # the blocks, unrolled
+    counts = [len(layer.trainable_weights) for layer in built.model.layers]
+    stem, first, last, norm = sum(counts[:2]), counts[2], counts[3], counts[4]
+    result = transferkit.finetune(
+        folder,
+        backbone=backbone,
+        out=tmp_path / "dino",
+        strategy="gradual",
+        epochs=[1, 1],
+        batch_size=4,
+        split=(0.5, 0.25, 0.25),
+        progress=False,
+    )
+    # gradual: the head alone, then the last block (with the final norm after it), the block
+    # before it, and the stem (the patch and position embeddings)
+    assert seen == {
+        "head": 0,
+        "unfreeze-1": last + norm,
+        "unfreeze-2": first + last + norm,
+        "unfreeze-3": stem + first + last + norm,
+    }, seen
+    model = transferkit.load_finetuned(result["model_path"])
+    assert model.metadata["preprocess_in_model"]  # the converter's affine map, in the file
+    images = np.stack([np.asarray(photo(n, (56, 56)), np.float32) for n in ("chelsea", "rocket")])
+    probabilities = np.asarray(model.predict_proba(images))
+    assert probabilities.shape == (2, 2)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    # a receiver needs keras and keras_hub only (keras-hub's layers register on import)
+    code = (
+        "import keras, keras_hub, numpy as np\n"
+        f"model = keras.saving.load_model({str(result['model_path'])!r})\n"
+        "print(model.predict(np.zeros((1, 56, 56, 3), 'float32'), verbose=0).shape)\n"
+    )
+    assert python_output(code).strip().splitlines()[-1] == "(1, 2)"

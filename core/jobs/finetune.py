@@ -29,6 +29,7 @@ from .. import outputs, registry
 from ..errors import UsageError
 from ..options import FinetuneOptions
 from ..pooling import pool
+from ..specs import NO_POOLING
 from ..trainer.callbacks import Callback
 from ..trainer.saved import MODEL_FILE, load_finetuned
 from ..user_objects import backbone_spec
@@ -223,7 +224,12 @@ def finetune(
         data = _data_module(
             images, options.test, options.task, options.split, seed, options.batch_size, augment
         )
-        built = pool(spec.factory(weights=recipe.weights, input_size=recipe.input_size), pooling)
+        network = spec.factory(weights=recipe.weights, input_size=recipe.input_size)
+        if network.tokens is not None and pooling == NO_POOLING:
+            # a head that pools a feature map itself gets a transformer's patch tokens averaged
+            # by the host (the mean of the patch tokens, class and register tokens left out)
+            pooling = "mean"
+        built = pool(network, pooling)
         model = TransferModel(
             built,
             head,

@@ -193,16 +193,20 @@ class FinetuneStrategy:
 def _block_key(name: str) -> str | None:
     tokens = name.lower().split("_")
     for i, token in enumerate(tokens):
-        if re.fullmatch(r"(block|stage|mixed)\d+[a-z]?|conv\d+", token):
+        if re.fullmatch(r"(block|stage|stack|mixed)\d+[a-z]?|conv\d+", token):
             return token
-        if token in ("block", "stage") and i + 1 < len(tokens) and tokens[i + 1].isdigit():
+        # block_16, stage_2, and a transformer's layers_3 (keras-hub's DINOv2 names its blocks so)
+        named = token in ("block", "stage", "layers")
+        if named and i + 1 < len(tokens) and tokens[i + 1].isdigit():
             return f"{token}_{tokens[i + 1]}"
     return None
 
 
 def layer_blocks(layers: Sequence[Any]) -> list[tuple[str, int, int]]:
     """Group a base's layers into blocks by their names (``block5_conv1`` -> ``block5``,
-    ``conv5_block3_out`` -> ``conv5``, ``block_16_project`` -> ``block_16``, ``mixed9``...).
+    ``conv5_block3_out`` -> ``conv5``, ``block_16_project`` -> ``block_16``, ``mixed9``,
+    keras-hub's ``stack1_block0_1_conv`` -> ``stack1``, ``transformer_block_3`` -> ``block_3``,
+    ``layers_3`` -> ``layers_3``).
 
     Returns ``(block name, first index, end index)`` triples in order; a layer without a block
     name belongs to the block before it (``stem`` at the start).
