@@ -284,9 +284,11 @@ def _vision_model(backbone: Any) -> Any:
 
 
 def unrolled(network: Any) -> Any:
-    """``network`` (DINOv2, ViT) as a model whose layers are the embedding, each transformer
-    block and the final norm, called in the order its encoder calls them, so that a fine-tune
-    strategy unfreezes it block by block; None for another network (kept whole)."""
+    """``network`` (DINOv2, ViT, CLIP's and SigLIP's vision encoders) as a model whose layers
+    are the embedding, each transformer block and the final norm, called in the order its
+    encoder calls them, so that a fine-tune strategy unfreezes it block by block; None for
+    another network (kept whole). SigLIP's attention-pooling head is left out: its tokens are
+    what the host pools."""
     import keras
 
     kind, layers = type(network).__name__, list(network.layers)
@@ -296,6 +298,12 @@ def unrolled(network: Any) -> Any:
     elif kind == "ViTBackbone" and len(layers) == 3:
         _, embeddings, encoder = layers
         order = [embeddings, encoder.dropout, *encoder.encoder_layers, encoder.layer_norm]
+    elif kind == "CLIPVisionEncoder":
+        blocks = list(network.encoder_layers)
+        order = [network.embedding, network.pre_layer_norm, *blocks, network.layer_norm]
+    elif kind == "SigLIPVisionEncoder":
+        # the tokens before SigLIP's attention-pooling head (the host pools them instead)
+        order = [network.embedding, *network.encoder_layers, network.post_layer_norm]
     else:
         return None
     inputs = keras.Input(tuple(network.inputs[0].shape[1:]), name="images")
@@ -322,6 +330,19 @@ def token_layout(
         )
     class_token = prefix > 0 and bool(config.get("use_class_token", True))
     return TokenLayout(prefix=prefix, grid=grid, class_token=class_token)
+
+
+def _check_token_count(model: Any, size: tuple[int, int], tokens: TokenLayout, name: str) -> None:
+    """One forward pass of a blank image: the tokens a model gives must be those its symbolic
+    shape declares (the poolings are cut by that layout)."""
+    import numpy as np
+
+    given = int(model(np.zeros((1, *size, 3), "float32"), training=False).shape[1])
+    if given != tokens.length:
+        raise UsageError(
+            f"keras-hub preset {name} ({model.name}) declares {tokens.length} tokens but gives "
+            f"{given} (a shape error of this keras-hub version), so its tokens cannot be pooled"
+        )
 
 
 def build(
@@ -371,6 +392,13 @@ def build(
     if source not in (None, DEFAULT_WEIGHTS):
         load_local_weights(model, model, source)
     tokens = token_layout(model, size, patch, config)
+    if tokens is not None:
+        _check_token_count(model, size, tokens, str(preset))
+    elif len(model.outputs[0].shape) != 4:
+        raise UsageError(
+            f"keras-hub preset {preset} ({type(network).__name__}) gives outputs of shape "
+            f"{tuple(model.outputs[0].shape)}, neither tokens nor a feature map"
+        )
     log.debug("keras-hub %s: %s, tokens %s", preset, type(network).__name__, tokens)
     weights_source = (
         f"keras-hub {preset}"

@@ -378,3 +378,33 @@ def test_finetune_unfreezes_transformer_blocks_and_the_model_reloads(
         "print(model.predict(np.zeros((1, 56, 56, 3), 'float32'), verbose=0).shape)\n"
     )
     assert python_output(code).strip().splitlines()[-1] == "(1, 2)"
+
+
+def test_clip_vision_encoder_gives_tokens_and_siglip_is_refused(tmp_path: Path) -> None:
+    import keras
+    import keras_hub
+
+    from transferkit.plugins import kerashub
+
+    keras.utils.set_random_seed(5)
+    shape = {"patch_size": 8, "hidden_dim": 16, "num_layers": 2, "num_heads": 2}
+    shape.update(intermediate_dim=32, image_shape=(32, 32, 3))
+    clip = keras_hub.models.CLIPVisionEncoder(**shape)
+    clip.save_to_preset(str(tmp_path / "clip"))
+    built = kerashub.build(str(tmp_path / "clip"), scale=1 / 127.5, offset=-1.0)
+    assert built.tokens is not None and (built.tokens.prefix, built.tokens.grid) == (1, (4, 4))
+    from transferkit.plugin import trainable_blocks
+
+    assert [b[0] for b in trainable_blocks(built.model.layers)] == ["stem", "block_0", "block_1"]
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    x = np.asarray(built.preprocess(pixels))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        want = np.asarray(clip(x))
+    got = np.asarray(pool(built, "cls+mean").model(x))
+    expected = np.concatenate([want[:, 0], want[:, 1:].mean(axis=1)], axis=1)
+    assert _close_per_row(got, expected) < 1e-5
+    # keras-hub 0.32's SigLIP embedding declares one token more than it gives: refused
+    keras_hub.models.SigLIPVisionEncoder(**shape).save_to_preset(str(tmp_path / "siglip"))
+    with pytest.raises(UsageError, match="declares 17 tokens but gives 16"):
+        kerashub.build(str(tmp_path / "siglip"), scale=1 / 127.5, offset=-1.0)
