@@ -11,7 +11,9 @@ separate test folder (one sub-folder per class; the same images for every method
   training from 12 tiles, those of the test set from the other 4, so no test pixel was ever seen
   in training.
 
-For ``efficientnet-lite0`` (offline weights), on the training folder and scored on the test folder:
+For ``--backbone`` (default ``efficientnet-lite0``, whose weights ship offline; e.g.
+``keras-hub:dinov2_small`` with ``--pooling cls+mean``, or a local keras-hub preset folder), on the
+training folder and scored on the test folder:
 
 1. raw pixels (the images at 32x32, flattened) into a standardised logistic regression;
 2. random-init features (``weights=none``) into the same logistic regression;
@@ -26,6 +28,7 @@ Every line gives the test accuracy and the seconds it took (extraction is timed 
     .venv/bin/python bench/bench_quality.py --quick    # 96 px, 300/150 images, short fine-tune
     .venv/bin/python bench/bench_quality.py --quick --skip pixels,random,spotcheck,finetune
     .venv/bin/python bench/bench_quality.py --reuse --skip pixels,random,spotcheck  # same stores
+    .venv/bin/python bench/bench_quality.py --backbone keras-hub:dinov2_small --pooling cls+mean
 """
 
 from __future__ import annotations
@@ -163,7 +166,9 @@ def raw_pixels(train: Path, test: Path) -> float:
     return float(np.mean(estimators.predict(model, X_test) == y_test))
 
 
-def extract(folder: Path, out: Path, size: int, weights: Any, reuse: bool = False) -> str:
+def extract(
+    folder: Path, out: Path, args: argparse.Namespace, weights: Any, reuse: bool = False
+) -> str:
     from transferkit import api
 
     if reuse and out.exists():
@@ -171,10 +176,11 @@ def extract(folder: Path, out: Path, size: int, weights: Any, reuse: bool = Fals
 
     api.extract(
         str(folder),
-        backbone=BACKBONE,
+        backbone=args.backbone,
         out=str(out),
         weights=weights,
-        input_size=(size, size),
+        pooling=args.pooling,
+        input_size=(args.size, args.size),
         overwrite=True,
         progress=False,
     )
@@ -194,12 +200,17 @@ def timed(label: str, fn: Callable[[], Any], rows: list[dict[str, Any]], **extra
 def run_set(name: str, train: Path, test: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     from transferkit import api
 
-    work = WORK / "quality" / f"{train.parent.name}-stores"
+    label = "".join(c if c.isalnum() or c in "-_" else "_" for c in args.backbone)
+    work = WORK / "quality" / f"{train.parent.name}-{label}-{args.pooling}-stores"
     work.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     n_train = sum(1 for _ in train.rglob("*.png"))
     n_test = sum(1 for _ in test.rglob("*.png"))
-    print(f"\n{name}: {n_train} training / {n_test} test images, {args.size} px", flush=True)
+    print(
+        f"\n{name}: {n_train} training / {n_test} test images, {args.size} px, "
+        f"{args.backbone}:{args.pooling}",
+        flush=True,
+    )
 
     skip = set(args.skip.split(",")) if args.skip else set()
     if "pixels" not in skip:
@@ -207,10 +218,10 @@ def run_set(name: str, train: Path, test: Path, args: argparse.Namespace) -> lis
 
     start = time.perf_counter()
     if "random" not in skip:
-        rand_train = extract(train, work / "random-train.h5", args.size, None, args.reuse)
-        rand_test = extract(test, work / "random-test.h5", args.size, None, args.reuse)
-    feat_train = extract(train, work / "train.h5", args.size, "default", args.reuse)
-    feat_test = extract(test, work / "test.h5", args.size, "default", args.reuse)
+        rand_train = extract(train, work / "random-train.h5", args, None, args.reuse)
+        rand_test = extract(test, work / "random-test.h5", args, None, args.reuse)
+    feat_train = extract(train, work / "train.h5", args, "default", args.reuse)
+    feat_test = extract(test, work / "test.h5", args, "default", args.reuse)
     print(f"  (extraction of both folders: {time.perf_counter() - start:.1f}s)")
 
     def probe(store: str, test_store: str) -> dict[str, Any]:
@@ -249,7 +260,7 @@ def run_set(name: str, train: Path, test: Path, args: argparse.Namespace) -> lis
             options["epochs"] = [args.quick_epochs, args.quick_epochs]
         summary = api.finetune(
             str(train),
-            backbone=BACKBONE,
+            backbone=args.backbone,
             out=str(work / "finetune"),
             test=str(test),
             input_size=args.size,
@@ -277,7 +288,18 @@ def run_set(name: str, train: Path, test: Path, args: argparse.Namespace) -> lis
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="96 px, half the images, 3+3 epochs")
-    parser.add_argument("--size", type=int, default=None, help="input size [224; quick: 96]")
+    parser.add_argument(
+        "--backbone", default=BACKBONE, help=f"backbone name or keras-hub:PRESET [{BACKBONE}]"
+    )
+    parser.add_argument(
+        "--pooling", default="avg", help="pooling of the features, e.g. cls+mean for a ViT [avg]"
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="input size [224; quick: 96]; a multiple of a ViT's patch size (14: 98, 224)",
+    )
     parser.add_argument("--train", type=int, default=None, help="training images per set")
     parser.add_argument("--test", type=int, default=None, help="test images per set")
     parser.add_argument("--passes", type=int, default=5, help="stream passes [5]")
