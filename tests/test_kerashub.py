@@ -408,3 +408,17 @@ def test_clip_vision_encoder_gives_tokens_and_siglip_is_refused(tmp_path: Path) 
     keras_hub.models.SigLIPVisionEncoder(**shape).save_to_preset(str(tmp_path / "siglip"))
     with pytest.raises(UsageError, match="declares 17 tokens but gives 16"):
         kerashub.build(str(tmp_path / "siglip"), scale=1 / 127.5, offset=-1.0)
+
+
+@pytest.mark.slow  # a local Dask cluster of two workers (~20 s)
+@pytest.mark.process
+def test_dask_extraction_equals_one_process(presets: dict[str, Path], tmp_path: Path) -> None:
+    folder = _photos(tmp_path / "photos", 56)
+    backbone = f"keras-hub:{presets['dinov2-registers']}"
+    kwargs = {"backbone": backbone, "pooling": "cls+mean", "progress": False}
+    transferkit.extract(folder, out=tmp_path / "one.h5", **kwargs)
+    transferkit.extract(folder, out=tmp_path / "dask.zarr", scheduler="local", jobs=2, **kwargs)
+    with open_store(tmp_path / "one.h5") as one, open_store(tmp_path / "dask.zarr") as cluster:
+        assert cluster.metadata["tokens"] == one.metadata["tokens"]
+        assert one.metadata["tokens"] == {"prefix": 5, "grid": [4, 4], "class_token": True}
+        np.testing.assert_array_equal(cluster.read()[0], one.read()[0])
