@@ -210,3 +210,10 @@ def test_unreachable_dask_scheduler_is_a_usage_error(stores: list[Path]) -> None
         )
     assert result.exit_code == 2
     assert "cannot reach the Dask scheduler" in result.stderr
+
+
+def test_stores_may_be_given_as_paths(stores: list[Path]) -> None:
+    one = api.spotcheck(stores[1], classifiers="nearest-centroid", jobs=1, progress=False)
+    both = api.spotcheck(list(stores), classifiers="nearest-centroid", jobs=1, progress=False)
+    assert [r["status"] for r in one["rows"]] == ["ok"]
+    assert [r["status"] for r in both["rows"]] == ["ok", "ok"]

@@ -243,8 +243,9 @@ def spotcheck(inputs: list[str] | str, *, options: SpotcheckOptions) -> dict[str
     ``precision`` are how images are extracted (see ``docs/runtimes.md``); bf16 features are
     cached apart from 32-bit ones.
     """
-    if isinstance(inputs, str | Path):
-        inputs = [str(inputs)]
+    if isinstance(inputs, str | os.PathLike):
+        inputs = [inputs]
+    inputs = [os.fspath(i) for i in inputs]  # paths as text from here on
     test_size, seed, timeout, out, store = (
         options.test_size,
         options.seed,
