@@ -13,9 +13,10 @@ and any register tokens, then the patch grid) and the host pools it (``cls``, ``
 ``cls+mean``, or ``avg``/``max``/``flatten`` over the patch grid). A CNN preset (ResNet,
 EfficientNet, ...) gives a feature map, pooled like any other.
 
-Preprocessing is the preset's image converter: its scale and offset (mean and standard
-deviation folded in) run in the input pipeline after transferkit's resize to the input size, so
-the features of an image of that size equal keras-hub's converter + backbone. A preset without
+Preprocessing is the preset's image converter: the backbone's ``resize`` is the converter's
+(interpolation, antialias, the centre cut to the input's aspect ratio), and its scale and offset
+(mean and standard deviation folded in) run after it in the input pipeline, so the features of
+an image of any size equal keras-hub's converter + backbone. A preset without
 an ``image_converter.json`` is refused unless the caller gives ``scale``/``offset``
 (:func:`build`). The input size of a patch model must be a multiple of its patch size.
 
@@ -39,7 +40,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from transferkit import Backbone, BackboneSpec, UsageError, WeightsUnavailableError, hookimpl
-from transferkit.plugin import DEFAULT_WEIGHTS, TokenLayout, normalise_weights, parse_input_size
+from transferkit.plugin import (
+    DEFAULT_WEIGHTS,
+    Resize,
+    TokenLayout,
+    normalise_weights,
+    parse_input_size,
+)
 from transferkit.plugins._backbone_utils import load_local_weights
 
 log = logging.getLogger(__name__)
@@ -217,10 +224,11 @@ def _check_size(preset: str, size: tuple[int, int], patch: tuple[int, int] | Non
         )
 
 
-def _converter(preset: str, scale: Any, offset: Any) -> tuple[Any, Any, Any]:
-    """The preset's converter's ``(scale, offset, image_size)``, or the caller's."""
+def _converter(preset: str, scale: Any, offset: Any) -> tuple[Any, Any, Any, Resize]:
+    """The preset's converter's ``(scale, offset, image_size, resize)``, or the caller's (with
+    transferkit's own resize)."""
     if scale is not None or offset is not None:
-        return scale, offset, None
+        return scale, offset, None, Resize()
     import keras_hub
 
     try:
@@ -232,7 +240,19 @@ def _converter(preset: str, scale: Any, offset: Any) -> tuple[Any, Any, Any]:
             f"(keras_hub.layers.ImageConverter(scale=..., offset=...).save_to_preset(DIR)) or "
             f"give scale and offset to transferkit.plugins.kerashub.build"
         ) from None
-    return converter.scale, converter.offset, converter.image_size
+    return converter.scale, converter.offset, converter.image_size, converter_resize(converter)
+
+
+def converter_resize(converter: Any) -> Resize:
+    """How a keras-hub ``ImageConverter`` resizes (its ``Resizing`` layer's interpolation,
+    antialias and crop to the aspect ratio), as the input pipeline's :class:`Resize`. A converter
+    that pads to the aspect ratio instead resizes the whole image here (logged)."""
+    method = str(getattr(converter, "interpolation", "bilinear"))
+    crop = bool(getattr(converter, "crop_to_aspect_ratio", True))
+    if getattr(converter, "pad_to_aspect_ratio", False):
+        log.warning("the preset's converter pads to the aspect ratio; the whole image is resized")
+        crop = False
+    return Resize(method, crop_to_aspect_ratio=crop, antialias=bool(converter.antialias))
 
 
 def _channel_values(value: Any) -> list[float] | float | None:
@@ -365,7 +385,7 @@ def build(
 
     try:
         config = load_json(location, "config.json")["config"]
-        scale, offset, converter_size = _converter(location, scale, offset)
+        scale, offset, converter_size, resize = _converter(location, scale, offset)
     except UsageError:
         raise
     except Exception as exc:
@@ -415,6 +435,7 @@ def build(
         weights_source=weights_source,
         preprocessing=_describe_preprocessing(scale, offset),
         tokens=tokens,
+        resize=resize,
         extra={"preset": str(preset), "patch_size": patch, "class": type(network).__name__},
     )
 

@@ -112,6 +112,97 @@ def test_features_equal_keras_hubs_converter_and_backbone(
         assert _close_per_row(rows, _expected(reference, pooling, prefix)) < 1e-4, pooling
 
 
+def _photos_of_other_sizes(folder: Path) -> Path:
+    """Whole photographs of other sizes and aspect ratios than the input, as JPEG and PNG."""
+    import skimage.data
+
+    for c, name in enumerate(("cat", "rocket")):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for i, source in enumerate((("chelsea", "astronaut"), ("coffee", "rocket"))[c]):
+            image = Image.fromarray(getattr(skimage.data, source)()).convert("RGB")
+            if i == 1:
+                image = image.crop((0, 0, image.width, image.height * 2 // 3))  # wide
+            image.save(folder / name / f"{name}_{i}.jpg", quality=90)
+            image.transpose(Image.Transpose.TRANSPOSE).save(folder / name / f"{name}_{i}.png")
+    return folder
+
+
+@pytest.mark.parametrize("name", ["dinov2-registers", "vit"])
+def test_other_sizes_resize_as_keras_hubs_converter(
+    presets: dict[str, Path], tmp_path: Path, name: str
+) -> None:
+    from transferkit.specs import Resize
+
+    backbone = registry.backbone(f"keras-hub:{presets[name]}").factory()
+    # the converter's own resize: bilinear, no antialias, the centre at the input's aspect ratio
+    assert backbone.resize == Resize("bilinear", crop_to_aspect_ratio=True)
+    folder = _photos_of_other_sizes(tmp_path / "photos")
+    out = tmp_path / "f.h5"
+    transferkit.extract(folder, out=out, backbone=f"keras-hub:{presets[name]}", pooling="cls+mean")
+    with open_store(out) as store:
+        rows, _ = store.read()
+        paths = store.paths
+        assert store.metadata["resize"] == backbone.resize.describe()
+    assert len(paths) == 8
+    prefix = backbone.tokens.prefix if backbone.tokens is not None else 0
+    for path, row in zip(paths, rows, strict=True):
+        image = np.asarray(Image.open(path).convert("RGB"), np.float32)
+        assert image.shape[:2] != (SIZES[name], SIZES[name])
+        want = _expected(_reference(presets[name], image[None]), "cls+mean", prefix)
+        assert _close_per_row(row[None], want) < 1e-4, path
+    if name != "vit":
+        return
+    # prediction makes the same features, with the same resize
+    from transferkit.jobs.predict import extract_features
+    from transferkit.models import load_model
+
+    trained = transferkit.train(out, classifier="logistic-regression", out=tmp_path / "model")
+    again, kept = extract_features(load_model(trained["model_path"]), list(paths))
+    assert list(kept) == list(range(len(paths)))
+    assert _close_per_row(again, rows) < 1e-5
+
+
+def test_fine_tune_data_resizes_as_the_backbone(presets: dict[str, Path], tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    from transferkit.pipeline import resize_image
+    from transferkit.trainer.data import ArrayDataModule, ImageDataModule
+
+    backbone = registry.backbone(f"keras-hub:{presets['vit']}").factory()
+    folder = _photos_of_other_sizes(tmp_path / "photos")
+    files = ImageDataModule(folder, batch_size=8, fractions=(0.5, 0.5))
+    files.setup(preprocess=None, input_size=backbone.input_size, resize=backbone.resize)
+    paths = [files.source.paths[i] for i in files.val_indices]
+    got = np.concatenate([np.asarray(x) for x, _ in files.val_dataset()])
+    for path, image in zip(paths, got, strict=True):
+        pixels = np.asarray(Image.open(path).convert("RGB"), np.float32)
+        want = np.asarray(_converter_resize(presets["vit"], pixels))
+        np.testing.assert_allclose(image, want, atol=1e-3, err_msg=path)
+    wide = np.random.default_rng(0).uniform(0, 255, (4, 40, 64, 3)).astype(np.float32)
+    arrays = ArrayDataModule(wide, [0, 1, 0, 1], batch_size=4, fractions=(0.5, 0.5))
+    arrays.setup(preprocess=None, input_size=backbone.input_size, resize=backbone.resize)
+    got = np.concatenate([np.asarray(x) for x, _ in arrays.val_dataset()])
+    want = resize_image(tf.constant(wide[arrays.val_indices]), (32, 32), backbone.resize)
+    np.testing.assert_array_equal(got, np.asarray(want))
+    np.testing.assert_allclose(got, _converter_resize(presets["vit"], wide[arrays.val_indices]))
+
+
+def _converter_resize(preset: Path, images: np.ndarray) -> np.ndarray:
+    """keras-hub's converter's resize alone (its scale and offset undone)."""
+    import keras_hub
+
+    converter = keras_hub.layers.ImageConverter.from_preset(str(preset))
+    return np.asarray(converter.resizing(images))
+
+
+def test_an_existing_backbones_resize_is_unchanged() -> None:
+    from transferkit.specs import Resize
+
+    backbone = registry.backbone("efficientnet-lite0").factory(weights=None)
+    assert backbone.resize == Resize() and backbone.resize.scaled_jpeg
+    assert "resize" not in backbone.describe()
+
+
 def test_registers_are_left_out_of_the_mean(presets: dict[str, Path]) -> None:
     backbone = registry.backbone(f"keras-hub:{presets['dinov2-registers']}").factory()
     tokens = np.random.RandomState(0).normal(size=(2, 21, 32)).astype("float32")
