@@ -229,10 +229,8 @@ def _converter(preset: str, scale: Any, offset: Any) -> tuple[Any, Any, Any, Res
     transferkit's own resize)."""
     if scale is not None or offset is not None:
         return scale, offset, None, Resize()
-    import keras_hub
-
     try:
-        converter = keras_hub.layers.ImageConverter.from_preset(preset)
+        converter = load_converter(preset)
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(
             f"keras-hub preset {preset} has no image converter ({exc.__class__.__name__}), so "
@@ -241,6 +239,25 @@ def _converter(preset: str, scale: Any, offset: Any) -> tuple[Any, Any, Any, Res
             f"give scale and offset to transferkit.plugins.kerashub.build"
         ) from None
     return converter.scale, converter.offset, converter.image_size, converter_resize(converter)
+
+
+def load_converter(preset: str) -> Any:
+    """The preset's ``ImageConverter``. keras-hub finds it by the backbone's class; a preset of
+    a vision encoder alone (SigLIP's, CLIP's: its converter names the image-text backbone) is
+    read from its ``image_converter.json`` as saved."""
+    import keras
+    import keras_hub
+
+    try:
+        return keras_hub.layers.ImageConverter.from_preset(preset)
+    except ValueError:
+        if not is_local(preset) or not os.path.isfile(
+            os.path.join(os.path.expanduser(preset), "image_converter.json")
+        ):
+            raise
+    from keras_hub.src.utils.preset_utils import load_json
+
+    return keras.saving.deserialize_keras_object(load_json(preset, "image_converter.json"))
 
 
 def converter_resize(converter: Any) -> Resize:
@@ -322,8 +339,12 @@ def unrolled(network: Any) -> Any:
         blocks = list(network.encoder_layers)
         order = [network.embedding, network.pre_layer_norm, *blocks, network.layer_norm]
     elif kind == "SigLIPVisionEncoder":
-        # the tokens before SigLIP's attention-pooling head (the host pools them instead)
-        order = [network.embedding, *network.encoder_layers, network.post_layer_norm]
+        # the tokens before SigLIP's attention-pooling head (the host pools them instead); the
+        # embedding wrapped so that its symbolic shape counts the tokens it gives
+        embedding = _patch_tokens_class()(
+            network.embedding, name=f"{network.embedding.name}_tokens"
+        )
+        order = [embedding, *network.encoder_layers, network.post_layer_norm]
     else:
         return None
     inputs = keras.Input(tuple(network.inputs[0].shape[1:]), name="images")
@@ -331,6 +352,51 @@ def unrolled(network: Any) -> Any:
     for layer in order:
         x = layer(x)
     return keras.Model(inputs, x, name=network.name)
+
+
+PATCH_TOKENS = "transferkit>PatchTokens"
+
+
+@functools.cache
+def _patch_tokens_class() -> Any:
+    """``PatchTokens``: a patch embedding (keras-hub 0.32's ``SigLIPVisionEmbedding``) whose
+    symbolic output shape is the ``(N, h/p * w/p, C)`` tokens it gives; keras-hub's declares a
+    class token more. Registered with Keras as ``transferkit>PatchTokens``, so a saved model
+    holding one reloads (through ``register_keras_objects``)."""
+    import keras
+
+    @keras.saving.register_keras_serializable(package="transferkit")
+    class PatchTokens(keras.layers.Layer):
+        def __init__(self, embedding: Any, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            if isinstance(embedding, dict):
+                embedding = keras.saving.deserialize_keras_object(embedding)
+            self.embedding = embedding
+
+        def build(self, input_shape: Any) -> None:
+            if not self.embedding.built:
+                self.embedding.build(input_shape)
+            self.built = True
+
+        def call(self, inputs: Any, training: Any = None) -> Any:
+            return self.embedding(inputs, training=training)
+
+        def compute_output_shape(self, input_shape: Any) -> tuple[Any, ...]:
+            patch = int(self.embedding.patch_size)
+            height, width = input_shape[1], input_shape[2]
+            if getattr(self.embedding, "data_format", "channels_last") == "channels_first":
+                height, width = input_shape[2], input_shape[3]
+            tokens = None
+            if height is not None and width is not None:
+                tokens = (int(height) // patch) * (int(width) // patch)
+            return (input_shape[0], tokens, int(self.embedding.hidden_dim))
+
+        def get_config(self) -> dict[str, Any]:
+            config = super().get_config()
+            config["embedding"] = keras.saving.serialize_keras_object(self.embedding)
+            return dict(config)
+
+    return PatchTokens
 
 
 def token_layout(
@@ -440,6 +506,12 @@ def build(
     )
 
 
+def keras_objects() -> dict[str, Any]:
+    """This plugin's own Keras layer (SigLIP's ``PatchTokens``), to pass as ``custom_objects``
+    to ``keras.saving.load_model`` on a fine-tuned SigLIP model outside ``load_finetuned``."""
+    return {PATCH_TOKENS: _patch_tokens_class()}
+
+
 @hookimpl
 def register_keras_objects(register: Any) -> None:
     # a fine-tuned model.keras holds keras-hub's layers: importing keras-hub registers them all
@@ -448,6 +520,8 @@ def register_keras_objects(register: Any) -> None:
         import keras_hub  # noqa: F401
     except ImportError:  # keras-hub not installed: no model can hold its layers
         return
+    # SigLIP's embedding, wrapped (defined only when a model being loaded holds one)
+    register(_patch_tokens_class, name=PATCH_TOKENS)
 
 
 @hookimpl
