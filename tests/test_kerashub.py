@@ -112,7 +112,7 @@ def test_features_equal_keras_hubs_converter_and_backbone(
         assert _close_per_row(rows, _expected(reference, pooling, prefix)) < 1e-4, pooling
 
 
-def _photos_of_other_sizes(folder: Path) -> Path:
+def _photos_of_other_sizes(folder: Path, prefix: str = "") -> Path:
     """Whole photographs of other sizes and aspect ratios than the input, as JPEG and PNG."""
     import skimage.data
 
@@ -122,8 +122,9 @@ def _photos_of_other_sizes(folder: Path) -> Path:
             image = Image.fromarray(getattr(skimage.data, source)()).convert("RGB")
             if i == 1:
                 image = image.crop((0, 0, image.width, image.height * 2 // 3))  # wide
-            image.save(folder / name / f"{name}_{i}.jpg", quality=90)
-            image.transpose(Image.Transpose.TRANSPOSE).save(folder / name / f"{name}_{i}.png")
+            image.save(folder / name / f"{prefix}{name}_{i}.jpg", quality=90)
+            rotated = image.transpose(Image.Transpose.TRANSPOSE)
+            rotated.save(folder / name / f"{prefix}{name}_{i}.png")
     return folder
 
 
@@ -611,6 +612,7 @@ def test_siglip_fine_tune_saves_a_model_that_reloads(tmp_path: Path) -> None:
 @pytest.mark.process
 def test_dask_extraction_equals_one_process(presets: dict[str, Path], tmp_path: Path) -> None:
     folder = _photos(tmp_path / "photos", 56)
+    _photos_of_other_sizes(folder, prefix="whole_")  # the workers resize as the converter does
     backbone = f"keras-hub:{presets['dinov2-registers']}"
     kwargs = {"backbone": backbone, "pooling": "cls+mean", "progress": False}
     transferkit.extract(folder, out=tmp_path / "one.h5", **kwargs)
@@ -618,4 +620,6 @@ def test_dask_extraction_equals_one_process(presets: dict[str, Path], tmp_path: 
     with open_store(tmp_path / "one.h5") as one, open_store(tmp_path / "dask.zarr") as cluster:
         assert cluster.metadata["tokens"] == one.metadata["tokens"]
         assert one.metadata["tokens"] == {"prefix": 5, "grid": [4, 4], "class_token": True}
+        assert cluster.metadata["resize"] == one.metadata["resize"]
+        assert one.metadata["resize"]["crop_to_aspect_ratio"] and len(one) == 13
         np.testing.assert_array_equal(cluster.read()[0], one.read()[0])
