@@ -23,6 +23,7 @@ import numpy as np
 
 from .errors import UsageError
 from .images import ImageSource, SkipImage, decode_image, probe_image_size
+from .specs import Resize
 
 # how one image is decoded: JPEG at 1/1, 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, for
 # photos at least that many times larger than the input size), PNG, Pillow, or skipped
@@ -180,7 +181,7 @@ def image_dataset(
     augment: Callable[..., Any] | None = None,
     repeat: bool = False,
     with_index: bool = False,
-    resize: str = "auto",
+    resize: str | Resize = "auto",
     fast_jpeg: bool = True,
     probes: np.ndarray | str = "auto",
     num_parallel_calls: int | None = None,
@@ -191,8 +192,10 @@ def image_dataset(
     ``indices`` picks rows of ``source`` (default: all, in order). ``shuffle`` reshuffles them
     each epoch (seeded); ``repeat`` repeats forever; ``augment`` (a Keras layer or callable) is
     applied to 0..255 float batches before ``preprocess``. ``resize`` is a ``tf.image.resize``
-    method, or ``"auto"`` (see :func:`resize_image`). ``fast_jpeg`` lets libjpeg decode
-    large JPEGs at 1/2, 1/4 or 1/8 scale (never below the input size) before the resize.
+    method, ``"auto"``, or a backbone's :class:`~transferkit.specs.Resize` (see
+    :func:`resize_image`). ``fast_jpeg`` lets libjpeg decode large JPEGs at 1/2, 1/4 or 1/8
+    scale (never below the input size) before an ``"auto"`` resize; another resize gets the
+    full-size decode.
     ``probes`` says where file headers are checked: ``"ahead"`` in a background thread, a
     chunk ahead of the pipeline, so that only files that need Pillow call into Python;
     ``"inline"`` inside the pipeline, per image; ``"auto"`` (default) ahead unless ``shuffle``;
@@ -205,6 +208,8 @@ def image_dataset(
     height, width = (int(input_size[0]), int(input_size[1]))
     if height <= 0 or width <= 0:
         raise UsageError(f"input size must be positive, got {input_size}")
+    resize = _as_resize(resize)
+    fast_jpeg = fast_jpeg and resize.scaled_jpeg
     rows = np.arange(len(source), dtype=np.int64) if indices is None else np.asarray(indices)
     rows = rows.astype(np.int64).reshape(-1)
     if rows.size and (rows.min() < 0 or rows.max() >= len(source)):
@@ -353,8 +358,10 @@ def map_files(
     preprocess: Callable[[Any], Any] | None,
     width: int,
     batch_size: int = 32,
+    resize: str | Resize = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Run ``fn`` (preprocessed image batch -> ``(B, ...)`` outputs) over image files.
+    """Run ``fn`` (preprocessed image batch -> ``(B, ...)`` outputs) over image files, resized
+    as ``resize`` says (a backbone's :class:`~transferkit.specs.Resize`).
 
     Returns ``(outputs, rows)``: the outputs as float32 ``(n, width)`` and the indices into
     ``paths`` of the ``n`` files that decoded (``skip_reason`` tells why the others did not).
@@ -368,6 +375,7 @@ def map_files(
         batch_size=batch_size,
         preprocess=preprocess,
         with_index=True,
+        resize=resize,
     )
     outputs, rows = [], []
     for images, _labels, index in dataset:
@@ -378,27 +386,59 @@ def map_files(
     return np.concatenate(outputs), np.concatenate(rows)
 
 
-def resize_image(image: Any, size: Sequence[int], method: str = "auto") -> Any:
-    """Resize one image ``(h, w, 3)`` to ``size`` as float32.
+def _as_resize(resize: str | Resize) -> Resize:
+    if isinstance(resize, Resize):
+        return resize
+    try:
+        return Resize(str(resize))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def resize_image(image: Any, size: Sequence[int], method: str | Resize = "auto") -> Any:
+    """Resize one image ``(h, w, 3)`` (or a batch ``(n, h, w, 3)``) to ``size`` as float32.
 
     ``"auto"``: bilinear (as Keras' own image datasets do) when shrinking by at most 2x or
     enlarging, and area averaging when shrinking more, so that large images do not alias; both
-    are fast, unlike ``antialias=True``. Any other value is a ``tf.image.resize`` method.
+    are fast, unlike ``antialias=True``. Any other name is a ``tf.image.resize`` method. A
+    :class:`~transferkit.specs.Resize` adds its ``antialias`` and ``crop_to_aspect_ratio`` (the
+    centre cut at the aspect ratio of ``size`` first, computed as Keras' ``Resizing`` does).
     """
     import tensorflow as tf
 
     height, width = int(size[0]), int(size[1])
-    if method != "auto":
-        return tf.image.resize(image, (height, width), method=method)
+    resize = _as_resize(method)
+    if resize.method != "auto":
+        if resize.crop_to_aspect_ratio:
+            image = _crop_to_aspect_ratio(image, height, width)
+        return tf.image.resize(
+            image, (height, width), method=resize.method, antialias=resize.antialias
+        )
     shape = tf.shape(image)
     factor = tf.maximum(
-        tf.cast(shape[0], tf.float32) / height, tf.cast(shape[1], tf.float32) / width
+        tf.cast(shape[-3], tf.float32) / height, tf.cast(shape[-2], tf.float32) / width
     )
     return tf.cond(
         factor > 2.0,
         lambda: tf.image.resize(image, (height, width), method="area"),
         lambda: tf.image.resize(image, (height, width), method="bilinear"),
     )
+
+
+def _crop_to_aspect_ratio(image: Any, height: int, width: int) -> Any:
+    """The centre of ``image`` at the aspect ratio ``height:width``, with the arithmetic of
+    Keras' ``Resizing(crop_to_aspect_ratio=True)`` (TensorFlow backend), so the pixels match."""
+    import tensorflow as tf
+
+    shape = tf.shape(image)
+    h, w = shape[-3], shape[-2]
+    crop_h = tf.cast(tf.cast(w * height, tf.float32) / width, tf.int32)
+    crop_h = tf.maximum(tf.minimum(h, crop_h), 1)
+    crop_w = tf.cast(tf.cast(h * width, tf.float32) / height, tf.int32)
+    crop_w = tf.maximum(tf.minimum(w, crop_w), 1)
+    top = tf.cast(tf.cast(h - crop_h, tf.float32) / 2, tf.int32)
+    left = tf.cast(tf.cast(w - crop_w, tf.float32) / 2, tf.int32)
+    return image[..., top : top + crop_h, left : left + crop_w, :]
 
 
 def skip_reason(source: ImageSource, index: int) -> str:

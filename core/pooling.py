@@ -47,6 +47,8 @@ def check_poolings(backbone: Backbone, poolings: Sequence[str]) -> tuple[str, ..
             raise UsageError(f"unknown pooling {pooling!r}; allowed: {', '.join(POOLINGS)}")
         if pooling not in backbone.poolings and backbone.pooling == NO_POOLING:
             kind = "token sequence" if backbone.tokens is not None else "feature map"
+            if backbone.tokens is not None and "cls" in pooling:
+                kind = "token sequence with no class token"
             raise UsageError(
                 f"backbone {backbone.name} gives a {kind}, whose poolings are "
                 f"{', '.join(backbone.poolings)}; --pooling {pooling} is not one of them"

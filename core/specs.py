@@ -102,6 +102,61 @@ class TokenLayout:
         return {"prefix": self.prefix, "grid": list(self.grid), "class_token": self.class_token}
 
 
+# the resize methods a backbone may ask for: transferkit's ``auto`` or a ``tf.image.resize`` one
+RESIZE_METHODS = ("auto", "bilinear", "nearest", "bicubic", "area", "lanczos3", "lanczos5")
+
+
+@dataclass(frozen=True)
+class Resize:
+    """How the input pipeline brings a decoded image to a backbone's input size.
+
+    The default is transferkit's own: the whole image, ``"auto"`` (bilinear, area averaging
+    when shrinking more than 2x), large JPEGs decoded at 1/2, 1/4 or 1/8 scale first. A backbone
+    that names another ``method`` (a ``tf.image.resize`` method, with ``antialias``) gets the
+    full-size decode, and with ``crop_to_aspect_ratio`` the centre of the image at the input's
+    aspect ratio is cut first (as Keras' ``Resizing`` layer does): what a keras-hub preset's
+    image converter does."""
+
+    method: str = "auto"
+    crop_to_aspect_ratio: bool = False
+    antialias: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method not in RESIZE_METHODS:
+            raise ValueError(f"resize method must be one of {RESIZE_METHODS}, got {self.method!r}")
+        if self.method == "auto" and (self.crop_to_aspect_ratio or self.antialias):
+            raise ValueError("the 'auto' resize takes no crop and no antialias; name a method")
+
+    @property
+    def is_default(self) -> bool:
+        return self == Resize()
+
+    @property
+    def scaled_jpeg(self) -> bool:
+        """Whether large JPEGs may be decoded at a reduced scale (only for ``auto``)."""
+        return self.method == "auto"
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "crop_to_aspect_ratio": self.crop_to_aspect_ratio,
+            "antialias": self.antialias,
+        }
+
+    @classmethod
+    def from_description(cls, value: Any) -> Resize:
+        """The inverse of :meth:`describe` (None or a method name: that method alone)."""
+        if value is None:
+            return cls()
+        if isinstance(value, str):
+            return cls(value)
+        return cls(
+            str(value.get("method", "auto")),
+            bool(value.get("crop_to_aspect_ratio", False)),
+            bool(value.get("antialias", False)),
+        )
+
+
 @dataclass(frozen=True)
 class BackboneSpec(Spec):
     """A pretrained network that turns images into feature maps.
@@ -297,6 +352,7 @@ class Backbone:
     pooling: str = NO_POOLING
     extra: dict[str, Any] = field(default_factory=dict)
     tokens: TokenLayout | None = None
+    resize: Resize = field(default_factory=Resize)
 
     @property
     def param_count(self) -> int:
@@ -358,6 +414,7 @@ class Backbone:
             "weights_source": self.weights_source,
             "preprocessing": self.preprocessing,
             **({"tokens": self.tokens.describe()} if self.tokens is not None else {}),
+            **({"resize": self.resize.describe()} if not self.resize.is_default else {}),
         }
 
 

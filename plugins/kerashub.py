@@ -13,9 +13,10 @@ and any register tokens, then the patch grid) and the host pools it (``cls``, ``
 ``cls+mean``, or ``avg``/``max``/``flatten`` over the patch grid). A CNN preset (ResNet,
 EfficientNet, ...) gives a feature map, pooled like any other.
 
-Preprocessing is the preset's image converter: its scale and offset (mean and standard
-deviation folded in) run in the input pipeline after transferkit's resize to the input size, so
-the features of an image of that size equal keras-hub's converter + backbone. A preset without
+Preprocessing is the preset's image converter: the backbone's ``resize`` is the converter's
+(interpolation, antialias, the centre cut to the input's aspect ratio), and its scale and offset
+(mean and standard deviation folded in) run after it in the input pipeline, so the features of
+an image of any size equal keras-hub's converter + backbone. A preset without
 an ``image_converter.json`` is refused unless the caller gives ``scale``/``offset``
 (:func:`build`). The input size of a patch model must be a multiple of its patch size.
 
@@ -39,7 +40,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from transferkit import Backbone, BackboneSpec, UsageError, WeightsUnavailableError, hookimpl
-from transferkit.plugin import DEFAULT_WEIGHTS, TokenLayout, normalise_weights, parse_input_size
+from transferkit.plugin import (
+    DEFAULT_WEIGHTS,
+    Resize,
+    TokenLayout,
+    normalise_weights,
+    parse_input_size,
+)
 from transferkit.plugins._backbone_utils import load_local_weights
 
 log = logging.getLogger(__name__)
@@ -217,14 +224,13 @@ def _check_size(preset: str, size: tuple[int, int], patch: tuple[int, int] | Non
         )
 
 
-def _converter(preset: str, scale: Any, offset: Any) -> tuple[Any, Any, Any]:
-    """The preset's converter's ``(scale, offset, image_size)``, or the caller's."""
+def _converter(preset: str, scale: Any, offset: Any) -> tuple[Any, Any, Any, Resize]:
+    """The preset's converter's ``(scale, offset, image_size, resize)``, or the caller's (with
+    transferkit's own resize)."""
     if scale is not None or offset is not None:
-        return scale, offset, None
-    import keras_hub
-
+        return scale, offset, None, Resize()
     try:
-        converter = keras_hub.layers.ImageConverter.from_preset(preset)
+        converter = load_converter(preset)
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(
             f"keras-hub preset {preset} has no image converter ({exc.__class__.__name__}), so "
@@ -232,7 +238,38 @@ def _converter(preset: str, scale: Any, offset: Any) -> tuple[Any, Any, Any]:
             f"(keras_hub.layers.ImageConverter(scale=..., offset=...).save_to_preset(DIR)) or "
             f"give scale and offset to transferkit.plugins.kerashub.build"
         ) from None
-    return converter.scale, converter.offset, converter.image_size
+    return converter.scale, converter.offset, converter.image_size, converter_resize(converter)
+
+
+def load_converter(preset: str) -> Any:
+    """The preset's ``ImageConverter``. keras-hub finds it by the backbone's class; a preset of
+    a vision encoder alone (SigLIP's, CLIP's: its converter names the image-text backbone) is
+    read from its ``image_converter.json`` as saved."""
+    import keras
+    import keras_hub
+
+    try:
+        return keras_hub.layers.ImageConverter.from_preset(preset)
+    except ValueError:
+        if not is_local(preset) or not os.path.isfile(
+            os.path.join(os.path.expanduser(preset), "image_converter.json")
+        ):
+            raise
+    from keras_hub.src.utils.preset_utils import load_json
+
+    return keras.saving.deserialize_keras_object(load_json(preset, "image_converter.json"))
+
+
+def converter_resize(converter: Any) -> Resize:
+    """How a keras-hub ``ImageConverter`` resizes (its ``Resizing`` layer's interpolation,
+    antialias and crop to the aspect ratio), as the input pipeline's :class:`Resize`. A converter
+    that pads to the aspect ratio instead resizes the whole image here (logged)."""
+    method = str(getattr(converter, "interpolation", "bilinear"))
+    crop = bool(getattr(converter, "crop_to_aspect_ratio", True))
+    if getattr(converter, "pad_to_aspect_ratio", False):
+        log.warning("the preset's converter pads to the aspect ratio; the whole image is resized")
+        crop = False
+    return Resize(method, crop_to_aspect_ratio=crop, antialias=bool(converter.antialias))
 
 
 def _channel_values(value: Any) -> list[float] | float | None:
@@ -302,8 +339,12 @@ def unrolled(network: Any) -> Any:
         blocks = list(network.encoder_layers)
         order = [network.embedding, network.pre_layer_norm, *blocks, network.layer_norm]
     elif kind == "SigLIPVisionEncoder":
-        # the tokens before SigLIP's attention-pooling head (the host pools them instead)
-        order = [network.embedding, *network.encoder_layers, network.post_layer_norm]
+        # the tokens before SigLIP's attention-pooling head (the host pools them instead); the
+        # embedding wrapped so that its symbolic shape counts the tokens it gives
+        embedding = _patch_tokens_class()(
+            network.embedding, name=f"{network.embedding.name}_tokens"
+        )
+        order = [embedding, *network.encoder_layers, network.post_layer_norm]
     else:
         return None
     inputs = keras.Input(tuple(network.inputs[0].shape[1:]), name="images")
@@ -311,6 +352,51 @@ def unrolled(network: Any) -> Any:
     for layer in order:
         x = layer(x)
     return keras.Model(inputs, x, name=network.name)
+
+
+PATCH_TOKENS = "transferkit>PatchTokens"
+
+
+@functools.cache
+def _patch_tokens_class() -> Any:
+    """``PatchTokens``: a patch embedding (keras-hub 0.32's ``SigLIPVisionEmbedding``) whose
+    symbolic output shape is the ``(N, h/p * w/p, C)`` tokens it gives; keras-hub's declares a
+    class token more. Registered with Keras as ``transferkit>PatchTokens``, so a saved model
+    holding one reloads (through ``register_keras_objects``)."""
+    import keras
+
+    @keras.saving.register_keras_serializable(package="transferkit")
+    class PatchTokens(keras.layers.Layer):
+        def __init__(self, embedding: Any, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            if isinstance(embedding, dict):
+                embedding = keras.saving.deserialize_keras_object(embedding)
+            self.embedding = embedding
+
+        def build(self, input_shape: Any) -> None:
+            if not self.embedding.built:
+                self.embedding.build(input_shape)
+            self.built = True
+
+        def call(self, inputs: Any, training: Any = None) -> Any:
+            return self.embedding(inputs, training=training)
+
+        def compute_output_shape(self, input_shape: Any) -> tuple[Any, ...]:
+            patch = int(self.embedding.patch_size)
+            height, width = input_shape[1], input_shape[2]
+            if getattr(self.embedding, "data_format", "channels_last") == "channels_first":
+                height, width = input_shape[2], input_shape[3]
+            tokens = None
+            if height is not None and width is not None:
+                tokens = (int(height) // patch) * (int(width) // patch)
+            return (input_shape[0], tokens, int(self.embedding.hidden_dim))
+
+        def get_config(self) -> dict[str, Any]:
+            config = super().get_config()
+            config["embedding"] = keras.saving.serialize_keras_object(self.embedding)
+            return dict(config)
+
+    return PatchTokens
 
 
 def token_layout(
@@ -365,7 +451,7 @@ def build(
 
     try:
         config = load_json(location, "config.json")["config"]
-        scale, offset, converter_size = _converter(location, scale, offset)
+        scale, offset, converter_size, resize = _converter(location, scale, offset)
     except UsageError:
         raise
     except Exception as exc:
@@ -415,8 +501,15 @@ def build(
         weights_source=weights_source,
         preprocessing=_describe_preprocessing(scale, offset),
         tokens=tokens,
+        resize=resize,
         extra={"preset": str(preset), "patch_size": patch, "class": type(network).__name__},
     )
+
+
+def keras_objects() -> dict[str, Any]:
+    """This plugin's own Keras layer (SigLIP's ``PatchTokens``), to pass as ``custom_objects``
+    to ``keras.saving.load_model`` on a fine-tuned SigLIP model outside ``load_finetuned``."""
+    return {PATCH_TOKENS: _patch_tokens_class()}
 
 
 @hookimpl
@@ -427,6 +520,8 @@ def register_keras_objects(register: Any) -> None:
         import keras_hub  # noqa: F401
     except ImportError:  # keras-hub not installed: no model can hold its layers
         return
+    # SigLIP's embedding, wrapped (defined only when a model being loaded holds one)
+    register(_patch_tokens_class, name=PATCH_TOKENS)
 
 
 @hookimpl

@@ -112,6 +112,98 @@ def test_features_equal_keras_hubs_converter_and_backbone(
         assert _close_per_row(rows, _expected(reference, pooling, prefix)) < 1e-4, pooling
 
 
+def _photos_of_other_sizes(folder: Path, prefix: str = "") -> Path:
+    """Whole photographs of other sizes and aspect ratios than the input, as JPEG and PNG."""
+    import skimage.data
+
+    for c, name in enumerate(("cat", "rocket")):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for i, source in enumerate((("chelsea", "astronaut"), ("coffee", "rocket"))[c]):
+            image = Image.fromarray(getattr(skimage.data, source)()).convert("RGB")
+            if i == 1:
+                image = image.crop((0, 0, image.width, image.height * 2 // 3))  # wide
+            image.save(folder / name / f"{prefix}{name}_{i}.jpg", quality=90)
+            rotated = image.transpose(Image.Transpose.TRANSPOSE)
+            rotated.save(folder / name / f"{prefix}{name}_{i}.png")
+    return folder
+
+
+@pytest.mark.parametrize("name", ["dinov2-registers", "vit"])
+def test_other_sizes_resize_as_keras_hubs_converter(
+    presets: dict[str, Path], tmp_path: Path, name: str
+) -> None:
+    from transferkit.specs import Resize
+
+    backbone = registry.backbone(f"keras-hub:{presets[name]}").factory()
+    # the converter's own resize: bilinear, no antialias, the centre at the input's aspect ratio
+    assert backbone.resize == Resize("bilinear", crop_to_aspect_ratio=True)
+    folder = _photos_of_other_sizes(tmp_path / "photos")
+    out = tmp_path / "f.h5"
+    transferkit.extract(folder, out=out, backbone=f"keras-hub:{presets[name]}", pooling="cls+mean")
+    with open_store(out) as store:
+        rows, _ = store.read()
+        paths = store.paths
+        assert store.metadata["resize"] == backbone.resize.describe()
+    assert len(paths) == 8
+    prefix = backbone.tokens.prefix if backbone.tokens is not None else 0
+    for path, row in zip(paths, rows, strict=True):
+        image = np.asarray(Image.open(path).convert("RGB"), np.float32)
+        assert image.shape[:2] != (SIZES[name], SIZES[name])
+        want = _expected(_reference(presets[name], image[None]), "cls+mean", prefix)
+        assert _close_per_row(row[None], want) < 1e-4, path
+    if name != "vit":
+        return
+    # prediction makes the same features, with the same resize
+    from transferkit.jobs.predict import extract_features
+    from transferkit.models import load_model
+
+    trained = transferkit.train(out, classifier="logistic-regression", out=tmp_path / "model")
+    again, kept = extract_features(load_model(trained["model_path"]), list(paths))
+    assert list(kept) == list(range(len(paths)))
+    assert _close_per_row(again, rows) < 1e-5
+
+
+def test_fine_tune_data_resizes_as_the_backbone(presets: dict[str, Path], tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    from transferkit.pipeline import resize_image
+    from transferkit.trainer.data import ArrayDataModule, ImageDataModule
+
+    backbone = registry.backbone(f"keras-hub:{presets['vit']}").factory()
+    folder = _photos_of_other_sizes(tmp_path / "photos")
+    files = ImageDataModule(folder, batch_size=8, fractions=(0.5, 0.5))
+    files.setup(preprocess=None, input_size=backbone.input_size, resize=backbone.resize)
+    paths = [files.source.paths[i] for i in files.val_indices]
+    got = np.concatenate([np.asarray(x) for x, _ in files.val_dataset()])
+    for path, image in zip(paths, got, strict=True):
+        pixels = np.asarray(Image.open(path).convert("RGB"), np.float32)
+        want = np.asarray(_converter_resize(presets["vit"], pixels))
+        np.testing.assert_allclose(image, want, atol=1e-3, err_msg=path)
+    wide = np.random.default_rng(0).uniform(0, 255, (4, 40, 64, 3)).astype(np.float32)
+    arrays = ArrayDataModule(wide, [0, 1, 0, 1], batch_size=4, fractions=(0.5, 0.5))
+    arrays.setup(preprocess=None, input_size=backbone.input_size, resize=backbone.resize)
+    got = np.concatenate([np.asarray(x) for x, _ in arrays.val_dataset()])
+    want = resize_image(tf.constant(wide[arrays.val_indices]), (32, 32), backbone.resize)
+    np.testing.assert_array_equal(got, np.asarray(want))
+    np.testing.assert_allclose(got, _converter_resize(presets["vit"], wide[arrays.val_indices]))
+
+
+def _converter_resize(preset: Path, images: np.ndarray) -> np.ndarray:
+    """keras-hub's converter's resize alone (its scale and offset undone)."""
+    import keras_hub
+
+    converter = keras_hub.layers.ImageConverter.from_preset(str(preset))
+    return np.asarray(converter.resizing(images))
+
+
+def test_an_existing_backbones_resize_is_unchanged() -> None:
+    from transferkit.specs import Resize
+
+    backbone = registry.backbone("efficientnet-lite0").factory(weights=None)
+    assert backbone.resize == Resize() and backbone.resize.scaled_jpeg
+    assert "resize" not in backbone.describe()
+
+
 def test_registers_are_left_out_of_the_mean(presets: dict[str, Path]) -> None:
     backbone = registry.backbone(f"keras-hub:{presets['dinov2-registers']}").factory()
     tokens = np.random.RandomState(0).normal(size=(2, 21, 32)).astype("float32")
@@ -380,7 +472,7 @@ def test_finetune_unfreezes_transformer_blocks_and_the_model_reloads(
     assert python_output(code).strip().splitlines()[-1] == "(1, 2)"
 
 
-def test_clip_vision_encoder_gives_tokens_and_siglip_is_refused(tmp_path: Path) -> None:
+def test_clip_vision_encoder_gives_tokens(tmp_path: Path) -> None:
     import keras
     import keras_hub
 
@@ -404,16 +496,123 @@ def test_clip_vision_encoder_gives_tokens_and_siglip_is_refused(tmp_path: Path) 
     got = np.asarray(pool(built, "cls+mean").model(x))
     expected = np.concatenate([want[:, 0], want[:, 1:].mean(axis=1)], axis=1)
     assert _close_per_row(got, expected) < 1e-5
-    # keras-hub 0.32's SigLIP embedding declares one token more than it gives: refused
-    keras_hub.models.SigLIPVisionEncoder(**shape).save_to_preset(str(tmp_path / "siglip"))
-    with pytest.raises(UsageError, match="declares 17 tokens but gives 16"):
-        kerashub.build(str(tmp_path / "siglip"), scale=1 / 127.5, offset=-1.0)
+
+
+SIGLIP = {"patch_size": 8, "hidden_dim": 16, "num_layers": 2, "num_heads": 2}
+SIGLIP.update(intermediate_dim=32, image_shape=(32, 32, 3))
+
+
+def _siglip_preset(folder: Path) -> Any:
+    """A tiny SigLIP vision encoder saved as a preset, with its converter; the encoder."""
+    import keras
+    import keras_hub
+
+    keras.utils.set_random_seed(7)
+    encoder = keras_hub.models.SigLIPVisionEncoder(**SIGLIP)
+    encoder.save_to_preset(str(folder))
+    converter = keras_hub.layers.SigLIPImageConverter(
+        image_size=(32, 32), scale=1 / 127.5, offset=-1.0
+    )
+    converter.save_to_preset(str(folder))
+    return encoder
+
+
+def _siglip_tokens(encoder: Any, x: np.ndarray) -> np.ndarray:
+    """keras-hub's SigLIP encoder's tokens before its attention-pooling head."""
+    for layer in (encoder.embedding, *encoder.encoder_layers, encoder.post_layer_norm):
+        x = layer(x)
+    return np.asarray(x)
+
+
+def test_siglip_gives_its_patch_tokens(tmp_path: Path) -> None:
+    import keras_hub
+
+    from transferkit.plugin import trainable_blocks
+    from transferkit.plugins import kerashub
+
+    encoder = _siglip_preset(tmp_path / "siglip")
+    backbone = registry.backbone(f"keras-hub:{tmp_path / 'siglip'}").factory()
+    # keras-hub 0.32's embedding declares 17 tokens; the wrapped one counts the 16 it gives
+    assert backbone.tokens is not None
+    assert (backbone.tokens.prefix, backbone.tokens.grid) == (0, (4, 4))
+    assert not backbone.tokens.class_token and backbone.output_shape == (16, 16)
+    assert backbone.poolings == ("avg", "max", "flatten", "mean")
+    assert [b[0] for b in trainable_blocks(backbone.model.layers)] == [
+        "stem",
+        "block_0",
+        "block_1",
+    ]
+    folder = _photos_of_other_sizes(tmp_path / "photos")
+    outs = {p: tmp_path / f"{p}.h5" for p in ("mean", "avg", "max")}
+    transferkit.extract_many(folder, backbone=f"keras-hub:{tmp_path / 'siglip'}", outs=outs)
+    with open_store(outs["mean"]) as store:
+        paths = store.paths
+    # keras-hub's SigLIP converter, as saved (from_preset looks for a SigLIPBackbone's)
+    converter = kerashub.load_converter(str(tmp_path / "siglip"))
+    assert isinstance(converter, keras_hub.layers.SigLIPImageConverter)
+    images = [np.asarray(Image.open(p).convert("RGB"), np.float32) for p in paths]
+    tokens = np.concatenate([_siglip_tokens(encoder, converter(i[None])) for i in images])
+    assert tokens.shape == (len(paths), 16, 16)
+    for pooling in ("mean", "avg", "max"):
+        with open_store(outs[pooling]) as store:
+            rows, _ = store.read()
+        assert _close_per_row(rows, _expected(tokens, pooling, 0)) < 1e-4, pooling
+    # no class token: cls and cls+mean are refused, each in one line
+    for pooling in ("cls", "cls+mean"):
+        with pytest.raises(UsageError) as refused:
+            pool(backbone, pooling)
+        assert "no class token" in str(refused.value) and "\n" not in str(refused.value)
+        siglip = f"keras-hub:{tmp_path / 'siglip'}"
+        out = tmp_path / "refused.h5"
+        result = invoke_cli("extract", folder, "-b", siglip, "--pooling", pooling, "-o", out)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode != 0 and not out.exists()
+        assert len(lines) == 1 and "no class token" in lines[0], result.stderr
+
+
+@pytest.mark.slow  # a 1-epoch fine-tune of a tiny SigLIP (~10 s)
+@pytest.mark.process  # the saved model, loaded in a fresh process
+def test_siglip_fine_tune_saves_a_model_that_reloads(tmp_path: Path) -> None:
+    _siglip_preset(tmp_path / "siglip")
+    folder = _photos_of_other_sizes(tmp_path / "photos")
+    result = transferkit.finetune(
+        folder,
+        backbone=f"keras-hub:{tmp_path / 'siglip'}",
+        out=tmp_path / "run",
+        strategy="gradual",
+        epochs=[1],
+        batch_size=4,
+        split=(0.5, 0.25, 0.25),
+        progress=False,
+    )
+    model = transferkit.load_finetuned(result["model_path"])
+    assert model.metadata["resize"]["crop_to_aspect_ratio"]
+    paths = sorted(str(p) for p in folder.glob("*/*"))
+    from_files, rows = model.predict_files(paths)
+    assert list(rows) == list(range(len(paths)))
+    pngs = [i for i, p in enumerate(paths) if p.endswith(".png")]
+    images = [np.asarray(Image.open(paths[i]).convert("RGB"), np.float32) for i in pngs]
+    arrays = np.concatenate([model.predict_proba(image) for image in images])
+    np.testing.assert_allclose(arrays, from_files[pngs], rtol=1e-4, atol=1e-6)
+    # in a fresh process, through the plugin's register_keras_objects
+    code = (
+        "import numpy as np, transferkit\n"
+        f"model = transferkit.load_finetuned({str(result['model_path'])!r})\n"
+        "print(model.predict_proba(np.zeros((1, 48, 64, 3), 'float32')).shape)\n"
+        "import keras, keras_hub\n"
+        "from transferkit.plugins.kerashub import keras_objects\n"
+        f"plain = keras.saving.load_model({str(result['model_path'])!r}, "
+        "custom_objects=keras_objects())\n"
+        "print(plain.predict(np.zeros((1, 32, 32, 3), 'float32'), verbose=0).shape)\n"
+    )
+    assert python_output(code).strip().splitlines()[-2:] == ["(1, 2)", "(1, 2)"]
 
 
 @pytest.mark.slow  # a local Dask cluster of two workers (~20 s)
 @pytest.mark.process
 def test_dask_extraction_equals_one_process(presets: dict[str, Path], tmp_path: Path) -> None:
     folder = _photos(tmp_path / "photos", 56)
+    _photos_of_other_sizes(folder, prefix="whole_")  # the workers resize as the converter does
     backbone = f"keras-hub:{presets['dinov2-registers']}"
     kwargs = {"backbone": backbone, "pooling": "cls+mean", "progress": False}
     transferkit.extract(folder, out=tmp_path / "one.h5", **kwargs)
@@ -421,4 +620,6 @@ def test_dask_extraction_equals_one_process(presets: dict[str, Path], tmp_path: 
     with open_store(tmp_path / "one.h5") as one, open_store(tmp_path / "dask.zarr") as cluster:
         assert cluster.metadata["tokens"] == one.metadata["tokens"]
         assert one.metadata["tokens"] == {"prefix": 5, "grid": [4, 4], "class_token": True}
+        assert cluster.metadata["resize"] == one.metadata["resize"]
+        assert one.metadata["resize"]["crop_to_aspect_ratio"] and len(one) == 13
         np.testing.assert_array_equal(cluster.read()[0], one.read()[0])

@@ -300,7 +300,14 @@ def _metadata(
         "param_count": net.param_count,
         # a transformer's token layout: prefix tokens (class, registers) and the patch grid
         **({"tokens": net.tokens.describe()} if net.tokens is not None else {}),
+        # how images were brought to the input size, where the backbone names its own resize
+        **_resize_metadata(net),
     }
+
+
+def _resize_metadata(net: Any) -> dict[str, Any]:
+    resize = getattr(net, "resize", None)
+    return {} if resize is None or resize.is_default else {"resize": resize.describe()}
 
 
 def _batches(
@@ -322,6 +329,7 @@ def _batches(
         preprocess=net.preprocess,
         with_index=True,
         probes="auto",
+        resize=net.resize,
     )
     return ((images, labels, index.numpy()) for images, labels, index in iter(ds))
 

@@ -42,7 +42,7 @@ from ..options import ExtractOptions
 from ..pooling import pool
 from ..recipe import FeatureRecipe
 from ..sizes import check_batch_fits
-from ..specs import TokenLayout
+from ..specs import Resize, TokenLayout
 from ..store import (
     ShardedStoreWriter,
     backend_for,
@@ -169,6 +169,7 @@ def describe_on_worker(build: WorkerBuild) -> dict[str, Any]:
         "param_count": net.param_count,
         "name": net.name,
         "tokens": net.tokens.describe() if net.tokens is not None else None,
+        "resize": net.resize.describe(),
         "forward": forward.describe(),
         "host": _where(),
     }
@@ -354,7 +355,8 @@ def extract_on_cluster(
         build = replace(build, runtime=info["forward"]["runtime"])
         tokens = info.get("tokens")
         net = SimpleNamespace(
-            **{k: info[k] for k in info if k not in ("forward", "tokens")},
+            **{k: info[k] for k in info if k not in ("forward", "tokens", "resize")},
+            resize=Resize.from_description(info.get("resize")),
             tokens=None
             if not tokens
             else TokenLayout(

@@ -109,6 +109,7 @@ def extract_features(
         preprocess=backbone.preprocess,
         width=backbone.feature_dim,
         batch_size=batch_size,
+        resize=backbone.resize,
     )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UsageError
+from ..specs import Resize
 
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
 
@@ -64,6 +65,7 @@ class DataModule:
         self.input_size = tuple(input_size) if input_size else None
         self.augment = augment
         self.preprocess: Callable[[Any], Any] | None = None
+        self.resize: Resize | None = None
         parts = _split(self.labels, fractions, self.seed)
         self.train_indices = parts[0]
         self.val_indices = parts[1] if len(parts) > 1 else np.zeros(0, np.int64)
@@ -79,18 +81,28 @@ class DataModule:
         return len(self.label_names)
 
     def setup(
-        self, *, preprocess: Callable[[Any], Any] | None, input_size: tuple[int, int]
+        self,
+        *,
+        preprocess: Callable[[Any], Any] | None,
+        input_size: tuple[int, int],
+        resize: Resize | None = None,
     ) -> None:
-        """Called by the Trainer with the backbone's preprocessing and input size."""
+        """Called by the Trainer with the backbone's preprocessing, input size and resize (None:
+        transferkit's own)."""
         if self.input_size is not None and tuple(self.input_size) != tuple(input_size):
             raise UsageError(
                 f"the data module resizes to {self.input_size} but the backbone expects "
                 f"{tuple(input_size)}; build the backbone with input_size={self.input_size}"
             )
-        if (self.preprocess, self.input_size) != (preprocess, tuple(input_size)):
+        if (self.preprocess, self.input_size, self.resize) != (
+            preprocess,
+            tuple(input_size),
+            resize,
+        ):
             self._cache.clear()
         self.preprocess = preprocess
         self.input_size = tuple(input_size)
+        self.resize = resize
 
     def augmentation_layer(self, seed: int | None = None) -> Any:
         """The Keras augmentation layers for the training model (None when off)."""
@@ -199,11 +211,15 @@ class ArrayDataModule(DataModule):
         images, labels = self._tensors
         assert self.input_size is not None
         size = tuple(int(s) for s in self.input_size)
-        preprocess = self.preprocess
+        from ..pipeline import resize_image
+
+        preprocess, resize = self.preprocess, self.resize
 
         def gather(idx: Any) -> Any:
             x = tf.gather(images, idx)
-            if tuple(x.shape[1:3]) != size:
+            if resize is not None and not resize.is_default:
+                x = resize_image(x, size, resize)
+            elif tuple(x.shape[1:3]) != size:
                 x = tf.image.resize(x, size)
             if preprocess is not None:
                 x = preprocess(x)
@@ -257,4 +273,5 @@ class ImageDataModule(DataModule):
             batch_size=self.batch_size,
             preprocess=self.preprocess,
             shuffle=False,
+            resize=self.resize or "auto",
         )

@@ -270,6 +270,7 @@ class TransferModel:
             "preprocess_in_model": mode is not None,
             "head": str(self.head_name),
             "weights_source": self.backbone.weights_source,
+            **self._resize_metadata(),
             **(extra or {}),
         }
         outputs = keras.layers.Identity(name="labels", dtype="float32")(x)
@@ -282,6 +283,12 @@ class TransferModel:
             with zipfile.ZipFile(tmp, "a") as archive:
                 archive.writestr(METADATA_FILE, json.dumps(sidecar, indent=2, default=str))
         return path
+
+    def _resize_metadata(self) -> dict[str, Any]:
+        """How images are brought to the input size, where the backbone names its own resize
+        (the loader resizes the same way)."""
+        resize = getattr(self.backbone, "resize", None)
+        return {} if resize is None or resize.is_default else {"resize": resize.describe()}
 
     def _checked_preprocess_mode(self) -> dict[str, Any] | None:
         """A standard preprocessing (or a per-channel ``x * scale + offset``) equal to the

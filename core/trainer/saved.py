@@ -19,6 +19,7 @@ import numpy as np
 from .. import registry
 from ..errors import TransferkitError, UsageError
 from ..sizes import parse_input_size
+from ..specs import Resize
 from .model import METADATA_FILE
 
 MODEL_FILE = "model.keras"  # the classifier's name in a run folder
@@ -39,6 +40,8 @@ class FinetunedModel:
         if size is None:
             raise TransferkitError(f"{path} records no input size")
         self.input_size = size
+        # the backbone's own resize, where it named one (recorded by ``export``)
+        self.resize = Resize.from_description(self.metadata.get("resize"))
         self._preprocess: Any = None
         if not self.metadata.get("preprocess_in_model", True):
             spec = registry.backbone(self.metadata["backbone"])
@@ -51,7 +54,11 @@ class FinetunedModel:
         x = tf.convert_to_tensor(np.asarray(images, dtype=np.float32))
         if x.shape.rank == 3:
             x = x[None]
-        if tuple(x.shape[1:3]) != self.input_size:
+        if not self.resize.is_default:
+            from ..pipeline import resize_image
+
+            x = resize_image(x, self.input_size, self.resize)
+        elif tuple(x.shape[1:3]) != self.input_size:
             x = tf.image.resize(x, self.input_size)
         return self._preprocess(x) if self._preprocess is not None else x
 
@@ -78,6 +85,7 @@ class FinetunedModel:
             preprocess=self._preprocess,
             width=len(self.label_names),
             batch_size=batch_size,
+            resize=self.resize,
         )
 
 

@@ -449,7 +449,11 @@ class Trainer:
         ready = self._data_for
         if ready is not None and ready[0] is self.model and ready[1] is self.data:
             return
-        self.data.setup(preprocess=self.model.backbone.preprocess, input_size=self.model.input_size)
+        backbone = self.model.backbone
+        resize = getattr(backbone, "resize", None)
+        # a backbone's own resize, where it names one (a data module of its own need not know it)
+        named = {} if resize is None or resize.is_default else {"resize": resize}
+        self.data.setup(preprocess=backbone.preprocess, input_size=self.model.input_size, **named)
         self._data_for = (self.model, self.data)
 
     def _run_eval(self, model: TransferModel | None, data: DataModule | None, split: str) -> dict:
