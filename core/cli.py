@@ -10,7 +10,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import click
@@ -89,6 +89,14 @@ def cli() -> None:
 
 def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
+
+
+def emit(result: Any, as_json: bool, show: Callable[[Any], None]) -> None:
+    """A command's result: as JSON with ``--json``, else as ``show`` prints it for a person."""
+    if as_json:
+        echo_json(result)
+    else:
+        show(result)
 
 
 def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:

@@ -81,13 +81,10 @@ def register(cli: click.Group) -> None:
               --scheduler tcp://10.0.0.5:8786
         """
         from .. import api
-        from ..cli import echo_json
+        from ..cli import emit
 
         require(backbone=backbone, out=out)
         result = api.extract(
             images, backbone=backbone, out=out, options=ExtractOptions.of(values=values)
         )
-        if as_json:
-            echo_json(result)
-        else:
-            print_extract_summary(result)
+        emit(result, as_json, print_extract_summary)

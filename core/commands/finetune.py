@@ -59,13 +59,10 @@ def register(cli: click.Group) -> None:
           transferkit finetune photos/ -b efficientnet-lite0 -s head-only --epochs 5 -o run/
         """
         from .. import api
-        from ..cli import echo_json
+        from ..cli import emit
 
         require(backbone=backbone)
         result = api.finetune(
             images, backbone=backbone, out=out, options=FinetuneOptions.of(values=values)
         )
-        if as_json:
-            echo_json(result)
-        else:
-            print_finetune_summary(result)
+        emit(result, as_json, print_finetune_summary)

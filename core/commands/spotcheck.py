@@ -64,10 +64,7 @@ def register(cli: click.Group) -> None:
           transferkit spotcheck lite0.h5 -c classic --scheduler tcp://10.0.0.5:8786
         """
         from .. import api
-        from ..cli import echo_json
+        from ..cli import emit
 
         report = api.spotcheck(list(inputs), options=SpotcheckOptions.of(values=values))
-        if as_json:
-            echo_json(report)
-        else:
-            print_spotcheck(report)
+        emit(report, as_json, print_spotcheck)
