@@ -1,4 +1,6 @@
-"""The whole plugin API of transferkit, in one file.
+"""Every hook of transferkit, in one file: when it is called, its arguments, what it returns.
+
+The names a plugin may import from the host are declared in :mod:`transferkit.plugin`.
 
 Every hook is called with keyword arguments only; an implementation may accept any subset of a
 hook's arguments (pluggy's opt-in arguments), so new arguments can be added later without breaking
