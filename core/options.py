@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from .errors import UsageError
+from .fitvalues import AUTO_LR, DISTRIBUTIONS, parse_batch_limit, parse_devices
 from .recipe import (
     DEFAULT_WEIGHTS,
     FeatureRecipe,
@@ -442,6 +443,17 @@ def _per_phase(value: Any, kind: type, what: str) -> Any:
     return values or None
 
 
+def _learning_rates(value: Any) -> Any:
+    """Learning rates as :func:`_per_phase` takes them, the first of which may be ``auto``."""
+    values = [value] if isinstance(value, str | numbers.Real) else list(value or ())
+    auto = [isinstance(v, str) and v.strip().lower() == AUTO_LR for v in values]
+    if any(auto[1:]):
+        raise UsageError("only the first phase's learning rate can be auto; give numbers after it")
+    if auto and auto[0]:
+        return (AUTO_LR, *(_per_phase(values[1:], float, "learning rates") or ()))
+    return _per_phase(value, float, "learning rates")
+
+
 @dataclass(frozen=True)
 class FinetuneOptions(Options):
     """``transferkit finetune`` / :func:`transferkit.finetune` (the images, the backbone and the
@@ -464,8 +476,11 @@ class FinetuneOptions(Options):
         "Epochs, once or once per phase (warmup-unfreeze: --epochs 10 --epochs 10).",
         kind="many",
     )
-    learning_rate: float | tuple[float, ...] | None = option(
-        None, "Learning rate, once or once per phase.", kind="many", aliases=("--lr",)
+    learning_rate: str | float | tuple[float | str, ...] | None = option(
+        None,
+        "Learning rate, once or once per phase; auto: the first phase's from an lr-find sweep.",
+        kind="many",
+        aliases=("--lr",),
     )
     unfreeze_from: int | None = option(
         None, "First base layer trained in the unfrozen phase (default per backbone; VGG16: 15)."
@@ -527,10 +542,62 @@ class FinetuneOptions(Options):
     callbacks: Sequence[Any] = option(
         (), "Trainer callbacks or Keras callbacks, added to transferkit's own.", cli=False
     )
+    devices: Any = option(
+        "auto",
+        "Devices: auto, or N (N GPUs; on a CPU-only machine N logical CPU devices, to try the "
+        "distributed path: not faster).",
+    )
+    distribute: str = option(
+        "auto",
+        "Distribution: auto (mirrored when --devices > 1), mirrored (this machine's devices), "
+        "multi-worker (several machines: TF_CONFIG, or the workers of --scheduler).",
+        choices=DISTRIBUTIONS,
+    )
+    scheduler: str | None = option(
+        None, "With --distribute multi-worker: a Dask scheduler; each worker runs one replica."
+    )
+    fast_dev_run: bool = option(
+        False,
+        "Debug run: one training and one validation batch per phase; no checkpoint, no model.",
+    )
+    limit_train_batches: Any = option(
+        None, "Training batches per epoch: a count (10) or a fraction (0.25).", metavar="N|F"
+    )
+    limit_val_batches: Any = option(
+        None, "Validation (and test) batches: a count (10) or a fraction (0.25); 0: none.",
+        metavar="N|F",
+    )  # fmt: skip
+    overfit_batches: int = option(0, "Train on N fixed batches, and validate on them too.")
+    accumulate_grad_batches: int = option(
+        1, "Sum the gradients of K batches before each step (an effective batch of K x batch)."
+    )
+    gradient_clip_val: float | None = option(None, "Clip the gradients' global norm to this value.")
+    logger: tuple[str, ...] = option(
+        (), "Loggers (see `transferkit loggers`), one or several: csv (default), tensorboard, "
+        "mlflow.", kind="many",
+    )  # fmt: skip
+    logger_dir: str | None = option(
+        None, "Where loggers write: a folder (default OUT), or a tracking URI for mlflow."
+    )
 
     def __post_init__(self) -> None:
         self._set("epochs", _per_phase(self.epochs, int, "epochs"))
-        self._set("learning_rate", _per_phase(self.learning_rate, float, "learning rates"))
+        self._set("learning_rate", _learning_rates(self.learning_rate))
+        self._set("devices", parse_devices(self.devices))
+        self._set("limit_train_batches", parse_batch_limit(self.limit_train_batches, "train"))
+        self._set("limit_val_batches", parse_batch_limit(self.limit_val_batches, "val"))
+        self._set("logger", _texts(self.logger) or ())
+        if int(self.overfit_batches) < 0:
+            raise UsageError(f"--overfit-batches must be 0 or more, got {self.overfit_batches}")
+        if int(self.accumulate_grad_batches) < 1:
+            raise UsageError(
+                f"--accumulate-grad-batches must be at least 1, got {self.accumulate_grad_batches}"
+            )
+        check_positive(self.gradient_clip_val, "--gradient-clip-val")
+        if self.scheduler is not None and self.distribute != "multi-worker":
+            raise UsageError(
+                "--scheduler runs a multi-worker fine-tune; add --distribute multi-worker"
+            )
         self._set("weights", normalise_weights(self.weights))
         self._set("input_size", parse_input_size(self.input_size))
         self._set("split", tuple(float(v) for v in self.split))

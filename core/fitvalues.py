@@ -1,0 +1,55 @@
+"""The one parser of the Trainer's run values that the command line and the Python API share:
+``--devices``, ``--distribute``'s names, the batch limits of a debug run, ``--learning-rate
+auto``. No TensorFlow, no NumPy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import UsageError
+
+DISTRIBUTIONS = ("auto", "mirrored", "multi-worker")  # the Trainer's tf.distribute strategies
+AUTO_LR = "auto"  # --learning-rate auto: the first phase's rate from an lr-find sweep
+
+
+def parse_devices(value: Any) -> int | None:
+    """``--devices``: ``auto`` (None) or a whole number of at least 1."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return None
+    try:
+        count = -1 if isinstance(value, bool) else int(str(value).strip())
+    except ValueError:
+        count = -1
+    if count < 1:
+        raise UsageError(f"--devices must be auto or a whole number of at least 1, got {value!r}")
+    return count
+
+
+def parse_batch_limit(value: Any, split: str) -> int | float | None:
+    """``--limit-train-batches`` / ``--limit-val-batches``: a count (an int, or text without a
+    point: ``10``) or a fraction in (0, 1] (a float, or text with a point: ``0.25``; ``1.0`` is
+    all of them); None: no limit."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    what = f"--limit-{split}-batches"
+    try:
+        number: int | float = (
+            float(text) if isinstance(value, float) or "." in text or "e" in text else int(text)
+        )
+    except ValueError:
+        raise UsageError(f"{what} takes a count (10) or a fraction (0.25), got {value!r}") from None
+    if isinstance(value, bool) or number < 0 or (isinstance(number, float) and number > 1):
+        raise UsageError(
+            f"{what} takes a count of 0 or more or a fraction up to 1.0, got {value!r}"
+        )
+    return number
+
+
+def batches(limit: int | float | None, total: int) -> int:
+    """How many of ``total`` batches a limit keeps (a fraction keeps at least one)."""
+    if limit is None:
+        return total
+    if isinstance(limit, float):
+        return min(total, max(1, int(total * limit))) if total else 0
+    return min(total, int(limit))
