@@ -46,6 +46,7 @@ _API = (
     "spotcheck",
     "stream",
     "finetune",
+    "lr_find",
     "predict",
     "demo",
     "load_finetuned",

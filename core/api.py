@@ -11,6 +11,7 @@ from .options import (
     DemoOptions,
     ExtractOptions,
     FinetuneOptions,
+    LrFindOptions,
     Options,
     PredictOptions,
     SpotcheckOptions,
@@ -216,6 +217,24 @@ def finetune(
     return _finetune(
         images, backbone=backbone, out=out, options=FinetuneOptions.of(options, values)
     )
+
+
+@takes(LrFindOptions)
+def lr_find(
+    images: Any,
+    *,
+    backbone: Any,
+    out: Any,
+    options: LrFindOptions | None = None,
+    **values: Any,
+) -> dict[str, Any]:
+    """The learning-rate range test of a fine-tune's first phase (the data, model and strategy
+    that :func:`finetune` would make from the same options): writes ``out/lr_find.png`` and
+    ``out/lr_find.json`` and returns the curve with ``suggestion``, ``steepest`` and
+    ``valley``. ``finetune(..., learning_rate="auto")`` runs it before training."""
+    from .jobs.finetune import finetune as _finetune
+
+    return _finetune(images, backbone=backbone, out=out, options=LrFindOptions.of(options, values))
 
 
 def load_finetuned(path: Any) -> Any:

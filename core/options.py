@@ -606,6 +606,33 @@ class FinetuneOptions(Options):
             self._set("pooling", parse_pooling(self.pooling))
 
 
+@dataclass(frozen=True)
+class LrFindOptions(FinetuneOptions):
+    """``transferkit lr-find`` / :func:`transferkit.lr_find`: a fine-tune's options (its data,
+    model and first phase) and the sweep's (``finetune --learning-rate auto`` sweeps with these
+    defaults)."""
+
+    min_lr: float = option(1e-8, "The sweep's first learning rate.")
+    max_lr: float = option(1.0, "The sweep's last learning rate.")
+    num_training: int = option(100, "Training batches in the sweep (one rate each).")
+    early_stop_threshold: float | None = option(
+        4.0, "Stop once the smoothed loss exceeds this many times the best (divergence)."
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.min_lr < self.max_lr:
+            raise UsageError(
+                f"lr-find needs 0 < --min-lr < --max-lr, got {self.min_lr}, {self.max_lr}"
+            )
+        if int(self.num_training) < 2:
+            raise UsageError(f"--num-training must be at least 2, got {self.num_training}")
+
+    def sweep(self) -> dict[str, Any]:
+        keys = ("min_lr", "max_lr", "num_training", "early_stop_threshold")
+        return {k: getattr(self, k) for k in keys}
+
+
 # ------------------------------------------------------------------ feature cache, spotcheck, demo
 
 

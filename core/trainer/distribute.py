@@ -33,6 +33,11 @@ from ..fitvalues import DISTRIBUTIONS, parse_devices
 
 log = logging.getLogger(__name__)
 
+# One strategy per set of devices in a process: two strategies over the same devices would
+# number their collective operations alike, and the second one's all-reduces would meet the
+# first one's
+_STRATEGIES: dict[tuple[str, ...], Any] = {}
+
 
 def tf_config() -> dict[str, Any] | None:
     """The parsed ``TF_CONFIG`` (None when unset); a malformed one is a usage error."""
@@ -121,16 +126,22 @@ class Distribution:
         import tensorflow as tf
 
         if self.kind == "multi-worker":
-            self._strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        else:
-            self._strategy = tf.distribute.MirroredStrategy(self._local_devices())
+            keras_multi_worker_fixes()
+        devices = ("multi-worker",) if self.kind == "multi-worker" else self._local_devices()
+        if devices not in _STRATEGIES:
+            _STRATEGIES[devices] = (
+                tf.distribute.MultiWorkerMirroredStrategy()
+                if self.kind == "multi-worker"
+                else tf.distribute.MirroredStrategy(list(devices))
+            )
+        self._strategy = _STRATEGIES[devices]
         log.info(
             f"training on {self.replicas} replica(s) ({self.kind}, {self.task}): "
             f"{', '.join(self._strategy.extended.worker_devices)}"
         )
         return self._strategy
 
-    def _local_devices(self) -> list[str]:
+    def _local_devices(self) -> tuple[str, ...]:
         import tensorflow as tf
 
         gpus = tf.config.list_physical_devices("GPU")
@@ -138,10 +149,10 @@ class Distribution:
             count = self.devices or len(gpus)
             if count > len(gpus):
                 raise UsageError(f"--devices {count}: this machine has {len(gpus)} GPU(s)")
-            return [f"/gpu:{i}" for i in range(count)]
+            return tuple(f"/gpu:{i}" for i in range(count))
         count = self.devices or 1
         split_cpu(count)
-        return [f"/cpu:{i}" for i in range(count)]
+        return tuple(f"/cpu:{i}" for i in range(count))
 
     @property
     def replicas(self) -> int:
@@ -169,6 +180,56 @@ class Distribution:
                 f"the model was built outside the Trainer's {self.kind} strategy; build it "
                 "inside `with trainer.scope():` (Trainer(devices=..., strategy=...))"
             )
+
+
+def keras_multi_worker_fixes() -> None:
+    """Two fixes to Keras 3's TensorFlow trainer (3.15) under ``MultiWorkerMirroredStrategy``,
+    made once in a process that trains multi-worker: its ``fit`` builds the model on the mean of
+    the first distributed batch (``strategy.reduce`` of a ``PerReplica`` fails eagerly there),
+    and it averages each step's scalar logs over ``axis=0`` (no axis 0 in a scalar). Here the
+    build takes the local replica's batch (only its shapes matter) and scalars are averaged over
+    the replicas."""
+    import keras
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    if getattr(tf_trainer.reduce_per_replica, "multi_worker_fixed", False):
+        return
+    original = tf_trainer.reduce_per_replica
+
+    def reduce_per_replica(values: Any, strategy: Any, reduction: str) -> Any:
+        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(
+            strategy
+        ):
+
+            def mean(value: Any) -> Any:
+                local = strategy.experimental_local_results(value)[0]
+                return strategy.reduce("MEAN", value, axis=0 if local.shape.rank else None)
+
+            return keras.tree.map_structure(mean, values)
+        return original(values, strategy, reduction)
+
+    def local_batch(strategy: Any, batch: Any) -> Any:
+        def first(value: Any) -> Any:
+            if isinstance(value, tf.distribute.DistributedValues):
+                return strategy.experimental_local_results(value)[0]
+            return value
+
+        return keras.tree.map_structure(first, batch)
+
+    def _maybe_symbolic_build(self: Any, iterator: Any = None, data_batch: Any = None) -> None:
+        if self._distribute_strategy is None:
+            return
+        if iterator is not None:
+            for _, _, it in iterator:
+                data_batch = local_batch(self.distribute_strategy, next(it))
+                break
+        with self.distribute_strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    reduce_per_replica.multi_worker_fixed = True  # type: ignore[attr-defined]
+    tf_trainer.reduce_per_replica = reduce_per_replica
+    tf_trainer.TensorFlowTrainer._maybe_symbolic_build = _maybe_symbolic_build
 
 
 def as_distribution(strategy: Any, devices: Any) -> Distribution:

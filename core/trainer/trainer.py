@@ -172,6 +172,18 @@ class Trainer:
         self.strategy = resolve_strategy(strategy)
         return self._call_and_handle("fit", self._run_fit, ckpt_path)
 
+    def lr_find(
+        self, model: TransferModel, data: DataModule, strategy: Any = None, **sweep: Any
+    ) -> Any:
+        """The learning-rate range test for the first phase of ``strategy`` (see
+        :mod:`transferkit.trainer.lr_find`: ``min_lr``, ``max_lr``, ``num_training``,
+        ``early_stop_threshold``); the model is put back as it was. Returns an
+        :class:`~transferkit.trainer.lr_find.LrFindResult` (``.suggestion``, the curve)."""
+        self._reset_state()
+        self.model, self.data = model, data
+        self.strategy = resolve_strategy(strategy)
+        return self._call_and_handle("lr_find", self._run_lr_find, sweep)
+
     def validate(self, model: TransferModel | None = None, data: DataModule | None = None) -> dict:
         """Loss and accuracy on the validation split."""
         return self._call_and_handle("validate", self._run_eval, model, data, "val")
@@ -303,6 +315,24 @@ class Trainer:
             self._keras_run.finish()
         self._call_callback_hooks("on_fit_end", result)
         return result
+
+    def _run_lr_find(self, sweep: dict[str, Any]) -> Any:
+        from .lr_find import run_lr_find
+
+        model, data = self.model, self.data
+        self._check_precision(model)
+        if self.reseed:
+            seed_everything(self.seed, deterministic=self.deterministic)
+        self._setup_data()
+        self.distribution.check_model(model.network)
+        if data.num_classes != model.num_classes:
+            raise UsageError(
+                f"the data has {data.num_classes} classes but the model's head has "
+                f"{model.num_classes}; build the model with num_classes={data.num_classes}"
+            )
+        model.set_augmentation(data.augmentation_layer(seed=self.seed))
+        self.strategy.setup(model)
+        return run_lr_find(self, **sweep)
 
     def _phase_begins_now(self) -> bool:
         return self.epoch == self.strategy.phase_start_epoch
