@@ -180,7 +180,6 @@ def finetune(
     outputs.check_writable(Path(out) / outputs.MARKER)
     from ..trainer import (
         EarlyStopping,
-        HistoryLogger,
         LearningRateMonitor,
         ModelCheckpoint,
         Trainer,
@@ -189,6 +188,7 @@ def finetune(
         resolve_strategy,
         seed_everything,
     )
+    from ..trainer.loggers import make_loggers, run_config, save_run_config
 
     start = time.perf_counter()
     out = Path(out)
@@ -248,27 +248,19 @@ def finetune(
         )
         has_val = bool(len(data.val_indices)) and options.limit_val_batches != 0
         checkpoint = ModelCheckpoint(out / CHECKPOINT_DIR, save_best=has_val)
-        own: list[Any] = [
-            LearningRateMonitor(),
-            checkpoint,
-            HistoryLogger(out / "history.csv", out / "history.json"),
-        ]
+        loggers = (
+            make_loggers(options.logger, out, options.logger_dir, options.tensorboard)
+            if distribution.is_chief
+            else []
+        )  # csv by default: history.csv and history.json
+        own: list[Any] = [LearningRateMonitor(), checkpoint, *loggers]
         if patience and has_val:
             own.insert(0, EarlyStopping(patience=patience))
         if probe_init:
             own.insert(0, ProbeHead())
-        if options.tensorboard is not None:
-            import importlib.util
-
-            import keras
-
-            if importlib.util.find_spec("tensorboard") is None:
-                raise UsageError(
-                    "--tensorboard needs the tensorboard package: pip install tensorboard "
-                    "(or transferkit[tensorboard])"
-                )
-
-            own.append(keras.callbacks.TensorBoard(log_dir=str(options.tensorboard)))
+        if distribution.is_chief:
+            config = run_config(images, backbone, out, options)
+            save_run_config(out, config, recipe.to_metadata(), loggers)
         trainer = Trainer(
             max_epochs=options.max_epochs,
             callbacks=[*own, *options.callbacks],
