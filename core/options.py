@@ -22,7 +22,7 @@ import numbers
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from .errors import UsageError
 from .fitvalues import AUTO_LR, DISTRIBUTIONS, parse_batch_limit, parse_devices
@@ -476,7 +476,7 @@ class FinetuneOptions(Options):
         "Epochs, once or once per phase (warmup-unfreeze: --epochs 10 --epochs 10).",
         kind="many",
     )
-    learning_rate: str | float | tuple[float | str, ...] | None = option(
+    learning_rate: float | Literal["auto"] | tuple[float | Literal["auto"], ...] | None = option(
         None,
         "Learning rate, once or once per phase; auto: the first phase's from an lr-find sweep.",
         kind="many",

@@ -164,3 +164,19 @@ def test_debug_values_are_checked() -> None:
         Trainer(limit_train_batches=0)
     assert FinetuneOptions(limit_train_batches="10").limit_train_batches == 10
     assert FinetuneOptions(limit_train_batches="0.25").limit_train_batches == 0.25
+
+
+def test_finetune_fast_dev_run_writes_no_model_and_says_so(tiny: str, tmp_path: Any) -> None:
+    from cli_faults import invoke_cli
+    from imagefiles import make_folder
+
+    make_folder(tmp_path / "images", per_class=4)
+    out = tmp_path / "run"
+    flags = ["--epochs", "3", "--epochs", "2", "--batch-size", "2", "--fast-dev-run"]
+    result = invoke_cli("finetune", str(tmp_path / "images"), "-b", tiny, *flags, "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "no checkpoint and no model" in result.stdout
+    assert "no checkpoint and no model were written" in result.stderr
+    assert not (out / "model.keras").exists() and not (out / "checkpoints").exists()
+    history = (out / "history.csv").read_text().splitlines()
+    assert len(history) == 3  # a header and one epoch per phase

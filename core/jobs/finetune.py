@@ -275,7 +275,7 @@ def finetune(
             found = _lr_find(trainer, model, data, strategy_obj, options, out)
             if isinstance(options, LrFindOptions):
                 return {**found, "seconds": round(time.perf_counter() - start, 3)}
-            strategy_options["learning_rate"] = found["learning_rates"]
+            strategy_options["learning_rate"] = found["phase_learning_rates"]
             strategy_obj = resolve_strategy(strategy_spec.name, **strategy_options)
         result = trainer.fit(model, data, strategy_obj, ckpt_path="last" if resume else None)
         best = out / CHECKPOINT_DIR / ModelCheckpoint.BEST
@@ -344,7 +344,7 @@ def _lr_find(
     rates = options.learning_rate
     given = list(rates)[1:] if isinstance(rates, tuple) else []
     later = given or [p.learning_rate for p in trainer.strategy.phases[1:]]
-    saved["learning_rates"] = [found.suggestion, *later][: max(1, len(strategy.phases))]
+    saved["phase_learning_rates"] = [found.suggestion, *later][: max(1, len(strategy.phases))]
     log.info(f"learning rate {found.suggestion:.3g} from lr-find ({saved.get('plot', '')})")
     return saved
 
