@@ -214,9 +214,12 @@ def finetune(
     """
     from .jobs.finetune import finetune as _finetune
 
-    return _finetune(
-        images, backbone=backbone, out=out, options=FinetuneOptions.of(options, values)
-    )
+    opts = FinetuneOptions.of(options, values)
+    if opts.scheduler is not None:  # one replica per worker of a Dask cluster
+        from .jobs.finetune_dask import finetune_on_cluster
+
+        return finetune_on_cluster(images, backbone=backbone, out=out, options=opts)
+    return _finetune(images, backbone=backbone, out=out, options=opts)
 
 
 @takes(LrFindOptions)

@@ -97,3 +97,25 @@ def test_multi_worker_without_a_cluster_is_refused(tiny: str, tmp_path: Path) ->
     bad = invoke_cli("finetune", str(images), "-b", tiny, "-o", str(tmp_path / "run"),
                      "--devices", "two")  # fmt: skip
     assert bad.returncode == 2 and "--devices must be auto or a whole number" in bad.stderr
+
+
+@pytest.mark.process
+@pytest.mark.slow
+def test_two_dask_workers_each_run_a_replica(tmp_path: Path) -> None:
+    """``--scheduler local``: a local Dask cluster of two workers, a TF_CONFIG each, one model."""
+    from cli_faults import plugin_env, run_cli, write_entry_points
+    from imagefiles import make_folder
+
+    images = tmp_path / "images"
+    make_folder(images, per_class=4)
+    site = write_entry_points(tmp_path / "site", {"tiny": "tiny_backbone"})
+    out = tmp_path / "run"
+    result = run_cli("finetune", images, "-b", "tiny-cnn", "-s", "head-only", "--epochs", "1",
+                     "--batch-size", "4", "--split", "0.5", "0.25", "0.25", "--no-progress",
+                     "--distribute", "multi-worker", "--scheduler", "local", "-o", out, "--json",
+                     env=plugin_env(site, "tiny"), timeout=400)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    assert summary["replicas"] == 2 and len(summary["workers"]) == 2
+    assert sorted(p.name for p in out.glob("*.keras")) == ["model.keras"]
+    assert json.loads((out / "summary.json").read_text())["distribute"] == "multi-worker"
