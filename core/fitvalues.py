@@ -46,6 +46,28 @@ def parse_batch_limit(value: Any, split: str) -> int | float | None:
     return number
 
 
+def check_run_values(
+    overfit: int, accumulate: int, clip: float | None, scheduler: str | None, distribute: str
+) -> None:
+    """The fine-tune's debug, gradient and cluster values (``FinetuneOptions``)."""
+    if int(overfit) < 0:
+        raise UsageError(f"--overfit-batches must be 0 or more, got {overfit}")
+    if int(accumulate) < 1:
+        raise UsageError(f"--accumulate-grad-batches must be at least 1, got {accumulate}")
+    if clip is not None and clip <= 0:
+        raise UsageError(f"--gradient-clip-val must be positive, got {clip}")
+    if scheduler is not None and distribute != "multi-worker":
+        raise UsageError("--scheduler runs a multi-worker fine-tune; add --distribute multi-worker")
+
+
+def check_sweep(min_lr: float, max_lr: float, num_training: int) -> None:
+    """lr-find's sweep: ``0 < min_lr < max_lr`` over at least 2 batches."""
+    if not 0 < min_lr < max_lr:
+        raise UsageError(f"lr-find needs 0 < --min-lr < --max-lr, got {min_lr} and {max_lr}")
+    if int(num_training) < 2:
+        raise UsageError(f"lr-find needs at least 2 training batches, got {num_training}")
+
+
 def batches(limit: int | float | None, total: int) -> int:
     """How many of ``total`` batches a limit keeps (a fraction keeps at least one)."""
     if limit is None:

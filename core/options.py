@@ -25,7 +25,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from .errors import UsageError
-from .fitvalues import AUTO_LR, DISTRIBUTIONS, parse_batch_limit, parse_devices
+from .fitvalues import (
+    AUTO_LR,
+    DISTRIBUTIONS,
+    check_run_values,
+    check_sweep,
+    parse_batch_limit,
+    parse_devices,
+)
 from .recipe import (
     DEFAULT_WEIGHTS,
     FeatureRecipe,
@@ -542,11 +549,8 @@ class FinetuneOptions(Options):
     callbacks: Sequence[Any] = option(
         (), "Trainer callbacks or Keras callbacks, added to transferkit's own.", cli=False
     )
-    devices: Any = option(
-        "auto",
-        "Devices: auto, or N (N GPUs; on a CPU-only machine N logical CPU devices, to try the "
-        "distributed path: not faster).",
-    )
+    devices: Any = option("auto", "Devices: auto, or N (N GPUs; without GPUs, N logical CPU "
+                          "devices, to try the distributed path: not faster).")  # fmt: skip
     distribute: str = option(
         "auto",
         "Distribution: auto (mirrored when --devices > 1), mirrored (this machine's devices), "
@@ -556,10 +560,8 @@ class FinetuneOptions(Options):
     scheduler: str | None = option(
         None, "With --distribute multi-worker: a Dask scheduler; each worker runs one replica."
     )
-    fast_dev_run: bool = option(
-        False,
-        "Debug run: one training and one validation batch per phase; no checkpoint, no model.",
-    )
+    fast_dev_run: bool = option(False, "Debug run: one training and one validation batch per "
+                                "phase; no checkpoint, no model.")  # fmt: skip
     limit_train_batches: Any = option(
         None, "Training batches per epoch: a count (10) or a fraction (0.25).", metavar="N|F"
     )
@@ -587,17 +589,8 @@ class FinetuneOptions(Options):
         self._set("limit_train_batches", parse_batch_limit(self.limit_train_batches, "train"))
         self._set("limit_val_batches", parse_batch_limit(self.limit_val_batches, "val"))
         self._set("logger", _texts(self.logger) or ())
-        if int(self.overfit_batches) < 0:
-            raise UsageError(f"--overfit-batches must be 0 or more, got {self.overfit_batches}")
-        if int(self.accumulate_grad_batches) < 1:
-            raise UsageError(
-                f"--accumulate-grad-batches must be at least 1, got {self.accumulate_grad_batches}"
-            )
-        check_positive(self.gradient_clip_val, "--gradient-clip-val")
-        if self.scheduler is not None and self.distribute != "multi-worker":
-            raise UsageError(
-                "--scheduler runs a multi-worker fine-tune; add --distribute multi-worker"
-            )
+        check_run_values(self.overfit_batches, self.accumulate_grad_batches,
+                         self.gradient_clip_val, self.scheduler, self.distribute)  # fmt: skip
         self._set("weights", normalise_weights(self.weights))
         self._set("input_size", parse_input_size(self.input_size))
         self._set("split", tuple(float(v) for v in self.split))
@@ -621,12 +614,7 @@ class LrFindOptions(FinetuneOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0 < self.min_lr < self.max_lr:
-            raise UsageError(
-                f"lr-find needs 0 < --min-lr < --max-lr, got {self.min_lr}, {self.max_lr}"
-            )
-        if int(self.num_training) < 2:
-            raise UsageError(f"--num-training must be at least 2, got {self.num_training}")
+        check_sweep(self.min_lr, self.max_lr, self.num_training)
 
     def sweep(self) -> dict[str, Any]:
         keys = ("min_lr", "max_lr", "num_training", "early_stop_threshold")

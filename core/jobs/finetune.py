@@ -329,7 +329,7 @@ def _lr_find(
     trainer: Any, model: Any, data: Any, strategy: Any, options: FinetuneOptions, out: Path
 ) -> dict[str, Any]:
     """The lr-find sweep of the first phase (``lr-find``, ``--learning-rate auto``), its plot
-    and JSON in ``out``; ``learning_rates``: the suggestion, then the later phases' rates (as
+    and JSON in ``out``; ``phase_learning_rates``: the suggestion, then the later phases' rates (as
     given after ``auto``, else the strategy's own)."""
     from ..trainer.lr_find import save_lr_find
 

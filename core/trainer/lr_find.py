@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import UsageError
+from ..fitvalues import check_sweep
 from .bridge import quiet_end_of_data
 from .limits import gradient_options
 from .model import iter_layers
@@ -117,10 +117,7 @@ def run_lr_find(
     phase (the Trainer set them; :meth:`Trainer.lr_find` is the entry point)."""
     import keras
 
-    if not 0 < min_lr < max_lr:
-        raise UsageError(f"lr-find needs 0 < min_lr < max_lr, got {min_lr} and {max_lr}")
-    if num_training < 2:
-        raise UsageError(f"lr-find needs at least 2 training batches, got {num_training}")
+    check_sweep(min_lr, max_lr, num_training)
     model, strategy = trainer.model, trainer.strategy
     keras_model = model.keras_model
     saved = [np.asarray(v.numpy()) for v in keras_model.variables]
