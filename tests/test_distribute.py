@@ -119,3 +119,26 @@ def test_two_dask_workers_each_run_a_replica(tmp_path: Path) -> None:
     assert summary["replicas"] == 2 and len(summary["workers"]) == 2
     assert sorted(p.name for p in out.glob("*.keras")) == ["model.keras"]
     assert json.loads((out / "summary.json").read_text())["distribute"] == "multi-worker"
+
+
+def test_devices_chosen_too_late_and_a_model_built_outside_are_refused() -> None:
+    import tensorflow as tf
+    from trainer_helpers import digits, tiny_backbone
+
+    from transferkit import UsageError
+    from transferkit.trainer import ArrayDataModule, Trainer, TransferModel, resolve_strategy
+
+    one_epoch = resolve_strategy("head-only", epochs=1)
+    have = len(tf.config.list_logical_devices("CPU"))  # TensorFlow has set its devices up
+    late = Trainer(devices=have + 1, strategy="mirrored", enable_progress=False)
+    with pytest.raises(UsageError, match="before the CPU could be split"), late.scope():
+        pass
+    trainer = Trainer(devices=have, strategy="mirrored", enable_progress=False)
+    images, labels, names = digits(40, 4)
+    data = ArrayDataModule(images, labels, names, augment="none", batch_size=8)
+    outside = TransferModel(tiny_backbone(), "linear", num_classes=4)
+    with pytest.raises(UsageError, match="inside `with trainer.scope"):
+        trainer.fit(outside, data, one_epoch)
+    with trainer.scope():
+        inside = TransferModel(tiny_backbone(), "linear", num_classes=4)
+    assert trainer.fit(inside, data, one_epoch)["replicas"] == have

@@ -94,14 +94,8 @@ def valley(losses: list[float]) -> int | None:
 
 
 def _sweep_dataset(trainer: Trainer, steps: int) -> Any:
-    """``steps`` training batches, epoch after epoch in the Trainer's order."""
-    per_epoch = max(1, trainer.limits.train_dataset(trainer.data, 0)[1]) if (
-        trainer.limits.active
-    ) else max(1, trainer.data.steps_per_epoch)  # fmt: skip
-    dataset = trainer._train_dataset(0)
-    for epoch in range(1, math.ceil(steps / per_epoch)):
-        dataset = dataset.concatenate(trainer._train_dataset(epoch))
-    return dataset.take(steps)
+    """``steps`` training batches: the first epoch's, over again as often as needed."""
+    return trainer._train_dataset(0).repeat().take(steps)
 
 
 def run_lr_find(
