@@ -102,3 +102,18 @@ def test_loggers_are_listed_and_an_unknown_one_is_refused(tiny: str, tmp_path: P
                         "--logger", "mlfow")  # fmt: skip
     assert result.returncode == 2 and "unknown logger 'mlfow'" in result.stderr
     assert "mlflow" in result.stderr
+
+
+def test_a_resumed_fine_tune_goes_on_in_the_same_mlflow_run(tiny: str, tmp_path: Path) -> None:
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    images, out = _images(tmp_path), tmp_path / "run"
+    for extra in (["--max-epochs", "1"], ["--resume"]):
+        result = invoke_cli("finetune", str(images), "-b", tiny, *RUN, "-o", str(out),
+                            "--logger", "mlflow", *extra)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+    client = MlflowClient(tracking_uri=(out / "mlruns").resolve().as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("transferkit").experiment_id])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2]
+    assert run.info.status == "FINISHED"
