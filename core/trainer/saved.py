@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import registry
 from ..errors import TransferkitError, UsageError
+from ..reuse import file_key, reuse
 from ..sizes import parse_input_size
 from ..specs import Resize
 from .model import METADATA_FILE
@@ -144,15 +145,20 @@ def _plugin_keras_objects(path: Path) -> dict[str, Any]:
 def load_finetuned(path: str | Path) -> FinetunedModel:
     """Reload a classifier saved by ``finetune`` (:meth:`TransferModel.export`): a ``.keras``
     file or the run folder holding ``model.keras``."""
-    import keras
-
-    from . import layers  # noqa: F401  (registers transferkit's Keras classes)
-
     path = Path(path)
     if path.is_dir():
         path = path / MODEL_FILE
     if not path.exists():
         raise UsageError(f"no fine-tuned model at {path}; run `transferkit finetune` first")
+    # loaded once per file inside a `with reuse.kept():` block (a server), else on every call
+    return reuse(("finetuned", file_key(path)), lambda: _load(path))
+
+
+def _load(path: Path) -> FinetunedModel:
+    import keras
+
+    from . import layers  # noqa: F401  (registers transferkit's Keras classes)
+
     custom_objects = _plugin_keras_objects(path)
     try:
         model = keras.saving.load_model(path, compile=False, custom_objects=custom_objects)
