@@ -155,7 +155,9 @@ def predict(
     ):
         from .finetune import predict_finetuned
 
-        result = predict_finetuned(model_path, image_paths(images), batch_size=batch_size, top=top)
+        result = predict_finetuned(
+            model_path, image_paths(images), batch_size=batch_size, top=top, runtime=runtime
+        )
         return with_truth(result, images, options.out)
     saved = load_model(model_path, trust=options.trust)
     check_precision(saved, precision, model_path)
