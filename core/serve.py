@@ -398,12 +398,25 @@ def build_app(served: ServedModel) -> Any:
 # ---------------------------------------------------------------------- running
 
 
+def require_serving() -> None:
+    """Refuse in one line when the ``serve`` extra is not installed."""
+    try:
+        import python_multipart  # noqa: F401  (Starlette's multipart parser)
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise UsageError(
+            f"transferkit serve needs {exc.name}: pip install 'transferkit[serve]'"
+        ) from None
+
+
 @contextlib.contextmanager
 def serving(model_path: str | Path, options: ServeOptions) -> Iterator[ServedModel]:
     """The :class:`ServedModel` of ``model_path`` with its network kept while the block runs, and
     the server's own temporary folder (removed at the end)."""
     from .reuse import kept
 
+    require_serving()
     folder = Path(tempfile.mkdtemp(prefix="transferkit-serve-"))
     quieted = [logging.getLogger(name) for name in _PER_CALL_LOGGERS]
     levels = [logger.level for logger in quieted]
