@@ -106,14 +106,18 @@ async def load_test(url: str, bodies: list[bytes], concurrency: int) -> dict[str
         # one warm request, then the timed run
         await client.post(f"{url}/predict", content=bodies[0],
                           headers={"Content-Type": "image/jpeg"})  # fmt: skip
+        first = (await client.get(f"{url}/health")).json()
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         seconds = time.perf_counter() - started
+        last = (await client.get(f"{url}/health")).json()
     ms = np.asarray(latencies) * 1000
     return {
         "images_per_s": len(bodies) / seconds,
         "p50_ms": float(np.percentile(ms, 50)),
         "p99_ms": float(np.percentile(ms, 99)),
+        "mean_batch": (last["images"] - first["images"])
+        / max(1, last["batches"] - first["batches"]),
     }
 
 
@@ -152,7 +156,7 @@ def main() -> None:
                 print(
                     f"{runtime:9s} serve c{c:<3d}      {m['images_per_s']:7.1f} images/s  "
                     f"p50 {m['p50_ms']:7.1f} ms  p99 {m['p99_ms']:7.1f} ms  "
-                    f"x{ratio:.2f} of predict",
+                    f"x{ratio:.2f} of predict  (mean batch {m['mean_batch']:.1f})",
                     flush=True,
                 )
                 rows.append({"runtime": runtime, "concurrency": c, **m, "ratio": ratio})

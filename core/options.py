@@ -715,7 +715,9 @@ class ServeOptions(Options):
     runtime: str = runtime_option()
     max_batch: int = option(32, "Images per forward pass at most (micro-batching).")
     max_wait_ms: float = option(
-        5.0, "How long the first image of a batch waits for others to join it."
+        5.0,
+        "A batch closes when no image joined it for this long (at most 10x this after its "
+        "first image), or when it is full.",
     )
     top: int = option(5, "Classes in each answer's top list.")
     max_body: int = option(20_000_000, "Largest request body in bytes (larger: 413).")

@@ -2,7 +2,7 @@
 
 Routes:
 
-* ``GET /health``: ``{"status": "ok"}``;
+* ``GET /health``: ``{"status": "ok"}``, and how many batches and images it has run;
 * ``GET /metadata``: the class names, the recipe (backbone, input size, pooling), the
   classifier and the serving limits;
 * ``POST /predict``: one image as the raw body (``Content-Type: image/*``), or several as
@@ -23,9 +23,11 @@ same as the command line's: the request handlers check an image's header (and it
 and write its bytes into the server's own temporary folder under a name the server chooses
 (nothing in a request names a file on the server, and only the model given at start is ever
 loaded, never a pickle that a request brings); the :class:`Batcher` collects the images of
-concurrent requests, up to ``max_batch`` or ``max_wait_ms`` after the first, whichever comes
-first, and one thread runs each batch through ``predict``: one forward pass of the network for
-the batch. The network and the model are built once (:func:`transferkit.reuse.kept`).
+concurrent requests, up to ``max_batch``, or until ``max_wait_ms`` pass without a new one,
+and one thread runs each batch through ``predict``: one forward pass of the network for the
+batch. The network and the model are built once (:func:`transferkit.reuse.kept`), and so is the
+input pipeline of each bucket of batch sizes (1, 2, 4, ... ``max_batch``: a batch's images go by
+fixed slot names, padded with empty files that the pipeline skips unread), at start.
 
 SIGINT and SIGTERM stop the server: it stops accepting, lets the requests in flight finish,
 and returns (no traceback).
@@ -35,8 +37,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import itertools
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
@@ -114,33 +118,56 @@ class ServedModel:
         """A fresh name in the server's folder (the server's own counter, nothing of a request)."""
         return self.folder / f"{next(self._names):08d}.img"
 
+    def buckets(self) -> list[int]:
+        """The batch sizes the input pipeline is built for: powers of two up to ``max_batch``,
+        and ``max_batch``."""
+        sizes, n = [], 1
+        while n < self.options.max_batch:
+            sizes.append(n)
+            n *= 2
+        return [*sizes, self.options.max_batch]
+
     def warm_up(self) -> None:
-        """Build the network and run it once on a grey image (in the thread that runs batches
-        later is not needed: Keras models may be called from any thread)."""
+        """Build the network, and the input pipeline of each bucket of batch sizes, on a grey
+        image; a model that cannot predict it stops the server here."""
         import numpy as np
         from PIL import Image
 
         size = self.info.get("input_size") or [32, 32]
-        path = self.new_path()
-        with open(path, "wb") as fh:
-            Image.fromarray(np.full((*size, 3), 128, np.uint8)).save(fh, format="PNG")
-        try:
-            answers = self.predict_paths([str(path)])
-        finally:
-            path.unlink(missing_ok=True)
-        if "error" in answers[0]:
-            raise TransferkitError(f"{self.path} could not predict a test image: {answers[0]}")
+        grey = io.BytesIO()
+        Image.fromarray(np.full((*size, 3), 128, np.uint8)).save(grey, format="PNG")
+        for bucket in self.buckets():
+            path = self.new_path()
+            path.write_bytes(grey.getvalue())
+            try:
+                answers = self._run([str(path)], bucket)
+            finally:
+                path.unlink(missing_ok=True)
+            if "error" in answers[0]:
+                raise TransferkitError(f"{self.path} cannot predict a test image: {answers[0]}")
         self.calls = 0
 
     def predict_paths(self, paths: list[str]) -> list[dict[str, Any]]:
         """``predict``'s per-image answers for ``paths``, in order, without the path; an image
         it skipped gets ``{"error": reason}``."""
+        bucket = next(b for b in self.buckets() if b >= len(paths))
+        return self._run(paths, bucket)
+
+    def _run(self, paths: list[str], bucket: int) -> list[dict[str, Any]]:
         from .jobs.predict import predict
 
         self.calls += 1
-        result = predict(self.path, paths, options=self.predict_options)
+        # The i-th image of every batch goes by the same name, and a batch is padded with empty
+        # files (which the input pipeline skips from their size, before any decoding) to the
+        # next bucket: the pipeline of each bucket is built once and read again for each batch.
+        slots = [str(self.folder / f"slot-{i:04d}.img") for i in range(bucket)]
+        for path, slot in zip(paths, slots, strict=False):
+            os.replace(path, slot)
+        for slot in slots[len(paths) :]:
+            open(slot, "wb").close()
+        result = predict(self.path, slots, options=self.predict_options)
         answers = []
-        for entry in result["predictions"]:
+        for entry in result["predictions"][: len(paths)]:
             if entry.get("status") != "ok":
                 answers.append({"error": entry.get("reason") or "the image could not be read"})
                 continue
@@ -150,8 +177,9 @@ class ServedModel:
 
 class Batcher:
     """Collects the images of concurrent requests into batches: up to ``max_batch`` images, or
-    ``max_wait`` seconds after the first, whichever comes first; ``run`` (a list of image paths
-    -> their answers) runs each batch in one worker thread, so batches never overlap."""
+    until ``max_wait`` seconds pass without a new one (at most ``10 * max_wait`` after the
+    first), whichever comes first; ``run`` (a list of image paths -> their answers) runs each
+    batch in one worker thread, so batches never overlap."""
 
     def __init__(
         self, run: Callable[[list[str]], list[dict[str, Any]]], max_batch: int, max_wait: float
@@ -185,9 +213,12 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             batch = [await self._queue.get()]
-            deadline = loop.time() + self.max_wait
+            # open while images keep coming: until max_wait passes without one (or the batch
+            # is full, or 10 x max_wait after the first), so that a burst of requests that the
+            # server parses one after the other still makes one batch
+            cap = loop.time() + 10 * self.max_wait
             while len(batch) < self.max_batch:
-                left = deadline - loop.time()
+                left = min(cap, loop.time() + self.max_wait) - loop.time()
                 try:
                     if left <= 0:
                         batch.append(self._queue.get_nowait())
@@ -273,7 +304,8 @@ def build_app(served: ServedModel) -> Any:
         return JSONResponse({"error": message, "status": status, **extra}, status_code=status)
 
     async def health(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok"})
+        sizes = state["batcher"].sizes if "batcher" in state else []
+        return JSONResponse({"status": "ok", "batches": len(sizes), "images": sum(sizes)})
 
     async def metadata(request: Request) -> JSONResponse:
         return JSONResponse(
