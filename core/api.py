@@ -254,7 +254,7 @@ def serve(
     """Serve a trained model over HTTP (``GET /health``, ``GET /metadata``, ``POST /predict``)
     until SIGINT or SIGTERM, micro-batching concurrent requests; ``ready`` is called with the
     server's URL once it listens. Returns the URL and how many batches and images it served.
-    To embed the application in your own ASGI server, see :func:`transferkit.serve.build_app`."""
-    from .serve import serve as _serve
+    To embed the application in your own ASGI server, see :func:`transferkit.serving.build_app`."""
+    from .serving import serve as _serve
 
     return _serve(model_path, options=ServeOptions.of(options, values), ready=ready)

@@ -28,7 +28,7 @@ from PIL import Image
 
 from transferkit import api, hookimpl, plugin_manager, registry
 from transferkit.options import ServeOptions
-from transferkit.serve import build_app, serving
+from transferkit.serving import build_app, serving
 from transferkit.specs import RuntimeSpec
 
 CLASSES = ("bright", "dark", "mid")
@@ -307,3 +307,12 @@ def test_a_signal_stops_the_server_after_the_request_in_flight(
     assert answer.get("status") == 200 and answer["body"]["label"] in CLASSES
     assert process.returncode == 0, err
     assert "Traceback" not in err and "stopped serving" in err
+
+
+def test_the_server_module_leaves_the_functions_serve_and_export_in_place() -> None:
+    import transferkit
+    import transferkit.jobs.export
+    import transferkit.serving  # noqa: F401
+
+    assert transferkit.serve.__module__ == "transferkit.api"
+    assert transferkit.export.__module__ == "transferkit.api"
