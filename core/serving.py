@@ -48,6 +48,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from . import registry
 from .errors import TransferkitError, UsageError
 from .options import PredictOptions, ServeOptions
 
@@ -106,11 +107,14 @@ class ServedModel:
             }  # fmt: skip
         saved = load_model(self.path, trust=self.options.trust)
         recipe = saved.recipe.to_metadata()
+        size = recipe.get("input_size")
+        if size is None and saved.recipe.backbone:  # the backbone's own size
+            size = list(registry.backbone(saved.recipe.backbone).input_size)
         return {
             "model": self.path.name,
             "classifier": saved.classifier,
             "label_names": list(saved.label_names),
-            "input_size": recipe.get("input_size"),
+            "input_size": size,
             "recipe": recipe,
         }
 

@@ -20,10 +20,12 @@ from cli_faults import invoke_cli, tree_digest
 from PIL import Image
 
 from transferkit import api, plugin_manager, registry
-from transferkit.jobs.export import fold_linear_head, read_metadata
+from transferkit.jobs.export import FORMAT_FILES, fold_linear_head, read_metadata
+from transferkit.options import EXPORT_FORMATS
 
 CLASSES = ("bright", "dark", "mid")  # sorted, as the classes of a folder are
 FORMATS = ("keras", "saved_model", "onnx", "openvino", "litert")
+assert set(FORMATS) == set(EXPORT_FORMATS) == set(FORMAT_FILES)  # every format is tested
 OUT_NAMES = {"keras": "m.keras", "onnx": "m.onnx"}
 
 
