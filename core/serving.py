@@ -2,7 +2,8 @@
 
 Routes:
 
-* ``GET /health``: ``{"status": "ok"}``, and how many batches and images it has run;
+* ``GET /health``: ``{"status": "ok"}``, how many batches and images it has run, and how many
+  images are in flight;
 * ``GET /metadata``: the class names, the recipe (backbone, input size, pooling), the
   classifier and the serving limits;
 * ``POST /predict``: one image as the raw body (``Content-Type: image/*``), or several as
@@ -192,6 +193,7 @@ class Batcher:
         self.max_batch = max_batch
         self.max_wait = max_wait
         self.sizes: list[int] = []  # the size of each batch run
+        self.in_flight = 0  # images submitted and not yet answered
         self._queue: asyncio.Queue[tuple[str, asyncio.Future[dict[str, Any]]]] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="transferkit-batch")
         self._task: asyncio.Task[None] | None = None
@@ -211,7 +213,11 @@ class Batcher:
         futures = [loop.create_future() for _ in paths]
         for path, future in zip(paths, futures, strict=True):
             self._queue.put_nowait((path, future))
-        return list(await asyncio.gather(*futures))
+        self.in_flight += len(paths)
+        try:
+            return list(await asyncio.gather(*futures))
+        finally:
+            self.in_flight -= len(paths)
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -308,8 +314,12 @@ def build_app(served: ServedModel) -> Any:
         return JSONResponse({"error": message, "status": status, **extra}, status_code=status)
 
     async def health(request: Request) -> JSONResponse:
-        sizes = state["batcher"].sizes if "batcher" in state else []
-        return JSONResponse({"status": "ok", "batches": len(sizes), "images": sum(sizes)})
+        batcher = state.get("batcher")
+        sizes = batcher.sizes if batcher is not None else []
+        waiting = batcher.in_flight if batcher is not None else 0
+        return JSONResponse(
+            {"status": "ok", "batches": len(sizes), "images": sum(sizes), "in_flight": waiting}
+        )
 
     async def metadata(request: Request) -> JSONResponse:
         return JSONResponse(

@@ -104,7 +104,8 @@ class _Started:
 
 def test_routes_answer_json_with_what_predict_gives(model: dict[str, Any], server: Any) -> None:
     client, served = server(top=3)
-    assert client.get("/health").json() == {"status": "ok", "batches": 0, "images": 0}
+    health = {"status": "ok", "batches": 0, "images": 0, "in_flight": 0}
+    assert client.get("/health").json() == health
     meta = client.get("/metadata").json()
     assert meta["label_names"] == list(CLASSES) and meta["input_size"] == [32, 32]
     assert meta["recipe"]["backbone"] == "tiny-cnn" and meta["classifier"] == "logistic-regression"
@@ -297,7 +298,10 @@ def test_a_signal_stops_the_server_after_the_request_in_flight(
 
         asking = threading.Thread(target=ask)
         asking.start()
-        time.sleep(0.7)  # the request waits in the batcher (--max-wait-ms 1500)
+        waiting = 0  # until the request waits in the batcher (--max-wait-ms 1500)
+        while not waiting and asking.is_alive():
+            with urllib.request.urlopen(f"{url}/health", timeout=30) as response:
+                waiting = json.loads(response.read())["in_flight"]
         process.send_signal(sig)
         asking.join(60)
         out, err = process.communicate(timeout=60)
