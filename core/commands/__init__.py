@@ -14,4 +14,6 @@ COMMAND_MODULES: tuple[str, ...] = (
     "transferkit.commands.predict",
     "transferkit.commands.demo",
     "transferkit.commands.finetune",
+    "transferkit.commands.export",
+    "transferkit.commands.serve",
 )

@@ -429,10 +429,16 @@ def _data_module(
 
 
 def predict_finetuned(
-    model_path: str | Path, paths: Sequence[str], *, batch_size: int = 32, top: int = 1
+    model_path: str | Path,
+    paths: Sequence[str],
+    *,
+    batch_size: int = 32,
+    top: int = 1,
+    runtime: str = "keras",
 ) -> dict[str, Any]:
     """``transferkit predict`` for a fine-tuned classifier: the same output as for a classifier
-    on features (one entry per image: label, probability, or the reason it was skipped)."""
+    on features (one entry per image: label, probability, or the reason it was skipped).
+    ``runtime`` other than ``keras``/``auto`` runs the classifier on that inference runtime."""
     from ..images import ImageRecord, ImageSource
     from ..pipeline import skip_reason
 
@@ -441,7 +447,7 @@ def predict_finetuned(
     log.info(
         f"predicting {len(paths)} image(s) with the fine-tuned {loaded.metadata.get('backbone')}"
     )
-    probs, rows = loaded.predict_files(list(paths), batch_size=batch_size)
+    probs, rows = loaded.predict_files(list(paths), batch_size=batch_size, runtime=runtime)
     by_row: dict[int, dict[str, Any]] = {}
     for p, row in zip(probs, rows.tolist(), strict=True):
         label = int(np.argmax(p))
