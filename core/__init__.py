@@ -18,9 +18,11 @@ from .errors import TransferkitError, UsageError, WeightsUnavailableError
 from .hookspecs import hookimpl
 from .options import (
     DemoOptions,
+    ExportOptions,
     ExtractOptions,
     FinetuneOptions,
     PredictOptions,
+    ServeOptions,
     SpotcheckOptions,
     StreamOptions,
     TrainOptions,
@@ -50,6 +52,8 @@ _API = (
     "predict",
     "demo",
     "load_finetuned",
+    "export",
+    "serve",
 )
 
 __all__ = [
@@ -58,12 +62,14 @@ __all__ = [
     "ClassifierSpec",
     "DatasetSpec",
     "DemoOptions",
+    "ExportOptions",
     "ExtractOptions",
     "FeatureRecipe",
     "FinetuneOptions",
     "HeadSpec",
     "PredictOptions",
     "RuntimeSpec",
+    "ServeOptions",
     "SpotcheckOptions",
     "StoreSpec",
     "StrategySpec",

@@ -9,11 +9,13 @@ from typing import Any, TypeVar
 
 from .options import (
     DemoOptions,
+    ExportOptions,
     ExtractOptions,
     FinetuneOptions,
     LrFindOptions,
     Options,
     PredictOptions,
+    ServeOptions,
     SpotcheckOptions,
     StreamOptions,
     TrainOptions,
@@ -246,3 +248,35 @@ def load_finetuned(path: Any) -> Any:
     from .trainer.saved import load_finetuned as _load
 
     return _load(path)
+
+
+@takes(ExportOptions)
+def export(
+    model_path: Any, *, options: ExportOptions | None = None, **values: Any
+) -> dict[str, Any]:
+    """Export a trained model as one deployable graph (RGB 0..255 images at the model's input
+    size -> class probabilities): a fine-tuned ``.keras``, or a ``.skops`` model of ``train`` or
+    ``stream`` whose head is linear (folded into a ``Dense`` layer with its scaler). ``format``
+    is ``keras``, ``saved_model``, ``onnx``, ``openvino`` or ``litert``; the class names and the
+    recipe travel inside the export. Returns ``path``, ``format``, ``label_names``,
+    ``input_size`` and how the ``probabilities`` are made."""
+    from .jobs.export import export as _export
+
+    return _export(model_path, options=ExportOptions.of(options, values))
+
+
+@takes(ServeOptions)
+def serve(
+    model_path: Any,
+    *,
+    ready: Callable[[str], None] | None = None,
+    options: ServeOptions | None = None,
+    **values: Any,
+) -> dict[str, Any]:
+    """Serve a trained model over HTTP (``GET /health``, ``GET /metadata``, ``POST /predict``)
+    until SIGINT or SIGTERM, micro-batching concurrent requests; ``ready`` is called with the
+    server's URL once it listens. Returns the URL and how many batches and images it served.
+    To embed the application in your own ASGI server, see :func:`transferkit.serving.build_app`."""
+    from .serving import serve as _serve
+
+    return _serve(model_path, options=ServeOptions.of(options, values), ready=ready)

@@ -4,12 +4,26 @@ auto``. No TensorFlow, no NumPy."""
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 from .errors import UsageError
 
 DISTRIBUTIONS = ("auto", "mirrored", "multi-worker")  # the Trainer's tf.distribute strategies
 AUTO_LR = "auto"  # --learning-rate auto: the first phase's rate from an lr-find sweep
+SWEEP_KEYS = ("min_lr", "max_lr", "num_training", "early_stop_threshold")  # lr-find's own options
+
+
+def learning_rates(value: Any, per_phase: Any) -> Any:
+    """Learning rates, one or one per phase (``per_phase`` parses numbers: the options'
+    ``_per_phase``), the first of which may be ``auto``."""
+    values = [value] if isinstance(value, str | numbers.Real) else list(value or ())
+    auto = [isinstance(v, str) and v.strip().lower() == AUTO_LR for v in values]
+    if any(auto[1:]):
+        raise UsageError("only the first phase's learning rate can be auto; give numbers after it")
+    if auto and auto[0]:
+        return (AUTO_LR, *(per_phase(values[1:], float, "learning rates") or ()))
+    return per_phase(value, float, "learning rates")
 
 
 def parse_devices(value: Any) -> int | None:

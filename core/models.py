@@ -31,6 +31,7 @@ from typing import Any
 from .errors import TransferkitError, UsageError
 from .outputs import atomic_path, check_outside_inputs, check_writable, refuse_replacing
 from .recipe import FeatureRecipe
+from .reuse import file_key, reuse
 
 FORMAT = "transferkit-model"
 FORMAT_VERSION = 1
@@ -255,6 +256,11 @@ def load_model(path: str | Path, *, trust: bool = False) -> SavedModel:
         raise UsageError(
             f"model file {path} does not exist; save one with `transferkit train --out`"
         )
+    # read once per file inside a `with reuse.kept():` block (a server), else on every call
+    return reuse(("saved-model", file_key(path), trust), lambda: _read_model(path, trust))
+
+
+def _read_model(path: Path, trust: bool) -> SavedModel:
     kind = identify_file(path)
     if kind in _NOT_A_MODEL or kind == "keras":
         what = _NOT_A_MODEL.get(kind, "a Keras model that `transferkit finetune` did not save")

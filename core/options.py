@@ -24,15 +24,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
+from . import fitvalues
 from .errors import UsageError
-from .fitvalues import (
-    AUTO_LR,
-    DISTRIBUTIONS,
-    check_run_values,
-    check_sweep,
-    parse_batch_limit,
-    parse_devices,
-)
 from .recipe import (
     DEFAULT_WEIGHTS,
     FeatureRecipe,
@@ -450,17 +443,6 @@ def _per_phase(value: Any, kind: type, what: str) -> Any:
     return values or None
 
 
-def _learning_rates(value: Any) -> Any:
-    """Learning rates as :func:`_per_phase` takes them, the first of which may be ``auto``."""
-    values = [value] if isinstance(value, str | numbers.Real) else list(value or ())
-    auto = [isinstance(v, str) and v.strip().lower() == AUTO_LR for v in values]
-    if any(auto[1:]):
-        raise UsageError("only the first phase's learning rate can be auto; give numbers after it")
-    if auto and auto[0]:
-        return (AUTO_LR, *(_per_phase(values[1:], float, "learning rates") or ()))
-    return _per_phase(value, float, "learning rates")
-
-
 @dataclass(frozen=True)
 class FinetuneOptions(Options):
     """``transferkit finetune`` / :func:`transferkit.finetune` (the images, the backbone and the
@@ -551,45 +533,35 @@ class FinetuneOptions(Options):
     )
     devices: Any = option("auto", "Devices: auto, or N (N GPUs; without GPUs, N logical CPU "
                           "devices, to try the distributed path: not faster).")  # fmt: skip
-    distribute: str = option(
-        "auto",
-        "Distribution: auto (mirrored when --devices > 1), mirrored (this machine's devices), "
-        "multi-worker (several machines: TF_CONFIG, or the workers of --scheduler).",
-        choices=DISTRIBUTIONS,
-    )
-    scheduler: str | None = option(
-        None, "With --distribute multi-worker: a Dask scheduler; each worker runs one replica."
-    )
+    distribute: str = option("auto", "auto (mirrored when --devices > 1), mirrored (this machine's "
+                             "devices), multi-worker (machines: TF_CONFIG, or the workers of "
+                             "--scheduler).", choices=fitvalues.DISTRIBUTIONS)  # fmt: skip
+    scheduler: str | None = option(None, "With --distribute multi-worker: a Dask scheduler (or "
+                                   "local); each worker runs one replica.")  # fmt: skip
     fast_dev_run: bool = option(False, "Debug run: one training and one validation batch per "
                                 "phase; no checkpoint, no model.")  # fmt: skip
-    limit_train_batches: Any = option(
-        None, "Training batches per epoch: a count (10) or a fraction (0.25).", metavar="N|F"
-    )
-    limit_val_batches: Any = option(
-        None, "Validation (and test) batches: a count (10) or a fraction (0.25); 0: none.",
-        metavar="N|F",
-    )  # fmt: skip
+    limit_train_batches: Any = option(None, "Training batches per epoch: a count (10) or a "
+                                      "fraction (0.25).", metavar="N|F")  # fmt: skip
+    limit_val_batches: Any = option(None, "Validation (and test) batches: a count (10) or a "
+                                    "fraction (0.25); 0: none.", metavar="N|F")  # fmt: skip
     overfit_batches: int = option(0, "Train on N fixed batches, and validate on them too.")
-    accumulate_grad_batches: int = option(
-        1, "Sum the gradients of K batches before each step (an effective batch of K x batch)."
-    )
+    accumulate_grad_batches: int = option(1, "Average the gradients of K batches before each step "
+                                          "(an effective batch of K x batch).")  # fmt: skip
     gradient_clip_val: float | None = option(None, "Clip the gradients' global norm to this value.")
-    logger: tuple[str, ...] = option(
-        (), "Loggers (see `transferkit loggers`), one or several: csv (default), tensorboard, "
-        "mlflow.", kind="many",
-    )  # fmt: skip
-    logger_dir: str | None = option(
-        None, "Where loggers write: a folder (default OUT), or a tracking URI for mlflow."
-    )
+    logger: tuple[str, ...] = option((), "Loggers (see `transferkit loggers`), one or several: csv "
+                                     "(default), tensorboard, mlflow.", kind="many")  # fmt: skip
+    logger_dir: str | None = option(None, "Where loggers write: a folder (default OUT), or a "
+                                    "tracking URI for mlflow.")  # fmt: skip
 
     def __post_init__(self) -> None:
         self._set("epochs", _per_phase(self.epochs, int, "epochs"))
-        self._set("learning_rate", _learning_rates(self.learning_rate))
-        self._set("devices", parse_devices(self.devices))
-        self._set("limit_train_batches", parse_batch_limit(self.limit_train_batches, "train"))
-        self._set("limit_val_batches", parse_batch_limit(self.limit_val_batches, "val"))
+        self._set("learning_rate", fitvalues.learning_rates(self.learning_rate, _per_phase))
+        self._set("devices", fitvalues.parse_devices(self.devices))
+        for split in ("train", "val"):
+            name = f"limit_{split}_batches"
+            self._set(name, fitvalues.parse_batch_limit(getattr(self, name), split))
         self._set("logger", _texts(self.logger) or ())
-        check_run_values(self.overfit_batches, self.accumulate_grad_batches,
+        fitvalues.check_run_values(self.overfit_batches, self.accumulate_grad_batches,
                          self.gradient_clip_val, self.scheduler, self.distribute)  # fmt: skip
         self._set("weights", normalise_weights(self.weights))
         self._set("input_size", parse_input_size(self.input_size))
@@ -601,24 +573,18 @@ class FinetuneOptions(Options):
 
 @dataclass(frozen=True)
 class LrFindOptions(FinetuneOptions):
-    """``transferkit lr-find`` / :func:`transferkit.lr_find`: a fine-tune's options (its data,
-    model and first phase) and the sweep's (``finetune --learning-rate auto`` sweeps with these
-    defaults)."""
+    """``transferkit lr-find`` / :func:`transferkit.lr_find`: a fine-tune's options and the
+    sweep's (``finetune --learning-rate auto`` sweeps with these defaults)."""
 
     min_lr: float = option(1e-8, "The sweep's first learning rate.")
     max_lr: float = option(1.0, "The sweep's last learning rate.")
     num_training: int = option(100, "Training batches in the sweep (one rate each).")
-    early_stop_threshold: float | None = option(
-        4.0, "Stop once the smoothed loss exceeds this many times the best (divergence)."
-    )
+    early_stop_threshold: float | None = option(4.0, "Stop once the smoothed loss exceeds this "
+                                                "many times the best (divergence).")  # fmt: skip
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_sweep(self.min_lr, self.max_lr, self.num_training)
-
-    def sweep(self) -> dict[str, Any]:
-        keys = ("min_lr", "max_lr", "num_training", "early_stop_threshold")
-        return {k: getattr(self, k) for k in keys}
+        fitvalues.check_sweep(self.min_lr, self.max_lr, self.num_training)
 
 
 # ------------------------------------------------------------------ feature cache, spotcheck, demo
@@ -756,3 +722,68 @@ class DemoOptions(Options):
         self._set("backbones", _texts(self.backbones))
         self._set("precision", parse_precision(self.precision))
         check_jobs(self.jobs, zero_is_all=True)
+
+
+# ------------------------------------------------------------------ export and serve
+
+EXPORT_FORMATS = ("keras", "saved_model", "onnx", "openvino", "litert")
+
+
+@dataclass(frozen=True)
+class ExportOptions(Options):
+    """``transferkit export`` / :func:`transferkit.export` (the model is its argument)."""
+
+    format: str = option(
+        "keras",
+        "What to write: keras (.keras file), saved_model (folder), onnx (.onnx file), openvino "
+        "(folder with model.xml), litert (folder with model.tflite).",
+        choices=EXPORT_FORMATS,
+    )
+    out: str | None = option(None, "Where to write the export.", short="-o", kind="path")
+    overwrite: bool = option(False, "Replace an export already at --out.")
+    trust: bool = option(
+        False, "Load a .skops model holding types other than scikit-learn's and NumPy's."
+    )
+
+    def __post_init__(self) -> None:
+        fmt = str(self.format).strip().lower().replace("-", "_")
+        if fmt == "tf_saved_model":
+            fmt = "saved_model"
+        if fmt not in EXPORT_FORMATS:
+            raise UsageError(f"unknown export format {self.format!r}; allowed: {EXPORT_FORMATS}")
+        self._set("format", fmt)
+
+
+@dataclass(frozen=True)
+class ServeOptions(Options):
+    """``transferkit serve`` / :func:`transferkit.serve` (the model is its argument)."""
+
+    host: str = option("127.0.0.1", "Address to bind (0.0.0.0: every interface).")
+    port: int = option(8000, "Port to bind (0: a free one, printed at start).")
+    runtime: str = runtime_option()
+    max_batch: int = option(32, "Images per forward pass at most (micro-batching).")
+    max_wait_ms: float = option(
+        5.0,
+        "A batch closes when no image joined it for this long (at most 10x this after its "
+        "first image), or when it is full.",
+    )
+    top: int = option(5, "Classes in each answer's top list.")
+    max_body: int = option(20_000_000, "Largest request body in bytes (larger: 413).")
+    max_pixels: int = option(40_000_000, "Largest image in pixels, width x height (larger: 413).")
+    max_images: int = option(64, "Images in one multipart request at most.")
+    read_timeout: float = option(
+        10.0, "Seconds a client may take to send its request body (slower: 408)."
+    )
+    trust: bool = option(
+        False,
+        "Allow loading a pickled model (river), which can run code: only for your own files.",
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "max_body", "max_pixels", "max_images", "top"):
+            check_positive(getattr(self, name), f"--{name.replace('_', '-')}")
+        check_positive(self.read_timeout, "--read-timeout")
+        if self.max_wait_ms < 0:
+            raise UsageError(f"--max-wait-ms must be 0 or more, got {self.max_wait_ms}")
+        if not 0 <= self.port <= 65535:
+            raise UsageError(f"--port must be 0..65535, got {self.port}")

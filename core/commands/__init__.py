@@ -15,4 +15,6 @@ COMMAND_MODULES: tuple[str, ...] = (
     "transferkit.commands.demo",
     "transferkit.commands.finetune",
     "transferkit.commands.lr_find",
+    "transferkit.commands.export",
+    "transferkit.commands.serve",
 )

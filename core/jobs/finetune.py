@@ -27,7 +27,7 @@ import numpy as np
 
 from .. import outputs, registry
 from ..errors import UsageError
-from ..fitvalues import AUTO_LR
+from ..fitvalues import AUTO_LR, SWEEP_KEYS
 from ..options import FinetuneOptions, LrFindOptions
 from ..pooling import pool
 from ..specs import NO_POOLING
@@ -334,7 +334,7 @@ def _lr_find(
     from ..trainer.lr_find import save_lr_find
 
     sweep = options if isinstance(options, LrFindOptions) else LrFindOptions()
-    found = trainer.lr_find(model, data, strategy, **sweep.sweep())
+    found = trainer.lr_find(model, data, strategy, **{k: getattr(sweep, k) for k in SWEEP_KEYS})
     if found.suggestion is None:
         raise UsageError(
             "lr-find found no learning rate where the loss falls; widen --min-lr/--max-lr or "
@@ -488,10 +488,16 @@ def _data_module(
 
 
 def predict_finetuned(
-    model_path: str | Path, paths: Sequence[str], *, batch_size: int = 32, top: int = 1
+    model_path: str | Path,
+    paths: Sequence[str],
+    *,
+    batch_size: int = 32,
+    top: int = 1,
+    runtime: str = "keras",
 ) -> dict[str, Any]:
     """``transferkit predict`` for a fine-tuned classifier: the same output as for a classifier
-    on features (one entry per image: label, probability, or the reason it was skipped)."""
+    on features (one entry per image: label, probability, or the reason it was skipped).
+    ``runtime`` other than ``keras``/``auto`` runs the classifier on that inference runtime."""
     from ..images import ImageRecord, ImageSource
     from ..pipeline import skip_reason
 
@@ -500,7 +506,7 @@ def predict_finetuned(
     log.info(
         f"predicting {len(paths)} image(s) with the fine-tuned {loaded.metadata.get('backbone')}"
     )
-    probs, rows = loaded.predict_files(list(paths), batch_size=batch_size)
+    probs, rows = loaded.predict_files(list(paths), batch_size=batch_size, runtime=runtime)
     by_row: dict[int, dict[str, Any]] = {}
     for p, row in zip(probs, rows.tolist(), strict=True):
         label = int(np.argmax(p))

@@ -19,6 +19,7 @@ from ..errors import TransferkitError, UsageError
 from ..models import SavedModel, identify_file, load_model
 from ..options import PredictOptions
 from ..pooling import pool
+from ..reuse import reuse
 from ..store import path_text
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,23 @@ def check_precision(saved: SavedModel, precision: Any, model_path: Any = "the mo
     return own
 
 
+def feature_network(saved: SavedModel) -> tuple[str, Any]:
+    """The registered name of the backbone of ``saved``'s features, and that backbone built with
+    the model's weights and input size and pooled as its features were (checked to give as
+    many features as the model takes)."""
+    recipe = saved.recipe
+    spec = registry.backbone(recipe.backbone)
+    backbone = pool(
+        spec.factory(weights=recipe.weights, input_size=recipe.input_size), recipe.pooling
+    )
+    if saved.feature_dim and backbone.feature_dim != saved.feature_dim:
+        raise TransferkitError(
+            f"backbone {recipe.backbone} now gives {backbone.feature_dim} features but the model "
+            f"was trained on {saved.feature_dim}; was the backbone plugin changed?"
+        )
+    return spec.name, backbone
+
+
 def extract_features(
     saved: SavedModel,
     paths: list[str],
@@ -85,23 +103,22 @@ def extract_features(
             "written by `transferkit extract`"
         )
     precision = check_precision(saved, precision)
-    spec = registry.backbone(recipe.backbone)
-    backbone = pool(
-        spec.factory(weights=recipe.weights, input_size=recipe.input_size), recipe.pooling
-    )
-    if saved.feature_dim and backbone.feature_dim != saved.feature_dim:
-        raise TransferkitError(
-            f"backbone {recipe.backbone} now gives {backbone.feature_dim} features but the model "
-            f"was trained on {saved.feature_dim}; was the backbone plugin changed?"
+
+    def build() -> tuple[Any, inference.Forward]:
+        name, backbone = feature_network(saved)
+        forward = inference.build_forward(
+            backbone,
+            backbone=name,
+            runtime=runtime,
+            precision=precision,
+            images=len(paths),
+            batch_size=batch_size,
         )
-    forward = inference.build_forward(
-        backbone,
-        backbone=spec.name,
-        runtime=runtime,
-        precision=precision,
-        images=len(paths),
-        batch_size=batch_size,
-    )
+        return backbone, forward
+
+    # built once per recipe and runtime inside a `with reuse.kept():` (a server), else per call
+    key = ("predict-network", recipe, recipe.runtime, saved.feature_dim, runtime, precision)
+    backbone, forward = reuse(key, build)
     return map_files(
         forward,
         paths,
@@ -138,7 +155,9 @@ def predict(
     ):
         from .finetune import predict_finetuned
 
-        result = predict_finetuned(model_path, image_paths(images), batch_size=batch_size, top=top)
+        result = predict_finetuned(
+            model_path, image_paths(images), batch_size=batch_size, top=top, runtime=runtime
+        )
         return with_truth(result, images, options.out)
     saved = load_model(model_path, trust=options.trust)
     check_precision(saved, precision, model_path)
