@@ -48,6 +48,7 @@ _API = (
     "spotcheck",
     "stream",
     "finetune",
+    "lr_find",
     "predict",
     "demo",
     "load_finetuned",

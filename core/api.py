@@ -12,6 +12,7 @@ from .options import (
     ExportOptions,
     ExtractOptions,
     FinetuneOptions,
+    LrFindOptions,
     Options,
     PredictOptions,
     ServeOptions,
@@ -215,9 +216,30 @@ def finetune(
     """
     from .jobs.finetune import finetune as _finetune
 
-    return _finetune(
-        images, backbone=backbone, out=out, options=FinetuneOptions.of(options, values)
-    )
+    opts = FinetuneOptions.of(options, values)
+    if opts.scheduler is not None:  # one replica per worker of a Dask cluster
+        from .jobs.finetune_dask import finetune_on_cluster
+
+        return finetune_on_cluster(images, backbone=backbone, out=out, options=opts)
+    return _finetune(images, backbone=backbone, out=out, options=opts)
+
+
+@takes(LrFindOptions)
+def lr_find(
+    images: Any,
+    *,
+    backbone: Any,
+    out: Any,
+    options: LrFindOptions | None = None,
+    **values: Any,
+) -> dict[str, Any]:
+    """The learning-rate range test of a fine-tune's first phase (the data, model and strategy
+    that :func:`finetune` would make from the same options): writes ``out/lr_find.png`` and
+    ``out/lr_find.json`` and returns the curve with ``suggestion``, ``steepest`` and
+    ``valley``. ``finetune(..., learning_rate="auto")`` runs it before training."""
+    from .jobs.finetune import finetune as _finetune
+
+    return _finetune(images, backbone=backbone, out=out, options=LrFindOptions.of(options, values))
 
 
 def load_finetuned(path: Any) -> Any:

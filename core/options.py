@@ -22,8 +22,9 @@ import numbers
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
+from . import fitvalues
 from .errors import UsageError
 from .recipe import (
     DEFAULT_WEIGHTS,
@@ -464,8 +465,11 @@ class FinetuneOptions(Options):
         "Epochs, once or once per phase (warmup-unfreeze: --epochs 10 --epochs 10).",
         kind="many",
     )
-    learning_rate: float | tuple[float, ...] | None = option(
-        None, "Learning rate, once or once per phase.", kind="many", aliases=("--lr",)
+    learning_rate: float | Literal["auto"] | tuple[float | Literal["auto"], ...] | None = option(
+        None,
+        "Learning rate, once or once per phase; auto: the first phase's from an lr-find sweep.",
+        kind="many",
+        aliases=("--lr",),
     )
     unfreeze_from: int | None = option(
         None, "First base layer trained in the unfrozen phase (default per backbone; VGG16: 15)."
@@ -527,16 +531,60 @@ class FinetuneOptions(Options):
     callbacks: Sequence[Any] = option(
         (), "Trainer callbacks or Keras callbacks, added to transferkit's own.", cli=False
     )
+    devices: Any = option("auto", "Devices: auto, or N (N GPUs; without GPUs, N logical CPU "
+                          "devices, to try the distributed path: not faster).")  # fmt: skip
+    distribute: str = option("auto", "auto (mirrored when --devices > 1), mirrored (this machine's "
+                             "devices), multi-worker (machines: TF_CONFIG, or the workers of "
+                             "--scheduler).", choices=fitvalues.DISTRIBUTIONS)  # fmt: skip
+    scheduler: str | None = option(None, "With --distribute multi-worker: a Dask scheduler (or "
+                                   "local); each worker runs one replica.")  # fmt: skip
+    fast_dev_run: bool = option(False, "Debug run: one training and one validation batch per "
+                                "phase; no checkpoint, no model.")  # fmt: skip
+    limit_train_batches: Any = option(None, "Training batches per epoch: a count (10) or a "
+                                      "fraction (0.25).", metavar="N|F")  # fmt: skip
+    limit_val_batches: Any = option(None, "Validation (and test) batches: a count (10) or a "
+                                    "fraction (0.25); 0: none.", metavar="N|F")  # fmt: skip
+    overfit_batches: int = option(0, "Train on N fixed batches, and validate on them too.")
+    accumulate_grad_batches: int = option(1, "Average the gradients of K batches before each step "
+                                          "(an effective batch of K x batch).")  # fmt: skip
+    gradient_clip_val: float | None = option(None, "Clip the gradients' global norm to this value.")
+    logger: tuple[str, ...] = option((), "Loggers (see `transferkit loggers`), one or several: csv "
+                                     "(default), tensorboard, mlflow.", kind="many")  # fmt: skip
+    logger_dir: str | None = option(None, "Where loggers write: a folder (default OUT), or a "
+                                    "tracking URI for mlflow.")  # fmt: skip
 
     def __post_init__(self) -> None:
         self._set("epochs", _per_phase(self.epochs, int, "epochs"))
-        self._set("learning_rate", _per_phase(self.learning_rate, float, "learning rates"))
+        self._set("learning_rate", fitvalues.learning_rates(self.learning_rate, _per_phase))
+        self._set("devices", fitvalues.parse_devices(self.devices))
+        for split in ("train", "val"):
+            name = f"limit_{split}_batches"
+            self._set(name, fitvalues.parse_batch_limit(getattr(self, name), split))
+        self._set("logger", _texts(self.logger) or ())
+        fitvalues.check_run_values(self.overfit_batches, self.accumulate_grad_batches,
+                         self.gradient_clip_val, self.scheduler, self.distribute)  # fmt: skip
         self._set("weights", normalise_weights(self.weights))
         self._set("input_size", parse_input_size(self.input_size))
         self._set("split", tuple(float(v) for v in self.split))
         self._set("callbacks", tuple(self.callbacks))
         if self.pooling is not None:
             self._set("pooling", parse_pooling(self.pooling))
+
+
+@dataclass(frozen=True)
+class LrFindOptions(FinetuneOptions):
+    """``transferkit lr-find`` / :func:`transferkit.lr_find`: a fine-tune's options and the
+    sweep's (``finetune --learning-rate auto`` sweeps with these defaults)."""
+
+    min_lr: float = option(1e-8, "The sweep's first learning rate.")
+    max_lr: float = option(1.0, "The sweep's last learning rate.")
+    num_training: int = option(100, "Training batches in the sweep (one rate each).")
+    early_stop_threshold: float | None = option(4.0, "Stop once the smoothed loss exceeds this "
+                                                "many times the best (divergence).")  # fmt: skip
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        fitvalues.check_sweep(self.min_lr, self.max_lr, self.num_training)
 
 
 # ------------------------------------------------------------------ feature cache, spotcheck, demo
