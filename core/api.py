@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from .options import (
+    AuditOptions,
     DemoOptions,
     ExtractOptions,
     FinetuneOptions,
@@ -224,3 +225,14 @@ def load_finetuned(path: Any) -> Any:
     from .trainer.saved import load_finetuned as _load
 
     return _load(path)
+
+
+@takes(AuditOptions)
+def audit(store_path: Any, *, options: AuditOptions | None = None, **values: Any) -> dict[str, Any]:
+    """Audit a feature store (or an image folder, with ``backbone``): ``label_issues``,
+    ``near_duplicates``, ``leakage`` (with ``test``), ``outliers`` and a ``summary``, each list
+    ranked worst first; ``out`` writes audit.json, audit.csv and audit.html. See
+    :mod:`transferkit.jobs.audit`."""
+    from .jobs.audit import audit as _audit
+
+    return _audit(store_path, options=AuditOptions.of(options, values))

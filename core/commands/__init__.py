@@ -14,4 +14,5 @@ COMMAND_MODULES: tuple[str, ...] = (
     "transferkit.commands.predict",
     "transferkit.commands.demo",
     "transferkit.commands.finetune",
+    "transferkit.commands.audit",
 )
