@@ -20,9 +20,9 @@ temperature fit, imported on use.
 * **Prediction sets** (:func:`conformal_threshold`, :func:`prediction_sets`): split conformal with
   the score ``1 - p(true class)`` (Sadinle et al., 2019) on held-out (out-of-fold) training
   probabilities. For a coverage ``c`` the threshold is the ``ceil((n + 1) c) / n`` empirical
-  quantile of the ``n`` scores; a set holds every class whose score is at most that, and never
-  less than the top class. A few lines of NumPy: MAPIE would add a dependency for the same
-  quantile.
+  quantile of the ``n`` scores; a set holds every class whose score is at most that (it may be
+  empty, see :func:`prediction_sets`). A few lines of NumPy: MAPIE would add a dependency for
+  the same quantile.
 * **Neighbours in blocks** (:func:`neighbours`): the ``k`` most similar rows of a reference for
   every query row, by blocks of query rows, so memory is ``block x len(reference)`` floats and
   never ``N^2``.
@@ -153,13 +153,14 @@ def conformal_threshold(scores: Any, coverage: float) -> float:
 
 def prediction_sets(proba: Any, threshold: float) -> list[list[int]]:
     """For each row the classes whose score ``1 - p`` is at most ``threshold``, most probable
-    first; never empty (the top class is always in)."""
+    first. A set may be empty: no class is probable enough, which a classifier more accurate
+    than the coverage asks for gives to a few rows (forcing the top class in would raise the
+    coverage above the one asked for)."""
     proba = np.asarray(proba)
     sets = []
     for row in proba:
         order = np.argsort(-row, kind="stable")
-        chosen = [int(k) for k in order if 1.0 - row[k] <= threshold + 1e-9]
-        sets.append(chosen or [int(order[0])])
+        sets.append([int(k) for k in order if 1.0 - row[k] <= threshold + 1e-9])
     return sets
 
 

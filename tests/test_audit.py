@@ -206,3 +206,41 @@ def test_the_command_prints_each_finding_and_moved_images_resolve_under_root(
     for heading in ("label issues:", "near duplicates:", "leakage: 0", "outliers:"):
         assert heading in result.stdout
     assert "300 rows, out-of-fold accuracy" in result.stdout
+
+
+@pytest.mark.process
+def test_the_page_renders_in_headless_chromium(audited: dict[str, Any], tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from test_report_browser import REQUIRE_BROWSER_ENV, chromium
+
+    browser = chromium()
+    if browser is None:
+        if os.environ.get(REQUIRE_BROWSER_ENV, "") not in ("", "0"):
+            pytest.fail(f"no Chromium installed, and {REQUIRE_BROWSER_ENV} requires one")
+        pytest.skip("no Chromium installed (apt-get install chromium)")
+    common = [
+        browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars", "--window-size=1000,1400",
+    ]  # fmt: skip
+    url = Path(audited["files"]["html"]).as_uri()
+    dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    for section in ("label_issues", "near_duplicates", "leakage", "outliers"):
+        assert f'id="{section}"' in dom.stdout
+    assert dom.stdout.count('class="label_issues"') == len(audited["label_issues"])
+    shot = tmp_path / "audit.png"
+    taken = subprocess.run(
+        [*common, f"--screenshot={shot}", url], capture_output=True, text=True, timeout=120
+    )
+    assert taken.returncode == 0 and shot.exists(), taken.stderr[-2000:]
+    with Image.open(shot) as picture:
+        pixels = np.asarray(picture.convert("L"), dtype=np.int16)
+    # the thumbnails were decoded: each of the digits' 8x8 pixels is a square of ink 12 pixels
+    # wide on the screen (a 24-pixel image shown 96 high), which no text (nor a broken image's
+    # alternative text) fills
+    dark = pixels < 80
+    blocks = dark[: 1400 // 10 * 10, : 1000 // 10 * 10].reshape(1400 // 10, 10, 1000 // 10, 10)
+    assert (blocks.mean(axis=(1, 3)) > 0.95).sum() >= 20

@@ -153,7 +153,7 @@ body {{ font-family: sans-serif; margin: 2em; }}
 table {{ border-collapse: collapse; font-size: 0.9em; }}
 th, td {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }}
 th {{ background: #eee; }}
-img.thumb {{ max-width: {THUMBNAIL}px; max-height: {THUMBNAIL}px; }}
+img.thumb {{ height: {THUMBNAIL}px; max-width: {2 * THUMBNAIL}px; image-rendering: pixelated; }}
 .missing {{ display: inline-block; width: {THUMBNAIL}px; height: {THUMBNAIL // 2}px;
   background: #999; color: #fff; font-size: 0.7em; text-align: center; }}
 </style></head>
