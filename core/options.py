@@ -583,6 +583,9 @@ class FinetuneOptions(Options):
     callbacks: Sequence[Any] = option(
         (), "Trainer callbacks or Keras callbacks, added to transferkit's own.", cli=False
     )
+    calibrate: bool = option(
+        False, "Fit the head's temperature on the validation split (predict applies it)."
+    )
 
     def __post_init__(self) -> None:
         self._set("epochs", _per_phase(self.epochs, int, "epochs"))
@@ -591,6 +594,9 @@ class FinetuneOptions(Options):
         self._set("input_size", parse_input_size(self.input_size))
         self._set("split", tuple(float(v) for v in self.split))
         self._set("callbacks", tuple(self.callbacks))
+        if self.calibrate and self.split[1] <= 0:
+            raise UsageError("--calibrate fits the temperature on the validation split; give it "
+                             "a validation fraction (--split)")  # fmt: skip
         if self.pooling is not None:
             self._set("pooling", parse_pooling(self.pooling))
 

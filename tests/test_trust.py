@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 from cli_faults import assert_fails_cleanly, assert_succeeds, invoke_cli
+from PIL import Image
 from sklearn.datasets import load_digits
 
 from transferkit import api, trust
@@ -165,3 +166,39 @@ def test_a_streamed_model_keeps_a_bounded_reference(digits_store: Path, tmp_path
     kept: dict[str, Any] = load_model(result["model_path"]).trust
     assert kept["reference"].shape == (100, 64) and kept["reference"].dtype == np.float16
     assert "conformal" not in kept and 0 < kept["threshold"] < 2
+
+
+@pytest.mark.slow
+def test_finetune_reports_ece_and_fits_the_heads_temperature(
+    tmp_path: Path, register_plugin: Any
+) -> None:
+    from test_trainer_finetune import TinyBackbones
+    from trainer_helpers import digits
+
+    from transferkit.errors import UsageError
+
+    register_plugin(TinyBackbones(), "tiny-backbones")
+    images, labels, names = digits(90, classes=3)
+    folder = tmp_path / "digits"
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+        (folder / f"digit{names[int(label)]}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.astype(np.uint8)).resize((16, 16)).save(
+            folder / f"digit{names[int(label)]}" / f"{i}.png"
+        )
+    common: dict[str, Any] = {"backbone": "tiny-blocks", "strategy": "head-only", "epochs": 2,
+                              "batch_size": 16, "progress": False}  # fmt: skip
+    result = api.finetune(folder, out=tmp_path / "run", calibrate=True, **common)
+    assert 0 <= result["test_ece"] <= 1 and 0 <= result["test_ece_before"] <= 1
+    temperature = result["temperature"]
+    assert temperature > 0
+    loaded = api.load_finetuned(tmp_path / "run")
+    assert loaded.metadata["temperature"] == pytest.approx(temperature)
+    one = sorted((folder / f"digit{names[0]}").iterdir())[0]
+    raw, _ = loaded.predict_files([str(one)])
+    shown = api.predict(tmp_path / "run", [str(one)])["predictions"][0]
+    expected = trust.temper(raw, temperature)[0]
+    assert shown["probability"] == pytest.approx(float(expected.max()), abs=1e-5)
+    with pytest.raises(UsageError, match="fine-tuned model, which keeps no conformal"):
+        api.predict(tmp_path / "run", [str(one)], coverage=0.9)
+    with pytest.raises(UsageError, match="validation split"):
+        api.finetune(folder, out=tmp_path / "x", calibrate=True, split=(0.8, 0, 0.2), **common)
