@@ -202,3 +202,21 @@ def test_finetune_reports_ece_and_fits_the_heads_temperature(
         api.predict(tmp_path / "run", [str(one)], coverage=0.9)
     with pytest.raises(UsageError, match="validation split"):
         api.finetune(folder, out=tmp_path / "x", calibrate=True, split=(0.8, 0, 0.2), **common)
+
+
+def test_a_damaged_trust_record_fails_in_one_line(digits_store: Path, tmp_path: Path) -> None:
+    from transferkit.errors import TransferkitError
+    from transferkit.models import save_model
+
+    saved = load_model(api.train(digits_store, classifier="knn-3", out=tmp_path / "m",
+                                 conformal=False)["model_path"])  # fmt: skip
+    for damage, why in (
+        ({"reference": np.zeros((4, 5), np.float16)}, "reference sample has 5 features"),
+        ({"conformal": np.zeros((2, 2))}, "conformal scores are not a vector"),
+        ({"surprise": 1}, "unknown trust keys"),
+    ):
+        saved.trust = {**saved.trust, **damage}
+        path = save_model(saved, tmp_path / "damaged.skops")
+        with pytest.raises(TransferkitError, match=why):
+            load_model(path)
+        saved.trust = {k: v for k, v in saved.trust.items() if k not in damage}
