@@ -56,11 +56,13 @@ from bench_quality import WORK, write_digits, write_photos  # noqa: E402
 
 
 def _rows(store: str) -> tuple[np.ndarray, np.ndarray, list[str], list[str], dict[str, Any]]:
+    from transferkit.models import store_fields
     from transferkit.store import open_store
 
     with open_store(store) as reader:
         X, y = reader.read(0, len(reader.labels))
-        return X, y, list(reader.paths), list(reader.label_names), dict(reader.metadata)
+        recipe = store_fields(reader)["recipe"].to_metadata()
+        return X, y, list(reader.paths), list(reader.label_names), recipe
 
 
 def _write(path: Path, X: np.ndarray, y: np.ndarray, paths: list[str], names: list[str],

@@ -244,3 +244,21 @@ def test_the_page_renders_in_headless_chromium(audited: dict[str, Any], tmp_path
     dark = pixels < 80
     blocks = dark[: 1400 // 10 * 10, : 1000 // 10 * 10].reshape(1400 // 10, 10, 1000 // 10, 10)
     assert (blocks.mean(axis=(1, 3)) > 0.95).sum() >= 20
+
+
+@pytest.mark.slow
+def test_an_image_folder_is_audited_through_the_feature_cache(
+    digits: dict[str, Any], tiny: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "images"
+    for name in NAMES[:4]:
+        (folder / name).mkdir(parents=True)
+        for path in sorted((Path(digits["test"]).parent / "test" / name).iterdir())[:15]:
+            shutil.copy(path, folder / name / path.name)
+    refused = invoke_cli("audit", folder)
+    assert_fails_cleanly(refused, 2, "is a folder of images; pass --backbone")
+    cache = tmp_path / "cache"
+    report = api.audit(folder, backbone=tiny, cache_dir=cache, progress=False, folds=3)
+    assert report["summary"]["rows"] == 60 and report["summary"]["feature_dim"] == 8
+    assert all(Path(f["path"]).is_file() for f in report["label_issues"])
+    assert len(list(cache.rglob("*.h5"))) == 1  # extracted once, kept for the next run

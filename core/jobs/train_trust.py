@@ -126,7 +126,8 @@ def add_trust(
         if added["ece"] > added["ece_before"]:
             log.warning(
                 f"warning: {calibrate} calibration raised the test rows' calibration error "
-                f"({added['ece_before']:.4f} -> {added['ece']:.4f}); try --calibrate temperature"
+                f"({added['ece_before']:.4f} -> {added['ece']:.4f}); with few rows a calibration "
+                "can overfit its folds: try another --calibrate method, or none"
             )
     if wants_sets and held is not None:
         trust["conformal"] = conformal_scores(held, y_train, options.seed)
