@@ -287,7 +287,7 @@ def main() -> None:
     parser.add_argument("--coverage", type=float, default=0.9)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rows", default="10000,100000")
-    parser.add_argument("--classifier", default="logistic-regression",
+    parser.add_argument("--classifier", default="softmax",
                         help="out-of-fold classifier of the scale part")  # fmt: skip
     parser.add_argument("--baseline-rows", type=int, default=10000,
                         help="run scikit-learn's neighbours up to this many rows")  # fmt: skip

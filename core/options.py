@@ -751,7 +751,9 @@ class AuditOptions(Options):
     )
     out: str | None = option(None, "Folder for audit.json, audit.csv and audit.html.", kind="dir")
     classifier: str = option(
-        "logistic-regression", "Classifier of the out-of-fold probabilities (label issues)."
+        "softmax",
+        "Classifier(s) of the out-of-fold probabilities (label issues); several, comma-separated, "
+        "are averaged.",
     )
     folds: int = option(5, "Folds of the out-of-fold probabilities.")
     k: int = option(10, "Neighbours of the outlier distance.")

@@ -3,20 +3,21 @@
 Four kinds of finding, each list ranked worst first:
 
 * ``label_issues``: rows whose given label their out-of-fold probabilities contradict. A
-  classifier (``classifier``, a standardised logistic regression by default; several,
-  comma-separated, are averaged) is fitted on ``folds`` - 1 stratified folds and scores the
-  held-out one, so every row gets probabilities from a model that never saw it. A row is an issue
-  when another class is the most probable and its given class's probability is below that
-  class's threshold (the mean probability of the class over its own rows); issues are ranked by
-  ``score = 1 - p(given class)`` and ``suggested`` is the most probable class. ``confident`` marks
-  the rows that the confident-learning rule (Northcutt et al., 2021, "Confident
-  learning: estimating uncertainty in dataset labels"; implemented here, no cleanlab) counts the
-  *confident joint*: a row of given class ``i`` counts towards class ``j`` when its probability of
-  ``j`` reaches class ``j``'s own mean probability (its threshold), the largest such ``j``. The
-  joint is scaled so that each given class keeps its row count, and for every off-diagonal cell
-  ``(i, j)`` the ``n_ij`` rows of class ``i`` with the largest margin ``p_j - p_i`` are picked
-  ("prune by noise rate"): fewer rows, more of them wrong; their count estimates the number of
-  wrong labels (``summary.label_issues_confident``).
+  classifier (``classifier``: by default ``softmax``, transferkit's multinomial logistic
+  regression by averaged SGD, which ranks as a batch logistic regression does in a fraction of
+  its time; several, comma-separated, are averaged) is fitted on ``folds`` - 1 stratified folds
+  and scores the held-out one, so every row gets probabilities from a model that never saw it.
+  A row is an issue when another class is the most probable and its given class's probability
+  is below that class's threshold (the mean probability of the class over its own rows); issues
+  are ranked by ``score = 1 - p(given class)``, and ``suggested`` is the most probable class.
+  ``confident`` marks the rows the confident-learning rule picks (Northcutt et al., 2021,
+  "Confident learning: estimating uncertainty in dataset labels"; implemented here, no
+  cleanlab): the *confident joint* counts a row of given class ``i`` towards class ``j`` when
+  its probability of ``j`` reaches class ``j``'s threshold (the largest such ``j``); the joint is
+  scaled so that each given class keeps its row count, and for every off-diagonal cell ``(i, j)``
+  the ``n_ij`` rows of class ``i`` with the largest margin ``p_j - p_i`` are picked ("prune by
+  noise rate"): fewer rows, more of them wrong; their count estimates the number of wrong labels
+  (``summary.label_issues_confident``).
 * ``near_duplicates``: pairs of rows of one store whose features are nearly the same (cosine
   similarity of the features centred on the store's mean, at least ``duplicate_similarity``),
   and pairs of files with the same bytes (``exact: true``, by SHA-256).
