@@ -88,7 +88,7 @@ def _read_all(reader: Any, store: Any) -> tuple[np.ndarray, np.ndarray, list[str
         X[start : start + READ_ROWS], y[start : start + READ_ROWS] = reader.read(
             start, min(n, start + READ_ROWS)
         )
-    paths = [str(p) for p in reader.paths] if reader.paths else [f"row {i}" for i in range(n)]
+    paths = [str(p) for p in reader.paths] if len(reader.paths) else [f"row {i}" for i in range(n)]
     bad = ~np.isfinite(X).all(axis=1)
     if bad.any():
         first = int(np.argmax(bad))
@@ -245,6 +245,10 @@ def audit(train_store: str | Path, *, options: AuditOptions) -> dict[str, Any]:
                 test_reader.close()
     finally:
         reader.close()
+    if options.files and paths[0] == "row 0":
+        raise UsageError(
+            f"store {train_store} records no image paths; pass --no-files to audit its features"
+        )
     files = _located(paths, options.root, train_store) if options.files else None
     test_files = None
     if test is not None and options.files:
