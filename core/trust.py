@@ -41,8 +41,9 @@ from typing import Any
 import numpy as np
 
 ECE_BINS = 15
-# the float32 similarities one block of the neighbour search holds (64 MiB)
-BLOCK_FLOATS = 16 * 1024 * 1024
+# the float32 similarities one block of the neighbour search holds (16 MiB; with the block's
+# int64 partition indices and a row's top k, about 50 MiB in all)
+BLOCK_FLOATS = 4 * 1024 * 1024
 REFERENCE_SIZE = 1000
 REFERENCE_K = 1
 UNFAMILIAR_QUANTILE = 0.99
@@ -199,12 +200,14 @@ def neighbours(
         raise ValueError("too few reference rows for a nearest-neighbour search")
     step = block_rows(len(R), block_floats)
     for start in range(0, len(Q), step):
-        sims = Q[start : start + step] @ R.T
+        negative = Q[start : start + step] @ R.T
+        np.negative(negative, out=negative)  # in place: the most similar are the smallest
         if exclude_self:
-            rows = np.arange(len(sims))
-            sims[rows, start + rows] = -np.inf
-        part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        top = np.take_along_axis(sims, part, axis=1)
+            rows = np.arange(len(negative))
+            negative[rows, start + rows] = np.inf
+        part = np.argpartition(negative, k - 1, axis=1)[:, :k]
+        top = -np.take_along_axis(negative, part, axis=1)
+        del negative
         order = np.argsort(-top, axis=1, kind="stable")
         yield start, np.take_along_axis(top, order, axis=1), np.take_along_axis(part, order, axis=1)
 
