@@ -24,7 +24,10 @@ labels and on the faulty ones.
 
 **Scale** (``--rows 10000,100000``): synthetic 1,280-d features (10 classes of non-negative
 Gaussian clusters), written to an HDF5 store; ``audit --no-files`` runs in a fresh process per
-size, which reports its seconds (label issues, neighbours) and its peak resident memory. The
+size, which reports its seconds (label issues, neighbours) and its peak resident memory. Above
+``--full-rows`` the parts run one by one: reading, the out-of-fold label issues on every row,
+and the neighbour pass for ``--query-rows`` query rows against every row, its time scaled to
+all rows (the pass is the same work for each query row; memory is that of one block). The
 baseline is scikit-learn's ``NearestNeighbors(metric="cosine", algorithm="brute")`` on the same
 rows for the same neighbours, in the same process.
 
@@ -250,18 +253,49 @@ def synthetic(path: Path, rows: int, dim: int = 1280, classes: int = 10, seed: i
     return str(path)
 
 
-def scale_child(store: str, classifier: str, baseline: bool) -> None:
-    """In a fresh process: one audit (and the baseline's neighbours); prints JSON."""
+def scale_child(store: str, classifier: str, baseline: bool, query_rows: int) -> None:
+    """In a fresh process: one audit (and the baseline's neighbours); prints JSON. Above
+    ``query_rows`` rows the neighbour pass runs for the first ``query_rows`` query rows against
+    every row, and its time is scaled by rows / query_rows (each query row is the same work:
+    one row of products with every row, and one partition)."""
     import resource
 
     from transferkit import api, trust
+    from transferkit.jobs.audit import _read_all, confident_learning, out_of_fold, tukey_fence
+    from transferkit.options import AuditOptions
+    from transferkit.store import open_store
 
+    def peak() -> float:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    out: dict[str, Any] = {}
     t = time.perf_counter()
-    report = api.audit(store, files=False, classifier=classifier)
-    seconds = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out = {"seconds": seconds, "parts": report["summary"]["seconds"], "peak_mib": peak,
-           "rows": report["summary"]["rows"]}  # fmt: skip
+    if query_rows <= 0:
+        report = api.audit(store, files=False, classifier=classifier)
+        out["seconds"] = time.perf_counter() - t
+        out["parts"] = report["summary"]["seconds"]
+        out["rows"] = report["summary"]["rows"]
+    else:
+        options = AuditOptions(classifier=classifier, files=False)
+        with open_store(store) as reader:
+            X, y, _ = _read_all(reader, store)
+        out["rows"], read = len(y), time.perf_counter() - t
+        t = time.perf_counter()
+        proba = out_of_fold(X, y, int(y.max()) + 1, options)
+        confident_learning(proba, y)
+        labels = time.perf_counter() - t
+        t = time.perf_counter()
+        Z = trust.centred_unit(X, X.mean(axis=0))
+        distance = np.empty(query_rows, dtype=np.float32)
+        for start, sims, _ in trust.neighbours(Z[:query_rows], Z, options.k, exclude_self=True):
+            distance[start : start + len(sims)] = 1.0 - sims.mean(axis=1)
+        tukey_fence(distance, options.outlier_fence)
+        measured = time.perf_counter() - t
+        neighbours = measured * len(y) / query_rows
+        out["parts"] = {"read": read, "labels": labels, "neighbours_measured": measured,
+                        "query_rows": query_rows, "neighbours": neighbours}  # fmt: skip
+        out["seconds"] = read + labels + neighbours
+    out["peak_mib"] = peak()
     if baseline:
         from sklearn.neighbors import NearestNeighbors
 
@@ -279,7 +313,9 @@ def scale_child(store: str, classifier: str, baseline: bool) -> None:
 
 def run_scale(rows: int, args: argparse.Namespace) -> dict[str, Any]:
     store = synthetic(WORK / "audit" / f"synthetic-{rows}.h5", rows)
-    command = [sys.executable, __file__, "--child", store, "--classifier", args.classifier]
+    query = args.query_rows if rows > args.full_rows else 0
+    command = [sys.executable, __file__, "--child", store, "--classifier", args.classifier,
+               "--query-rows", str(query)]  # fmt: skip
     if rows <= args.baseline_rows:
         command.append("--baseline")
     done = subprocess.run(command, capture_output=True, text=True, check=True)
@@ -302,12 +338,16 @@ def main() -> None:
                         help="out-of-fold classifier of the scale part")  # fmt: skip
     parser.add_argument("--baseline-rows", type=int, default=10000,
                         help="run scikit-learn's neighbours up to this many rows")  # fmt: skip
+    parser.add_argument("--full-rows", type=int, default=20000,
+                        help="run the whole audit up to this many rows [20000]")  # fmt: skip
+    parser.add_argument("--query-rows", type=int, default=5000,
+                        help="above --full-rows: query rows timed")  # fmt: skip
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     if args.child:
-        scale_child(args.child, args.classifier, args.baseline)
+        scale_child(args.child, args.classifier, args.baseline, args.query_rows)
         return
     print(f"load: {Path('/proc/loadavg').read_text().strip()}; {os.cpu_count()} cores", flush=True)
     sets = [s for s in args.sets.split(",") if s]
