@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from . import trustvalues as tv
 from .errors import UsageError
 from .recipe import (
     DEFAULT_WEIGHTS,
@@ -335,31 +336,6 @@ def params_option(example: str) -> Any:
     )
 
 
-def reference_size_option() -> Any:
-    return option(
-        1000,
-        "With --out, training rows kept in the model (a seeded sample) to score how unfamiliar "
-        "a new image is (predict's ood_score); 0: none.",
-    )
-
-
-def unfamiliar_quantile_option() -> Any:
-    return option(
-        0.99,
-        "Quantile of the training rows' own ood_score above which predict calls an image "
-        "unfamiliar (about 1 - q of in-domain images are flagged).",
-    )
-
-
-def check_trust_options(options: Any) -> None:
-    if options.reference_size < 0:
-        raise UsageError(f"--reference-size must be 0 or more, got {options.reference_size}")
-    if not 0 < options.unfamiliar_quantile < 1:
-        raise UsageError(
-            f"--unfamiliar-quantile must be between 0 and 1, got {options.unfamiliar_quantile}"
-        )
-
-
 @dataclass(frozen=True)
 class TrainOptions(Options):
     """``transferkit train`` / :func:`transferkit.train` (the store and the classifier are its
@@ -376,27 +352,14 @@ class TrainOptions(Options):
     overwrite: bool = overwrite_model_option()
     params: Any = params_option("--param C=0.1")
     store: str | None = store_option()
-    calibrate: str | None = option(
-        None,
-        "Calibrate the probabilities on held-out folds of the training rows and save the "
-        "calibrated model: temperature (one temperature), sigmoid or isotonic (scikit-learn's "
-        "CalibratedClassifierCV).",
-        choices=("temperature", "sigmoid", "isotonic"),
-    )
+    calibrate: str | None = option(None, tv.CALIBRATE_HELP, choices=tv.CALIBRATIONS)
     folds: int = option(5, "Folds of the held-out probabilities (calibration, conformal scores).")
-    conformal: bool = option(
-        True,
-        "With --out, keep conformal scores from held-out folds so that `predict --coverage` "
-        "gives prediction sets (--folds more fits).",
-        negatable=True,
-    )
-    reference_size: int = reference_size_option()
-    unfamiliar_quantile: float = unfamiliar_quantile_option()
+    conformal: bool = option(True, tv.CONFORMAL_HELP, negatable=True)
+    reference_size: int = option(1000, tv.REFERENCE_HELP)
+    unfamiliar_quantile: float = option(0.99, tv.QUANTILE_HELP)
 
     def __post_init__(self) -> None:
-        check_trust_options(self)
-        if self.folds < 2:
-            raise UsageError(f"--folds must be at least 2, got {self.folds}")
+        tv.check_trust(self)
 
 
 @dataclass(frozen=True)
@@ -422,11 +385,11 @@ class StreamOptions(Options):
     params: Any = params_option("-p alpha=1e-4")
     store: str | None = store_option()
     progress: bool = option(True, "Progress bar on stderr.", cli=False)
-    reference_size: int = reference_size_option()
-    unfamiliar_quantile: float = unfamiliar_quantile_option()
+    reference_size: int = option(1000, tv.REFERENCE_HELP)
+    unfamiliar_quantile: float = option(0.99, tv.QUANTILE_HELP)
 
     def __post_init__(self) -> None:
-        check_trust_options(self)
+        tv.check_trust(self)
         for name, flag in (
             ("passes", "--passes"),
             ("batch_size", "--batch-size"),
@@ -458,17 +421,12 @@ class PredictOptions(Options):
         "here (.png).",
         kind="file",
     )
-    coverage: float | None = option(
-        None,
-        "Add a prediction set per image holding the true class with this probability (split "
-        "conformal, e.g. 0.9), from the held-out scores `train --out` keeps.",
-    )
+    coverage: float | None = option(None, tv.COVERAGE_HELP)
 
     def __post_init__(self) -> None:
         if self.precision is not None:
             self._set("precision", parse_precision(self.precision))
-        if self.coverage is not None and not 0 < self.coverage < 1:
-            raise UsageError(f"--coverage must be between 0 and 1, got {self.coverage}")
+        tv.check_coverage(self.coverage)
 
 
 # ------------------------------------------------------------------ finetune
@@ -583,9 +541,7 @@ class FinetuneOptions(Options):
     callbacks: Sequence[Any] = option(
         (), "Trainer callbacks or Keras callbacks, added to transferkit's own.", cli=False
     )
-    calibrate: bool = option(
-        False, "Fit the head's temperature on the validation split (predict applies it)."
-    )
+    calibrate: bool = option(False, "Fit the head's temperature on the validation split.")
 
     def __post_init__(self) -> None:
         self._set("epochs", _per_phase(self.epochs, int, "epochs"))
@@ -594,9 +550,7 @@ class FinetuneOptions(Options):
         self._set("input_size", parse_input_size(self.input_size))
         self._set("split", tuple(float(v) for v in self.split))
         self._set("callbacks", tuple(self.callbacks))
-        if self.calibrate and self.split[1] <= 0:
-            raise UsageError("--calibrate fits the temperature on the validation split; give it "
-                             "a validation fraction (--split)")  # fmt: skip
+        tv.check_calibrate_split(self.calibrate, self.split)
         if self.pooling is not None:
             self._set("pooling", parse_pooling(self.pooling))
 
@@ -746,49 +700,29 @@ class AuditOptions(Options):
     """``transferkit audit`` / :func:`transferkit.audit` (the training store, or image folder,
     is its argument)."""
 
-    test: str | None = option(
-        None, "A test store (or image folder) to check for leakage from training.", kind="path"
-    )
+    test: str | None = option(None, "A test store (or image folder) to check for leakage from "
+                              "training.", kind="path")  # fmt: skip
     out: str | None = option(None, "Folder for audit.json, audit.csv and audit.html.", kind="dir")
-    classifier: str = option(
-        "softmax",
-        "Classifier(s) of the out-of-fold probabilities (label issues); several, comma-separated, "
-        "are averaged.",
-    )
+    classifier: str = option("softmax", "Classifier(s) of the out-of-fold probabilities (label "
+                             "issues); several, comma-separated, are averaged.")  # fmt: skip
     folds: int = option(5, "Folds of the out-of-fold probabilities.")
     k: int = option(10, "Neighbours of the outlier distance.")
-    duplicate_similarity: float = option(
-        0.97, "Cosine similarity (centred features) from which two rows are near-duplicates."
-    )
-    leakage_similarity: float = option(
-        0.97, "Cosine similarity from which a test row leaks from a training row."
-    )
-    outlier_fence: float = option(
-        3.0, "Outliers: k-NN distance above Q3 + this x (Q3 - Q1) of all rows' distances."
-    )
-    files: bool = option(
-        True,
-        "Read the image files: exact duplicates by content hash, and the page's thumbnails.",
-        negatable=True,
-    )
-    root: str | None = option(
-        None, "Folder the store's relative image paths start from [the current one].", kind="dir"
-    )
-    backbone: str | None = option(
-        None, "With an image folder: NAME[@SIZE][:POOLING] to extract its features with."
-    )
+    duplicate_similarity: float = option(0.97, "Cosine similarity (centred features) from which "
+                                         "two rows are near-duplicates.")  # fmt: skip
+    leakage_similarity: float = option(0.97, "Cosine similarity from which a test row leaks from "
+                                       "a training row.")  # fmt: skip
+    outlier_fence: float = option(3.0, "Outliers: k-NN distance above Q3 + this x (Q3 - Q1) of "
+                                  "all rows' distances.")  # fmt: skip
+    files: bool = option(True, "Read the image files: exact duplicates by content hash, and the "
+                         "page's thumbnails.", negatable=True)  # fmt: skip
+    root: str | None = option(None, "Folder the store's relative image paths start from [the "
+                              "current one].", kind="dir")  # fmt: skip
+    backbone: str | None = option(None, "With an image folder: NAME[@SIZE][:POOLING] to extract "
+                                  "its features with.")  # fmt: skip
     cache_dir: str | None = cache_dir_option()
     seed: int = seed_option("Seed of the folds.")
     store: str | None = store_option()
     progress: bool = option(True, "Progress bar of an extraction on stderr.", cli=False)
 
     def __post_init__(self) -> None:
-        if self.folds < 2:
-            raise UsageError(f"--folds must be at least 2, got {self.folds}")
-        check_positive(self.k, "--k")
-        for name in ("duplicate_similarity", "leakage_similarity"):
-            value = getattr(self, name)
-            if not -1 <= value <= 1:
-                flag = "--" + name.replace("_", "-")
-                raise UsageError(f"{flag} is a cosine similarity, -1 to 1; got {value}")
-        check_positive(self.outlier_fence, "--outlier-fence")
+        tv.check_audit(self)

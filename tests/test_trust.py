@@ -221,3 +221,22 @@ def test_a_damaged_trust_record_fails_in_one_line(digits_store: Path, tmp_path: 
         with pytest.raises(TransferkitError, match=why):
             load_model(path)
         saved.trust = {k: v for k, v in saved.trust.items() if k not in damage}
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (
+            ["predict", "m.skops", "a.png", "--coverage", "1.5"],
+            "--coverage must be between 0 and 1",
+        ),
+        (["train", "s.h5", "-c", "knn-3", "--folds", "1"], "--folds must be at least 2"),
+        (["train", "s.h5", "-c", "knn-3", "--reference-size", "-1"], "--reference-size must be 0"),
+        (["stream", "s.h5", "--unfamiliar-quantile", "1"], "--unfamiliar-quantile must be between"),
+        (["audit", "s.h5", "--duplicate-similarity", "2"], "is a cosine similarity, -1 to 1"),
+        (["audit", "s.h5", "--k", "0"], "--k must be positive"),
+        (["train", "s.h5", "-c", "knn-3", "--calibrate", "platt"], "'platt' is not one of"),
+    ],
+)
+def test_trust_and_audit_values_are_checked_on_their_flags(args: list[str], needle: str) -> None:
+    assert_fails_cleanly(invoke_cli(*args), 2, needle)  # refused before any file is looked at
