@@ -240,3 +240,11 @@ def test_a_damaged_trust_record_fails_in_one_line(digits_store: Path, tmp_path: 
 )
 def test_trust_and_audit_values_are_checked_on_their_flags(args: list[str], needle: str) -> None:
     assert_fails_cleanly(invoke_cli(*args), 2, needle)  # refused before any file is looked at
+
+
+def test_spotcheck_rows_report_the_ece_train_reports(digits_store: Path) -> None:
+    report = api.spotcheck([str(digits_store)], classifiers="logistic-regression,knn-3",
+                           isolate=False, progress=False)  # fmt: skip
+    for row in report["rows"]:
+        alone = api.train(digits_store, classifier=row["classifier"])
+        assert row["ece"] == pytest.approx(alone["ece"]) and 0 <= row["ece"] < 0.2
