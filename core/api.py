@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from .options import (
+    AuditOptions,
     DemoOptions,
     ExportOptions,
     ExtractOptions,
@@ -280,3 +281,14 @@ def serve(
     from .serving import serve as _serve
 
     return _serve(model_path, options=ServeOptions.of(options, values), ready=ready)
+
+
+@takes(AuditOptions)
+def audit(store_path: Any, *, options: AuditOptions | None = None, **values: Any) -> dict[str, Any]:
+    """Audit a feature store (or an image folder, with ``backbone``): ``label_issues``,
+    ``near_duplicates``, ``leakage`` (with ``test``), ``outliers`` and a ``summary``, each list
+    ranked worst first; ``out`` writes audit.json, audit.csv and audit.html. See
+    :mod:`transferkit.jobs.audit`."""
+    from .jobs.audit import audit as _audit
+
+    return _audit(store_path, options=AuditOptions.of(options, values))

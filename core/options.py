@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from . import fitvalues
+from . import trustvalues as tv
 from .errors import UsageError
 from .recipe import (
     DEFAULT_WEIGHTS,
@@ -352,6 +353,14 @@ class TrainOptions(Options):
     overwrite: bool = overwrite_model_option()
     params: Any = params_option("--param C=0.1")
     store: str | None = store_option()
+    calibrate: str | None = option(None, tv.CALIBRATE_HELP, choices=tv.CALIBRATIONS)
+    folds: int = option(5, "Folds of the held-out probabilities (calibration, conformal scores).")
+    conformal: bool = option(True, tv.CONFORMAL_HELP, negatable=True)
+    reference_size: int = option(1000, tv.REFERENCE_HELP)
+    unfamiliar_quantile: float = option(0.99, tv.QUANTILE_HELP)
+
+    def __post_init__(self) -> None:
+        tv.check_trust(self)
 
 
 @dataclass(frozen=True)
@@ -377,8 +386,11 @@ class StreamOptions(Options):
     params: Any = params_option("-p alpha=1e-4")
     store: str | None = store_option()
     progress: bool = option(True, "Progress bar on stderr.", cli=False)
+    reference_size: int = option(1000, tv.REFERENCE_HELP)
+    unfamiliar_quantile: float = option(0.99, tv.QUANTILE_HELP)
 
     def __post_init__(self) -> None:
+        tv.check_trust(self)
         for name, flag in (
             ("passes", "--passes"),
             ("batch_size", "--batch-size"),
@@ -410,10 +422,12 @@ class PredictOptions(Options):
         "here (.png).",
         kind="file",
     )
+    coverage: float | None = option(None, tv.COVERAGE_HELP)
 
     def __post_init__(self) -> None:
         if self.precision is not None:
             self._set("precision", parse_precision(self.precision))
+        tv.check_coverage(self.coverage)
 
 
 # ------------------------------------------------------------------ finetune
@@ -552,6 +566,7 @@ class FinetuneOptions(Options):
                                      "(default), tensorboard, mlflow.", kind="many")  # fmt: skip
     logger_dir: str | None = option(None, "Where loggers write: a folder (default OUT), or a "
                                     "tracking URI for mlflow.")  # fmt: skip
+    calibrate: bool = option(False, "Fit the head's temperature on the validation split.")
 
     def __post_init__(self) -> None:
         self._set("epochs", _per_phase(self.epochs, int, "epochs"))
@@ -567,6 +582,7 @@ class FinetuneOptions(Options):
         self._set("input_size", parse_input_size(self.input_size))
         self._set("split", tuple(float(v) for v in self.split))
         self._set("callbacks", tuple(self.callbacks))
+        tv.check_calibrate_split(self.calibrate, self.split)
         if self.pooling is not None:
             self._set("pooling", parse_pooling(self.pooling))
 
@@ -787,3 +803,39 @@ class ServeOptions(Options):
             raise UsageError(f"--max-wait-ms must be 0 or more, got {self.max_wait_ms}")
         if not 0 <= self.port <= 65535:
             raise UsageError(f"--port must be 0..65535, got {self.port}")
+
+
+# ------------------------------------------------------------------ audit
+
+
+@dataclass(frozen=True)
+class AuditOptions(Options):
+    """``transferkit audit`` / :func:`transferkit.audit` (the training store, or image folder,
+    is its argument)."""
+
+    test: str | None = option(None, "A test store (or image folder) to check for leakage from "
+                              "training.", kind="path")  # fmt: skip
+    out: str | None = option(None, "Folder for audit.json, audit.csv and audit.html.", kind="dir")
+    classifier: str = option("softmax", "Classifier(s) of the out-of-fold probabilities (label "
+                             "issues); several, comma-separated, are averaged.")  # fmt: skip
+    folds: int = option(5, "Folds of the out-of-fold probabilities.")
+    k: int = option(10, "Neighbours of the outlier distance.")
+    duplicate_similarity: float = option(0.97, "Cosine similarity (centred features) from which "
+                                         "two rows are near-duplicates.")  # fmt: skip
+    leakage_similarity: float = option(0.97, "Cosine similarity from which a test row leaks from "
+                                       "a training row.")  # fmt: skip
+    outlier_fence: float = option(3.0, "Outliers: k-NN distance above Q3 + this x (Q3 - Q1) of "
+                                  "all rows' distances.")  # fmt: skip
+    files: bool = option(True, "Read the image files: exact duplicates by content hash, and the "
+                         "page's thumbnails.", negatable=True)  # fmt: skip
+    root: str | None = option(None, "Folder the store's relative image paths start from [the "
+                              "current one].", kind="dir")  # fmt: skip
+    backbone: str | None = option(None, "With an image folder: NAME[@SIZE][:POOLING] to extract "
+                                  "its features with.")  # fmt: skip
+    cache_dir: str | None = cache_dir_option()
+    seed: int = seed_option("Seed of the folds.")
+    store: str | None = store_option()
+    progress: bool = option(True, "Progress bar of an extraction on stderr.", cli=False)
+
+    def __post_init__(self) -> None:
+        tv.check_audit(self)

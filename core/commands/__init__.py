@@ -17,4 +17,5 @@ COMMAND_MODULES: tuple[str, ...] = (
     "transferkit.commands.lr_find",
     "transferkit.commands.export",
     "transferkit.commands.serve",
+    "transferkit.commands.audit",
 )

@@ -153,6 +153,11 @@ def predict(
     if is_finetuned(model_path) or (  # a classifier saved by `transferkit finetune`
         Path(model_path).is_file() and identify_file(model_path) == "keras"
     ):
+        if options.coverage is not None:
+            raise UsageError(
+                f"{model_path} is a fine-tuned model, which keeps no conformal scores; "
+                "--coverage needs a model saved by `transferkit train --out`"
+            )
         from .finetune import predict_finetuned
 
         result = predict_finetuned(
@@ -161,6 +166,11 @@ def predict(
         return with_truth(result, images, options.out)
     saved = load_model(model_path, trust=options.trust)
     check_precision(saved, precision, model_path)
+    if options.coverage is not None and "conformal" not in saved.trust:
+        raise UsageError(
+            f"{model_path} keeps no conformal scores, so it cannot make prediction sets; "
+            "save it with `transferkit train --out` (without --no-conformal) to use --coverage"
+        )
     paths = image_paths(images)
     names = saved.label_names
     classes = np.arange(len(names))
@@ -181,6 +191,7 @@ def predict(
                 f"{len(names)} classes; the model file is damaged or was not saved by transferkit"
             )
         proba = estimators.predict_proba(fitted, X, classes)
+        extra = trust_fields(saved, X, proba, options.coverage)
         for i, row in enumerate(rows.tolist()):
             label = int(labels[i])
             ranked = np.argsort(-proba[i])[: max(1, top)]
@@ -195,6 +206,7 @@ def predict(
                 entry["top"] = [
                     {"label": names[k], "probability": float(proba[i][k])} for k in ranked
                 ]
+            entry.update({key: values[i] for key, values in extra.items()})
             by_row[row] = entry
     if len(by_row) < len(paths):
         from ..images import ImageRecord, ImageSource
@@ -214,10 +226,39 @@ def predict(
             "backbone": saved.recipe.backbone,
             "label_names": list(names),
             "predictions": results,
+            **({"coverage": options.coverage} if options.coverage is not None else {}),
+            **(
+                {"unfamiliar_threshold": float(saved.trust["threshold"])}
+                if "reference" in saved.trust
+                else {}
+            ),
         },
         images,
         options.out,
     )
+
+
+def trust_fields(
+    saved: SavedModel, X: np.ndarray, proba: np.ndarray, coverage: float | None
+) -> dict[str, list[Any]]:
+    """Per-image fields from the model's trust record (:mod:`transferkit.trust`): ``ood_score``
+    and ``unfamiliar`` where it keeps a reference sample, ``prediction_set`` (class names, most
+    probable first) with ``coverage``."""
+    from ..trust import conformal_threshold, ood_scores, prediction_sets
+
+    fields: dict[str, list[Any]] = {}
+    trust = saved.trust
+    if "reference" in trust:
+        scores = ood_scores(X, trust)
+        fields["ood_score"] = [float(v) for v in scores]
+        fields["unfamiliar"] = [bool(v > trust["threshold"]) for v in scores]
+    if coverage is not None:
+        threshold = conformal_threshold(trust["conformal"], coverage)
+        names = saved.label_names
+        fields["prediction_set"] = [
+            [names[k] for k in chosen] for chosen in prediction_sets(proba, threshold)
+        ]
+    return fields
 
 
 def true_labels(images: list[str] | tuple[str, ...], names: list[str]) -> dict[str, str]:
