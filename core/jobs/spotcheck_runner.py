@@ -38,6 +38,7 @@ from typing import Any, cast
 import numpy as np
 
 from .. import estimators, registry
+from ..allocator import ALLOCATOR_ENV, LIMIT_ENV
 from ..metrics import score
 
 # the fields of a report row, in the order of the CSV file
@@ -52,6 +53,9 @@ ROW_FIELDS = (
     "predict_seconds",
     "error",
 )
+# passed to each worker as they are when a grid starts, beside the TRANSFERKIT_ ones: a user's
+# own classifier may run TensorFlow there (see core/allocator.py)
+WORKER_ENV = (ALLOCATOR_ENV, LIMIT_ENV)
 # Imported once by the fork server, so that each worker starts with them loaded (TensorFlow is
 # never among them: workers only fit classifiers).
 PRELOAD = [
@@ -395,7 +399,8 @@ def run_grid(
         return [rows[t.index] for t in tasks]
 
     ctx = _mp_context()
-    env = {k: v for k, v in os.environ.items() if k.startswith("TRANSFERKIT_")}
+    # the caller's settings as they are now (the fork server may be older than a change)
+    env = {k: v for k, v in os.environ.items() if k.startswith("TRANSFERKIT_") or k in WORKER_ENV}
     plugins = runtime_plugins()
     threads = tasks[0].threads if tasks else 1
     pending = deque(tasks)
