@@ -92,6 +92,7 @@ def test_a_job_runs_on_bfc_beside_openvino_and_litert(tmp_path: Path) -> None:
 
 
 @pytest.mark.process
+@pytest.mark.slow
 def test_a_users_value_wins_in_the_jobs_process(tmp_path: Path) -> None:
     value, allocated, same = run_child(tmp_path, ("keras",), TF_CPU_ALLOCATOR_USE_BFC="false")
     assert value == "false"
