@@ -15,9 +15,11 @@ its imports and, on workers, the fork server's start, as a command does), timed 
 * ``default``: ``transferkit.spotcheck`` as shipped: workers started while the stores are read
   and split, longest pairs first.
 
-Every variant must give the serial loop's scores (checked). The split is one ``.npy`` folder per
-feature set that every worker memory-maps; the bench also times reading it per pair, the most
-that handing it to each worker once could save.
+Every variant must give the serial loop's scores (checked). Besides the times, each variant's
+share of worker time spent fitting (the pairs' own seconds over workers x wall) says what the
+runner loses, whatever the machine's load does to the fits themselves. The split is one ``.npy``
+folder per feature set that every worker memory-maps; the bench also times reading it per
+pair, the most that handing it to each worker once could save.
 
     .venv/bin/python bench/bench_spotcheck.py [--classifiers fast,random-forest] [--jobs N]
         [--repeats 3] [--variants serial,given-order,longest-first,default]
@@ -210,11 +212,17 @@ def main() -> None:
         # the ratio of each repeat against the baseline run next to it, then their median
         ratios = [b["seconds"] / r["seconds"] for b, r in zip(results[base], runs, strict=True)]
         seconds = [r["seconds"] for r in runs]
+        # how busy the workers were: the pairs' own seconds over workers x wall (a loaded
+        # machine slows the fits, not this share)
+        workers = 1 if variant == "serial" else args.jobs
+        busy = [sum(r["pair_seconds"]) / (workers * r["seconds"]) for r in runs]
         print(
             f"{variant:14} median {statistics.median(seconds):6.1f}s "
             f"(runs: {', '.join(f'{x:.1f}' for x in seconds)}); "
             f"speed-up over {base}: {statistics.median(ratios):.2f}x "
-            f"({', '.join(f'{x:.2f}' for x in ratios)}); identical scores: {same}"
+            f"({', '.join(f'{x:.2f}' for x in ratios)}); workers busy "
+            f"{statistics.median(busy):.0%} ({', '.join(f'{x:.0%}' for x in busy)}); "
+            f"identical scores: {same}"
         )
     print(f"best: {first['best']}")
     if "serial" in results:
