@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .allocator import choose_cpu_allocator
 from .errors import TransferkitError, UsageError, WeightsUnavailableError
 from .hookspecs import hookimpl
 from .options import (
@@ -40,6 +41,10 @@ from .specs import (
     StrategySpec,
 )
 from .version import __version__
+
+# TensorFlow's CPU allocator, chosen before any path of transferkit can import TensorFlow (the
+# modules above never do): see core/allocator.py
+choose_cpu_allocator()
 
 _API = (
     "extract",

@@ -440,6 +440,30 @@ def all_entries() -> list[Entry]:
     ]
 
 
+# Relative fit times on a few thousand pretrained feature vectors (the spot-check hands out the
+# costliest pairs first): ensembles, kernel and cross-validated models and liblinear's weakly
+# regularised SVCs dominate; k-NN, naive Bayes and nearest centroid barely fit at all.
+COSTS = (
+    (("random-forest", "extra-trees", "bagging", "gradient-boosting", "adaboost"), 8.0),
+    (("hist-gradient-boosting", "svc-rbf", "logreg-cv", "logreg-cv-std", "ridge-cv-std"), 8.0),
+    (("mlp", "mlp-small"), 8.0),
+    (("linear-svc-",), 8.0),
+    (("sgd", "passive-aggressive", "perceptron"), 4.0),
+    (("logistic-regression", "decision-tree", "extra-tree"), 2.0),
+    (("ridge-",), 1.0),
+    (("knn-", "gaussian-nb", "bernoulli-nb", "multinomial-nb", "nearest-centroid"), 0.5),
+)
+
+
+def cost_hint(name: str) -> float:
+    """The ``cost`` metadata of a classifier: the first entry of :data:`COSTS` that names it
+    (exactly, or as a prefix ending in ``-``); 1 otherwise."""
+    for names, cost in COSTS:
+        if any(name == n or (n.endswith("-") and name.startswith(n)) for n in names):
+            return cost
+    return 1.0
+
+
 @hookimpl
 def register_classifiers(register: Callable[[ClassifierSpec], None]) -> None:
     for name, description, factory, incremental, groups in all_entries():
@@ -451,5 +475,6 @@ def register_classifiers(register: Callable[[ClassifierSpec], None]) -> None:
                 incremental=incremental,
                 library="scikit-learn",
                 groups=groups,
+                metadata={"cost": cost_hint(name)},
             )
         )

@@ -217,3 +217,20 @@ def test_stores_may_be_given_as_paths(stores: list[Path]) -> None:
     both = api.spotcheck(list(stores), classifiers="nearest-centroid", jobs=1, progress=False)
     assert [r["status"] for r in one["rows"]] == ["ok"]
     assert [r["status"] for r in both["rows"]] == ["ok", "ok"]
+
+
+def test_workers_fit_the_costliest_pairs_first_and_rows_keep_the_grid_order(
+    stores: list[Path], register_plugin: Any
+) -> None:
+    recorder = register_plugin(Recorder(), "recorder")
+    grid = "nearest-centroid,ridge-1,decision-tree,knn-3"  # cost hints 0.5, 1, 2, 0.5
+    report = api.spotcheck([str(stores[0])], classifiers=grid, jobs=1, progress=False)
+    # one worker: rows arrive in the order the pairs were handed out
+    assert [r["classifier"] for r in recorder.rows] == [
+        "decision-tree",
+        "ridge-1",
+        "nearest-centroid",
+        "knn-3",
+    ]
+    assert [r["classifier"] for r in report["rows"]] == grid.split(",")
+    assert report["counts"]["ok"] == 4

@@ -8,7 +8,8 @@ times), so a second spot-check of the same images extracts nothing.
 Each feature source is split once (stratified, seeded: :mod:`transferkit.splits`); its
 train/test arrays are written to a scratch folder that workers memory-map. The pairs then run on
 a runner: the local worker processes of :mod:`transferkit.jobs.spotcheck_runner` (at most
-``jobs`` at a time, one BLAS thread each, ``timeout`` seconds a pair), or a Dask cluster
+``jobs`` at a time, one BLAS thread each, ``timeout`` seconds a pair, started while the sources
+are read, the costliest pairs first), or a Dask cluster
 (:mod:`transferkit.jobs.spotcheck_dask`). A pair that raises is a ``failed`` row with the error;
 one that runs past ``timeout`` seconds is killed and becomes a ``timeout`` row. Results are
 seeded, so a parallel run gives the same rows as a serial one.
@@ -44,7 +45,7 @@ from ..recipe import FeatureRecipe
 from .feature_cache import cached_stores, parse_backbone
 from .spotcheck_journal import Journal, journal_key
 from .spotcheck_report import check_report_folder, write_report
-from .spotcheck_runner import ROW_FIELDS, FeatureSource, Task, run_grid, save_split
+from .spotcheck_runner import ROW_FIELDS, FeatureSource, Task, WorkerPool, run_grid, save_split
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +259,8 @@ def spotcheck(inputs: list[str] | str, *, options: SpotcheckOptions) -> dict[str
     if out is not None:  # refused before any work: an input, or a folder that is not ours
         check_report_folder(Path(out), [str(i) for i in inputs])
     started = time.perf_counter()
+    # the local workers start now, while the sources are read and split
+    pool = _early_pool(inputs, names, jobs, options)
     try:
         sources = resolve_sources(list(inputs), options)
         tests = _test_stores(sources, options)
@@ -268,10 +271,11 @@ def spotcheck(inputs: list[str] | str, *, options: SpotcheckOptions) -> dict[str
                 folder, label_names = _prepare_split(
                     source, Path(scratch), test_size, seed, store, test_store
                 )
+                rows_x_features = _split_size(folder)
                 for name in names:
-                    tasks.append(
-                        Task(len(tasks), source.name, name, str(folder), seed, 1, own.get(name))
-                    )
+                    task = Task(len(tasks), source.name, name, str(folder), seed, 1, own.get(name))
+                    task.cost = _cost_hint(name, own) * rows_x_features
+                    tasks.append(task)
             journal = (
                 Journal(Path(out), journal_key(sources, test_size, seed, store, tests))
                 if out is not None
@@ -312,7 +316,9 @@ def spotcheck(inputs: list[str] | str, *, options: SpotcheckOptions) -> dict[str
             interrupted = False
             try:
                 if todo:
-                    run = options.runner or functools.partial(run_grid, isolate=options.isolate)
+                    run = options.runner or functools.partial(
+                        run_grid, isolate=options.isolate, pool=pool
+                    )
                     # the runner's rows are the result; on_row only keeps them on Ctrl-C
                     for task, row in zip(todo, run(todo, **grid), strict=True):
                         finished[task.index] = row
@@ -328,6 +334,9 @@ def spotcheck(inputs: list[str] | str, *, options: SpotcheckOptions) -> dict[str
     except Exception as exc:
         notify_exception(exc, "spotcheck", inputs=list(inputs), classifiers=names)
         raise
+    finally:
+        if pool is not None:  # workers the grid did not take (closed by run_grid otherwise)
+            pool.close()
     best = best_row(rows)
     report: dict[str, Any] = {
         "best_model": best["classifier"] if best else None,
@@ -379,6 +388,32 @@ def spotcheck(inputs: list[str] | str, *, options: SpotcheckOptions) -> dict[str
         )
         raise KeyboardInterrupt
     return report
+
+
+def _early_pool(
+    inputs: list[str], names: list[str], jobs: int, options: SpotcheckOptions
+) -> WorkerPool | None:
+    """The local runner's workers, started before the sources are read (None for another
+    runner or the in-process loop)."""
+    if options.runner is not None or not options.isolate:
+        return None
+    sources = len(options.backbones) if options.backbones else len(inputs)
+    return WorkerPool(min(jobs, len(names) * max(sources, 1)))
+
+
+def _cost_hint(name: str, own: dict[str, Any]) -> float:
+    """A classifier's relative fit time (its spec's ``cost`` metadata; 1 when it does not say)."""
+    if name in own:
+        return 1.0
+    try:
+        return float(registry.classifier(name).metadata.get("cost", 1.0))
+    except (TransferkitError, TypeError, ValueError):
+        return 1.0
+
+
+def _split_size(folder: Path) -> int:
+    """Training rows x features of a split written by ``save_split``."""
+    return int(np.load(folder / "X_train.npy", mmap_mode="r").size)
 
 
 def _on_row(row: dict[str, Any]) -> None:

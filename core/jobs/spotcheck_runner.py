@@ -7,7 +7,10 @@ long-lived worker processes started with multiprocessing's forkserver method (a 
 not a fork of a parent that may hold TensorFlow threads), each limited to one BLAS/OpenMP thread
 so that results do not depend on the degree of parallelism. A pair that runs past ``timeout``
 seconds is killed with its worker (and whatever the worker started) and becomes a ``timeout``
-row; a worker that dies is a ``failed`` row; either is replaced by a fresh worker.
+row; a worker that dies is a ``failed`` row; either is replaced by a fresh worker. The workers
+come from a :class:`WorkerPool`, which the job starts before it reads the stores (so that the
+fork server's imports overlap that work), and pairs are handed out by falling ``Task.cost`` (the
+classifier's ``cost`` hint x the split's size), so that the grid does not end on one long fit.
 
 A script with an ``if __name__ == "__main__":`` guard is imported by the workers as usual (so
 classes it defines unpickle there); a plain script without one is not
@@ -38,6 +41,7 @@ from typing import Any, cast
 import numpy as np
 
 from .. import estimators, registry
+from ..allocator import ALLOCATOR_ENV, LIMIT_ENV
 from ..metrics import score
 
 # the fields of a report row, in the order of the CSV file
@@ -53,6 +57,9 @@ ROW_FIELDS = (
     "predict_seconds",
     "error",
 )
+# passed to each worker as they are when a grid starts, beside the TRANSFERKIT_ ones: a user's
+# own classifier may run TensorFlow there (see core/allocator.py)
+WORKER_ENV = (ALLOCATOR_ENV, LIMIT_ENV)
 # Imported once by the fork server, so that each worker starts with them loaded (TensorFlow is
 # never among them: workers only fit classifiers).
 PRELOAD = [
@@ -96,6 +103,7 @@ class Task:
     seed: int
     threads: int = 1
     estimator: Any = None  # a caller's own estimator (cloned in the worker), else built by name
+    cost: float = 1.0  # an estimate of the pair's time, relative to others (longest run first)
 
 
 def set_thread_env(threads: int) -> None:
@@ -321,6 +329,69 @@ class _Worker:
         self.conn.close()
 
 
+def _worker_env() -> dict[str, str]:
+    """What each worker's environment takes from this process's, as it is now (the fork server
+    may be older than a change)."""
+    return {k: v for k, v in os.environ.items() if k.startswith("TRANSFERKIT_") or k in WORKER_ENV}
+
+
+class WorkerPool:
+    """The workers of one grid. With ``count`` > 0 they start at once in a background thread, so
+    that the fork server's imports and the workers' start overlap the caller's own work (reading
+    stores, writing the splits); :meth:`take` waits for them. :meth:`new` starts one more (a
+    replacement); :meth:`close` stops those never taken."""
+
+    def __init__(self, count: int = 0, threads: int = 1) -> None:
+        import threading
+
+        self.ctx = _mp_context()
+        self.env = _worker_env()
+        self.plugins = runtime_plugins()
+        self.threads = threads
+        self._ready: list[_Worker] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._start, args=(count,), name="transferkit-spotcheck-workers", daemon=True
+        )
+        if count > 0:
+            self._thread.start()
+
+    def _start(self, count: int) -> None:
+        try:
+            for _ in range(count):
+                self._ready.append(self.new())
+        except BaseException as exc:  # raised again by take()
+            self._error = exc
+
+    def new(self) -> _Worker:
+        return _Worker(self.ctx, self.env, self.plugins, self.threads)
+
+    def _wait(self) -> None:
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def take(self, count: int) -> list[_Worker]:
+        """``count`` started workers (those started early first); the others are stopped."""
+        self._wait()
+        if self._error is not None:
+            error, self._error = self._error, None
+            self.close()
+            raise error
+        workers, extra = self._ready[:count], self._ready[count:]
+        self._ready = []
+        for worker in extra:
+            worker.stop()
+        while len(workers) < count:
+            workers.append(self.new())
+        return workers
+
+    def close(self) -> None:
+        self._wait()
+        for worker in self._ready:
+            worker.stop()
+        self._ready = []
+
+
 def _is_unguarded_script(path: str) -> bool:
     """Whether the script at ``path`` has no top-level ``if __name__ == "__main__":`` test."""
     import ast
@@ -374,11 +445,16 @@ def run_grid(
     isolate: bool = True,
     on_row: Any = None,
     progress: bool = True,
+    pool: WorkerPool | None = None,
+    longest_first: bool = True,
 ) -> list[dict[str, Any]]:
     """Run every task; rows come back in task order whatever order they finish in.
 
     ``isolate=False`` runs the tasks one after another in this process (no time-out): the
-    plain serial loop the benchmark compares against.
+    plain serial loop the benchmark compares against. Otherwise the workers come from ``pool``
+    (started early by the caller; closed here) or are started now, and with ``longest_first``
+    the pairs are handed out by falling ``cost`` (ties in task order), so that the grid does
+    not end on one long fit while the other workers idle.
     """
     from tqdm import tqdm
 
@@ -395,20 +471,21 @@ def run_grid(
             on_row(row)
 
     if not isolate:
+        if pool is not None:
+            pool.close()
         for task in tasks:
             done(task, run_pair(task))
         bar.close()
         return [rows[t.index] for t in tasks]
 
-    ctx = _mp_context()
-    env = {k: v for k, v in os.environ.items() if k.startswith("TRANSFERKIT_")}
-    plugins = runtime_plugins()
-    threads = tasks[0].threads if tasks else 1
-    pending = deque(tasks)
+    if pool is None:
+        pool = WorkerPool(threads=tasks[0].threads if tasks else 1)
+    pending = deque(sorted(tasks, key=lambda t: -t.cost) if longest_first else tasks)
     # Workers live for the whole grid (a process start per pair would cost more than most
     # fits); one that times out or dies is replaced by a fresh one.
-    workers = [_Worker(ctx, env, plugins, threads) for _ in range(min(jobs, len(tasks)))]
+    workers: list[_Worker] = []
     try:
+        workers = pool.take(min(jobs, len(tasks)))
         while pending or any(w.task is not None for w in workers):
             for i, worker in enumerate(workers):
                 if worker.task is None and pending:
@@ -417,7 +494,7 @@ def run_grid(
                         pending.popleft()
                     except (OSError, BrokenPipeError):
                         worker.kill()
-                        workers[i] = _Worker(ctx, env, plugins, threads)
+                        workers[i] = pool.new()
             busy = {w.conn: w for w in workers if w.task is not None}
             for item in wait(list(busy), timeout=0.2):
                 worker = busy[cast(Connection, item)]
@@ -429,7 +506,7 @@ def run_grid(
                     code = worker.proc.exitcode
                     row = failed_row(task, "failed", f"worker process died (exit code {code})")
                     worker.kill()
-                    workers[workers.index(worker)] = _Worker(ctx, env, plugins, threads)
+                    workers[workers.index(worker)] = pool.new()
                 worker.task = None
                 done(task, row)
             now = time.monotonic()
@@ -437,7 +514,7 @@ def run_grid(
                 late = worker.task
                 if late is not None and timeout is not None and now - worker.started > timeout:
                     worker.kill()
-                    workers[i] = _Worker(ctx, env, plugins, threads)
+                    workers[i] = pool.new()
                     done(
                         late, failed_row(late, "timeout", f"killed after {timeout:g}s (--timeout)")
                     )
@@ -447,5 +524,6 @@ def run_grid(
                 worker.stop()
             else:
                 worker.kill()
+        pool.close()
         bar.close()
     return [rows[t.index] for t in tasks]
