@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -184,10 +185,15 @@ def predict(
 ) -> dict[str, Any]:
     """Classify images with a model saved by ``train``, ``stream`` or ``finetune`` (features
     made with the model's own recipe). A pickled (river) model needs ``trust=True``.
-    ``runtime`` runs the backbone; ``precision``, when given, must be the model's own."""
+    ``images`` is a folder, a file, or a list of them. ``runtime`` runs the backbone;
+    ``precision``, when given, must be the model's own."""
     from .jobs.predict import predict as _predict
 
-    return _predict(model_path, images, options=PredictOptions.of(options, values))
+    if isinstance(images, (str, os.PathLike)):  # one folder or file, not its characters
+        images = [images]
+    return _predict(
+        model_path, [str(i) for i in images], options=PredictOptions.of(options, values)
+    )
 
 
 @takes(DemoOptions)

@@ -180,6 +180,14 @@ def test_predict_new_images_with_a_trained_model(
     correct = sum(r["label"] == Path(r["path"]).name.split("-")[0] for r in rows[:-1])
     assert correct >= 12, rows  # 200 training images; chance would be 2 of 20
     assert all(0.0 < r["probability"] <= 1.0 for r in rows[:-1])
+    folder = Path(digits_folder["new"][0]).parent  # one folder as a plain string, not a list
+    by_folder = api.predict(trained["model_path"], str(folder))["predictions"]
+    assert sorted(Path(r["path"]).name for r in by_folder) == sorted(
+        Path(p).name for p in digits_folder["new"]
+    )
+    assert [r["label"] for r in sorted(by_folder, key=lambda r: Path(r["path"]).name)] == [
+        r["label"] for r in sorted(rows[:-1], key=lambda r: Path(r["path"]).name)
+    ]
 
 
 def test_predict_a_streamed_river_model_needs_trust(
