@@ -527,8 +527,20 @@ class FinetuneOptions(Options):
     callbacks: Sequence[Any] = option(
         (), "Trainer callbacks or Keras callbacks, added to transferkit's own.", cli=False
     )
+    frozen_cache: bool = option(
+        True,
+        "Train on the frozen part's cached output where that is exact (augment none or flip).",
+        negatable=True,
+    )
+    frozen_cache_memory: int = option(
+        2048, "MiB the frozen-part cache keeps in memory; beyond, a file in OUT (deleted after)."
+    )
 
     def __post_init__(self) -> None:
+        if self.frozen_cache_memory < 0:
+            raise UsageError(
+                f"--frozen-cache-memory must be 0 MiB or more, got {self.frozen_cache_memory}"
+            )
         self._set("epochs", _per_phase(self.epochs, int, "epochs"))
         self._set("learning_rate", _per_phase(self.learning_rate, float, "learning rates"))
         self._set("weights", normalise_weights(self.weights))

@@ -25,6 +25,7 @@ from .bridge import epoch_bridge, keras_run, quiet_end_of_data
 from .callbacks import Callback, ModelCheckpoint, ProgressPrinter
 from .checkpoint import Checkpoint, write_checkpoint
 from .data import DataModule
+from .frozen_cache import FrozenCache
 from .model import TransferModel
 from .precision import policy_name
 from .seed import deterministic_ops, seed_everything
@@ -324,10 +325,14 @@ class Trainer:
         call early when the phase ends or the strategy changes the trainable state. Returns
         whether the next epoch's strategy step was already applied (and changed the model), or
         None when it was not run."""
-        segment = self.data.train_segment(start, end)
+        keras_model, data = self.model.keras_model, self.data
+        cached = self._frozen_cache_segment(start, end)
+        if cached is not None:  # the part above the frozen part, on its cached output
+            keras_model, data = cached
+        segment = data.train_segment(start, end)
         if segment is None:
             end = start + 1
-            dataset, steps = self.data.train_dataset(start), None
+            dataset, steps = data.train_dataset(start), None
         else:
             dataset, steps = segment
         bridge = epoch_bridge(self, end)
@@ -337,9 +342,9 @@ class Trainer:
                 self._keras_run = keras_run(self.keras_callbacks)
             extra = [self._keras_run, epoch_bridge(self, end, watch=bridge)]
         with quiet_end_of_data():
-            self.model.keras_model.fit(
+            keras_model.fit(
                 dataset,
-                validation_data=self.data.val_dataset(),
+                validation_data=data.val_dataset(),
                 initial_epoch=start,
                 epochs=end,
                 steps_per_epoch=steps,
@@ -348,6 +353,16 @@ class Trainer:
                 verbose=0,
             )
         return bridge.changed_ahead
+
+    def _frozen_cache_segment(self, start: int, end: int) -> tuple[Any, Any] | None:
+        """``(training model, its batches)`` from a
+        :class:`~transferkit.trainer.frozen_cache.FrozenCache` among the callbacks, where it
+        applies to these epochs (the batches answer as the data module does); None: the whole
+        network trains."""
+        for cb in self.callbacks:
+            if isinstance(cb, FrozenCache):
+                return cb.segment(self, start, end)
+        return None
 
     def _after_epoch(self, epoch: int, logs: dict[str, float]) -> None:
         self._call_callback_hooks("on_epoch_end", epoch, logs)
