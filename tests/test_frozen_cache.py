@@ -138,11 +138,10 @@ def test_the_default_recipe_trains_to_the_same_weights_with_and_without_the_cach
     data = cached["data"]
     assert data["train"] + data["val"] + data["test"] == 73  # 72 PNGs and the broken file
     # two cuts (the whole base, then below block2): each run once over the decodable
-    # training images as they are and mirrored, and the validation images
-    n_train = data["train"] - 1 if _broken_in(digit_folder, "train") else data["train"]
-    n_val = data["val"] - 1 if _broken_in(digit_folder, "val") else data["val"]
-    assert forwarded == [2 * n_train + n_val] * 2
-    assert probes[0] is None and probes[1] is not None and len(probes[1][0]) == n_train
+    # training images as they are and mirrored, the validation and the test images
+    n = {p: data[p] - _broken_in(digit_folder, p) for p in ("train", "val", "test")}
+    assert forwarded == [2 * n["train"] + n["val"] + n["test"]] * 2
+    assert probes[0] is None and probes[1] is not None and len(probes[1][0]) == n["train"]
     # with no memory, every row spilled to the run folder during training, and none is left
     assert watch.callback.seen and all(watch.callback.seen)
     assert not list((tmp_path / "cached").glob("frozen-cache-*"))
@@ -164,7 +163,7 @@ def _broken_in(root: Path, part: str) -> bool:
     from transferkit.trainer import ImageDataModule
 
     data = ImageDataModule(root, fractions=(0.7, 0.15, 0.15), seed=0)
-    rows = {"train": data.train_indices, "val": data.val_indices}[part]
+    rows = {"train": data.train_indices, "val": data.val_indices, "test": data.test_indices}[part]
     return any(data.source.records[i].path.endswith("broken.png") for i in rows)
 
 
@@ -225,12 +224,18 @@ def test_rows_beyond_the_memory_bound_spill_to_a_file_that_is_deleted(tmp_path: 
     cut = cache.builds[-1]
     assert cut["cut"] == 5 and cut["variants"] == 2
     assert 0 < cut["memory_bytes"] <= bound_mb * 2**20 and cut["spilled_bytes"] > 0
-    n_train, n_val = len(trainer.data.train_indices), len(trainer.data.val_indices)
-    assert cut["memory_bytes"] + cut["spilled_bytes"] == (n_train + n_val / 2) * row_bytes
-    assert [Path(f).name for f in cut["files"]] == ["frozen-cache-train-0.npy"]
+    data = trainer.data
+    n_train, n_other = len(data.train_indices), len(data.val_indices) + len(data.test_indices)
+    assert cut["memory_bytes"] + cut["spilled_bytes"] == (n_train + n_other / 2) * row_bytes
+    # the validation rows first, then the training rows; the test rows (at the phase's end)
+    # find the bound reached
+    names = [Path(f).name for f in cut["files"]]
+    assert names == ["frozen-cache-train-0.npy", "frozen-cache-test-0.npy"]
     # the fine-tune epochs saw the file, holding the rows beyond the bound; none is left
     size = watch.callback.seen[-1]["frozen-cache-train-0.npy"]
-    assert cut["spilled_bytes"] < size < cut["spilled_bytes"] + 1024  # the .npy header
+    spilled_train = cut["spilled"]["train"]
+    assert spilled_train >= (n_train + len(data.val_indices) / 2) * row_bytes - bound_mb * 2**20
+    assert spilled_train < size < spilled_train + 1024  # and the .npy header
     assert not list(spill.glob("*")), "the spill file outlived the fit"
     weights = [v.numpy() for v in model.network.weights]
     assert _close([v.numpy() for v in plain.network.weights], weights) < TOLERANCE

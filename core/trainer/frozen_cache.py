@@ -72,14 +72,22 @@ def _is_container(layer: Any) -> bool:
     return isinstance(layer, keras.Model)
 
 
+def _sublayers(layer: Any) -> list[Any]:
+    """``layer`` and every layer inside it, models' and composite layers' alike."""
+    flatten = getattr(layer, "_flatten_layers", None)
+    return list(flatten(include_self=True, recursive=True)) if flatten else list(iter_layers(layer))
+
+
 def inference_problem(layers: Sequence[Any]) -> str | None:
     """Why ``layers`` (the frozen part) would compute something else in training than in
     inference, or None: a BatchNorm layer left trainable, a dropout or noise layer with a
-    non-zero rate, or any other layer whose ``call`` takes ``training``."""
+    non-zero rate, any other layer that draws random numbers (it holds a Keras seed generator:
+    stochastic depth, random augmentation), or a layer from outside Keras whose ``call`` takes
+    ``training`` and holds no layers to judge by (a TF Hub module)."""
     from .model import _is_batchnorm
 
     for top in layers:
-        for layer in iter_layers(top):
+        for layer in _sublayers(top):
             kind = type(layer).__name__
             if _is_container(layer):
                 continue
@@ -91,7 +99,11 @@ def inference_problem(layers: Sequence[Any]) -> str | None:
                 if float(getattr(layer, _RATES[kind], 0.0) or 0.0) > 0:
                     return f"its layer {layer.name} ({kind}) is random in training"
                 continue
-            if getattr(layer, "_call_has_training_arg", False):
+            if getattr(layer, "_seed_generators", None):
+                return f"its layer {layer.name} ({kind}) is random in training"
+            foreign = not type(layer).__module__.startswith("keras.")
+            alone = len(_sublayers(layer)) == 1
+            if foreign and alone and getattr(layer, "_call_has_training_arg", False):
                 return f"its layer {layer.name} ({kind}) may act differently in training"
     return None
 
@@ -223,6 +235,12 @@ class _Cut:
         self.key = key
         self.train: _Rows | None = None
         self.val: _Rows | None = None
+        self.test: _Rows | None = None
+        self.test_rows = np.zeros(0, np.int64)
+        self.test_kept = np.zeros(0, bool)
+        self.shapes: list[tuple[int, ...]] = []
+        self.dtypes: list[Any] = []
+        self.forward: Any = None
         self.train_rows = np.zeros(0, np.int64)
         self.train_kept = np.zeros(0, bool)
         self.val_rows = np.zeros(0, np.int64)
@@ -235,10 +253,10 @@ class _Cut:
         self.compiled_for: Any = None
 
     def release(self) -> None:
-        for rows in (self.train, self.val):
+        for rows in (self.train, self.val, self.test):
             if rows is not None:
                 rows.release()
-        self.train = self.val = None
+        self.train = self.val = self.test = None
         self.training_model = None
 
 
@@ -313,6 +331,39 @@ class FrozenCache(Callback):
             )  # fmt: skip
             cut.compiled_for = optimizer
         return cut.training_model, CachedBatches(cut, data)
+
+    def test_scores(self, trainer: Trainer) -> dict[str, float] | None:
+        """The test split's loss and accuracy (as ``keras.Model.evaluate`` gives them) by the
+        cache's training model in inference mode, the test images run through the frozen part
+        once per cut; None where the cache does not apply or its model was not trained yet."""
+        cut = self._current(trainer)
+        if cut is None or cut.training_model is None or cut.compiled_for is None:
+            return None
+        data = trainer.data
+        if cut.test is None:
+            cut.test_rows = np.asarray(data.test_indices, np.int64)
+            if not len(cut.test_rows):
+                return None
+            used = sum(p.memory_bytes for p in (cut.train, cut.val) if p is not None)
+            budget = int(self.memory_mb * 2**20) - used
+            cut.test = _Rows(len(cut.test_rows), cut.shapes, cut.dtypes, 1, budget,
+                             self._folder(), "test")  # fmt: skip
+            cut.test_kept, n = _fill(cut.test, data, cut.test_rows, cut.forward, False)
+            figures = self.builds[-1]
+            figures["images"] += n
+            figures["memory_bytes"] += cut.test.memory_bytes
+            figures["spilled_bytes"] += cut.test.spilled_bytes
+            figures["files"] += [str(f) for f in cut.test.files]
+            figures["spilled"]["test"] = cut.test.spilled_bytes
+        if not cut.test_kept.any():
+            return None
+        kept = np.flatnonzero(cut.test_kept)
+        batches = _dataset(cut.test, [kept], data.labels[cut.test_rows], data.batch_size)
+        from .bridge import quiet_end_of_data
+
+        with quiet_end_of_data():
+            scores = cut.training_model.evaluate(batches, verbose=0, return_dict=True)
+        return {k: float(v) for k, v in scores.items()}
 
     def base_features(self, trainer: Trainer) -> tuple[np.ndarray, np.ndarray] | None:
         """The frozen base's output on the training images (sorted by row, no augmentation,
@@ -407,6 +458,7 @@ class FrozenCache(Callback):
         folder = self._folder()
         budget = int(self.memory_mb * 2**20)
         forward = _forward_fn(lower, len(tensors))
+        cut.shapes, cut.dtypes, cut.forward = shapes, dtypes, forward
         figures = {"cut": cut_at, "whole_base": whole, "variants": variants, "images": 0}
         cut.val_rows = np.asarray(data.val_indices, np.int64)
         if len(cut.val_rows):
@@ -422,6 +474,9 @@ class FrozenCache(Callback):
         figures["memory_bytes"] = sum(p.memory_bytes for p in parts)
         figures["spilled_bytes"] = sum(p.spilled_bytes for p in parts)
         figures["files"] = [str(f) for p in parts for f in p.files]
+        figures["spilled"] = {"train": cut.train.spilled_bytes, "val": 0}
+        if cut.val is not None:
+            figures["spilled"]["val"] = cut.val.spilled_bytes
         self.builds.append(figures)
         what = "pooled features" if whole and len(shapes[0]) == 1 else f"activations {shapes}"
         spilled = (
@@ -533,11 +588,10 @@ class _NoGraph(Exception):
 
 
 def _forward_fn(lower: Any, count: int) -> Any:
-    """The frozen part's forward pass in inference mode, compiled once per cut."""
-    import tensorflow as tf
+    """The frozen part's forward pass in inference mode. Eager: it runs a few times per cut,
+    and tracing a whole backbone into a graph costs more than the Python between its ops."""
 
-    @tf.function(reduce_retracing=True)
-    def forward(images: Any) -> Any:
+    def forward(images: Any) -> list[Any]:
         out = lower(images, training=False)
         return list(out) if isinstance(out, list | tuple) else [out]
 

@@ -286,7 +286,7 @@ class Trainer:
             "early_stopped": bool(self.should_stop_phase),
         }
         if phase.evaluate_test and self.data.test_dataset() is not None:
-            scores = self._evaluate(self.data.test_dataset())
+            scores = self._frozen_cache_test() or self._evaluate(self.data.test_dataset())
             results["test_loss"] = scores["loss"]
             results["test_accuracy"] = scores["accuracy"]
         self.phase_results.append(results)
@@ -362,6 +362,13 @@ class Trainer:
         for cb in self.callbacks:
             if isinstance(cb, FrozenCache):
                 return cb.segment(self, start, end)
+        return None
+
+    def _frozen_cache_test(self) -> dict[str, float] | None:
+        """The test split's loss and accuracy on the frozen-part cache, where it applies."""
+        for cb in self.callbacks:
+            if isinstance(cb, FrozenCache):
+                return cb.test_scores(self)
         return None
 
     def _after_epoch(self, epoch: int, logs: dict[str, float]) -> None:
