@@ -30,7 +30,8 @@ class TinyThreeBlocks:
             import keras
 
             keras.utils.set_random_seed(3)  # the same initial weights in every run
-            return tiny_backbone(tuple(input_size or (16, 16)), filters=(4, 8, 8))
+            # the feature map, which the linear head pools: the warm-up caches pooled vectors
+            return tiny_backbone(tuple(input_size or (16, 16)), filters=(4, 8, 8), pooling="map")
 
         register(BackboneSpec(name="tiny-three", description="test CNN", factory=factory,
                               input_size=(16, 16)))  # fmt: skip
@@ -105,8 +106,8 @@ def test_the_default_recipe_trains_to_the_same_weights_with_and_without_the_cach
     forwarded: list[int] = []
     make = frozen_cache._forward_fn
 
-    def counted(lower: Any, count: int) -> Any:
-        forward = make(lower, count)
+    def counted(lower: Any, pooling: Any = None) -> Any:
+        forward = make(lower, pooling)
         forwarded.append(0)
 
         def run(images: Any) -> Any:
@@ -282,8 +283,8 @@ def test_augment_light_falls_back_with_one_line_and_no_frozen_cache_says_nothing
     on = invoke_cli("finetune", *common, "-o", tmp_path / "on")
     assert on.returncode == 0, on.stderr
     built = [line for line in on.stderr.splitlines() if line.startswith("frozen-part cache:")]
-    assert len(built) == 2 and "pooled features below layer 14 of 14" in built[0], built
-    assert "training image(s) x 2" in built[1]
+    assert len(built) == 2 and "pooled features below layer 13 of 13" in built[0], built
+    assert "activations [(8, 8, 4)] below layer 5 of 13" in built[1]
 
 
 def test_a_frozen_part_with_dropout_trains_the_whole_network(tmp_path: Path, caplog: Any) -> None:

@@ -135,30 +135,47 @@ def _cut_index(base_layers: Sequence[Any]) -> int:
 
 
 def _frontier(base: Any, cut: int) -> list[Any]:
-    """The symbolic tensors that layers ``cut`` and above (or the base's outputs) take from
-    layers below ``cut``, in the graph's order."""
+    """The symbolic tensors of ``base``'s graph computed below layer ``cut`` that the rest
+    of the graph takes (or that are outputs), in the graph's order. A plain operation (an
+    ``ops.add`` between layers, ConvNeXt's) counts as below where all its inputs are."""
     layers = list(base.layers)
-    index = {id(layer): i for i, layer in enumerate(layers)}
-    own = getattr(base, "_nodes", None)
-    found: list[Any] = []
+    below = {id(layer) for layer in layers[:cut]}
+    is_layer = {id(layer) for layer in layers}
+    sources = {id(t) for t in base.inputs}
+    memo: dict[int, bool] = {}
 
-    def below(tensor: Any) -> bool:
-        return index.get(id(tensor._keras_history.operation), len(layers)) < cut
+    def frozen(tensor: Any) -> bool:
+        if id(tensor) in sources:
+            return True
+        if id(tensor) not in memo:
+            history = tensor._keras_history
+            memo[id(tensor)] = runs_below(
+                history.operation, history.operation._inbound_nodes[history.node_index]
+            )
+        return memo[id(tensor)]
+
+    def runs_below(operation: Any, node: Any) -> bool:
+        if id(operation) in is_layer:
+            return id(operation) in below
+        return all(frozen(t) for t in node.input_tensors)
+
+    found: list[Any] = []
 
     def add(tensor: Any) -> None:
         if not any(tensor is seen for seen in found):
             found.append(tensor)
 
-    for layer in layers[cut:]:
-        for number, node in enumerate(layer._inbound_nodes):
-            # the node keys of the base's own graph (Keras' ``make_node_key``)
-            if own is not None and f"{id(layer)}_ib-{number}" not in own:
+    by_depth = base._nodes_by_depth
+    for depth in sorted(by_depth, reverse=True):  # from the inputs on
+        for node in by_depth[depth]:
+            if node.operation is None or not node.input_tensors:
                 continue
-            for tensor in node.input_tensors:
-                if below(tensor):
-                    add(tensor)
+            if not runs_below(node.operation, node):
+                for tensor in node.input_tensors:
+                    if frozen(tensor):
+                        add(tensor)
     for tensor in base.outputs:
-        if below(tensor):
+        if frozen(tensor):
             add(tensor)
     return found
 
@@ -248,7 +265,7 @@ class _Cut:
         self.lower: Any = None  # the frozen part: images -> the cut's tensors
         self.upper: Any = None  # the trained part: the cut's tensors -> the base's output
         self.flip: Any = None
-        self.training_inputs: list[Any] = []
+        self.pooled = False  # the base's map pooled by the head's first layer
         self.training_model: Any = None
         self.compiled_for: Any = None
 
@@ -372,7 +389,7 @@ class FrozenCache(Callback):
         cut = self._current(trainer)
         if cut is None or cut.key[0] != len(trainer.model.base_layers) or cut.train is None:
             return None
-        if len(cut.training_inputs) != 1:
+        if len(cut.shapes) != 1:
             return None
         kept = np.flatnonzero(cut.train_kept)
         x = cut.train.gather(kept)[0][:, 0].astype(np.float64)
@@ -453,11 +470,17 @@ class FrozenCache(Callback):
         dtypes = [np.dtype(keras.backend.standardize_dtype(t.dtype)) for t in tensors]
         cut = _Cut(key)
         cut.lower, cut.upper, cut.flip = lower, upper, flip
-        cut.training_inputs = tensors
+        pooling = None
+        if whole and len(shapes) == 1 and len(shapes[0]) == 3 and _pools_first(model.head):
+            # the head pools the map first (the linear head): cache the pooled vectors
+            pooling = model.head.layers[0]
+            shapes = [shapes[0][-1:]]
+            dtypes = [np.dtype(keras.backend.standardize_dtype(pooling.compute_dtype))]
+        cut.pooled = pooling is not None
         variants = 2 if flip is not None else 1
         folder = self._folder()
         budget = int(self.memory_mb * 2**20)
-        forward = _forward_fn(lower, len(tensors))
+        forward = _forward_fn(lower, pooling)
         cut.shapes, cut.dtypes, cut.forward = shapes, dtypes, forward
         figures = {"cut": cut_at, "whole_base": whole, "variants": variants, "images": 0}
         cut.val_rows = np.asarray(data.val_indices, np.int64)
@@ -478,7 +501,7 @@ class FrozenCache(Callback):
         if cut.val is not None:
             figures["spilled"]["val"] = cut.val.spilled_bytes
         self.builds.append(figures)
-        what = "pooled features" if whole and len(shapes[0]) == 1 else f"activations {shapes}"
+        what = "pooled features" if cut.pooled else f"activations {shapes}"
         spilled = (
             f", {figures['spilled_bytes'] / 2**20:.1f} MiB spilled to {folder}"
             if figures["spilled_bytes"]
@@ -504,17 +527,21 @@ class FrozenCache(Callback):
         as the full network (so the same variables), the version chosen by the flip layer."""
         import keras
 
-        tensors = cut.training_inputs
         inputs = [
-            keras.Input(t.shape[1:], dtype=t.dtype, name=f"frozen_{v}_{j}")
+            keras.Input(shape, dtype=str(dtype), name=f"frozen_{v}_{j}")
             for v in range(2)
-            for j, t in enumerate(tensors)
+            for j, (shape, dtype) in enumerate(zip(cut.shapes, cut.dtypes, strict=True))
         ]
-        picked = _pick_class()(cut.flip, len(tensors), name="frozen_cache_version")(inputs)
+        picked = _pick_class()(cut.flip, len(cut.shapes), name="frozen_cache_version")(inputs)
         x = picked if cut.upper is None else cut.upper(picked[0] if len(picked) == 1 else picked)
         if isinstance(x, list | tuple):
             x = x[0] if len(x) == 1 else x
-        outputs = model.head(model.gradient_scale(x))
+        if not cut.pooled:
+            outputs = model.head(model.gradient_scale(x))
+        else:  # the head after its pooling (the gradient scale is the identity forward)
+            outputs = model.gradient_scale(x)
+            for layer in model.head.layers[1:]:
+                outputs = layer(outputs)
         return keras.Model(inputs, outputs, name="frozen_cache_training")
 
 
@@ -587,13 +614,28 @@ class _NoGraph(Exception):
     """The base is no functional graph that can be cut there."""
 
 
-def _forward_fn(lower: Any, count: int) -> Any:
-    """The frozen part's forward pass in inference mode. Eager: it runs a few times per cut,
-    and tracing a whole backbone into a graph costs more than the Python between its ops."""
+def _pools_first(head: Any) -> bool:
+    """Whether ``head`` is a ``Sequential`` whose first layer is transferkit's ``PoolIfMap``."""
+    import keras
+
+    from .layers import PoolIfMap
+
+    return (
+        isinstance(head, keras.Sequential)
+        and bool(head.layers)
+        and (isinstance(head.layers[0], PoolIfMap))
+    )
+
+
+def _forward_fn(lower: Any, pooling: Any = None) -> Any:
+    """The frozen part's forward pass in inference mode (then ``pooling``, the head's first
+    layer, where given). Eager: it runs a few times per cut, and tracing a whole backbone into
+    a graph costs more than the Python between its ops."""
 
     def forward(images: Any) -> list[Any]:
         out = lower(images, training=False)
-        return list(out) if isinstance(out, list | tuple) else [out]
+        outs = list(out) if isinstance(out, list | tuple) else [out]
+        return [pooling(outs[0])] if pooling is not None else outs
 
     return forward
 
