@@ -3,10 +3,11 @@
 While a phase trains only the head, the base's output for an image is fixed; while it trains the
 top blocks, everything below the first trainable layer is. :class:`FrozenCache` (a Trainer
 callback that the Trainer asks for each stretch of epochs) runs the frozen part once over the
-training and validation images, keeps its output (the *cut*: the tensors entering the first
-trainable layer, or the base's pooled output), and trains a model made of the part above the cut
-and the head, sharing their layers and the optimizer with the full network. A deeper unfreeze
-moves the cut, and the cache is rebuilt from there.
+training and validation images (and the test images when a phase ends), keeps its output (the
+*cut*: the tensors entering the first trainable layer, or the base's output, pooled where the
+head pools first), and trains a model made of the part above the cut and the head, sharing
+their layers and the optimizer with the full network. A deeper unfreeze moves the cut, and the
+cache is rebuilt from there.
 
 The computation is the uncached one, so the cache is only used where that holds:
 
