@@ -18,9 +18,11 @@ from .errors import TransferkitError, UsageError, WeightsUnavailableError
 from .hookspecs import hookimpl
 from .options import (
     DemoOptions,
+    ExportOptions,
     ExtractOptions,
     FinetuneOptions,
     PredictOptions,
+    ServeOptions,
     SpotcheckOptions,
     StreamOptions,
     TrainOptions,
@@ -46,9 +48,12 @@ _API = (
     "spotcheck",
     "stream",
     "finetune",
+    "lr_find",
     "predict",
     "demo",
     "load_finetuned",
+    "export",
+    "serve",
 )
 
 __all__ = [
@@ -57,12 +62,14 @@ __all__ = [
     "ClassifierSpec",
     "DatasetSpec",
     "DemoOptions",
+    "ExportOptions",
     "ExtractOptions",
     "FeatureRecipe",
     "FinetuneOptions",
     "HeadSpec",
     "PredictOptions",
     "RuntimeSpec",
+    "ServeOptions",
     "SpotcheckOptions",
     "StoreSpec",
     "StrategySpec",

@@ -8,11 +8,15 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from .options import (
+    AuditOptions,
     DemoOptions,
+    ExportOptions,
     ExtractOptions,
     FinetuneOptions,
+    LrFindOptions,
     Options,
     PredictOptions,
+    ServeOptions,
     SpotcheckOptions,
     StreamOptions,
     TrainOptions,
@@ -213,9 +217,30 @@ def finetune(
     """
     from .jobs.finetune import finetune as _finetune
 
-    return _finetune(
-        images, backbone=backbone, out=out, options=FinetuneOptions.of(options, values)
-    )
+    opts = FinetuneOptions.of(options, values)
+    if opts.scheduler is not None:  # one replica per worker of a Dask cluster
+        from .jobs.finetune_dask import finetune_on_cluster
+
+        return finetune_on_cluster(images, backbone=backbone, out=out, options=opts)
+    return _finetune(images, backbone=backbone, out=out, options=opts)
+
+
+@takes(LrFindOptions)
+def lr_find(
+    images: Any,
+    *,
+    backbone: Any,
+    out: Any,
+    options: LrFindOptions | None = None,
+    **values: Any,
+) -> dict[str, Any]:
+    """The learning-rate range test of a fine-tune's first phase (the data, model and strategy
+    that :func:`finetune` would make from the same options): writes ``out/lr_find.png`` and
+    ``out/lr_find.json`` and returns the curve with ``suggestion``, ``steepest`` and
+    ``valley``. ``finetune(..., learning_rate="auto")`` runs it before training."""
+    from .jobs.finetune import finetune as _finetune
+
+    return _finetune(images, backbone=backbone, out=out, options=LrFindOptions.of(options, values))
 
 
 def load_finetuned(path: Any) -> Any:
@@ -224,3 +249,46 @@ def load_finetuned(path: Any) -> Any:
     from .trainer.saved import load_finetuned as _load
 
     return _load(path)
+
+
+@takes(ExportOptions)
+def export(
+    model_path: Any, *, options: ExportOptions | None = None, **values: Any
+) -> dict[str, Any]:
+    """Export a trained model as one deployable graph (RGB 0..255 images at the model's input
+    size -> class probabilities): a fine-tuned ``.keras``, or a ``.skops`` model of ``train`` or
+    ``stream`` whose head is linear (folded into a ``Dense`` layer with its scaler). ``format``
+    is ``keras``, ``saved_model``, ``onnx``, ``openvino`` or ``litert``; the class names and the
+    recipe travel inside the export. Returns ``path``, ``format``, ``label_names``,
+    ``input_size`` and how the ``probabilities`` are made."""
+    from .jobs.export import export as _export
+
+    return _export(model_path, options=ExportOptions.of(options, values))
+
+
+@takes(ServeOptions)
+def serve(
+    model_path: Any,
+    *,
+    ready: Callable[[str], None] | None = None,
+    options: ServeOptions | None = None,
+    **values: Any,
+) -> dict[str, Any]:
+    """Serve a trained model over HTTP (``GET /health``, ``GET /metadata``, ``POST /predict``)
+    until SIGINT or SIGTERM, micro-batching concurrent requests; ``ready`` is called with the
+    server's URL once it listens. Returns the URL and how many batches and images it served.
+    To embed the application in your own ASGI server, see :func:`transferkit.serving.build_app`."""
+    from .serving import serve as _serve
+
+    return _serve(model_path, options=ServeOptions.of(options, values), ready=ready)
+
+
+@takes(AuditOptions)
+def audit(store_path: Any, *, options: AuditOptions | None = None, **values: Any) -> dict[str, Any]:
+    """Audit a feature store (or an image folder, with ``backbone``): ``label_issues``,
+    ``near_duplicates``, ``leakage`` (with ``test``), ``outliers`` and a ``summary``, each list
+    ranked worst first; ``out`` writes audit.json, audit.csv and audit.html. See
+    :mod:`transferkit.jobs.audit`."""
+    from .jobs.audit import audit as _audit
+
+    return _audit(store_path, options=AuditOptions.of(options, values))

@@ -269,6 +269,7 @@ LISTINGS: dict[str, tuple[str, list[str], str]] = {
         "Image sources and tasks",
     ),
     "heads": ("head", ["name", "plugin", "description"], "Classification heads"),
+    "loggers": ("logger", ["name", "plugin", "description"], "Loggers of fine-tune runs"),
     "runtimes": (
         "runtime",
         ["name", "available", "reason", "precisions", "bf16", "auto_order", "plugin"],

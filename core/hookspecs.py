@@ -89,6 +89,16 @@ def register_runtimes(register: Callable[[specs.RuntimeSpec], None]) -> None:
 
 
 @hookspec
+def register_loggers(register: Callable[[specs.LoggerSpec], None]) -> None:
+    """Register loggers of fine-tune runs (``LoggerSpec``), chosen with ``finetune --logger NAME``
+    (several at once). Each spec's ``factory(out, location)`` returns a Trainer callback (a
+    ``transferkit.plugin.Logger`` also receives the run's configuration and recipe through
+    ``log_config``) or a Keras callback; ``location`` is ``--logger-dir`` (None: the logger's
+    default inside the run folder ``out``). Only the chief of a multi-worker run logs.
+    """
+
+
+@hookspec
 def register_keras_objects(register: Callable[..., None]) -> None:
     """Register the Keras classes (layers, models) that this plugin's backbones or heads put
     into a saved ``.keras`` model, so that transferkit can load such a model again.

@@ -31,6 +31,7 @@ from typing import Any
 from .errors import TransferkitError, UsageError
 from .outputs import atomic_path, check_outside_inputs, check_writable, refuse_replacing
 from .recipe import FeatureRecipe
+from .reuse import file_key, reuse
 
 FORMAT = "transferkit-model"
 FORMAT_VERSION = 1
@@ -40,7 +41,10 @@ FORMAT_VERSION = 1
 # that the file names, so accepting them does not let a file run code.
 TRUSTED_MODULE_PREFIXES = ("sklearn.", "numpy.", "scipy.")
 # transferkit's own estimators, whose state is NumPy arrays and numbers only (rebuilt the same way).
-TRUSTED_TYPES = ("transferkit.plugins._softmax.SoftmaxRegression",)
+TRUSTED_TYPES = (
+    "transferkit.plugins._softmax.SoftmaxRegression",
+    "transferkit.trust.TemperatureScaled",
+)
 
 
 @dataclass
@@ -57,6 +61,9 @@ class SavedModel:
     label_names: list[str] = field(default_factory=list)
     feature_dim: int | None = None
     store_metadata: dict[str, Any] = field(default_factory=dict)
+    # what predict needs to score unfamiliar inputs and make prediction sets
+    # (:mod:`transferkit.trust`): NumPy arrays and numbers, saved beside the estimator
+    trust: dict[str, Any] = field(default_factory=dict)
 
     def header(self) -> dict[str, Any]:
         recipe = self.recipe.to_metadata()
@@ -109,16 +116,19 @@ def save_model(model: SavedModel, path: str | Path) -> Path:
     """Write ``model`` to ``path`` (skops for scikit-learn, pickle for river); returns the path."""
     path = Path(path)
     header = json.dumps(model.header())
+    data: dict[str, Any] = {"header": header, "estimator": model.estimator}
+    if model.trust:
+        data["trust"] = dict(model.trust)
     # written beside the target and renamed over it: a crash or a full disk never leaves half a
     # model under the real name, nor a temporary file
     with atomic_path(path) as tmp:
         if model.library == "river":
             with open(tmp, "wb") as fh:
-                pickle.dump({"header": header, "estimator": model.estimator}, fh)
+                pickle.dump(data, fh)
         else:
             import skops.io as sio
 
-            sio.dump({"header": header, "estimator": model.estimator}, tmp)
+            sio.dump(data, tmp)
     return path
 
 
@@ -255,6 +265,11 @@ def load_model(path: str | Path, *, trust: bool = False) -> SavedModel:
         raise UsageError(
             f"model file {path} does not exist; save one with `transferkit train --out`"
         )
+    # read once per file inside a `with reuse.kept():` block (a server), else on every call
+    return reuse(("saved-model", file_key(path), trust), lambda: _read_model(path, trust))
+
+
+def _read_model(path: Path, trust: bool) -> SavedModel:
     kind = identify_file(path)
     if kind in _NOT_A_MODEL or kind == "keras":
         what = _NOT_A_MODEL.get(kind, "a Keras model that `transferkit finetune` did not save")
@@ -357,6 +372,13 @@ def check_saved_model(path: str | Path, data: Any) -> SavedModel:
     width = getattr(estimator, "n_features_in_", None)
     if isinstance(width, int) and dim is not None and width != dim:
         raise bad(f"its estimator takes {width} features but the recipe says {dim}")
+    trust = data.get("trust", {})
+    if trust:
+        from .trust import check_trust
+
+        why = check_trust(trust, dim)
+        if why is not None:
+            raise bad(why)
     return SavedModel(
         estimator=estimator,
         recipe=FeatureRecipe.from_metadata(recipe),
@@ -366,6 +388,7 @@ def check_saved_model(path: str | Path, data: Any) -> SavedModel:
         label_names=list(names),
         feature_dim=dim,
         store_metadata=dict(recipe.get("store_metadata") or {}),
+        trust=dict(trust or {}),
     )
 
 

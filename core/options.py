@@ -22,8 +22,10 @@ import numbers
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
+from . import fitvalues
+from . import trustvalues as tv
 from .errors import UsageError
 from .recipe import (
     DEFAULT_WEIGHTS,
@@ -351,6 +353,14 @@ class TrainOptions(Options):
     overwrite: bool = overwrite_model_option()
     params: Any = params_option("--param C=0.1")
     store: str | None = store_option()
+    calibrate: str | None = option(None, tv.CALIBRATE_HELP, choices=tv.CALIBRATIONS)
+    folds: int = option(5, "Folds of the held-out probabilities (calibration, conformal scores).")
+    conformal: bool = option(True, tv.CONFORMAL_HELP, negatable=True)
+    reference_size: int = option(1000, tv.REFERENCE_HELP)
+    unfamiliar_quantile: float = option(0.99, tv.QUANTILE_HELP)
+
+    def __post_init__(self) -> None:
+        tv.check_trust(self)
 
 
 @dataclass(frozen=True)
@@ -376,8 +386,11 @@ class StreamOptions(Options):
     params: Any = params_option("-p alpha=1e-4")
     store: str | None = store_option()
     progress: bool = option(True, "Progress bar on stderr.", cli=False)
+    reference_size: int = option(1000, tv.REFERENCE_HELP)
+    unfamiliar_quantile: float = option(0.99, tv.QUANTILE_HELP)
 
     def __post_init__(self) -> None:
+        tv.check_trust(self)
         for name, flag in (
             ("passes", "--passes"),
             ("batch_size", "--batch-size"),
@@ -409,10 +422,12 @@ class PredictOptions(Options):
         "here (.png).",
         kind="file",
     )
+    coverage: float | None = option(None, tv.COVERAGE_HELP)
 
     def __post_init__(self) -> None:
         if self.precision is not None:
             self._set("precision", parse_precision(self.precision))
+        tv.check_coverage(self.coverage)
 
 
 # ------------------------------------------------------------------ finetune
@@ -464,8 +479,11 @@ class FinetuneOptions(Options):
         "Epochs, once or once per phase (warmup-unfreeze: --epochs 10 --epochs 10).",
         kind="many",
     )
-    learning_rate: float | tuple[float, ...] | None = option(
-        None, "Learning rate, once or once per phase.", kind="many", aliases=("--lr",)
+    learning_rate: float | Literal["auto"] | tuple[float | Literal["auto"], ...] | None = option(
+        None,
+        "Learning rate, once or once per phase; auto: the first phase's from an lr-find sweep.",
+        kind="many",
+        aliases=("--lr",),
     )
     unfreeze_from: int | None = option(
         None, "First base layer trained in the unfrozen phase (default per backbone; VGG16: 15)."
@@ -527,28 +545,69 @@ class FinetuneOptions(Options):
     callbacks: Sequence[Any] = option(
         (), "Trainer callbacks or Keras callbacks, added to transferkit's own.", cli=False
     )
-    frozen_cache: bool = option(
-        True,
-        "Train on the frozen part's cached output where that is exact (augment none or flip).",
-        negatable=True,
-    )
-    frozen_cache_memory: int = option(
-        2048, "MiB the frozen-part cache keeps in memory; beyond, a file in OUT (deleted after)."
-    )
+    devices: Any = option("auto", "Devices: auto, or N (N GPUs; without GPUs, N logical CPU "
+                          "devices, to try the distributed path: not faster).")  # fmt: skip
+    distribute: str = option("auto", "auto (mirrored when --devices > 1), mirrored (this machine's "
+                             "devices), multi-worker (machines: TF_CONFIG, or the workers of "
+                             "--scheduler).", choices=fitvalues.DISTRIBUTIONS)  # fmt: skip
+    scheduler: str | None = option(None, "With --distribute multi-worker: a Dask scheduler (or "
+                                   "local); each worker runs one replica.")  # fmt: skip
+    fast_dev_run: bool = option(False, "Debug run: one training and one validation batch per "
+                                "phase; no checkpoint, no model.")  # fmt: skip
+    limit_train_batches: Any = option(None, "Training batches per epoch: a count (10) or a "
+                                      "fraction (0.25).", metavar="N|F")  # fmt: skip
+    limit_val_batches: Any = option(None, "Validation (and test) batches: a count (10) or a "
+                                    "fraction (0.25); 0: none.", metavar="N|F")  # fmt: skip
+    overfit_batches: int = option(0, "Train on N fixed batches, and validate on them too.")
+    accumulate_grad_batches: int = option(1, "Average the gradients of K batches before each step "
+                                          "(an effective batch of K x batch).")  # fmt: skip
+    gradient_clip_val: float | None = option(None, "Clip the gradients' global norm to this value.")
+    logger: tuple[str, ...] = option((), "Loggers (see `transferkit loggers`), one or several: csv "
+                                     "(default), tensorboard, mlflow.", kind="many")  # fmt: skip
+    logger_dir: str | None = option(None, "Where loggers write: a folder (default OUT), or a "
+                                    "tracking URI for mlflow.")  # fmt: skip
+    calibrate: bool = option(False, "Fit the head's temperature on the validation split.")
+    frozen_cache: bool = option(True, "Train on the frozen part's cached output where that is "
+                                "exact (augment none or flip).", negatable=True)  # fmt: skip
+    frozen_cache_memory: int = option(2048, "MiB the frozen-part cache keeps in memory; beyond, "
+                                      "a file in OUT (deleted after).")  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.frozen_cache_memory < 0:
-            raise UsageError(
-                f"--frozen-cache-memory must be 0 MiB or more, got {self.frozen_cache_memory}"
-            )
+            memory = self.frozen_cache_memory
+            raise UsageError(f"--frozen-cache-memory must be 0 MiB or more, got {memory}")
         self._set("epochs", _per_phase(self.epochs, int, "epochs"))
-        self._set("learning_rate", _per_phase(self.learning_rate, float, "learning rates"))
+        self._set("learning_rate", fitvalues.learning_rates(self.learning_rate, _per_phase))
+        self._set("devices", fitvalues.parse_devices(self.devices))
+        for split in ("train", "val"):
+            name = f"limit_{split}_batches"
+            self._set(name, fitvalues.parse_batch_limit(getattr(self, name), split))
+        self._set("logger", _texts(self.logger) or ())
+        fitvalues.check_run_values(self.overfit_batches, self.accumulate_grad_batches,
+                         self.gradient_clip_val, self.scheduler, self.distribute)  # fmt: skip
         self._set("weights", normalise_weights(self.weights))
         self._set("input_size", parse_input_size(self.input_size))
         self._set("split", tuple(float(v) for v in self.split))
         self._set("callbacks", tuple(self.callbacks))
+        tv.check_calibrate_split(self.calibrate, self.split)
         if self.pooling is not None:
             self._set("pooling", parse_pooling(self.pooling))
+
+
+@dataclass(frozen=True)
+class LrFindOptions(FinetuneOptions):
+    """``transferkit lr-find`` / :func:`transferkit.lr_find`: a fine-tune's options and the
+    sweep's (``finetune --learning-rate auto`` sweeps with these defaults)."""
+
+    min_lr: float = option(1e-8, "The sweep's first learning rate.")
+    max_lr: float = option(1.0, "The sweep's last learning rate.")
+    num_training: int = option(100, "Training batches in the sweep (one rate each).")
+    early_stop_threshold: float | None = option(4.0, "Stop once the smoothed loss exceeds this "
+                                                "many times the best (divergence).")  # fmt: skip
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        fitvalues.check_sweep(self.min_lr, self.max_lr, self.num_training)
 
 
 # ------------------------------------------------------------------ feature cache, spotcheck, demo
@@ -686,3 +745,104 @@ class DemoOptions(Options):
         self._set("backbones", _texts(self.backbones))
         self._set("precision", parse_precision(self.precision))
         check_jobs(self.jobs, zero_is_all=True)
+
+
+# ------------------------------------------------------------------ export and serve
+
+EXPORT_FORMATS = ("keras", "saved_model", "onnx", "openvino", "litert")
+
+
+@dataclass(frozen=True)
+class ExportOptions(Options):
+    """``transferkit export`` / :func:`transferkit.export` (the model is its argument)."""
+
+    format: str = option(
+        "keras",
+        "What to write: keras (.keras file), saved_model (folder), onnx (.onnx file), openvino "
+        "(folder with model.xml), litert (folder with model.tflite).",
+        choices=EXPORT_FORMATS,
+    )
+    out: str | None = option(None, "Where to write the export.", short="-o", kind="path")
+    overwrite: bool = option(False, "Replace an export already at --out.")
+    trust: bool = option(
+        False, "Load a .skops model holding types other than scikit-learn's and NumPy's."
+    )
+
+    def __post_init__(self) -> None:
+        fmt = str(self.format).strip().lower().replace("-", "_")
+        if fmt == "tf_saved_model":
+            fmt = "saved_model"
+        if fmt not in EXPORT_FORMATS:
+            raise UsageError(f"unknown export format {self.format!r}; allowed: {EXPORT_FORMATS}")
+        self._set("format", fmt)
+
+
+@dataclass(frozen=True)
+class ServeOptions(Options):
+    """``transferkit serve`` / :func:`transferkit.serve` (the model is its argument)."""
+
+    host: str = option("127.0.0.1", "Address to bind (0.0.0.0: every interface).")
+    port: int = option(8000, "Port to bind (0: a free one, printed at start).")
+    runtime: str = runtime_option()
+    max_batch: int = option(32, "Images per forward pass at most (micro-batching).")
+    max_wait_ms: float = option(
+        5.0,
+        "A batch closes when no image joined it for this long (at most 10x this after its "
+        "first image), or when it is full.",
+    )
+    top: int = option(5, "Classes in each answer's top list.")
+    max_body: int = option(20_000_000, "Largest request body in bytes (larger: 413).")
+    max_pixels: int = option(40_000_000, "Largest image in pixels, width x height (larger: 413).")
+    max_images: int = option(64, "Images in one multipart request at most.")
+    read_timeout: float = option(
+        10.0, "Seconds a client may take to send its request body (slower: 408)."
+    )
+    trust: bool = option(
+        False,
+        "Allow loading a pickled model (river), which can run code: only for your own files.",
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "max_body", "max_pixels", "max_images", "top"):
+            check_positive(getattr(self, name), f"--{name.replace('_', '-')}")
+        check_positive(self.read_timeout, "--read-timeout")
+        if self.max_wait_ms < 0:
+            raise UsageError(f"--max-wait-ms must be 0 or more, got {self.max_wait_ms}")
+        if not 0 <= self.port <= 65535:
+            raise UsageError(f"--port must be 0..65535, got {self.port}")
+
+
+# ------------------------------------------------------------------ audit
+
+
+@dataclass(frozen=True)
+class AuditOptions(Options):
+    """``transferkit audit`` / :func:`transferkit.audit` (the training store, or image folder,
+    is its argument)."""
+
+    test: str | None = option(None, "A test store (or image folder) to check for leakage from "
+                              "training.", kind="path")  # fmt: skip
+    out: str | None = option(None, "Folder for audit.json, audit.csv and audit.html.", kind="dir")
+    classifier: str = option("softmax", "Classifier(s) of the out-of-fold probabilities (label "
+                             "issues); several, comma-separated, are averaged.")  # fmt: skip
+    folds: int = option(5, "Folds of the out-of-fold probabilities.")
+    k: int = option(10, "Neighbours of the outlier distance.")
+    duplicate_similarity: float = option(0.97, "Cosine similarity (centred features) from which "
+                                         "two rows are near-duplicates.")  # fmt: skip
+    leakage_similarity: float = option(0.97, "Cosine similarity from which a test row leaks from "
+                                       "a training row.")  # fmt: skip
+    outlier_fence: float = option(3.0, "Outliers: k-NN distance above Q3 + this x (Q3 - Q1) of "
+                                  "all rows' distances.")  # fmt: skip
+    files: bool = option(True, "Read the image files: exact duplicates by content hash, and the "
+                         "page's thumbnails.", negatable=True)  # fmt: skip
+    root: str | None = option(None, "Folder the store's relative image paths start from [the "
+                              "current one].", kind="dir")  # fmt: skip
+    backbone: str | None = option(None, "With an image folder: NAME[@SIZE][:POOLING] to extract "
+                                  "its features with.")  # fmt: skip
+    cache_dir: str | None = cache_dir_option()
+    seed: int = seed_option("Seed of the folds.")
+    store: str | None = store_option()
+    progress: bool = option(True, "Progress bar of an extraction on stderr.", cli=False)
+
+    def __post_init__(self) -> None:
+        tv.check_audit(self)

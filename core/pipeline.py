@@ -367,16 +367,25 @@ def map_files(
     ``paths`` of the ``n`` files that decoded (``skip_reason`` tells why the others did not).
     """
     from .images import ImageRecord
+    from .reuse import reuse
 
-    source = ImageSource([ImageRecord(str(p), 0) for p in paths], ["?"], location="files")
-    dataset = image_dataset(
-        source,
-        input_size=input_size,
-        batch_size=batch_size,
-        preprocess=preprocess,
-        with_index=True,
-        resize=resize,
-    )
+    def build() -> Any:
+        source = ImageSource([ImageRecord(str(p), 0) for p in paths], ["?"], location="files")
+        return image_dataset(
+            source,
+            input_size=input_size,
+            batch_size=batch_size,
+            preprocess=preprocess,
+            with_index=True,
+            resize=resize,
+        )
+
+    # the files are read when the dataset is iterated, so inside a `with reuse.kept():` block a
+    # caller that writes new images under the same names (a server's slots) reuses the pipeline
+    # instead of tracing it again; ``preprocess`` is then a kept backbone's (its id is stable)
+    key = ("map-files", tuple(map(str, paths)), tuple(input_size), id(preprocess), batch_size,
+           str(resize))  # fmt: skip
+    dataset = reuse(key, build)
     outputs, rows = [], []
     for images, _labels, index in dataset:
         outputs.append(np.asarray(fn(images), dtype=np.float32).reshape(len(index), -1))

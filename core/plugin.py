@@ -46,6 +46,7 @@ if TYPE_CHECKING:
         ClassifierSpec,
         DatasetSpec,
         HeadSpec,
+        LoggerSpec,
         Resize,
         RuntimeSpec,
         StoreSpec,
@@ -53,7 +54,9 @@ if TYPE_CHECKING:
         TokenLayout,
     )
     from .store import FeatureStore
+    from .trainer.callbacks import HistoryLogger
     from .trainer.layers import GradientScale, ImagePreprocessing, PoolIfMap
+    from .trainer.loggers import Logger
     from .trainer.strategy import FinetuneStrategy, Phase, trainable_blocks
 
 # name -> (module relative to transferkit, attribute in it)
@@ -65,6 +68,7 @@ _NAMES: dict[str, tuple[str, str]] = {
     "ClassifierSpec": ("specs", "ClassifierSpec"),
     "DatasetSpec": ("specs", "DatasetSpec"),
     "HeadSpec": ("specs", "HeadSpec"),
+    "LoggerSpec": ("specs", "LoggerSpec"),
     "Resize": ("specs", "Resize"),
     "RuntimeSpec": ("specs", "RuntimeSpec"),
     "StoreSpec": ("specs", "StoreSpec"),
@@ -92,6 +96,9 @@ _NAMES: dict[str, tuple[str, str]] = {
     "FinetuneStrategy": ("trainer.strategy", "FinetuneStrategy"),
     "Phase": ("trainer.strategy", "Phase"),
     "trainable_blocks": ("trainer.strategy", "trainable_blocks"),
+    # loggers of fine-tune runs
+    "Logger": ("trainer.loggers", "Logger"),
+    "HistoryLogger": ("trainer.callbacks", "HistoryLogger"),
     # Keras layers for heads and backbones (importing one imports Keras)
     "PoolIfMap": ("trainer.layers", "PoolIfMap"),
     "GradientScale": ("trainer.layers", "GradientScale"),
@@ -117,9 +124,12 @@ __all__ = [
     "FinetuneStrategy",
     "GradientScale",
     "HeadSpec",
+    "HistoryLogger",
     "ImagePreprocessing",
     "ImageRecord",
     "ImageSource",
+    "Logger",
+    "LoggerSpec",
     "Phase",
     "PoolIfMap",
     "Resize",

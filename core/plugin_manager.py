@@ -61,6 +61,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "transferkit.plugins.kerashub",
     "transferkit.plugins.strategies",
     "transferkit.plugins.runtimes",
+    "transferkit.plugins.loggers",
 )
 
 ENTRY_POINT_GROUP = "transferkit"

@@ -16,6 +16,7 @@ from .specs import (
     ClassifierSpec,
     DatasetSpec,
     HeadSpec,
+    LoggerSpec,
     RuntimeSpec,
     Spec,
     StoreSpec,
@@ -33,6 +34,7 @@ HOOKS: dict[str, tuple[str, type[Spec]]] = {
     "dataset": ("register_datasets", DatasetSpec),
     "head": ("register_heads", HeadSpec),
     "runtime": ("register_runtimes", RuntimeSpec),
+    "logger": ("register_loggers", LoggerSpec),
 }
 
 _lock = threading.RLock()
@@ -158,6 +160,7 @@ dataset = _lookup("dataset", DatasetSpec)
 head = _lookup("head", HeadSpec)
 runtime = _lookup("runtime", RuntimeSpec)
 store = _lookup("store", StoreSpec)
+logger = _lookup("logger", LoggerSpec)
 
 
 def store_for_path(path: str, store_name: str | None = None) -> StoreSpec:

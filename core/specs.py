@@ -257,6 +257,16 @@ class HeadSpec(Spec):
 
 
 @dataclass(frozen=True)
+class LoggerSpec(Spec):
+    """A logger of fine-tune runs. ``factory(out, location)`` returns a Trainer callback (a
+    ``transferkit.plugin.Logger`` to receive the run's configuration and recipe) or a Keras
+    callback: ``out`` is the run folder, ``location`` what ``--logger-dir`` says (a folder or a
+    tracking URI; None: the logger's default inside ``out``)."""
+
+    kind = "logger"
+
+
+@dataclass(frozen=True)
 class RuntimeSpec(Spec):
     """An inference runtime: what runs a backbone's feature model (with its pooling).
 

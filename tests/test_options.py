@@ -22,6 +22,8 @@ JOBS = {
     "finetune": (options.FinetuneOptions, api.finetune),
     "spotcheck": (options.SpotcheckOptions, api.spotcheck),
     "demo": (options.DemoOptions, api.demo),
+    "export": (options.ExportOptions, api.export),
+    "serve": (options.ServeOptions, api.serve),
 }
 
 

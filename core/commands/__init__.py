@@ -14,4 +14,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "transferkit.commands.predict",
     "transferkit.commands.demo",
     "transferkit.commands.finetune",
+    "transferkit.commands.lr_find",
+    "transferkit.commands.export",
+    "transferkit.commands.serve",
+    "transferkit.commands.audit",
 )

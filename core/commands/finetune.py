@@ -25,7 +25,12 @@ def print_finetune_summary(result: dict[str, Any]) -> None:
         if "test_accuracy" in phase:
             line += f", test accuracy {phase['test_accuracy']:.4f}"
         click.echo(line)
-    click.echo(f"Saved {result['model_path']} (use it with `transferkit predict`).")
+    if result.get("fast_dev_run"):
+        click.echo("Fast dev run: no checkpoint and no model were written.")
+    elif result.get("model_path") is None:
+        click.echo("This worker trained a replica; the chief writes the model.")
+    else:
+        click.echo(f"Saved {result['model_path']} (use it with `transferkit predict`).")
     if result.get("curves"):
         click.echo(f"Curves: {result['curves']}")
 

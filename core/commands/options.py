@@ -34,6 +34,32 @@ class InputSize(click.ParamType):
 
 INPUT_SIZE = InputSize()
 
+
+class ScalarOrWord(click.ParamType):
+    """A number, or one of the words of a ``Literal`` in the field's annotation
+    (``--learning-rate 1e-3`` or ``--learning-rate auto``)."""
+
+    def __init__(self, scalar: click.ParamType, words: Sequence[str]) -> None:
+        self.scalar, self.words = scalar, tuple(words)
+        self.name = "|".join([scalar.name.upper(), *self.words])
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and value.strip().lower() in self.words:
+            return value.strip().lower()
+        return self.scalar.convert(value, param, ctx)
+
+
+def _literal_words(annotation: Any) -> list[str]:
+    """The words of the ``Literal`` types in ``annotation`` (and in a tuple of it)."""
+    words: list[str] = []
+    for arg in typing.get_args(annotation):
+        if typing.get_origin(arg) is typing.Literal:
+            words += [str(w) for w in typing.get_args(arg)]
+        elif typing.get_origin(arg) is tuple:
+            words += [w for w in _literal_words(arg) if w not in words]
+    return words
+
+
 _KINDS: dict[str, click.ParamType] = {
     "size": INPUT_SIZE,
     "path": click.Path(),
@@ -67,6 +93,8 @@ def click_option(f: dataclasses.Field[Any], annotation: Any) -> Callable[[Any], 
         kwargs["type"] = _KINDS[meta["kind"]]
     else:
         kwargs["type"] = _SCALARS.get(scalar, click.STRING)
+        if _literal_words(annotation):
+            kwargs["type"] = ScalarOrWord(kwargs["type"], _literal_words(annotation))
     if meta["kind"] == "many":
         kwargs["multiple"] = True
         kwargs["default"] = ()

@@ -62,6 +62,7 @@ def register(cli: click.Group) -> None:
                     "true": p.get("true", ""),
                     "class": p["label"],
                     "probability": "" if p["probability"] is None else f"{p['probability']:.3f}",
+                    **_trust_columns(p, options.coverage),
                     **(
                         {
                             "runners-up": ", ".join(
@@ -77,6 +78,7 @@ def register(cli: click.Group) -> None:
         columns = ["image", *(["true"] if labelled else []), "class", "probability"] + (
             ["runners-up"] if options.top > 1 else []
         )
+        columns += [c for c in ("set", "ood", "unfamiliar") if any(c in r for r in rows)]
         print_table(rows, columns)
         if labelled and result["accuracy"] is not None:
             click.echo(
@@ -84,3 +86,14 @@ def register(cli: click.Group) -> None:
             )
         if result.get("confusion"):
             click.echo(f"Confusion matrix: {result['confusion']}")
+
+
+def _trust_columns(p: dict[str, Any], coverage: float | None) -> dict[str, str]:
+    """The table's prediction set, ood_score and unfamiliar columns of one image."""
+    shown: dict[str, str] = {}
+    if coverage is not None and "prediction_set" in p:
+        shown["set"] = "{" + ", ".join(p["prediction_set"]) + "}"
+    if "ood_score" in p:
+        shown["ood"] = f"{p['ood_score']:.3f}"
+        shown["unfamiliar"] = "yes" if p["unfamiliar"] else ""
+    return shown

@@ -19,6 +19,12 @@ def print_train_result(result: dict[str, Any]) -> None:
         f"{result['macro_f1']:.4f}, fit {result['fit_seconds']:.2f}s "
         f"({result['n_train']} train / {result['n_test']} test rows)"
     )
+    if result.get("ece") is not None:
+        before = result.get("ece_before")
+        click.echo(
+            f"expected calibration error {result['ece']:.4f}"
+            + (f" ({result['calibration']}; before {before:.4f})" if before is not None else "")
+        )
     if result.get("model_path"):
         click.echo(f"model saved to {result['model_path']}")
 

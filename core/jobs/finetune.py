@@ -27,7 +27,8 @@ import numpy as np
 
 from .. import outputs, registry
 from ..errors import UsageError
-from ..options import FinetuneOptions
+from ..fitvalues import AUTO_LR, SWEEP_KEYS
+from ..options import FinetuneOptions, LrFindOptions
 from ..pooling import pool
 from ..specs import NO_POOLING
 from ..trainer.callbacks import Callback
@@ -172,11 +173,13 @@ def finetune(
     spec = backbone_spec(backbone)
     recipe = FeatureRecipe(spec.name, weights=options.weights, input_size=options.input_size)
     check_batch_fits(recipe.input_size, options.batch_size)  # before any folder is made
+    from ..trainer.distribute import Distribution
+
+    distribution = Distribution(options.distribute, options.devices)  # reads TF_CONFIG
     _check_out(Path(out), resume, overwrite, images)  # before TensorFlow loads
     outputs.check_writable(Path(out) / outputs.MARKER)
     from ..trainer import (
         EarlyStopping,
-        HistoryLogger,
         LearningRateMonitor,
         ModelCheckpoint,
         Trainer,
@@ -185,6 +188,7 @@ def finetune(
         resolve_strategy,
         seed_everything,
     )
+    from ..trainer.loggers import make_loggers, run_config, save_run_config
 
     start = time.perf_counter()
     out = Path(out)
@@ -202,9 +206,11 @@ def finetune(
     # the pooling a head asks for in its metadata (``none``: the feature map, which it pools
     # itself); a head that says nothing gets average-pooled vectors
     pooling = pooling or str(head_meta.get("pooling", "avg"))
+    auto_lr = isinstance(options.learning_rate, tuple) and options.learning_rate[0] == AUTO_LR
     strategy_options = _strategy_options(
-        strategy_spec, options.epochs, options.learning_rate, options.unfreeze_from
-    )
+        strategy_spec, options.epochs, None if auto_lr else options.learning_rate,
+        options.unfreeze_from,
+    )  # fmt: skip
     if schedule and schedule in strategy_spec.metadata.get("schedules", ()):
         strategy_options["schedule"] = schedule
     strategy_obj = resolve_strategy(strategy_spec.name, **strategy_options)
@@ -216,9 +222,11 @@ def finetune(
         patience = defaults.get("patience")
     if label_smoothing is None:
         label_smoothing = float(defaults.get("label_smoothing", 0.0))
-    _prepare_out(out, resume, overwrite, images)
+    if distribution.is_chief:  # the other workers of a multi-worker run write nothing
+        _prepare_out(out, resume, overwrite, images)
+    distribution.start()  # before TensorFlow sets its devices up (it may split the CPU)
 
-    with precision_scope(options.precision):
+    with precision_scope(options.precision), distribution.scope():
         # seeded once, before the data and the model are made; the Trainer does not reseed
         seed_everything(seed, deterministic=options.deterministic)
         data = _data_module(
@@ -238,13 +246,14 @@ def finetune(
             train_bn=options.train_bn,
             label_smoothing=label_smoothing,
         )
-        checkpoint = ModelCheckpoint(out / CHECKPOINT_DIR, save_best=bool(len(data.val_indices)))
-        own: list[Any] = [
-            LearningRateMonitor(),
-            checkpoint,
-            HistoryLogger(out / "history.csv", out / "history.json"),
-        ]
-        has_val = bool(len(data.val_indices))
+        has_val = bool(len(data.val_indices)) and options.limit_val_batches != 0
+        checkpoint = ModelCheckpoint(out / CHECKPOINT_DIR, save_best=has_val)
+        loggers = (
+            make_loggers(options.logger, out, options.logger_dir, options.tensorboard)
+            if distribution.is_chief
+            else []
+        )  # csv by default: history.csv and history.json
+        own: list[Any] = [LearningRateMonitor(), checkpoint, *loggers]
         if patience and has_val:
             own.insert(0, EarlyStopping(patience=patience))
         if probe_init:
@@ -253,18 +262,9 @@ def finetune(
             from ..trainer.frozen_cache import FrozenCache
 
             own.insert(0, FrozenCache(options.frozen_cache_memory, spill_dir=out))
-        if options.tensorboard is not None:
-            import importlib.util
-
-            import keras
-
-            if importlib.util.find_spec("tensorboard") is None:
-                raise UsageError(
-                    "--tensorboard needs the tensorboard package: pip install tensorboard "
-                    "(or transferkit[tensorboard])"
-                )
-
-            own.append(keras.callbacks.TensorBoard(log_dir=str(options.tensorboard)))
+        if distribution.is_chief:
+            config = run_config(images, backbone, out, options)
+            save_run_config(out, config, recipe.to_metadata(), loggers)
         trainer = Trainer(
             max_epochs=options.max_epochs,
             callbacks=[*own, *options.callbacks],
@@ -273,7 +273,14 @@ def finetune(
             precision=options.precision,
             deterministic=options.deterministic,
             enable_progress=options.progress,
+            **_trainer_options(options, distribution),
         )
+        if auto_lr or isinstance(options, LrFindOptions):
+            found = _lr_find(trainer, model, data, strategy_obj, options, out)
+            if isinstance(options, LrFindOptions):
+                return {**found, "seconds": round(time.perf_counter() - start, 3)}
+            strategy_options["learning_rate"] = found["phase_learning_rates"]
+            strategy_obj = resolve_strategy(strategy_spec.name, **strategy_options)
         result = trainer.fit(model, data, strategy_obj, ckpt_path="last" if resume else None)
         best = out / CHECKPOINT_DIR / ModelCheckpoint.BEST
         restored = None
@@ -282,6 +289,7 @@ def finetune(
             restored = checkpoint.best_epoch
         # the final model's test scores, computed as train and spotcheck compute theirs
         scores = trainer.score(model, data) if len(data.test_indices) else {}
+        calibration = _calibration(model, data, options.calibrate)
         summary: dict[str, Any] = {
             "model_path": str(out / MODEL_FILE),
             "backbone": built.name,
@@ -295,11 +303,15 @@ def finetune(
             "test_macro_f1": scores.get("macro_f1"),
             "test_balanced_accuracy": scores.get("balanced_accuracy"),
             "restored_best_epoch": restored,  # numbered as in history.csv
+            **calibration,
             "input_size": list(built.input_size),
             "preprocessing": built.preprocessing,
             "checkpoint": str(out / CHECKPOINT_DIR / ModelCheckpoint.LAST),
             "history": str(out / "history.csv"),
         }
+        summary.update(replicas=result["replicas"], distribute=distribution.kind)
+        if options.fast_dev_run or not distribution.is_chief:
+            return _without_files(summary, options.fast_dev_run, distribution.is_chief, start)
         model.export(
             out / MODEL_FILE,
             extra={
@@ -307,6 +319,7 @@ def finetune(
                 "test_accuracy": summary["test_accuracy"],
                 "backbone_spec": recipe.backbone,
                 "pooling": built.pooling,
+                **({"temperature": calibration["temperature"]} if options.calibrate else {}),
             },
         )
         from ..trainer.curves import plot_curves
@@ -317,6 +330,55 @@ def finetune(
         summary["seconds"] = round(time.perf_counter() - start, 3)
         outputs.atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
         return summary
+
+
+def _lr_find(
+    trainer: Any, model: Any, data: Any, strategy: Any, options: FinetuneOptions, out: Path
+) -> dict[str, Any]:
+    """The lr-find sweep of the first phase (``lr-find``, ``--learning-rate auto``), its plot
+    and JSON in ``out``; ``phase_learning_rates``: the suggestion, then the later phases' rates (as
+    given after ``auto``, else the strategy's own)."""
+    from ..trainer.lr_find import save_lr_find
+
+    sweep = options if isinstance(options, LrFindOptions) else LrFindOptions()
+    found = trainer.lr_find(model, data, strategy, **{k: getattr(sweep, k) for k in SWEEP_KEYS})
+    if found.suggestion is None:
+        raise UsageError(
+            "lr-find found no learning rate where the loss falls; widen --min-lr/--max-lr or "
+            "give --learning-rate"
+        )
+    saved = save_lr_find(found, out) if trainer.is_chief else found.to_dict()
+    rates = options.learning_rate
+    given = list(rates)[1:] if isinstance(rates, tuple) else []
+    later = given or [p.learning_rate for p in trainer.strategy.phases[1:]]
+    saved["phase_learning_rates"] = [found.suggestion, *later][: max(1, len(strategy.phases))]
+    log.info(f"learning rate {found.suggestion:.3g} from lr-find ({saved.get('plot', '')})")
+    return saved
+
+
+def _trainer_options(options: FinetuneOptions, distribution: Any) -> dict[str, Any]:
+    """The Trainer's devices, distribution, debug-run and gradient options."""
+    return {
+        "strategy": distribution,
+        "accumulate_grad_batches": options.accumulate_grad_batches,
+        "gradient_clip_val": options.gradient_clip_val,
+        "fast_dev_run": options.fast_dev_run,
+        "limit_train_batches": options.limit_train_batches,
+        "limit_val_batches": options.limit_val_batches,
+        "overfit_batches": options.overfit_batches,
+    }
+
+
+def _without_files(
+    summary: dict[str, Any], fast_dev_run: bool, chief: bool, start: float
+) -> dict[str, Any]:
+    """The summary of a run that writes no model: a fast dev run (it says so), or a worker of
+    a multi-worker run other than the chief (the chief writes the files)."""
+    summary.update(model_path=None, fast_dev_run=fast_dev_run, chief=chief)
+    if fast_dev_run:
+        log.warning("fast-dev-run: one batch per phase; no checkpoint and no model were written")
+    summary["seconds"] = round(time.perf_counter() - start, 3)
+    return summary
 
 
 class ProbeHead(Callback):
@@ -441,10 +503,16 @@ def _data_module(
 
 
 def predict_finetuned(
-    model_path: str | Path, paths: Sequence[str], *, batch_size: int = 32, top: int = 1
+    model_path: str | Path,
+    paths: Sequence[str],
+    *,
+    batch_size: int = 32,
+    top: int = 1,
+    runtime: str = "keras",
 ) -> dict[str, Any]:
     """``transferkit predict`` for a fine-tuned classifier: the same output as for a classifier
-    on features (one entry per image: label, probability, or the reason it was skipped)."""
+    on features (one entry per image: label, probability, or the reason it was skipped).
+    ``runtime`` other than ``keras``/``auto`` runs the classifier on that inference runtime."""
     from ..images import ImageRecord, ImageSource
     from ..pipeline import skip_reason
 
@@ -453,7 +521,11 @@ def predict_finetuned(
     log.info(
         f"predicting {len(paths)} image(s) with the fine-tuned {loaded.metadata.get('backbone')}"
     )
-    probs, rows = loaded.predict_files(list(paths), batch_size=batch_size)
+    probs, rows = loaded.predict_files(list(paths), batch_size=batch_size, runtime=runtime)
+    if loaded.metadata.get("temperature") and len(probs):  # fitted by finetune --calibrate
+        from ..trust import temper
+
+        probs = temper(probs, float(loaded.metadata["temperature"]))
     by_row: dict[int, dict[str, Any]] = {}
     for p, row in zip(probs, rows.tolist(), strict=True):
         label = int(np.argmax(p))
@@ -481,3 +553,33 @@ def predict_finetuned(
         "label_names": list(names),
         "predictions": results,
     }
+
+
+def _calibration(model: Any, data: Any, calibrate: bool) -> dict[str, Any]:
+    """``test_ece`` of the exported model's test probabilities (15 bins, as ``train`` reports
+    it); with ``calibrate``, the head's ``temperature`` fitted on the validation split, the
+    test ECE with it, and the one before as ``test_ece_before``."""
+    from ..trainer.bridge import quiet_end_of_data
+    from ..trust import ece, fit_temperature, temper
+
+    def probabilities(dataset: Any) -> tuple[np.ndarray, np.ndarray]:
+        probs, truth = [], []
+        with quiet_end_of_data():
+            for batch in dataset:
+                probs.append(np.asarray(model.network(batch[0], training=False), dtype=float))
+                truth.append(np.asarray(batch[1]).reshape(-1))
+        return np.concatenate(probs), np.concatenate(truth).astype(int)
+
+    found: dict[str, Any] = {}
+    test = probabilities(data.test_dataset()) if len(data.test_indices) else None
+    if test is not None:
+        found["test_ece"] = ece(*test)
+    if calibrate:
+        if not len(data.val_indices):
+            raise UsageError("--calibrate fits the temperature on the validation split; give it "
+                             "a validation fraction (--split)")  # fmt: skip
+        found["temperature"] = fit_temperature(*probabilities(data.val_dataset()))
+        if test is not None:
+            found["test_ece_before"] = found["test_ece"]
+            found["test_ece"] = ece(temper(test[0], found["temperature"]), test[1])
+    return found

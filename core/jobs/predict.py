@@ -19,6 +19,7 @@ from ..errors import TransferkitError, UsageError
 from ..models import SavedModel, identify_file, load_model
 from ..options import PredictOptions
 from ..pooling import pool
+from ..reuse import reuse
 from ..store import path_text
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,23 @@ def check_precision(saved: SavedModel, precision: Any, model_path: Any = "the mo
     return own
 
 
+def feature_network(saved: SavedModel) -> tuple[str, Any]:
+    """The registered name of the backbone of ``saved``'s features, and that backbone built with
+    the model's weights and input size and pooled as its features were (checked to give as
+    many features as the model takes)."""
+    recipe = saved.recipe
+    spec = registry.backbone(recipe.backbone)
+    backbone = pool(
+        spec.factory(weights=recipe.weights, input_size=recipe.input_size), recipe.pooling
+    )
+    if saved.feature_dim and backbone.feature_dim != saved.feature_dim:
+        raise TransferkitError(
+            f"backbone {recipe.backbone} now gives {backbone.feature_dim} features but the model "
+            f"was trained on {saved.feature_dim}; was the backbone plugin changed?"
+        )
+    return spec.name, backbone
+
+
 def extract_features(
     saved: SavedModel,
     paths: list[str],
@@ -85,23 +103,22 @@ def extract_features(
             "written by `transferkit extract`"
         )
     precision = check_precision(saved, precision)
-    spec = registry.backbone(recipe.backbone)
-    backbone = pool(
-        spec.factory(weights=recipe.weights, input_size=recipe.input_size), recipe.pooling
-    )
-    if saved.feature_dim and backbone.feature_dim != saved.feature_dim:
-        raise TransferkitError(
-            f"backbone {recipe.backbone} now gives {backbone.feature_dim} features but the model "
-            f"was trained on {saved.feature_dim}; was the backbone plugin changed?"
+
+    def build() -> tuple[Any, inference.Forward]:
+        name, backbone = feature_network(saved)
+        forward = inference.build_forward(
+            backbone,
+            backbone=name,
+            runtime=runtime,
+            precision=precision,
+            images=len(paths),
+            batch_size=batch_size,
         )
-    forward = inference.build_forward(
-        backbone,
-        backbone=spec.name,
-        runtime=runtime,
-        precision=precision,
-        images=len(paths),
-        batch_size=batch_size,
-    )
+        return backbone, forward
+
+    # built once per recipe and runtime inside a `with reuse.kept():` (a server), else per call
+    key = ("predict-network", recipe, recipe.runtime, saved.feature_dim, runtime, precision)
+    backbone, forward = reuse(key, build)
     return map_files(
         forward,
         paths,
@@ -136,12 +153,24 @@ def predict(
     if is_finetuned(model_path) or (  # a classifier saved by `transferkit finetune`
         Path(model_path).is_file() and identify_file(model_path) == "keras"
     ):
+        if options.coverage is not None:
+            raise UsageError(
+                f"{model_path} is a fine-tuned model, which keeps no conformal scores; "
+                "--coverage needs a model saved by `transferkit train --out`"
+            )
         from .finetune import predict_finetuned
 
-        result = predict_finetuned(model_path, image_paths(images), batch_size=batch_size, top=top)
+        result = predict_finetuned(
+            model_path, image_paths(images), batch_size=batch_size, top=top, runtime=runtime
+        )
         return with_truth(result, images, options.out)
     saved = load_model(model_path, trust=options.trust)
     check_precision(saved, precision, model_path)
+    if options.coverage is not None and "conformal" not in saved.trust:
+        raise UsageError(
+            f"{model_path} keeps no conformal scores, so it cannot make prediction sets; "
+            "save it with `transferkit train --out` (without --no-conformal) to use --coverage"
+        )
     paths = image_paths(images)
     names = saved.label_names
     classes = np.arange(len(names))
@@ -162,6 +191,7 @@ def predict(
                 f"{len(names)} classes; the model file is damaged or was not saved by transferkit"
             )
         proba = estimators.predict_proba(fitted, X, classes)
+        extra = trust_fields(saved, X, proba, options.coverage)
         for i, row in enumerate(rows.tolist()):
             label = int(labels[i])
             ranked = np.argsort(-proba[i])[: max(1, top)]
@@ -176,6 +206,7 @@ def predict(
                 entry["top"] = [
                     {"label": names[k], "probability": float(proba[i][k])} for k in ranked
                 ]
+            entry.update({key: values[i] for key, values in extra.items()})
             by_row[row] = entry
     if len(by_row) < len(paths):
         from ..images import ImageRecord, ImageSource
@@ -195,10 +226,39 @@ def predict(
             "backbone": saved.recipe.backbone,
             "label_names": list(names),
             "predictions": results,
+            **({"coverage": options.coverage} if options.coverage is not None else {}),
+            **(
+                {"unfamiliar_threshold": float(saved.trust["threshold"])}
+                if "reference" in saved.trust
+                else {}
+            ),
         },
         images,
         options.out,
     )
+
+
+def trust_fields(
+    saved: SavedModel, X: np.ndarray, proba: np.ndarray, coverage: float | None
+) -> dict[str, list[Any]]:
+    """Per-image fields from the model's trust record (:mod:`transferkit.trust`): ``ood_score``
+    and ``unfamiliar`` where it keeps a reference sample, ``prediction_set`` (class names, most
+    probable first) with ``coverage``."""
+    from ..trust import conformal_threshold, ood_scores, prediction_sets
+
+    fields: dict[str, list[Any]] = {}
+    trust = saved.trust
+    if "reference" in trust:
+        scores = ood_scores(X, trust)
+        fields["ood_score"] = [float(v) for v in scores]
+        fields["unfamiliar"] = [bool(v > trust["threshold"]) for v in scores]
+    if coverage is not None:
+        threshold = conformal_threshold(trust["conformal"], coverage)
+        names = saved.label_names
+        fields["prediction_set"] = [
+            [names[k] for k in chosen] for chosen in prediction_sets(proba, threshold)
+        ]
+    return fields
 
 
 def true_labels(images: list[str] | tuple[str, ...], names: list[str]) -> dict[str, str]:

@@ -90,7 +90,8 @@ class Journal:
         for line in lines[1:]:
             try:
                 entry = json.loads(line)
-                row = {k: entry["row"][k] for k in ROW_FIELDS}
+                saved = entry["row"]  # one journalled before "ece" was a field has none
+                row = {k: saved.get(k) if k == "ece" else saved[k] for k in ROW_FIELDS}
             except (ValueError, KeyError, TypeError):
                 continue
             if row["status"] == "timeout" and entry.get("timeout") != timeout:

@@ -48,6 +48,7 @@ ROW_FIELDS = (
     "accuracy",
     "macro_f1",
     "balanced_accuracy",
+    "ece",
     "fit_seconds",
     "predict_seconds",
     "error",
@@ -165,9 +166,13 @@ def run_pair(task: Task, split: dict[str, np.ndarray] | None = None) -> dict[str
             predicted = estimators.predict(fitted, np.asarray(data["X_test"]))
             predict_seconds = time.perf_counter() - start
         y_test = data["y_test"]
+        from ..trust import ece
+
+        proba = estimators.predict_proba(fitted, np.asarray(data["X_test"]), data["classes"])
         row.update(
             status="ok",
             **score(y_test, predicted, labels=data["classes"]),
+            ece=ece(proba, y_test),
             fit_seconds=fit_seconds,
             predict_seconds=predict_seconds,
             error=None,
@@ -188,6 +193,7 @@ def empty_metrics() -> dict[str, Any]:
         "accuracy": None,
         "macro_f1": None,
         "balanced_accuracy": None,
+        "ece": None,
         "fit_seconds": None,
         "predict_seconds": None,
     }

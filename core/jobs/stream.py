@@ -250,6 +250,7 @@ def stream(
                 }
             )
 
+        trust = _reference(reader, train_rows, options) if options.out is not None else {}
         y_true: list[np.ndarray] = []
         y_pred: list[np.ndarray] = []
         scored = test_reader if test_reader is not None else reader
@@ -303,6 +304,22 @@ def stream(
                 "store": str(store_path),
                 "trained_by": "stream",
             },
+            trust=trust,
         )
         result["model_path"] = str(save_model(saved, path))
     return result
+
+
+def _reference(reader: Any, rows: np.ndarray, options: StreamOptions) -> dict[str, Any]:
+    """The model's reference sample of unfamiliar inputs (:func:`transferkit.trust.make_reference`):
+    a seeded sample of at most ``reference_size`` training rows, read by index (never the store)."""
+    from ..trust import make_reference
+
+    if options.reference_size <= 0 or len(rows) < 2:
+        return {}
+    rng = np.random.default_rng(options.seed)
+    pick = np.sort(rng.choice(rows, min(options.reference_size, len(rows)), replace=False))
+    X, _ = reader.read_rows(pick)
+    return make_reference(
+        X, size=len(pick), quantile=options.unfamiliar_quantile, seed=options.seed
+    )

@@ -166,6 +166,11 @@ def train(store_path: str | Path, *, classifier: Any, options: TrainOptions) -> 
     test_size, subset, seed, out = options.test_size, options.subset, options.seed, options.out
     store, overwrite, test = options.store, options.overwrite, options.test
     model, classifier, library = _estimator_for(classifier, seed, options.params)
+    if options.calibrate and library == "river":
+        raise UsageError(
+            f"--calibrate {options.calibrate} needs a scikit-learn classifier; river models are "
+            "not calibrated (leave --calibrate out)"
+        )
     if out is not None:  # refused before any work: an input, or a file that is not ours
         check_model_out(model_path_for(out, library), overwrite=overwrite, inputs=[store_path])
     reader = open_reader(store_path, store)
@@ -206,6 +211,19 @@ def train(store_path: str | Path, *, classifier: Any, options: TrainOptions) -> 
         start = time.perf_counter()
         predicted = estimators.predict(fitted, X_test)
         predict_seconds = time.perf_counter() - start
+        from .train_trust import add_trust
+
+        data = (X_train, y_train, X_test, y_test)
+        kept_model, trust_scores, trust = add_trust(
+            model, fitted, data, classes, options, saving=out is not None
+        )
+        if kept_model is not fitted:  # calibrated: the scores are the saved model's
+            before = score(y_test, predicted, labels=classes)["accuracy"]
+            trust_scores["accuracy_before"] = before
+            predicted = estimators.predict(kept_model, X_test)
+            fitted = kept_model
+    except UsageError:
+        raise
     except Exception as exc:
         notify_exception(exc, "fit", classifier=classifier, store=str(store_path))
         raise TransferkitError(
@@ -228,6 +246,7 @@ def train(store_path: str | Path, *, classifier: Any, options: TrainOptions) -> 
         "fit_seconds": fit_seconds,
         "predict_seconds": predict_seconds,
         **evaluate(y_test, predicted, label_names),
+        **trust_scores,
     }
     if out is not None:
         estimator = fitted.model if isinstance(fitted, estimators.Incremental) else fitted
@@ -240,6 +259,7 @@ def train(store_path: str | Path, *, classifier: Any, options: TrainOptions) -> 
             classifier=classifier,
             library=library,
             info={k: result[k] for k in ("accuracy", "macro_f1", "n_train", "seed", "store")},
+            trust=trust,
         )
         result["model_path"] = str(save_model(saved, path))
     return result

@@ -193,10 +193,11 @@ class ModelCheckpoint(Callback):
             _check_monitor(trainer, self.monitor, "the best checkpoint")
         from ..outputs import ensure_folder
 
-        ensure_folder(self.dirpath)
+        if trainer.is_chief:  # only the chief of a multi-worker run writes checkpoints
+            ensure_folder(self.dirpath)
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
-        if not self.save_best or self.monitor not in logs:
+        if not self.save_best or self.monitor not in logs or not trainer.is_chief:
             return
         value = float(logs[self.monitor])
         better = self.best is None or (
@@ -210,7 +211,7 @@ class ModelCheckpoint(Callback):
                 trainer.model.network.save_weights(tmp)
 
     def on_epoch_complete(self, trainer: Trainer, epoch: int) -> None:
-        if self.save_last:
+        if self.save_last and trainer.is_chief:
             trainer.save_checkpoint(self.last_path)
 
     def on_exception(self, trainer: Trainer, exception: BaseException) -> None:
@@ -257,6 +258,8 @@ class HistoryLogger(Callback):
         self.write(trainer)
 
     def write(self, trainer: Trainer) -> None:
+        if not trainer.is_chief:
+            return
         # epochs numbered from 1 in the files, as on stderr ("epoch 3/10")
         rows = [{**row, "epoch": int(row["epoch"]) + 1} for row in trainer.history]
         if self.csv_path:

@@ -419,6 +419,12 @@ class FrozenCache(Callback):
             or kind.epoch_order is not DataModule.epoch_order
         ):
             return None, f"the data module {kind.__name__} makes batches of its own"
+        limits = getattr(trainer, "limits", None)
+        if limits is not None and limits.active:
+            return None, "a debug run limits the batches"
+        replicas = int(getattr(trainer, "num_replicas", 1) or 1)
+        if replicas > 1:
+            return None, f"training on {replicas} replicas"
         if trainer.keras_callbacks:
             names = ", ".join(type(c).__name__ for c in trainer.keras_callbacks)
             return None, f"Keras callbacks ({names}) would see the cache's training model"

@@ -291,31 +291,34 @@ class TransferModel:
         return {} if resize is None or resize.is_default else {"resize": resize.describe()}
 
     def _checked_preprocess_mode(self) -> dict[str, Any] | None:
-        """A standard preprocessing (or a per-channel ``x * scale + offset``) equal to the
-        backbone's ``preprocess`` on a test batch, as ``ImagePreprocessing`` arguments; None when
-        there is none (the loader then asks the backbone plugin for its preprocessing)."""
-        from .layers import PREPROCESS_MODES, ImagePreprocessing, preprocess_mode
+        """:func:`checked_preprocess_mode` of this model's backbone at its input size."""
+        return checked_preprocess_mode(self.backbone, self.input_size)
 
-        h, w = self.input_size
-        probe = np.random.default_rng(0).uniform(0, 255, size=(2, h, w, 3)).astype("float32")
-        try:
-            # copies: some preprocess functions change a NumPy input in place
-            expected = np.asarray(self.backbone.preprocess(probe.copy()), dtype="float32")
-            zeros = np.asarray(self.backbone.preprocess(np.zeros_like(probe)), dtype="float32")
-            ones = np.asarray(self.backbone.preprocess(np.ones_like(probe)), dtype="float32")
-        except Exception:
-            return None
-        guess = preprocess_mode(self.backbone.preprocessing)
-        candidates: list[dict[str, Any]] = [{"mode": guess}] if guess else []
-        candidates += [{"mode": m} for m in PREPROCESS_MODES if m not in (guess, "affine")]
-        if expected.shape == probe.shape:
-            offset = zeros.reshape(-1, 3)[0]
-            scale = ones.reshape(-1, 3)[0] - offset
-            candidates.append(
-                {"mode": "affine", "scale": scale.tolist(), "offset": offset.tolist()}
-            )
-        for args in candidates:
-            got = np.asarray(ImagePreprocessing(**args)(probe))
-            if got.shape == expected.shape and np.allclose(got, expected, rtol=1e-4, atol=1e-3):
-                return args
+
+def checked_preprocess_mode(backbone: Backbone, input_size: Sequence[int]) -> dict[str, Any] | None:
+    """A standard preprocessing (or a per-channel ``x * scale + offset``) equal to the
+    backbone's ``preprocess`` on a test batch, as ``ImagePreprocessing`` arguments; None when
+    there is none (the loader then asks the backbone plugin for its preprocessing)."""
+    from .layers import PREPROCESS_MODES, ImagePreprocessing, preprocess_mode
+
+    h, w = (int(v) for v in input_size)
+    probe = np.random.default_rng(0).uniform(0, 255, size=(2, h, w, 3)).astype("float32")
+    try:
+        # copies: some preprocess functions change a NumPy input in place
+        expected = np.asarray(backbone.preprocess(probe.copy()), dtype="float32")
+        zeros = np.asarray(backbone.preprocess(np.zeros_like(probe)), dtype="float32")
+        ones = np.asarray(backbone.preprocess(np.ones_like(probe)), dtype="float32")
+    except Exception:
         return None
+    guess = preprocess_mode(backbone.preprocessing)
+    candidates: list[dict[str, Any]] = [{"mode": guess}] if guess else []
+    candidates += [{"mode": m} for m in PREPROCESS_MODES if m not in (guess, "affine")]
+    if expected.shape == probe.shape:
+        offset = zeros.reshape(-1, 3)[0]
+        scale = ones.reshape(-1, 3)[0] - offset
+        candidates.append({"mode": "affine", "scale": scale.tolist(), "offset": offset.tolist()})
+    for args in candidates:
+        got = np.asarray(ImagePreprocessing(**args)(probe))
+        if got.shape == expected.shape and np.allclose(got, expected, rtol=1e-4, atol=1e-3):
+            return args
+    return None

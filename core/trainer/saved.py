@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import registry
 from ..errors import TransferkitError, UsageError
+from ..reuse import file_key, reuse
 from ..sizes import parse_input_size
 from ..specs import Resize
 from .model import METADATA_FILE
@@ -72,14 +73,19 @@ class FinetunedModel:
         return [self.label_names[i] for i in self.predict_proba(images, batch_size).argmax(1)]
 
     def predict_files(
-        self, paths: Sequence[str], batch_size: int = 32
+        self, paths: Sequence[str], batch_size: int = 32, *, runtime: str = "keras"
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(probabilities, rows)`` for image files through the input pipeline; ``rows`` are the
-        indices of the files that decoded (the others are skipped)."""
+        indices of the files that decoded (the others are skipped). ``runtime`` names an
+        inference runtime (``openvino``, ``litert``, a plugin's) to run the whole classifier
+        on; ``keras`` and ``auto`` call the Keras model."""
         from ..pipeline import map_files
 
+        forward: Any = lambda images: self.model(images, training=False)  # noqa: E731
+        if runtime not in ("keras", "auto", "", None):
+            forward = self.runtime_forward(runtime, len(paths), batch_size)
         return map_files(
-            lambda images: self.model(images, training=False),
+            forward,
             paths,
             input_size=self.input_size,
             preprocess=self._preprocess,
@@ -87,6 +93,27 @@ class FinetunedModel:
             batch_size=batch_size,
             resize=self.resize,
         )
+
+    def runtime_forward(self, runtime: str, images: int, batch_size: int) -> Any:
+        """The classifier as the forward function of ``runtime`` (converted once and cached as a
+        backbone's network is, :mod:`transferkit.inference`)."""
+        from .. import inference
+        from ..specs import Backbone
+
+        def build() -> Any:
+            net = Backbone(
+                name=f"finetuned-{self.metadata.get('backbone', 'model')}",
+                model=self.model,
+                preprocess=lambda x: x,
+                input_size=self.input_size,
+                weights_source=str(self.path),
+                pooling="avg",  # outputs vectors already: the class probabilities
+            )
+            return inference.build_forward(
+                net, runtime=runtime, images=images, batch_size=batch_size
+            )
+
+        return reuse(("finetuned-forward", file_key(self.path), runtime), build)
 
 
 def _labels_and_metadata(model: Any, path: Path) -> tuple[list[str], dict[str, Any]]:
@@ -144,15 +171,20 @@ def _plugin_keras_objects(path: Path) -> dict[str, Any]:
 def load_finetuned(path: str | Path) -> FinetunedModel:
     """Reload a classifier saved by ``finetune`` (:meth:`TransferModel.export`): a ``.keras``
     file or the run folder holding ``model.keras``."""
-    import keras
-
-    from . import layers  # noqa: F401  (registers transferkit's Keras classes)
-
     path = Path(path)
     if path.is_dir():
         path = path / MODEL_FILE
     if not path.exists():
         raise UsageError(f"no fine-tuned model at {path}; run `transferkit finetune` first")
+    # loaded once per file inside a `with reuse.kept():` block (a server), else on every call
+    return reuse(("finetuned", file_key(path)), lambda: _load(path))
+
+
+def _load(path: Path) -> FinetunedModel:
+    import keras
+
+    from . import layers  # noqa: F401  (registers transferkit's Keras classes)
+
     custom_objects = _plugin_keras_objects(path)
     try:
         model = keras.saving.load_model(path, compile=False, custom_objects=custom_objects)

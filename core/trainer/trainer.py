@@ -25,7 +25,9 @@ from .bridge import epoch_bridge, keras_run, quiet_end_of_data
 from .callbacks import Callback, ModelCheckpoint, ProgressPrinter
 from .checkpoint import Checkpoint, write_checkpoint
 from .data import DataModule
+from .distribute import as_distribution
 from .frozen_cache import FrozenCache
+from .limits import BatchLimits, gradient_options
 from .model import TransferModel
 from .precision import policy_name
 from .seed import deterministic_ops, seed_everything
@@ -71,6 +73,13 @@ class Trainer:
     determinism on. ``precision`` is a training precision
     (:data:`~transferkit.trainer.precision.TRAINING_PRECISIONS`: ``32``, ``16-mixed``,
     ``bf16-mixed``).
+
+    ``devices`` (``"auto"`` or N) and ``strategy`` (``"auto"``, ``"mirrored"``,
+    ``"multi-worker"``: the ``tf.distribute`` strategy, see :mod:`transferkit.trainer.distribute`;
+    not the fine-tune strategy that :meth:`fit` takes) place the training; build the model inside
+    ``with trainer.scope():``. ``accumulate_grad_batches`` and ``gradient_clip_val`` go to each
+    phase's optimizer; ``fast_dev_run``, ``limit_train_batches``, ``limit_val_batches`` (a count
+    or a fraction) and ``overfit_batches`` make a debug run (:mod:`transferkit.trainer.limits`).
     """
 
     def __init__(
@@ -84,6 +93,14 @@ class Trainer:
         enable_progress: bool = True,
         jit_compile: Any = False,
         reseed: bool = True,
+        devices: Any = "auto",
+        strategy: Any = "auto",
+        accumulate_grad_batches: int = 1,
+        gradient_clip_val: float | None = None,
+        fast_dev_run: bool = False,
+        limit_train_batches: int | float | None = None,
+        limit_val_batches: int | float | None = None,
+        overfit_batches: int = 0,
     ) -> None:
         if max_epochs is not None and max_epochs < 0:
             raise UsageError(f"max_epochs must be 0 or more, got {max_epochs}")
@@ -105,6 +122,19 @@ class Trainer:
         self.precision = str(precision)
         self.deterministic = deterministic
         self.jit_compile = jit_compile
+        self.distribution = as_distribution(strategy, devices)
+        self.limits = BatchLimits(
+            limit_train_batches, limit_val_batches, int(overfit_batches), bool(fast_dev_run)
+        )
+        if int(accumulate_grad_batches) < 1:
+            raise UsageError(
+                f"accumulate_grad_batches must be at least 1, got {accumulate_grad_batches}"
+            )
+        self.accumulate_grad_batches = int(accumulate_grad_batches)
+        self.gradient_clip_val = gradient_clip_val
+        if fast_dev_run and any(isinstance(c, ModelCheckpoint) for c in self.callbacks):
+            log.info("fast-dev-run: no checkpoint is written")
+            self.callbacks = [c for c in self.callbacks if not isinstance(c, ModelCheckpoint)]
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -143,6 +173,18 @@ class Trainer:
         self.strategy = resolve_strategy(strategy)
         return self._call_and_handle("fit", self._run_fit, ckpt_path)
 
+    def lr_find(
+        self, model: TransferModel, data: DataModule, strategy: Any = None, **sweep: Any
+    ) -> Any:
+        """The learning-rate range test for the first phase of ``strategy`` (see
+        :mod:`transferkit.trainer.lr_find`: ``min_lr``, ``max_lr``, ``num_training``,
+        ``early_stop_threshold``); the model is put back as it was. Returns an
+        :class:`~transferkit.trainer.lr_find.LrFindResult` (``.suggestion``, the curve)."""
+        self._reset_state()
+        self.model, self.data = model, data
+        self.strategy = resolve_strategy(strategy)
+        return self._call_and_handle("lr_find", self._run_lr_find, sweep)
+
     def validate(self, model: TransferModel | None = None, data: DataModule | None = None) -> dict:
         """Loss and accuracy on the validation split."""
         return self._call_and_handle("validate", self._run_eval, model, data, "val")
@@ -175,7 +217,8 @@ class Trainer:
     def _call_and_handle(self, where: str, fn: Callable[..., Any], *args: Any) -> Any:
         self.where = where
         try:
-            return fn(*args)
+            with self.distribution.scope():
+                return fn(*args)
         except BaseException as exc:
             context = {
                 "epoch": self.epoch,
@@ -227,6 +270,7 @@ class Trainer:
         elif self.deterministic:
             deterministic_ops()
         self._setup_data()
+        self.distribution.check_model(model.network)
         if data.num_classes != model.num_classes:
             raise UsageError(
                 f"the data has {data.num_classes} classes but the model's head has "
@@ -234,6 +278,9 @@ class Trainer:
             )
         model.set_augmentation(data.augmentation_layer(seed=self.seed))
         strategy.setup(model)
+        if self.limits.fast_dev_run:  # one epoch per phase
+            for phase in strategy.phases:
+                phase.epochs = min(int(phase.epochs), 1)
         self._call_callback_hooks("setup")
 
         if not self._restore(ckpt_path):
@@ -270,6 +317,24 @@ class Trainer:
         self._call_callback_hooks("on_fit_end", result)
         return result
 
+    def _run_lr_find(self, sweep: dict[str, Any]) -> Any:
+        from .lr_find import run_lr_find
+
+        model, data = self.model, self.data
+        self._check_precision(model)
+        if self.reseed:
+            seed_everything(self.seed, deterministic=self.deterministic)
+        self._setup_data()
+        self.distribution.check_model(model.network)
+        if data.num_classes != model.num_classes:
+            raise UsageError(
+                f"the data has {data.num_classes} classes but the model's head has "
+                f"{model.num_classes}; build the model with num_classes={data.num_classes}"
+            )
+        model.set_augmentation(data.augmentation_layer(seed=self.seed))
+        self.strategy.setup(model)
+        return run_lr_find(self, **sweep)
+
     def _phase_begins_now(self) -> bool:
         return self.epoch == self.strategy.phase_start_epoch
 
@@ -285,8 +350,8 @@ class Trainer:
             "end_epoch": self.epoch,
             "early_stopped": bool(self.should_stop_phase),
         }
-        if phase.evaluate_test and self.data.test_dataset() is not None:
-            scores = self._frozen_cache_test() or self._evaluate(self.data.test_dataset())
+        if phase.evaluate_test and self._eval_dataset("test") is not None:
+            scores = self._frozen_cache_test() or self._evaluate(self._eval_dataset("test"))
             results["test_loss"] = scores["loss"]
             results["test_accuracy"] = scores["accuracy"]
         self.phase_results.append(results)
@@ -301,7 +366,10 @@ class Trainer:
         if not changed and key == self._compiled:
             return
         model.set_base_lr_multiplier(phase.base_lr_multiplier)
-        model.compile(phase.make_optimizer(), jit_compile=self.jit_compile)
+        optimizer = gradient_options(
+            phase.make_optimizer(), self.accumulate_grad_batches, self.gradient_clip_val
+        )
+        model.compile(optimizer, jit_compile=self.jit_compile)
         self._compiled = key
         self._compiled_phase = self.strategy.phase_index
         if self._pending is not None:
@@ -325,14 +393,18 @@ class Trainer:
         call early when the phase ends or the strategy changes the trainable state. Returns
         whether the next epoch's strategy step was already applied (and changed the model), or
         None when it was not run."""
-        keras_model, data = self.model.keras_model, self.data
         cached = self._frozen_cache_segment(start, end)
         if cached is not None:  # the part above the frozen part, on its cached output
-            keras_model, data = cached
-        segment = data.train_segment(start, end)
+            keras_model, batches = cached
+            segment = batches.train_segment(start, end)
+            train_dataset, validation = batches.train_dataset, batches.val_dataset()
+        else:
+            keras_model = self.model.keras_model
+            segment = None if self.limits.active else self.data.train_segment(start, end)
+            train_dataset, validation = self._train_dataset, self._eval_dataset("val")
         if segment is None:
             end = start + 1
-            dataset, steps = data.train_dataset(start), None
+            dataset, steps = train_dataset(start), None
         else:
             dataset, steps = segment
         bridge = epoch_bridge(self, end)
@@ -344,7 +416,7 @@ class Trainer:
         with quiet_end_of_data():
             keras_model.fit(
                 dataset,
-                validation_data=data.val_dataset(),
+                validation_data=validation,
                 initial_epoch=start,
                 epochs=end,
                 steps_per_epoch=steps,
@@ -370,6 +442,17 @@ class Trainer:
             if isinstance(cb, FrozenCache):
                 return cb.test_scores(self)
         return None
+
+    def _train_dataset(self, epoch: int) -> Any:
+        if self.limits.active:
+            return self.limits.train_dataset(self.data, epoch)[0]
+        return self.data.train_dataset(epoch)
+
+    def _eval_dataset(self, split: str) -> Any:
+        """The validation (``val``) or test batches, as a debug run limits them."""
+        if self.limits.active:
+            return self.limits.eval_dataset(self.data, split)
+        return self.data.val_dataset() if split == "val" else self.data.test_dataset()
 
     def _after_epoch(self, epoch: int, logs: dict[str, float]) -> None:
         self._call_callback_hooks("on_epoch_end", epoch, logs)
@@ -545,7 +628,21 @@ class Trainer:
 
     @property
     def has_validation(self) -> bool:
-        return self.data is not None and len(self.data.val_indices) > 0
+        return self.data is not None and self.limits.has_validation(self.data)
+
+    @property
+    def is_chief(self) -> bool:
+        """Whether this process writes checkpoints and files (see ``distribute.Distribution``)."""
+        return self.distribution.is_chief
+
+    @property
+    def num_replicas(self) -> int:
+        return self.distribution.replicas
+
+    def scope(self) -> Any:
+        """Build the model inside ``with trainer.scope():`` (its variables are then the
+        distribution strategy's; a no-op without one)."""
+        return self.distribution.scope()
 
     def _phase_name_or_none(self) -> str | None:
         if self.strategy is None or self.strategy.finished or not self.strategy.phases:
@@ -571,6 +668,7 @@ class Trainer:
             "history": list(self.history),
             "phases": list(self.phase_results),
             "strategy": self.strategy.describe() if self.strategy else None,
+            "replicas": self.num_replicas,
         }
 
 

@@ -1,0 +1,169 @@
+"""``transferkit serve`` on loopback vs batch ``transferkit predict``, same images, same runtime.
+
+    python bench/bench_serve.py                         # N=128 JPEGs, keras, concurrency 1, 8, 32
+    python bench/bench_serve.py --n 64 --runtimes keras,openvino
+
+The JPEGs are ``bench_extract.py``'s (crops of scikit-image photographs, 256-640 px), one class per
+photograph. A logistic regression is trained on efficientnet-lite0 features of ``--train`` of them
+(224 px). Then, for each runtime:
+
+* ``predict``: images/s of ``transferkit.predict(model, images, runtime=...)`` over the N images,
+  network already built (inside ``reuse.kept()``, as the server has it), best of ``--repeat``,
+  measured before and after the server runs (the machine drifts; both are printed);
+* ``serve cN``: a real server process (``transferkit serve --runtime ...``) answering N raw-body
+  POSTs from an httpx client with N requests kept in flight at once (concurrency 1, 8, 32):
+  images/s, p50 and p99 latency in ms, and the ratio to the mean ``predict`` rate
+  (target at concurrency 32: at least 0.8).
+
+The client shares the machine with the server (loopback). The load average before and after is
+printed; run it on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+from bench_extract import make_images  # noqa: E402
+
+BACKBONE = "efficientnet-lite0"
+
+
+def load() -> str:
+    with open("/proc/loadavg") as fh:
+        return " ".join(fh.read().split()[:3])
+
+
+def train_model(root: Path, n_train: int) -> Path:
+    import transferkit
+
+    folder = root / "train"
+    make_images(folder, n_train, seed=1)
+    transferkit.extract(folder, backbone=BACKBONE, out=root / "f.h5", progress=False)
+    result = transferkit.train(
+        root / "f.h5", classifier="logistic-regression", out=root / "model.skops"
+    )
+    return Path(result["model_path"])
+
+
+def predict_rate(model: Path, paths: list[str], runtime: str, repeat: int) -> float:
+    import transferkit
+    from transferkit.reuse import kept
+
+    best = 0.0
+    with kept():
+        transferkit.predict(model, paths[:8], runtime=runtime, batch_size=32)  # builds, warms
+        for _ in range(repeat):
+            started = time.perf_counter()
+            result = transferkit.predict(model, paths, runtime=runtime, batch_size=32)
+            seconds = time.perf_counter() - started
+            assert all(p["status"] == "ok" for p in result["predictions"])
+            best = max(best, len(paths) / seconds)
+    return best
+
+
+def start_server(model: Path, runtime: str, max_batch: int) -> tuple[subprocess.Popen[str], str]:
+    command = [sys.executable, "-m", "transferkit", "serve", str(model), "--port", "0",
+               "--runtime", runtime, "--max-batch", str(max_batch)]  # fmt: skip
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    for line in process.stderr:
+        if " at http://" in line:
+            return process, line.split(" at ")[1].split()[0]
+    raise RuntimeError(f"the server did not start (exit {process.wait()})")
+
+
+async def load_test(url: str, bodies: list[bytes], concurrency: int) -> dict[str, Any]:
+    import httpx
+
+    latencies: list[float] = []
+    queue = list(range(len(bodies)))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+
+        async def worker() -> None:
+            while queue:
+                i = queue.pop()
+                started = time.perf_counter()
+                answer = await client.post(
+                    f"{url}/predict", content=bodies[i], headers={"Content-Type": "image/jpeg"}
+                )
+                latencies.append(time.perf_counter() - started)
+                answer.raise_for_status()
+
+        # one warm request, then the timed run
+        await client.post(f"{url}/predict", content=bodies[0],
+                          headers={"Content-Type": "image/jpeg"})  # fmt: skip
+        first = (await client.get(f"{url}/health")).json()
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        seconds = time.perf_counter() - started
+        last = (await client.get(f"{url}/health")).json()
+    ms = np.asarray(latencies) * 1000
+    return {
+        "images_per_s": len(bodies) / seconds,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_batch": (last["images"] - first["images"])
+        / max(1, last["batches"] - first["batches"]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=128, help="images per run")
+    parser.add_argument("--train", type=int, default=60, help="training images")
+    parser.add_argument("--runtimes", default="keras")
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--repeat", type=int, default=2)
+    args = parser.parse_args()
+    print(f"load before: {load()}", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+        root = Path(tmp)
+        model = train_model(root, args.train)
+        paths = [str(p) for p in make_images(root / "images", args.n, seed=0)]
+        bodies = [Path(p).read_bytes() for p in paths]
+        for runtime in args.runtimes.split(","):
+            before = predict_rate(model, paths, runtime, args.repeat)
+            print(f"{runtime:9s} predict          {before:7.1f} images/s", flush=True)
+            measured = []
+            process, url = start_server(model, runtime, args.max_batch)
+            try:
+                for c in (int(v) for v in args.concurrency.split(",")):
+                    measured.append((c, asyncio.run(load_test(url, bodies, c))))
+            finally:
+                process.terminate()
+                process.wait(60)
+            after = predict_rate(model, paths, runtime, args.repeat)
+            baseline = (before + after) / 2
+            print(f"{runtime:9s} predict (after)  {after:7.1f} images/s", flush=True)
+            for c, m in measured:
+                ratio = m["images_per_s"] / baseline
+                print(
+                    f"{runtime:9s} serve c{c:<3d}      {m['images_per_s']:7.1f} images/s  "
+                    f"p50 {m['p50_ms']:7.1f} ms  p99 {m['p99_ms']:7.1f} ms  "
+                    f"x{ratio:.2f} of predict  (mean batch {m['mean_batch']:.1f})",
+                    flush=True,
+                )
+                rows.append({"runtime": runtime, "concurrency": c, **m, "ratio": ratio})
+            rows.append({"runtime": runtime, "predict_before": before, "predict_after": after})
+    print(f"load after: {load()}")
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()

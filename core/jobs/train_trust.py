@@ -1,0 +1,145 @@
+"""What ``train`` adds to a fitted classifier so that its predictions can be weighed: calibration
+on held-out folds, the expected calibration error before and after, the conformal scores of
+prediction sets and the reference sample of unfamiliar inputs (:mod:`transferkit.trust`).
+
+Held-out probabilities come from stratified, seeded folds of the training rows (``folds``, at
+most the smallest class's count): each fold's rows are scored by a copy fitted on the others.
+``temperature`` fits one temperature on them; ``sigmoid`` and ``isotonic`` are scikit-learn's
+``CalibratedClassifierCV`` over the same folds, whose own held-out probabilities (for the
+conformal scores) take one more round of folds. Nothing here is computed unless it is asked for:
+the folds only when calibrating or when a saved model keeps conformal scores.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from .. import estimators
+from ..errors import UsageError
+from ..options import TrainOptions
+from ..trust import (
+    TemperatureScaled,
+    conformal_scores,
+    ece,
+    fit_temperature,
+    make_reference,
+    temper,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _folds(y: np.ndarray, folds: int, seed: int) -> Any:
+    from sklearn.model_selection import StratifiedKFold
+
+    smallest = min(c for c in np.bincount(y) if c > 0) if len(y) else 0
+    n = min(folds, smallest)
+    if n < 2:
+        return None
+    return StratifiedKFold(n_splits=n, shuffle=True, random_state=seed)
+
+
+def out_of_fold(
+    model: Any, X: np.ndarray, y: np.ndarray, classes: np.ndarray, splitter: Any
+) -> np.ndarray:
+    """Held-out probabilities of every row: each fold scored by a fresh copy of ``model``
+    fitted on the other folds."""
+    from sklearn.base import clone
+
+    proba = np.zeros((len(y), len(classes)))
+    for fit_rows, held in splitter.split(X, y):
+        fitted = estimators.fit(clone(model), X[fit_rows], y[fit_rows], classes=classes)
+        proba[held] = estimators.predict_proba(fitted, X[held], classes)
+    return proba
+
+
+def _calibrated(model: Any, method: str, splitter: Any) -> Any:
+    from sklearn.base import clone
+    from sklearn.calibration import CalibratedClassifierCV
+
+    return CalibratedClassifierCV(clone(model), method=method, cv=splitter)
+
+
+def add_trust(
+    model: Any,
+    fitted: Any,
+    data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    classes: np.ndarray,
+    options: TrainOptions,
+    saving: bool,
+) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """``(the estimator to keep, the scores to add to the result, the model's trust record)``
+    for ``fitted`` (``model`` fitted on ``X_train``), scored on ``X_test``."""
+    X_train, y_train, X_test, y_test = data
+    river = estimators.library_of(model) == "river"
+    added: dict[str, Any] = {}
+    trust: dict[str, Any] = {}
+    added["ece"] = ece(estimators.predict_proba(fitted, X_test, classes), y_test)
+    calibrate = options.calibrate
+    if calibrate and river:
+        raise UsageError(
+            f"--calibrate {calibrate} needs a scikit-learn classifier; river models are not "
+            "calibrated (leave --calibrate out)"
+        )
+    wants_sets = saving and options.conformal and not river
+    if not (calibrate or wants_sets):
+        if saving and options.reference_size > 0:
+            trust.update(_reference(X_train, options))
+        return fitted, added, trust
+    splitter = _folds(y_train, options.folds, options.seed)
+    if splitter is None:
+        if calibrate:
+            raise UsageError(
+                f"--calibrate {calibrate} needs at least 2 training rows of every class (one "
+                "fold to fit, one to calibrate on); add images or leave --calibrate out"
+            )
+        log.warning("warning: too few rows per class for conformal scores; predict --coverage "
+                    "will refuse this model")  # fmt: skip
+        wants_sets = False
+    kept = fitted
+    held: np.ndarray | None = None
+    if calibrate == "temperature" or (wants_sets and not calibrate):
+        held = out_of_fold(model, X_train, y_train, classes, splitter)
+        if calibrate == "temperature":
+            temperature = fit_temperature(held, y_train)
+            kept = TemperatureScaled(fitted, temperature)
+            held = temper(held, temperature)
+            added["temperature"] = temperature
+    elif calibrate:
+        kept = _calibrated(model, calibrate, splitter).fit(X_train, y_train)
+        if wants_sets:
+            held = out_of_fold(
+                _calibrated(model, calibrate, _folds(y_train, 3, options.seed)),
+                X_train,
+                y_train,
+                classes,
+                splitter,
+            )
+    if calibrate:
+        added["ece_before"] = added["ece"]
+        added["ece"] = ece(estimators.predict_proba(kept, X_test, classes), y_test)
+        added["calibration"] = calibrate
+        log.info(f"calibrated ({calibrate}): ECE {added['ece_before']:.4f} -> {added['ece']:.4f}")
+        if added["ece"] > added["ece_before"]:
+            log.warning(
+                f"warning: {calibrate} calibration raised the test rows' calibration error "
+                f"({added['ece_before']:.4f} -> {added['ece']:.4f}); with few rows a calibration "
+                "can overfit its folds: try another --calibrate method, or none"
+            )
+    if wants_sets and held is not None:
+        trust["conformal"] = conformal_scores(held, y_train, options.seed)
+    if saving and options.reference_size > 0:
+        trust.update(_reference(X_train, options))
+    return kept, added, trust
+
+
+def _reference(X: np.ndarray, options: Any) -> dict[str, Any]:
+    return make_reference(
+        X,
+        size=options.reference_size,
+        quantile=options.unfamiliar_quantile,
+        seed=options.seed,
+    )

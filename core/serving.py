@@ -1,0 +1,544 @@
+"""``transferkit serve``: a trained model behind HTTP (Starlette on uvicorn), micro-batched.
+
+Routes:
+
+* ``GET /health``: ``{"status": "ok"}``, how many batches and images it has run, and how many
+  images are in flight;
+* ``GET /metadata``: the class names, the recipe (backbone, input size, pooling), the
+  classifier and the serving limits;
+* ``POST /predict``: one image as the raw body (``Content-Type: image/*``), or several as
+  ``multipart/form-data`` (every file part is an image). The answer is what ``transferkit
+  predict`` gives for the image, less its path: ``label``, ``probability``, ``index``, ``top``
+  (the ``top`` most probable classes), and any other field ``predict`` adds per image. A
+  multipart request gets ``{"predictions": [...]}`` in the order of its parts, each with its
+  part's ``name``.
+
+Every answer is JSON, errors too: ``{"error": "...", "status": code}``. A body that is not an
+image, empty or truncated gets 400; a body over ``max_body`` bytes or an image over
+``max_pixels`` pixels 413; a client that takes longer than ``read_timeout`` seconds to send its
+body 408; an unknown route 404, a wrong method 405; another content type 415. The server keeps
+serving after each.
+
+Images are predicted by :func:`transferkit.jobs.predict.predict` itself, so an answer is the
+same as the command line's: the request handlers check an image's header (and its pixel count)
+and write its bytes into the server's own temporary folder under a name the server chooses
+(nothing in a request names a file on the server, and only the model given at start is ever
+loaded, never a pickle that a request brings); the :class:`Batcher` collects the images of
+concurrent requests, up to ``max_batch``, or until ``max_wait_ms`` pass without a new one,
+and one thread runs each batch through ``predict``: one forward pass of the network for the
+batch. The network and the model are built once (:func:`transferkit.reuse.kept`), and so is the
+input pipeline of each bucket of batch sizes (1, 2, 4, ... ``max_batch``: a batch's images go by
+fixed slot names, padded with empty files that the pipeline skips unread), at start.
+
+SIGINT and SIGTERM stop the server: it stops accepting, lets the requests in flight finish,
+and returns (no traceback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import itertools
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from . import registry
+from .errors import TransferkitError, UsageError
+from .options import PredictOptions, ServeOptions
+
+log = logging.getLogger(__name__)
+
+# the loggers whose per-call lines a server would repeat for every batch
+_PER_CALL_LOGGERS = ("transferkit.jobs.predict", "transferkit.jobs.finetune")
+
+
+class RequestError(Exception):
+    """A request the server refuses: its HTTP status and one line."""
+
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.extra = extra
+
+
+class ServedModel:
+    """The model a server answers with: checked and warmed up when made, so a model that
+    cannot be loaded stops ``serve`` before it binds."""
+
+    def __init__(self, model_path: str | Path, options: ServeOptions, folder: Path) -> None:
+        self.path = Path(model_path)
+        self.options = options
+        self.folder = folder
+        self.predict_options = PredictOptions(
+            top=options.top, batch_size=options.max_batch, runtime=options.runtime,
+            trust=options.trust,
+        )  # fmt: skip
+        self.calls = 0  # batches run through predict
+        self._names = itertools.count()
+        self.info = self._describe()
+        self.warm_up()
+
+    def _describe(self) -> dict[str, Any]:
+        from .models import identify_file, load_model
+        from .trainer.saved import is_finetuned, load_finetuned
+
+        if not self.path.exists():
+            raise UsageError(f"model {self.path} does not exist")
+        if is_finetuned(self.path) or identify_file(self.path) == "keras":
+            loaded = load_finetuned(self.path)
+            meta = loaded.metadata
+            return {
+                "model": self.path.name,
+                "classifier": f"finetuned {meta.get('head', '')} head".strip(),
+                "label_names": list(loaded.label_names),
+                "input_size": list(loaded.input_size),
+                "recipe": meta.get("recipe") or {
+                    "backbone": meta.get("backbone"),
+                    "input_size": list(loaded.input_size),
+                    "preprocessing": meta.get("preprocessing"),
+                },
+            }  # fmt: skip
+        saved = load_model(self.path, trust=self.options.trust)
+        recipe = saved.recipe.to_metadata()
+        size = recipe.get("input_size")
+        if size is None and saved.recipe.backbone:  # the backbone's own size
+            size = list(registry.backbone(saved.recipe.backbone).input_size)
+        return {
+            "model": self.path.name,
+            "classifier": saved.classifier,
+            "label_names": list(saved.label_names),
+            "input_size": size,
+            "recipe": recipe,
+        }
+
+    def new_path(self) -> Path:
+        """A fresh name in the server's folder (the server's own counter, nothing of a request)."""
+        return self.folder / f"{next(self._names):08d}.img"
+
+    def buckets(self) -> list[int]:
+        """The batch sizes the input pipeline is built for: powers of two up to ``max_batch``,
+        and ``max_batch``."""
+        sizes, n = [], 1
+        while n < self.options.max_batch:
+            sizes.append(n)
+            n *= 2
+        return [*sizes, self.options.max_batch]
+
+    def warm_up(self) -> None:
+        """Build the network, and the input pipeline of each bucket of batch sizes, on a grey
+        image; a model that cannot predict it stops the server here."""
+        import numpy as np
+        from PIL import Image
+
+        size = self.info.get("input_size") or [32, 32]
+        grey = io.BytesIO()
+        Image.fromarray(np.full((*size, 3), 128, np.uint8)).save(grey, format="PNG")
+        for bucket in self.buckets():
+            path = self.new_path()
+            path.write_bytes(grey.getvalue())
+            try:
+                answers = self._run([str(path)], bucket)
+            finally:
+                path.unlink(missing_ok=True)
+            if "error" in answers[0]:
+                raise TransferkitError(f"{self.path} cannot predict a test image: {answers[0]}")
+        self.calls = 0
+
+    def predict_paths(self, paths: list[str]) -> list[dict[str, Any]]:
+        """``predict``'s per-image answers for ``paths``, in order, without the path; an image
+        it skipped gets ``{"error": reason}``."""
+        bucket = next(b for b in self.buckets() if b >= len(paths))
+        return self._run(paths, bucket)
+
+    def _run(self, paths: list[str], bucket: int) -> list[dict[str, Any]]:
+        from .jobs.predict import predict
+
+        self.calls += 1
+        # The i-th image of every batch goes by the same name, and a batch is padded with empty
+        # files (which the input pipeline skips from their size, before any decoding) to the
+        # next bucket: the pipeline of each bucket is built once and read again for each batch.
+        slots = [str(self.folder / f"slot-{i:04d}.img") for i in range(bucket)]
+        for path, slot in zip(paths, slots, strict=False):
+            os.replace(path, slot)
+        for slot in slots[len(paths) :]:
+            open(slot, "wb").close()
+        result = predict(self.path, slots, options=self.predict_options)
+        answers = []
+        for entry in result["predictions"][: len(paths)]:
+            if entry.get("status") != "ok":
+                answers.append({"error": entry.get("reason") or "the image could not be read"})
+                continue
+            answers.append({k: v for k, v in entry.items() if k not in ("path", "status")})
+        return answers
+
+
+class Batcher:
+    """Collects the images of concurrent requests into batches: up to ``max_batch`` images, or
+    until ``max_wait`` seconds pass without a new one (at most ``10 * max_wait`` after the
+    first), whichever comes first; ``run`` (a list of image paths -> their answers) runs each
+    batch in one worker thread, so batches never overlap."""
+
+    def __init__(
+        self, run: Callable[[list[str]], list[dict[str, Any]]], max_batch: int, max_wait: float
+    ) -> None:
+        self.run = run
+        self.max_batch = max_batch
+        self.max_wait = max_wait
+        self.sizes: list[int] = []  # the size of each batch run
+        self.in_flight = 0  # images submitted and not yet answered
+        self._queue: asyncio.Queue[tuple[str, asyncio.Future[dict[str, Any]]]] = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="transferkit-batch")
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, paths: list[str]) -> list[dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in paths]
+        for path, future in zip(paths, futures, strict=True):
+            self._queue.put_nowait((path, future))
+        self.in_flight += len(paths)
+        try:
+            return list(await asyncio.gather(*futures))
+        finally:
+            self.in_flight -= len(paths)
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            # open while images keep coming: until max_wait passes without one (or the batch
+            # is full, or 10 x max_wait after the first), so that a burst of requests that the
+            # server parses one after the other still makes one batch
+            cap = loop.time() + 10 * self.max_wait
+            while len(batch) < self.max_batch:
+                left = min(cap, loop.time() + self.max_wait) - loop.time()
+                try:
+                    if left <= 0:
+                        batch.append(self._queue.get_nowait())
+                    else:
+                        batch.append(await asyncio.wait_for(self._queue.get(), left))
+                except (asyncio.QueueEmpty, asyncio.TimeoutError):
+                    break
+            self.sizes.append(len(batch))
+            try:
+                answers = await loop.run_in_executor(
+                    self._executor, self.run, [path for path, _ in batch]
+                )
+            except Exception as exc:  # the batch failed as a whole: each request hears why
+                log.error(f"a batch of {len(batch)} image(s) failed: {type(exc).__name__}: {exc}")
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), answer in zip(batch, answers, strict=True):
+                if not future.done():
+                    future.set_result(answer)
+
+
+# ---------------------------------------------------------------------- reading requests
+
+
+async def read_body(receive_chunks: AsyncIterator[bytes], options: ServeOptions) -> bytes:
+    """The request body, refused over ``max_body`` bytes (413) or when the client takes longer
+    than ``read_timeout`` seconds to send it (408)."""
+    chunks: list[bytes] = []
+    size = 0
+
+    async def collect() -> None:
+        nonlocal size
+        async for chunk in receive_chunks:
+            size += len(chunk)
+            if size > options.max_body:
+                raise RequestError(413, f"the body is over the limit of {options.max_body} bytes")
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(collect(), options.read_timeout)
+    except asyncio.TimeoutError:
+        raise RequestError(
+            408, f"the body did not arrive within {options.read_timeout:g} seconds"
+        ) from None
+    return b"".join(chunks)
+
+
+def check_image(data: bytes, path: Path, options: ServeOptions, name: str = "") -> None:
+    """Write ``data`` to ``path`` and check its header: an image, within ``max_pixels``;
+    a :class:`RequestError` (400 or 413) otherwise."""
+    from .images import SkipImage, probe_image_size
+
+    where = f" ({name})" if name else ""
+    if not data:
+        raise RequestError(400, f"empty body{where}: send the image's bytes")
+    with open(path, "wb") as fh:
+        fh.write(data)
+    try:
+        probe_image_size(str(path), max_pixels=options.max_pixels)
+    except SkipImage as exc:
+        path.unlink(missing_ok=True)
+        status = 413 if exc.reason.startswith("too many pixels") else 400
+        raise RequestError(status, f"{exc.reason}{where}") from None
+
+
+# ---------------------------------------------------------------------- the application
+
+
+def build_app(served: ServedModel) -> Any:
+    """The Starlette application answering with ``served`` (its lifespan runs the batcher)."""
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    options = served.options
+    state: dict[str, Batcher] = {}
+
+    def error(status: int, message: str, **extra: Any) -> JSONResponse:
+        return JSONResponse({"error": message, "status": status, **extra}, status_code=status)
+
+    async def health(request: Request) -> JSONResponse:
+        batcher = state.get("batcher")
+        sizes = batcher.sizes if batcher is not None else []
+        waiting = batcher.in_flight if batcher is not None else 0
+        return JSONResponse(
+            {"status": "ok", "batches": len(sizes), "images": sum(sizes), "in_flight": waiting}
+        )
+
+    async def metadata(request: Request) -> JSONResponse:
+        return JSONResponse(
+            {
+                **served.info,
+                "top": options.top,
+                "limits": {
+                    "max_batch": options.max_batch,
+                    "max_wait_ms": options.max_wait_ms,
+                    "max_body": options.max_body,
+                    "max_pixels": options.max_pixels,
+                    "max_images": options.max_images,
+                    "read_timeout": options.read_timeout,
+                },
+            }
+        )
+
+    async def predict(request: Request) -> JSONResponse:
+        from starlette.concurrency import run_in_threadpool
+
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if not (kind.startswith("image/") or kind == "multipart/form-data"):
+            raise RequestError(
+                415, f"send an image (Content-Type: image/*) or multipart/form-data, not {kind!r}"
+            )
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > options.max_body:
+            raise RequestError(413, f"the body is over the limit of {options.max_body} bytes")
+        body = await read_body(request.stream(), options)
+        parts = [("", body)] if kind.startswith("image/") else await _parts(request, body)
+        paths: list[Path] = []
+        try:
+            for name, data in parts:
+                path = served.new_path()
+                await run_in_threadpool(check_image, data, path, options, name)
+                paths.append(path)
+            answers = await state["batcher"].submit([str(p) for p in paths])
+        finally:
+            for path in paths:
+                path.unlink(missing_ok=True)
+        for (name, _), answer in zip(parts, answers, strict=True):
+            if "error" in answer:
+                raise RequestError(400, answer["error"] + (f" ({name})" if name else ""))
+        if kind.startswith("image/"):
+            return JSONResponse(answers[0])
+        return JSONResponse(
+            {"predictions": [{"name": n, **a} for (n, _), a in zip(parts, answers, strict=True)]}
+        )
+
+    async def _parts(request: Request, body: bytes) -> list[tuple[str, bytes]]:
+        from starlette.datastructures import UploadFile
+        from starlette.formparsers import MultiPartException, MultiPartParser
+
+        async def stream() -> AsyncGenerator[bytes, None]:
+            yield body
+
+        parser = MultiPartParser(
+            request.headers,
+            stream(),
+            max_files=options.max_images,
+            max_fields=options.max_images,
+            max_part_size=options.max_body,
+        )
+        try:
+            form = await parser.parse()
+        except MultiPartException as exc:
+            raise RequestError(400, f"malformed multipart body: {exc.message}") from None
+        parts = []
+        try:
+            for key, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    parts.append((value.filename or key, await value.read()))
+        finally:
+            await form.close()
+        if not parts:
+            raise RequestError(400, "the multipart body holds no file part (no image)")
+        return parts
+
+    async def refused(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestError)
+        log.info(f"{request.method} {request.url.path}: {exc.status} {exc.message}")
+        return error(exc.status, exc.message, **exc.extra)
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        messages = {404: f"no route {request.url.path}; routes: /health, /metadata, /predict",
+                    405: f"{request.method} is not allowed on {request.url.path}"}  # fmt: skip
+        return error(exc.status_code, messages.get(exc.status_code, str(exc.detail)))
+
+    async def failed(request: Request, exc: Exception) -> JSONResponse:
+        log.error(f"{request.method} {request.url.path} failed: {type(exc).__name__}: {exc}")
+        return error(500, f"{type(exc).__name__}: {exc}")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        batcher = Batcher(served.predict_paths, options.max_batch, options.max_wait_ms / 1000)
+        batcher.start()
+        state["batcher"] = batcher
+        try:
+            yield
+        finally:
+            await batcher.close()
+
+    app = Starlette(
+        routes=[
+            Route("/health", health, methods=["GET"]),
+            Route("/metadata", metadata, methods=["GET"]),
+            Route("/predict", predict, methods=["POST"]),
+        ],
+        exception_handlers={
+            RequestError: refused,
+            HTTPException: http_error,
+            Exception: failed,
+        },
+        lifespan=lifespan,
+    )
+    app.state.served = served
+    app.state.batchers = state
+    return app
+
+
+# ---------------------------------------------------------------------- running
+
+
+def require_serving() -> None:
+    """Refuse in one line when the ``serve`` extra is not installed."""
+    try:
+        import python_multipart  # noqa: F401  (Starlette's multipart parser)
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise UsageError(
+            f"transferkit serve needs {exc.name}: pip install 'transferkit[serve]'"
+        ) from None
+
+
+@contextlib.contextmanager
+def serving(model_path: str | Path, options: ServeOptions) -> Iterator[ServedModel]:
+    """The :class:`ServedModel` of ``model_path`` with its network kept while the block runs, and
+    the server's own temporary folder (removed at the end)."""
+    from .reuse import kept
+
+    require_serving()
+    folder = Path(tempfile.mkdtemp(prefix="transferkit-serve-"))
+    quieted = [logging.getLogger(name) for name in _PER_CALL_LOGGERS]
+    levels = [logger.level for logger in quieted]
+    try:
+        for logger in quieted:  # one line per batch would drown the server's own
+            logger.setLevel(logging.WARNING)
+        with kept():
+            yield ServedModel(model_path, options, folder)
+    finally:
+        for logger, level in zip(quieted, levels, strict=True):
+            logger.setLevel(level)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def serve(
+    model_path: str | Path,
+    *,
+    options: ServeOptions,
+    ready: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Serve ``model_path`` until SIGINT or SIGTERM; ``ready`` is called with the server's URL
+    once it listens. Returns what was served: the URL, the number of batches and of images."""
+    import uvicorn
+
+    with serving(model_path, options) as served:
+        app = build_app(served)
+        config = uvicorn.Config(
+            app,
+            host=options.host,
+            port=options.port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=30,
+        )
+        server = _server_class()(config, served, ready)
+        try:
+            server.run()
+        except SystemExit:  # uvicorn's answer to a failed start (it logged why)
+            raise TransferkitError(
+                f"cannot serve on {options.host}:{options.port} (is the port in use, or the "
+                "address not this machine's?)"
+            ) from None
+        batcher = app.state.batchers.get("batcher")
+        sizes = batcher.sizes if batcher is not None else []
+        log.info(f"stopped serving {served.path} ({sum(sizes)} image(s) in {len(sizes)} batches)")
+        return {"url": server.url, "batches": len(sizes), "images": sum(sizes)}
+
+
+def _server_class() -> Any:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, which says where it listens and stops on SIGINT or SIGTERM without
+        raising the signal again afterwards (uvicorn re-raises it: a KeyboardInterrupt)."""
+
+        def __init__(
+            self, config: Any, served: ServedModel, ready: Callable[[str], None] | None
+        ) -> None:
+            super().__init__(config)
+            self.served = served
+            self.ready = ready
+            self.url = ""
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if self.should_exit:
+                self.force_exit = True
+            self.should_exit = True
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            host, port = self.servers[0].sockets[0].getsockname()[:2]
+            shown = f"[{host}]" if ":" in host else host
+            self.url = f"http://{shown}:{port}"
+            log.info(f"serving {self.served.path} at {self.url} (Ctrl-C stops)")
+            if self.ready is not None:
+                self.ready(self.url)
+
+    return Server
