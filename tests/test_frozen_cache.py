@@ -264,8 +264,8 @@ def test_augment_light_falls_back_with_one_line_and_no_frozen_cache_says_nothing
     digit_folder: Path, tmp_path: Path, register_plugin: Any
 ) -> None:
     """``--augment light`` crops randomly: the run trains the whole network and says why once
-    (not once per phase); ``--no-frozen-cache`` turns the cache off without a word; the
-    default (flip) says what it cached."""
+    (not once per phase), as a debug run does; ``--no-frozen-cache`` turns the cache off
+    without a word; the default (flip) says what it cached."""
     from cli_faults import invoke_cli
 
     register_plugin(TinyThreeBlocks(), "tiny-three")
@@ -277,6 +277,12 @@ def test_augment_light_falls_back_with_one_line_and_no_frozen_cache_says_nothing
     assert lines == [
         "frozen-part cache off: --augment light crops randomly (RandomZoom, RandomTranslation); "
         "every step runs the whole network"
+    ]
+    debug = invoke_cli("finetune", *common, "-o", tmp_path / "debug", "--fast-dev-run")
+    assert debug.returncode == 0, debug.stderr
+    lines = [line for line in debug.stderr.splitlines() if "frozen-part cache" in line]
+    assert lines == [
+        "frozen-part cache off: a debug run limits the batches; every step runs the whole network"
     ]
     off = invoke_cli("finetune", *common, "-o", tmp_path / "off", "--no-frozen-cache")
     assert off.returncode == 0, off.stderr
