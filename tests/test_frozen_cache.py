@@ -91,6 +91,7 @@ class SpillWatch:
         self.callback = Watch()
 
 
+@pytest.mark.slow
 def test_the_default_recipe_trains_to_the_same_weights_with_and_without_the_cache(
     digit_folder: Path, tmp_path: Path, register_plugin: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -260,6 +261,7 @@ def test_a_resumed_fit_builds_the_cache_again_and_ends_where_an_uninterrupted_on
     assert _close([v.numpy() for v in plain.network.weights], weights) < TOLERANCE
 
 
+@pytest.mark.slow
 def test_augment_light_falls_back_with_one_line_and_no_frozen_cache_says_nothing(
     digit_folder: Path, tmp_path: Path, register_plugin: Any
 ) -> None:
