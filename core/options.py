@@ -567,8 +567,15 @@ class FinetuneOptions(Options):
     logger_dir: str | None = option(None, "Where loggers write: a folder (default OUT), or a "
                                     "tracking URI for mlflow.")  # fmt: skip
     calibrate: bool = option(False, "Fit the head's temperature on the validation split.")
+    frozen_cache: bool = option(True, "Train on the frozen part's cached output where that is "
+                                "exact (augment none or flip).", negatable=True)  # fmt: skip
+    frozen_cache_memory: int = option(2048, "MiB the frozen-part cache keeps in memory; beyond, "
+                                      "a file in OUT (deleted after).")  # fmt: skip
 
     def __post_init__(self) -> None:
+        if self.frozen_cache_memory < 0:
+            memory = self.frozen_cache_memory
+            raise UsageError(f"--frozen-cache-memory must be 0 MiB or more, got {memory}")
         self._set("epochs", _per_phase(self.epochs, int, "epochs"))
         self._set("learning_rate", fitvalues.learning_rates(self.learning_rate, _per_phase))
         self._set("devices", fitvalues.parse_devices(self.devices))

@@ -258,6 +258,10 @@ def finetune(
             own.insert(0, EarlyStopping(patience=patience))
         if probe_init:
             own.insert(0, ProbeHead())
+        if options.frozen_cache:
+            from ..trainer.frozen_cache import FrozenCache
+
+            own.insert(0, FrozenCache(options.frozen_cache_memory, spill_dir=out))
         if distribution.is_chief:
             config = run_config(images, backbone, out, options)
             save_run_config(out, config, recipe.to_metadata(), loggers)
@@ -384,10 +388,14 @@ class ProbeHead(Callback):
 
     def on_fit_start(self, trainer: Trainer) -> None:
         if trainer.ckpt_path is None:
-            _probe_head(trainer.model, trainer.data)
+            from ..trainer.frozen_cache import FrozenCache
+
+            caches = [c for c in trainer.callbacks if isinstance(c, FrozenCache)]
+            features = caches[0].base_features(trainer) if caches else None
+            _probe_head(trainer.model, trainer.data, features)
 
 
-def _probe_head(model: Any, data: Any) -> bool:
+def _probe_head(model: Any, data: Any, features: tuple[Any, Any] | None = None) -> bool:
     """Set the last Dense layer of ``model``'s head to the linear probe of its own inputs: a
     multinomial ``LogisticRegression(C=1)`` (an L2 penalty) fitted on the frozen base's pooled
     features of the training images (no augmentation), as the network computes them, so the
@@ -398,7 +406,8 @@ def _probe_head(model: Any, data: Any) -> bool:
     rest (on the photos' unseen tiles, 0.92 standardised against 0.95 unstandardised;
     ``bench/RESULTS.md``). Returns whether it did: only heads whose input to that layer is the
     pooled feature vector (``linear``, ``dense``). ``data`` must be set up for ``model``
-    (``data.setup``, which the Trainer's ``fit`` does)."""
+    (``data.setup``, which the Trainer's ``fit`` does). ``features``: those pooled features
+    and their labels already computed (the frozen-part cache's), in the order of the rows."""
     import keras
     from sklearn.linear_model import LogisticRegression
 
@@ -408,14 +417,17 @@ def _probe_head(model: Any, data: Any) -> bool:
         isinstance(layer, keras.layers.Dense) for layer in layers[:-1]
     ):
         return False
-    features, labels = [], []
-    for images, y in data.dataset(np.sort(data.train_indices)):
-        x = model.base(images, training=False)
-        if len(x.shape) == 4:
-            x = keras.ops.mean(x, axis=(1, 2))
-        features.append(keras.ops.convert_to_numpy(x).astype(np.float64))
-        labels.append(np.asarray(y).reshape(-1))
-    X, y = np.concatenate(features), np.concatenate(labels).astype(np.int64)
+    if features is not None:
+        X, y = np.asarray(features[0], np.float64), np.asarray(features[1]).astype(np.int64)
+    else:
+        pooled, labels = [], []
+        for images, batch_labels in data.dataset(np.sort(data.train_indices)):
+            x = model.base(images, training=False)
+            if len(x.shape) == 4:
+                x = keras.ops.mean(x, axis=(1, 2))
+            pooled.append(keras.ops.convert_to_numpy(x).astype(np.float64))
+            labels.append(np.asarray(batch_labels).reshape(-1))
+        X, y = np.concatenate(pooled), np.concatenate(labels).astype(np.int64)
     if len(np.unique(y)) < 2 or X.shape[1] != dense.kernel.shape[0]:
         return False
     probe = LogisticRegression(C=1.0, max_iter=1000).fit(X, y)

@@ -26,6 +26,7 @@ from .callbacks import Callback, ModelCheckpoint, ProgressPrinter
 from .checkpoint import Checkpoint, write_checkpoint
 from .data import DataModule
 from .distribute import as_distribution
+from .frozen_cache import FrozenCache
 from .limits import BatchLimits, gradient_options
 from .model import TransferModel
 from .precision import policy_name
@@ -350,7 +351,7 @@ class Trainer:
             "early_stopped": bool(self.should_stop_phase),
         }
         if phase.evaluate_test and self._eval_dataset("test") is not None:
-            scores = self._evaluate(self._eval_dataset("test"))
+            scores = self._frozen_cache_test() or self._evaluate(self._eval_dataset("test"))
             results["test_loss"] = scores["loss"]
             results["test_accuracy"] = scores["accuracy"]
         self.phase_results.append(results)
@@ -392,10 +393,18 @@ class Trainer:
         call early when the phase ends or the strategy changes the trainable state. Returns
         whether the next epoch's strategy step was already applied (and changed the model), or
         None when it was not run."""
-        segment = None if self.limits.active else self.data.train_segment(start, end)
+        cached = self._frozen_cache_segment(start, end)
+        if cached is not None:  # the part above the frozen part, on its cached output
+            keras_model, batches = cached
+            segment = batches.train_segment(start, end)
+            train_dataset, validation = batches.train_dataset, batches.val_dataset()
+        else:
+            keras_model = self.model.keras_model
+            segment = None if self.limits.active else self.data.train_segment(start, end)
+            train_dataset, validation = self._train_dataset, self._eval_dataset("val")
         if segment is None:
             end = start + 1
-            dataset, steps = self._train_dataset(start), None
+            dataset, steps = train_dataset(start), None
         else:
             dataset, steps = segment
         bridge = epoch_bridge(self, end)
@@ -405,9 +414,9 @@ class Trainer:
                 self._keras_run = keras_run(self.keras_callbacks)
             extra = [self._keras_run, epoch_bridge(self, end, watch=bridge)]
         with quiet_end_of_data():
-            self.model.keras_model.fit(
+            keras_model.fit(
                 dataset,
-                validation_data=self._eval_dataset("val"),
+                validation_data=validation,
                 initial_epoch=start,
                 epochs=end,
                 steps_per_epoch=steps,
@@ -416,6 +425,23 @@ class Trainer:
                 verbose=0,
             )
         return bridge.changed_ahead
+
+    def _frozen_cache_segment(self, start: int, end: int) -> tuple[Any, Any] | None:
+        """``(training model, its batches)`` from a
+        :class:`~transferkit.trainer.frozen_cache.FrozenCache` among the callbacks, where it
+        applies to these epochs (the batches answer as the data module does); None: the whole
+        network trains."""
+        for cb in self.callbacks:
+            if isinstance(cb, FrozenCache):
+                return cb.segment(self, start, end)
+        return None
+
+    def _frozen_cache_test(self) -> dict[str, float] | None:
+        """The test split's loss and accuracy on the frozen-part cache, where it applies."""
+        for cb in self.callbacks:
+            if isinstance(cb, FrozenCache):
+                return cb.test_scores(self)
+        return None
 
     def _train_dataset(self, epoch: int) -> Any:
         if self.limits.active:
