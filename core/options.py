@@ -567,6 +567,9 @@ class FinetuneOptions(Options):
     logger_dir: str | None = option(None, "Where loggers write: a folder (default OUT), or a "
                                     "tracking URI for mlflow.")  # fmt: skip
     calibrate: bool = option(False, "Fit the head's temperature on the validation split.")
+    conformal: bool = option(True, tv.FINETUNE_CONFORMAL_HELP, negatable=True)
+    reference_size: int = option(1000, tv.REFERENCE_HELP)
+    unfamiliar_quantile: float = option(0.99, tv.QUANTILE_HELP)
 
     def __post_init__(self) -> None:
         self._set("epochs", _per_phase(self.epochs, int, "epochs"))
@@ -583,6 +586,7 @@ class FinetuneOptions(Options):
         self._set("split", tuple(float(v) for v in self.split))
         self._set("callbacks", tuple(self.callbacks))
         tv.check_calibrate_split(self.calibrate, self.split)
+        tv.check_trust(self)
         if self.pooling is not None:
             self._set("pooling", parse_pooling(self.pooling))
 

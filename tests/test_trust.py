@@ -199,10 +199,38 @@ def test_finetune_reports_ece_and_fits_the_heads_temperature(
     shown = api.predict(tmp_path / "run", [str(one)])["predictions"][0]
     expected = trust.temper(raw, temperature)[0]
     assert shown["probability"] == pytest.approx(float(expected.max()), abs=1e-5)
-    with pytest.raises(UsageError, match="fine-tuned model, which keeps no conformal"):
-        api.predict(tmp_path / "run", [str(one)], coverage=0.9)
     with pytest.raises(UsageError, match="validation split"):
         api.finetune(folder, out=tmp_path / "x", calibrate=True, split=(0.8, 0, 0.2), **common)
+
+    # the trust record in model.keras: every training row is in the reference (90 images, at
+    # most 1000 kept), so each training image predicted from its file is at distance ~0 from
+    # itself; the conformal scores are the validation split's
+    from transferkit.jobs.finetune_trust import read_record
+
+    record = read_record(tmp_path / "run" / "model.keras")
+    assert result["reference_rows"] == len(record["reference"]) == result["data"]["train"]
+    assert result["conformal_scores"] == len(record["conformal"]) == result["data"]["val"]
+    every = sorted(str(p) for p in folder.rglob("*.png"))
+    noise = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), np.uint8)).save(noise)
+    found = api.predict(tmp_path / "run", [*every, str(noise)], coverage=0.9)
+    scores = [p["ood_score"] for p in found["predictions"]]
+    assert sum(s < 5e-3 for s in scores[:-1]) >= len(record["reference"])
+    assert scores[-1] > 5e-3 and found["predictions"][-1]["unfamiliar"] == (
+        scores[-1] > found["unfamiliar_threshold"]
+    )
+    assert found["unfamiliar_threshold"] == pytest.approx(record["threshold"])
+    # the sets are made from the network's own (untempered) probabilities
+    raw, _ = loaded.predict_files(every)
+    threshold = trust.conformal_threshold(record["conformal"], 0.9)
+    expected = [[loaded.label_names[k] for k in s] for s in trust.prediction_sets(raw, threshold)]
+    assert [p["prediction_set"] for p in found["predictions"][:-1]] == expected
+    assert found["coverage"] == 0.9 and any(expected)
+    # without a validation split there are no conformal scores: --coverage is one line
+    bare = api.finetune(folder, out=tmp_path / "bare", split=(0.8, 0, 0.2), **common)
+    assert "conformal_scores" not in bare and bare["reference_rows"] > 0
+    refused = invoke_cli("predict", tmp_path / "bare", str(one), "--coverage", "0.9")
+    assert_fails_cleanly(refused, 2, "fine-tuned model, which keeps no conformal scores")
 
 
 def test_a_damaged_trust_record_fails_in_one_line(digits_store: Path, tmp_path: Path) -> None:

@@ -153,16 +153,12 @@ def predict(
     if is_finetuned(model_path) or (  # a classifier saved by `transferkit finetune`
         Path(model_path).is_file() and identify_file(model_path) == "keras"
     ):
-        if options.coverage is not None:
-            raise UsageError(
-                f"{model_path} is a fine-tuned model, which keeps no conformal scores; "
-                "--coverage needs a model saved by `transferkit train --out`"
-            )
         from .finetune import predict_finetuned
 
         result = predict_finetuned(
-            model_path, image_paths(images), batch_size=batch_size, top=top, runtime=runtime
-        )
+            model_path, image_paths(images), batch_size=batch_size, top=top, runtime=runtime,
+            coverage=options.coverage,
+        )  # fmt: skip
         return with_truth(result, images, options.out)
     saved = load_model(model_path, trust=options.trust)
     check_precision(saved, precision, model_path)
