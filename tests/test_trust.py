@@ -76,6 +76,30 @@ def test_train_calibrates_and_reports_ece(digits_store: Path, tmp_path: Path, me
         assert saved.trust["conformal"].shape == (result["n_train"],)
         assert untrusted_types(result["model_path"]) == ["transferkit.trust.TemperatureScaled"]
         assert result["accuracy"] == result["accuracy_before"] and result["temperature"] > 0
+        assert result["calibration_status"] == "kept"
+        assert result["folds_ece"] < result["folds_ece_before"]
+
+
+def test_a_calibration_that_does_not_help_on_held_out_folds_is_skipped(
+    digits_store: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 3 nearest neighbours are calibrated on the digits already: a temperature fitted on the
+    # other folds raises the held-out folds' error, so the uncalibrated model is kept
+    result = api.train(digits_store, classifier="knn-3", calibrate="temperature",
+                       out=tmp_path / "knn")  # fmt: skip
+    assert result["calibration_status"] == "skipped" and result["calibration"] == "temperature"
+    assert result["folds_ece"] >= result["folds_ece_before"]
+    assert result["ece"] == result["ece_before"] and "accuracy_before" not in result
+    skipped = [r.getMessage() for r in caplog.records if "calibration skipped" in r.getMessage()]
+    assert len(skipped) == 1 and "held-out folds" in skipped[0]
+    saved = load_model(result["model_path"])
+    assert "TemperatureScaled" not in str(untrusted_types(result["model_path"]))
+    assert type(saved.estimator).__name__ != "TemperatureScaled"
+    # its conformal scores are the uncalibrated held-out probabilities'
+    assert saved.trust["conformal"].shape == (result["n_train"],)
+    shown = invoke_cli("train", digits_store, "-c", "knn-3", "--calibrate", "temperature")
+    assert_succeeds(shown)
+    assert "(temperature skipped; before" in shown.stdout
 
 
 def test_prediction_sets_cover_held_out_digits(digits_store: Path, tmp_path: Path) -> None:
