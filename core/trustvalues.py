@@ -35,6 +35,11 @@ COVERAGE_HELP = (
     "conformal, e.g. 0.9), from the held-out scores `train --out` keeps."
 )
 
+CSV_HELP = (
+    "Also write the predictions to this CSV file: path, label, probability, ood_score, "
+    "unfamiliar, prediction_set (class names joined by |), status."
+)
+
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")

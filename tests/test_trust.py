@@ -4,6 +4,7 @@ images (the digits as PNG files, photographs as the foreign kind) through the ti
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any
 
@@ -179,11 +180,20 @@ def test_predict_reports_ood_scores_unfamiliar_and_prediction_sets(
     assert sum(p["unfamiliar"] for p in digits) <= 2
     assert result["coverage"] == 0.9 and result["unfamiliar_threshold"] > 0
 
-    shown = invoke_cli("predict", model, images["photos"], "--coverage", "0.9")
+    table = tmp_path / "predictions.csv"
+    shown = invoke_cli("predict", model, images["photos"], "--coverage", "0.9", "--csv", table)
     assert_succeeds(shown)
     header = shown.stdout.splitlines()[0].split()
     assert header[-3:] == ["SET", "OOD", "UNFAMILIAR"]
     assert shown.stdout.count(" yes") == 8
+    rows = list(csv.DictReader(table.open(newline="")))
+    by_path = {p["path"]: p for p in ok}
+    assert len(rows) == 8 and all(r["path"] in by_path for r in rows)
+    for r in rows:
+        p = by_path[r["path"]]
+        assert r["label"] == p["label"] and r["unfamiliar"] == "true"
+        assert float(r["ood_score"]) == pytest.approx(p["ood_score"], abs=1e-5)
+        assert r["prediction_set"].split("|") == (p["prediction_set"] or [""])
 
 
 def test_a_streamed_model_keeps_a_bounded_reference(digits_store: Path, tmp_path: Path) -> None:
@@ -237,7 +247,8 @@ def test_finetune_reports_ece_and_fits_the_heads_temperature(
     every = sorted(str(p) for p in folder.rglob("*.png"))
     noise = tmp_path / "noise.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), np.uint8)).save(noise)
-    found = api.predict(tmp_path / "run", [*every, str(noise)], coverage=0.9)
+    table = tmp_path / "predictions.csv"
+    found = api.predict(tmp_path / "run", [*every, str(noise)], coverage=0.9, csv=str(table))
     scores = [p["ood_score"] for p in found["predictions"]]
     assert sum(s < 5e-3 for s in scores[:-1]) >= len(record["reference"])
     assert scores[-1] > 5e-3 and found["predictions"][-1]["unfamiliar"] == (
@@ -250,11 +261,30 @@ def test_finetune_reports_ece_and_fits_the_heads_temperature(
     expected = [[loaded.label_names[k] for k in s] for s in trust.prediction_sets(raw, threshold)]
     assert [p["prediction_set"] for p in found["predictions"][:-1]] == expected
     assert found["coverage"] == 0.9 and any(expected)
+    rows = list(csv.DictReader(table.open(newline="")))
+    assert [r["path"] for r in rows] == [*every, str(noise)] and found["csv"] == str(table)
+    assert [r["prediction_set"] for r in rows[:-1]] == ["|".join(e) for e in expected]
+    assert [float(r["ood_score"]) for r in rows] == pytest.approx(scores, abs=1e-5)
     # without a validation split there are no conformal scores: --coverage is one line
     bare = api.finetune(folder, out=tmp_path / "bare", split=(0.8, 0, 0.2), **common)
     assert "conformal_scores" not in bare and bare["reference_rows"] > 0
     refused = invoke_cli("predict", tmp_path / "bare", str(one), "--coverage", "0.9")
     assert_fails_cleanly(refused, 2, "fine-tuned model, which keeps no conformal scores")
+
+
+def test_predict_csv_never_replaces_a_file_it_did_not_write(tmp_path: Path) -> None:
+    from transferkit.jobs.predict import CSV_FIELDS
+
+    notes = tmp_path / "notes.csv"
+    notes.write_text("a,b\n1,2\n")
+    (tmp_path / "images").mkdir()
+    refused = invoke_cli("predict", tmp_path / "m.skops", tmp_path / "images", "--csv", notes)
+    assert_fails_cleanly(refused, 2, "is not a predictions CSV transferkit wrote")
+    assert notes.read_text() == "a,b\n1,2\n"
+    inside = invoke_cli("predict", tmp_path / "m.skops", tmp_path / "images", "--csv",
+                        tmp_path / "images" / "p.csv")  # fmt: skip
+    assert_fails_cleanly(inside, 2, "lies inside")
+    assert not (tmp_path / "images" / "p.csv").exists() and CSV_FIELDS[0] == "path"
 
 
 def test_a_damaged_trust_record_fails_in_one_line(digits_store: Path, tmp_path: Path) -> None:
