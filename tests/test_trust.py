@@ -265,6 +265,20 @@ def test_finetune_reports_ece_and_fits_the_heads_temperature(
     assert [r["path"] for r in rows] == [*every, str(noise)] and found["csv"] == str(table)
     assert [r["prediction_set"] for r in rows[:-1]] == ["|".join(e) for e in expected]
     assert [float(r["ood_score"]) for r in rows] == pytest.approx(scores, abs=1e-5)
+    # a damaged record is one line, never a traceback
+    import zipfile
+
+    damaged = tmp_path / "damaged.keras"
+    with (
+        zipfile.ZipFile(tmp_path / "run" / "model.keras") as src,
+        zipfile.ZipFile(damaged, "w") as dst,
+    ):
+        for item in src.infolist():
+            data = src.read(item) if item.filename != "transferkit-trust.npz" else b"not npz"
+            dst.writestr(item, data)
+    broken = invoke_cli("predict", damaged, str(one))
+    assert_fails_cleanly(broken, 1, "damaged transferkit-trust.npz")
+    assert "allow_pickle" not in broken.stderr and broken.stderr.count("Error:") == 1
     # without a validation split there are no conformal scores: --coverage is one line
     bare = api.finetune(folder, out=tmp_path / "bare", split=(0.8, 0, 0.2), **common)
     assert "conformal_scores" not in bare and bare["reference_rows"] > 0

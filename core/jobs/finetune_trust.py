@@ -159,8 +159,10 @@ def read_record(path: str | Path) -> dict[str, Any]:
             if key in found:
                 record[key] = kind(found[key].item())
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        # numpy's own text may advise loading with pickle: only the kind of error is named
         raise TransferkitError(
-            f"{path} has a damaged {TRUST_FILE}: {type(exc).__name__}: {str(exc)[:200]}"
+            f"{path} has a damaged {TRUST_FILE} ({type(exc).__name__}); fine-tune the model "
+            "again to rewrite it"
         ) from None
     layer = record.pop("layer", None)
     pooled = record.pop("pool", False)
