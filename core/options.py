@@ -567,10 +567,10 @@ class FinetuneOptions(Options):
                                      "(default), tensorboard, mlflow.", kind="many")  # fmt: skip
     logger_dir: str | None = option(None, "Where loggers write: a folder (default OUT), or a "
                                     "tracking URI for mlflow.")  # fmt: skip
-    calibrate: bool = option(False, "Fit the head's temperature on the validation split.")
     conformal: bool = option(True, tv.FINETUNE_CONFORMAL_HELP, negatable=True)
     reference_size: int = option(1000, tv.REFERENCE_HELP)
     unfamiliar_quantile: float = option(0.99, tv.QUANTILE_HELP)
+    calibrate: bool = option(False, "Fit the head's temperature on the validation split.")
 
     def __post_init__(self) -> None:
         self._set("epochs", _per_phase(self.epochs, int, "epochs"))
