@@ -19,8 +19,11 @@ and, as the baseline, a plain out-of-fold logistic-regression ranking by ``1 - p
 leakage recall of the copies and the false pairs (pairs that are not the same picture); ECE of a
 logistic regression before and after ``--calibrate`` temperature, sigmoid and isotonic (test
 folder); the AUROC of ``ood_score`` for the foreign and the near set against the test images;
-the empirical coverage of ``--coverage`` prediction sets on the test folder, trained on clean
-labels and on the faulty ones.
+the empirical coverage of ``--coverage`` prediction sets where split conformal's
+exchangeability holds (the headline: the set's images pooled and split again at random,
+``--repeats`` seeds, on clean labels and with ``--moved`` of them moved), and on the set's own
+test folder (the photos' test crops come from tiles never seen in training: a shift, so no
+coverage guarantee), trained on clean labels and on the faulty ones.
 
 **Scale** (``--rows 10000,100000``): synthetic 1,280-d features (10 classes of non-negative
 Gaussian clusters), written to an HDF5 store; ``audit --no-files`` runs in a fresh process per
@@ -134,6 +137,45 @@ def coverage_of(
     return float(covered), float(np.mean([len(s) for s in sets]))
 
 
+def random_split_coverage(
+    train: str, test: str, root: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Coverage where split conformal's exchangeability holds: the set's training and test
+    images pooled and split again at random (stratified, ``--repeats`` seeds, as many test
+    images as the set has), a logistic regression trained on clean labels and on labels with
+    ``--moved`` of them moved; the mean, lowest and highest coverage and the mean set size."""
+    from sklearn.model_selection import train_test_split
+
+    from transferkit import api
+
+    X, y, paths, names, meta = _rows(train)
+    Xt, yt, tpaths, _, _ = _rows(test)
+    Xa, ya, pa = np.concatenate([X, Xt]), np.concatenate([y, yt]), paths + tpaths
+    found: dict[str, list[tuple[float, float]]] = {"clean": [], "noisy": []}
+    for repeat in range(args.repeats):
+        seed = args.seed + repeat
+        a, b = train_test_split(np.arange(len(ya)), test_size=len(yt), stratify=ya,
+                                random_state=seed)  # fmt: skip
+        held = _write(root / "random-test.h5", Xa[b], ya[b], [pa[i] for i in b], names, meta)
+        rng = np.random.default_rng(seed)
+        noisy = ya[a].copy()
+        moved = rng.choice(len(a), int(round(args.moved * len(a))), replace=False)
+        noisy[moved] = (noisy[moved] + rng.integers(1, len(names), len(moved))) % len(names)
+        for kind, labels in (("clean", ya[a]), ("noisy", noisy)):
+            store = _write(root / f"random-train-{kind}.h5", Xa[a], labels, [pa[i] for i in a],
+                           names, meta)  # fmt: skip
+            model = api.train(store, classifier="logistic-regression", test=held,
+                              out=str(root / f"random-{kind}.skops"), overwrite=True)  # fmt: skip
+            found[kind].append(coverage_of(model["model_path"], Xa[b], ya[b], args.coverage))
+    out: dict[str, Any] = {}
+    for kind, runs in found.items():
+        covered = [c for c, _ in runs]
+        out[f"random_coverage_{kind}"] = float(np.mean(covered))
+        out[f"random_coverage_{kind}_range"] = f"{min(covered):.4f}-{max(covered):.4f}"
+        out[f"random_set_size_{kind}"] = float(np.mean([n for _, n in runs]))
+    return out
+
+
 def run_set(name: str, other: str, args: argparse.Namespace) -> dict[str, Any]:
     from transferkit import api, trust
     from transferkit.jobs.audit import confident_learning, out_of_fold
@@ -202,11 +244,15 @@ def run_set(name: str, other: str, args: argparse.Namespace) -> dict[str, Any]:
         r = api.train(train, classifier="logistic-regression", test=test, calibrate=method)
         found["ece_before"] = r["ece_before"]
         found[f"ece_{method}"] = r["ece"]
+        folds = f"{r['folds_ece_before']:.4f} -> {r['folds_ece']:.4f}"
+        found[f"calibration_{method}"] = f"{r['calibration_status']} (folds {folds})"
     clean = api.train(train, classifier="logistic-regression", test=test,
                       out=str(root / "clean.skops"), overwrite=True)  # fmt: skip
     noisy = api.train(faults["store"], classifier="logistic-regression", test=test,
                       out=str(root / "noisy.skops"), overwrite=True)  # fmt: skip
     found["accuracy_clean"], found["accuracy_noisy"] = clean["accuracy"], noisy["accuracy"]
+    found.update(random_split_coverage(train, test, root, args))
+    # the set's own split (the photos: test crops from tiles never seen in training)
     found["coverage_clean"], found["set_size_clean"] = coverage_of(clean["model_path"], Xt, yt,
                                                                    args.coverage)  # fmt: skip
     found["coverage_noisy"], found["set_size_noisy"] = coverage_of(noisy["model_path"], Xt, yt,
@@ -332,6 +378,8 @@ def main() -> None:
     parser.add_argument("--copied", type=int, default=10)
     parser.add_argument("--held-out", type=int, default=2, help="classes of the near set [2]")
     parser.add_argument("--coverage", type=float, default=0.9)
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="random splits of the pooled images (coverage) [5]")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rows", default="10000,100000")
     parser.add_argument("--classifier", default="softmax",

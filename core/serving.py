@@ -79,7 +79,7 @@ class ServedModel:
         self.folder = folder
         self.predict_options = PredictOptions(
             top=options.top, batch_size=options.max_batch, runtime=options.runtime,
-            trust=options.trust,
+            trust=options.trust, coverage=options.coverage,
         )  # fmt: skip
         self.calls = 0  # batches run through predict
         self._names = itertools.count()
@@ -326,6 +326,7 @@ def build_app(served: ServedModel) -> Any:
             {
                 **served.info,
                 "top": options.top,
+                **({"coverage": options.coverage} if options.coverage is not None else {}),
                 "limits": {
                     "max_batch": options.max_batch,
                     "max_wait_ms": options.max_wait_ms,

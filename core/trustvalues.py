@@ -18,6 +18,10 @@ CONFORMAL_HELP = (
     "With --out, keep conformal scores from held-out folds so that `predict --coverage` gives "
     "prediction sets (--folds more fits)."
 )
+FINETUNE_CONFORMAL_HELP = (
+    "Keep conformal scores of the validation split in model.keras so that `predict --coverage` "
+    "gives prediction sets."
+)
 REFERENCE_HELP = (
     "With --out, training rows kept in the model (a seeded sample) to score how unfamiliar a new "
     "image is (predict's ood_score); 0: none."
@@ -29,6 +33,11 @@ QUANTILE_HELP = (
 COVERAGE_HELP = (
     "Add a prediction set per image holding the true class with this probability (split "
     "conformal, e.g. 0.9), from the held-out scores `train --out` keeps."
+)
+
+CSV_HELP = (
+    "Also write the predictions to this CSV file: path, label, probability, ood_score, "
+    "unfamiliar, prediction_set (class names joined by |), status."
 )
 
 

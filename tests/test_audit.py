@@ -125,6 +125,42 @@ def test_copied_test_images_are_leakage_and_exact_duplicates(
     assert sum(summary["classes"].values()) == summary["rows"]
 
 
+def test_pairs_inside_the_test_store_are_near_duplicates_too(tmp_path: Path) -> None:
+    X, y = load_digits(return_X_y=True)
+    train, test = np.arange(0, 200), np.arange(200, 240)
+    paths = []
+    for n, i in enumerate(test):
+        paths.append(str(tmp_path / "test" / NAMES[y[i]] / f"t{n}.png"))
+        _png(X[i].reshape(8, 8), Path(paths[-1]))
+    # test row 5's file copied over row 9's place (an exact pair), row 20's features nudged
+    # into row 30's (a near pair whose files differ)
+    X_test, y_test = X[test].copy(), y[test].copy()
+    X_test[9], y_test[9] = X_test[5], y_test[5]
+    copy = tmp_path / "test" / NAMES[y_test[5]] / "copy-of-t5.png"
+    shutil.copy(paths[5], copy)
+    paths[9] = str(copy)
+    X_test[30] = X_test[20] + 0.01
+    train_paths = [f"train-{i}.png" for i in train]
+    train_store = write_store(tmp_path / "train.h5", X[train], y[train], train_paths)
+    test_store = write_store(tmp_path / "test.h5", X_test, y_test, paths)
+    report = api.audit(train_store, test=str(test_store), files=False)
+    inside = {(p["path"], p["other_path"]) for p in report["near_duplicates"]
+              if p["store"] == "test"}  # fmt: skip
+    assert {(paths[5], paths[9]), (paths[20], paths[30])} <= inside
+    assert all(p["store"] == "train" for p in report["near_duplicates"]
+               if p["path"] in train_paths)  # fmt: skip
+    assert report["summary"]["near_duplicates_test"] == len(inside)
+    # with the files read, the copy is an exact pair of the test store as well
+    for i, name in enumerate(train_paths):
+        _png(X[train[i]].reshape(8, 8), tmp_path / name)
+    with_files = api.audit(train_store, test=str(test_store), root=str(tmp_path),
+                           out=str(tmp_path / "report"))  # fmt: skip
+    exact = [p for p in with_files["near_duplicates"] if p["exact"] and p["store"] == "test"]
+    assert [(p["path"], p["other_path"]) for p in exact] == [(paths[5], paths[9])]
+    rows = Path(with_files["files"]["csv"]).read_text().splitlines()
+    assert rows[0].endswith(",store") and any(r.endswith(",test") for r in rows)
+
+
 def test_outliers_are_ranked_and_beyond_the_fence(audited: dict[str, Any]) -> None:
     fence = audited["summary"]["thresholds"]["outlier_distance"]
     scores = [f["score"] for f in audited["outliers"]]

@@ -21,6 +21,9 @@ class TinyBackbones:
         from trainer_helpers import tiny_backbone
 
         def factory(weights: Any = "default", input_size: Any = None, pooling: str = "avg") -> Any:
+            import keras
+
+            keras.utils.set_random_seed(0)  # the same random network at extract and predict
             return tiny_backbone(tuple(input_size or (16, 16)), pooling="map")
 
         register(BackboneSpec(name="tiny-pics", description="test CNN", factory=factory,
@@ -99,7 +102,7 @@ def test_predict_on_a_labelled_folder_shows_the_truth_and_draws_the_confusion_ma
     )
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["IMAGE", "TRUE", "CLASS", "PROBABILITY"]
+    assert lines[0].split() == ["IMAGE", "TRUE", "CLASS", "PROBABILITY", "OOD", "UNFAMILIAR"]
     table = [line.split() for line in lines[1:31]]
     assert {row[1] for row in table} == {"cat", "dog", "owl"}
     correct = sum(row[1] == row[2] for row in table)

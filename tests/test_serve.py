@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tiny_backbone
-from cli_faults import QUIET_ENV, invoke_cli, plugin_env, write_entry_points
+from cli_faults import QUIET_ENV, assert_fails_cleanly, invoke_cli, plugin_env, write_entry_points
 from PIL import Image
 
 from transferkit import api, hookimpl, plugin_manager, registry
@@ -126,6 +126,31 @@ def test_routes_answer_json_with_what_predict_gives(model: dict[str, Any], serve
     rows = several.json()["predictions"]
     assert [r["name"] for r in rows] == [p.name for p in model["paths"][:3]]
     assert rows[0]["label"] == answer.json()["label"]
+
+
+def test_served_answers_carry_ood_score_and_prediction_set(
+    model: dict[str, Any], server: Any, tmp_path: Path
+) -> None:
+    from transferkit.errors import UsageError
+
+    client, _ = server(coverage=0.9)
+    assert client.get("/metadata").json()["coverage"] == 0.9
+    image = model["paths"][4]
+    answer = client.post("/predict", content=image.read_bytes(),
+                         headers={"Content-Type": "image/png"}).json()  # fmt: skip
+    expected = api.predict(model["model"], [str(image)], coverage=0.9)["predictions"][0]
+    assert answer["prediction_set"] == expected["prediction_set"]
+    assert answer["ood_score"] == pytest.approx(expected["ood_score"], abs=1e-6)
+    assert answer["unfamiliar"] == expected["unfamiliar"] and answer["label"] in CLASSES
+    bare = api.train(model["root"] / "f.h5", classifier="knn-3", out=tmp_path / "bare.skops",
+                     conformal=False)["model_path"]  # fmt: skip
+    with (
+        pytest.raises(UsageError, match="keeps no conformal scores"),
+        serving(bare, ServeOptions(max_batch=1, coverage=0.9)),
+    ):
+        pass
+    refused = invoke_cli("serve", bare, "--coverage", "1.5")
+    assert_fails_cleanly(refused, 2, "--coverage must be between 0 and 1")
 
 
 class CountingRuntime:

@@ -4,6 +4,7 @@ images (the digits as PNG files, photographs as the foreign kind) through the ti
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,30 @@ def test_train_calibrates_and_reports_ece(digits_store: Path, tmp_path: Path, me
         assert saved.trust["conformal"].shape == (result["n_train"],)
         assert untrusted_types(result["model_path"]) == ["transferkit.trust.TemperatureScaled"]
         assert result["accuracy"] == result["accuracy_before"] and result["temperature"] > 0
+        assert result["calibration_status"] == "kept"
+        assert result["folds_ece"] < result["folds_ece_before"]
+
+
+def test_a_calibration_that_does_not_help_on_held_out_folds_is_skipped(
+    digits_store: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 3 nearest neighbours are calibrated on the digits already: a temperature fitted on the
+    # other folds raises the held-out folds' error, so the uncalibrated model is kept
+    result = api.train(digits_store, classifier="knn-3", calibrate="temperature",
+                       out=tmp_path / "knn")  # fmt: skip
+    assert result["calibration_status"] == "skipped" and result["calibration"] == "temperature"
+    assert result["folds_ece"] >= result["folds_ece_before"]
+    assert result["ece"] == result["ece_before"] and "accuracy_before" not in result
+    skipped = [r.getMessage() for r in caplog.records if "calibration skipped" in r.getMessage()]
+    assert len(skipped) == 1 and "held-out folds" in skipped[0]
+    saved = load_model(result["model_path"])
+    assert "TemperatureScaled" not in str(untrusted_types(result["model_path"]))
+    assert type(saved.estimator).__name__ != "TemperatureScaled"
+    # its conformal scores are the uncalibrated held-out probabilities'
+    assert saved.trust["conformal"].shape == (result["n_train"],)
+    shown = invoke_cli("train", digits_store, "-c", "knn-3", "--calibrate", "temperature")
+    assert_succeeds(shown)
+    assert "(temperature skipped; before" in shown.stdout
 
 
 def test_prediction_sets_cover_held_out_digits(digits_store: Path, tmp_path: Path) -> None:
@@ -155,11 +180,20 @@ def test_predict_reports_ood_scores_unfamiliar_and_prediction_sets(
     assert sum(p["unfamiliar"] for p in digits) <= 2
     assert result["coverage"] == 0.9 and result["unfamiliar_threshold"] > 0
 
-    shown = invoke_cli("predict", model, images["photos"], "--coverage", "0.9")
+    table = tmp_path / "predictions.csv"
+    shown = invoke_cli("predict", model, images["photos"], "--coverage", "0.9", "--csv", table)
     assert_succeeds(shown)
     header = shown.stdout.splitlines()[0].split()
     assert header[-3:] == ["SET", "OOD", "UNFAMILIAR"]
     assert shown.stdout.count(" yes") == 8
+    rows = list(csv.DictReader(table.open(newline="")))
+    by_path = {p["path"]: p for p in ok}
+    assert len(rows) == 8 and all(r["path"] in by_path for r in rows)
+    for r in rows:
+        p = by_path[r["path"]]
+        assert r["label"] == p["label"] and r["unfamiliar"] == "true"
+        assert float(r["ood_score"]) == pytest.approx(p["ood_score"], abs=1e-5)
+        assert r["prediction_set"].split("|") == (p["prediction_set"] or [""])
 
 
 def test_a_streamed_model_keeps_a_bounded_reference(digits_store: Path, tmp_path: Path) -> None:
@@ -199,10 +233,72 @@ def test_finetune_reports_ece_and_fits_the_heads_temperature(
     shown = api.predict(tmp_path / "run", [str(one)])["predictions"][0]
     expected = trust.temper(raw, temperature)[0]
     assert shown["probability"] == pytest.approx(float(expected.max()), abs=1e-5)
-    with pytest.raises(UsageError, match="fine-tuned model, which keeps no conformal"):
-        api.predict(tmp_path / "run", [str(one)], coverage=0.9)
     with pytest.raises(UsageError, match="validation split"):
         api.finetune(folder, out=tmp_path / "x", calibrate=True, split=(0.8, 0, 0.2), **common)
+
+    # the trust record in model.keras: every training row is in the reference (90 images, at
+    # most 1000 kept), so each training image predicted from its file is at distance ~0 from
+    # itself; the conformal scores are the validation split's
+    from transferkit.jobs.finetune_trust import read_record
+
+    record = read_record(tmp_path / "run" / "model.keras")
+    assert result["reference_rows"] == len(record["reference"]) == result["data"]["train"]
+    assert result["conformal_scores"] == len(record["conformal"]) == result["data"]["val"]
+    every = sorted(str(p) for p in folder.rglob("*.png"))
+    noise = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), np.uint8)).save(noise)
+    table = tmp_path / "predictions.csv"
+    found = api.predict(tmp_path / "run", [*every, str(noise)], coverage=0.9, csv=str(table))
+    scores = [p["ood_score"] for p in found["predictions"]]
+    assert sum(s < 5e-3 for s in scores[:-1]) >= len(record["reference"])
+    assert scores[-1] > 5e-3 and found["predictions"][-1]["unfamiliar"] == (
+        scores[-1] > found["unfamiliar_threshold"]
+    )
+    assert found["unfamiliar_threshold"] == pytest.approx(record["threshold"])
+    # the sets are made from the network's own (untempered) probabilities
+    raw, _ = loaded.predict_files(every)
+    threshold = trust.conformal_threshold(record["conformal"], 0.9)
+    expected = [[loaded.label_names[k] for k in s] for s in trust.prediction_sets(raw, threshold)]
+    assert [p["prediction_set"] for p in found["predictions"][:-1]] == expected
+    assert found["coverage"] == 0.9 and any(expected)
+    rows = list(csv.DictReader(table.open(newline="")))
+    assert [r["path"] for r in rows] == [*every, str(noise)] and found["csv"] == str(table)
+    assert [r["prediction_set"] for r in rows[:-1]] == ["|".join(e) for e in expected]
+    assert [float(r["ood_score"]) for r in rows] == pytest.approx(scores, abs=1e-5)
+    # a damaged record is one line, never a traceback
+    import zipfile
+
+    damaged = tmp_path / "damaged.keras"
+    with (
+        zipfile.ZipFile(tmp_path / "run" / "model.keras") as src,
+        zipfile.ZipFile(damaged, "w") as dst,
+    ):
+        for item in src.infolist():
+            data = src.read(item) if item.filename != "transferkit-trust.npz" else b"not npz"
+            dst.writestr(item, data)
+    broken = invoke_cli("predict", damaged, str(one))
+    assert_fails_cleanly(broken, 1, "damaged transferkit-trust.npz")
+    assert "allow_pickle" not in broken.stderr and broken.stderr.count("Error:") == 1
+    # without a validation split there are no conformal scores: --coverage is one line
+    bare = api.finetune(folder, out=tmp_path / "bare", split=(0.8, 0, 0.2), **common)
+    assert "conformal_scores" not in bare and bare["reference_rows"] > 0
+    refused = invoke_cli("predict", tmp_path / "bare", str(one), "--coverage", "0.9")
+    assert_fails_cleanly(refused, 2, "fine-tuned model, which keeps no conformal scores")
+
+
+def test_predict_csv_never_replaces_a_file_it_did_not_write(tmp_path: Path) -> None:
+    from transferkit.jobs.predict import CSV_FIELDS
+
+    notes = tmp_path / "notes.csv"
+    notes.write_text("a,b\n1,2\n")
+    (tmp_path / "images").mkdir()
+    refused = invoke_cli("predict", tmp_path / "m.skops", tmp_path / "images", "--csv", notes)
+    assert_fails_cleanly(refused, 2, "is not a predictions CSV transferkit wrote")
+    assert notes.read_text() == "a,b\n1,2\n"
+    inside = invoke_cli("predict", tmp_path / "m.skops", tmp_path / "images", "--csv",
+                        tmp_path / "images" / "p.csv")  # fmt: skip
+    assert_fails_cleanly(inside, 2, "lies inside")
+    assert not (tmp_path / "images" / "p.csv").exists() and CSV_FIELDS[0] == "path"
 
 
 def test_a_damaged_trust_record_fails_in_one_line(digits_store: Path, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ def print_audit(report: dict[str, Any]) -> None:
     summary = report["summary"]
     for section, columns in (
         ("label_issues", ["path", "given", "suggested", "score"]),
-        ("near_duplicates", ["path", "other_path", "similarity", "exact"]),
+        ("near_duplicates", ["store", "path", "other_path", "similarity", "exact"]),
         ("leakage", ["test_path", "train_path", "similarity", "exact"]),
         ("outliers", ["path", "given", "score"]),
     ):

@@ -34,6 +34,7 @@ def register(cli: click.Group) -> None:
           transferkit predict model.pkl new-images/ --trust --json
           transferkit predict run/model.keras new-images/
           transferkit predict model.skops test-photos/ --out confusion.png   # labelled folder
+          transferkit predict model.skops new-photos/ --coverage 0.9 --csv predictions.csv
         """
         from .. import api
         from ..cli import echo_json, print_table
@@ -86,6 +87,8 @@ def register(cli: click.Group) -> None:
             )
         if result.get("confusion"):
             click.echo(f"Confusion matrix: {result['confusion']}")
+        if result.get("csv"):
+            click.echo(f"Predictions written to {result['csv']}")
 
 
 def _trust_columns(p: dict[str, Any], coverage: float | None) -> dict[str, str]:

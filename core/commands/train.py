@@ -23,7 +23,12 @@ def print_train_result(result: dict[str, Any]) -> None:
         before = result.get("ece_before")
         click.echo(
             f"expected calibration error {result['ece']:.4f}"
-            + (f" ({result['calibration']}; before {before:.4f})" if before is not None else "")
+            + (
+                f" ({result['calibration']} {result.get('calibration_status', 'kept')}; before "
+                f"{before:.4f})"
+                if before is not None
+                else ""
+            )
         )
     if result.get("model_path"):
         click.echo(f"model saved to {result['model_path']}")

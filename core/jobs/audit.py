@@ -18,9 +18,10 @@ Four kinds of finding, each list ranked worst first:
   the ``n_ij`` rows of class ``i`` with the largest margin ``p_j - p_i`` are picked ("prune by
   noise rate"): fewer rows, more of them wrong; their count estimates the number of wrong labels
   (``summary.label_issues_confident``).
-* ``near_duplicates``: pairs of rows of one store whose features are nearly the same (cosine
-  similarity of the features centred on the store's mean, at least ``duplicate_similarity``),
-  and pairs of files with the same bytes (``exact: true``, by SHA-256).
+* ``near_duplicates``: pairs of rows of one store (``store``: ``train``, or ``test`` for pairs
+  inside the test store) whose features are nearly the same (cosine similarity of the features
+  centred on the training store's mean, at least ``duplicate_similarity``), and pairs of files
+  with the same bytes (``exact: true``, by SHA-256).
 * ``leakage``: test rows with a near-duplicate (``leakage_similarity``) or a byte-identical file
   in the training store.
 * ``outliers``: rows far from every class: the mean cosine distance to their ``k`` nearest rows
@@ -208,6 +209,29 @@ def _exact_pairs(hashes: list[str]) -> list[tuple[int, int]]:
     return pairs
 
 
+def _pairs(
+    near: list[tuple], exact: set[tuple[int, int]], Z: np.ndarray, shown: list[str], store: str
+) -> list[dict[str, Any]]:
+    """The near-duplicate pairs of one store (``store``: ``train`` or ``test``), a pair of
+    byte-identical files marked ``exact``, ranked exact first, then by similarity."""
+    pairs = {(a, b): {"similarity": s, "exact": False} for a, b, s in near}
+    for a, b in exact:
+        sim = float(Z[a] @ Z[b])
+        pairs[(a, b)] = {"similarity": max(sim, pairs.get((a, b), {}).get("similarity", sim)),
+                         "exact": True}  # fmt: skip
+    found = [
+        {
+            "path": shown[a],
+            "other_path": shown[b],
+            "similarity": v["similarity"],
+            "exact": v["exact"],
+            "store": store,
+        }  # fmt: skip
+        for (a, b), v in pairs.items()
+    ]
+    return sorted(found, key=lambda p: (not p["exact"], -p["similarity"]))
+
+
 def tukey_fence(values: np.ndarray, factor: float) -> float:
     q1, q3 = np.quantile(values, [0.25, 0.75])
     return float(q3 + factor * (q3 - q1))
@@ -267,8 +291,11 @@ def audit(train_store: str | Path, *, options: AuditOptions) -> dict[str, Any]:
     distance, near = _neighbour_pass(Z, k, options.duplicate_similarity)
     fence = tukey_fence(distance, options.outlier_fence)
     leaks: dict[int, dict[str, Any]] = {}
+    test_near: list[tuple] = []
     if test is not None:
         Zt = centred_unit(test[0], mean)
+        if len(Zt) >= 2:  # pairs inside the test store, in the training store's centred space
+            test_near = _neighbour_pass(Zt, min(k, len(Zt) - 1), options.duplicate_similarity)[1]
         for start, sims, idx in neighbours(Zt, Z, 1):
             for r in np.flatnonzero(sims[:, 0] >= options.leakage_similarity):
                 leaks[start + int(r)] = {"train": int(idx[r, 0]), "similarity": float(sims[r, 0])}
@@ -276,12 +303,15 @@ def audit(train_store: str | Path, *, options: AuditOptions) -> dict[str, Any]:
 
     t = time.perf_counter()
     exact: set[tuple[int, int]] = set()
+    test_exact: set[tuple[int, int]] = set()
     if files is not None:
         hashes = file_hashes(files)
         exact = set(_exact_pairs(hashes))
         if test is not None and test_files is not None:
             where = {h: i for i, h in reversed(list(enumerate(hashes)))}
-            for j, h in enumerate(file_hashes(test_files)):
+            test_hashes = file_hashes(test_files)
+            test_exact = set(_exact_pairs(test_hashes))
+            for j, h in enumerate(test_hashes):
                 if h in where:
                     entry = leaks.setdefault(j, {"train": where[h], "similarity": 1.0})
                     entry["exact"] = True
@@ -301,23 +331,10 @@ def audit(train_store: str | Path, *, options: AuditOptions) -> dict[str, Any]:
         }
         for i in issues
     ]
-    pairs = {(a, b): {"similarity": s, "exact": False} for a, b, s in near}
-    for a, b in exact:
-        sim = float(Z[a] @ Z[b])
-        pairs[(a, b)] = {"similarity": max(sim, pairs.get((a, b), {}).get("similarity", sim)),
-                         "exact": True}  # fmt: skip
-    near_duplicates = sorted(
-        (
-            {
-                "path": shown[a],
-                "other_path": shown[b],
-                "similarity": v["similarity"],
-                "exact": v["exact"],
-            }  # fmt: skip
-            for (a, b), v in pairs.items()
-        ),
-        key=lambda p: (not p["exact"], -p["similarity"]),
-    )
+    near_duplicates = _pairs(near, exact, Z, shown, "train")
+    if test is not None:
+        near_duplicates += _pairs(test_near, test_exact, Zt, test_files or test[2], "test")
+    near_duplicates.sort(key=lambda p: (not p["exact"], -p["similarity"]))
     leakage = []
     if test is not None:
         test_shown = test_files or test[2]
@@ -354,6 +371,7 @@ def audit(train_store: str | Path, *, options: AuditOptions) -> dict[str, Any]:
             "label_issues": len(label_issues),
             "label_issues_confident": int(pruned.sum()),
             "near_duplicates": len(near_duplicates),
+            "near_duplicates_test": sum(p["store"] == "test" for p in near_duplicates),
             "exact_duplicates": sum(p["exact"] for p in near_duplicates),
             "leakage": len(leakage),
             "outliers": len(outliers),

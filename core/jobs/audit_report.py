@@ -20,7 +20,8 @@ from .. import outputs
 
 REPORT_KIND = "audit-report"
 SECTIONS = ("label_issues", "near_duplicates", "leakage", "outliers")
-CSV_FIELDS = ("finding", "rank", "path", "other_path", "given", "suggested", "score", "exact")
+CSV_FIELDS = ("finding", "rank", "path", "other_path", "given", "suggested", "score", "exact",
+              "store")  # fmt: skip
 THUMBNAIL = 96  # pixels of a thumbnail's longer side
 PAGE_ROWS = 200  # findings of each kind shown on the page (all are in the JSON and the CSV)
 
@@ -47,6 +48,7 @@ def csv_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
                     "suggested": f.get("suggested", ""),
                     "score": f.get("score", f.get("similarity")),
                     "exact": f.get("exact", ""),
+                    "store": f.get("store", ""),
                 }
             )
     return rows
@@ -96,7 +98,15 @@ def _cell(value: Any) -> str:
 
 _COLUMNS = {
     "label_issues": ("image", "path", "given", "suggested", "score"),
-    "near_duplicates": ("image", "other image", "path", "other_path", "similarity", "exact"),
+    "near_duplicates": (
+        "image",
+        "other image",
+        "store",
+        "path",
+        "other_path",
+        "similarity",
+        "exact",
+    ),  # fmt: skip
     "leakage": ("test image", "training image", "test_path", "train_path", "similarity", "exact"),
     "outliers": ("image", "path", "given", "score"),
 }
@@ -108,7 +118,7 @@ _IMAGES = {
 }
 _TITLES = {
     "label_issues": "Label issues: the given class is contradicted by held-out probabilities",
-    "near_duplicates": "Near-duplicates inside the training store",
+    "near_duplicates": "Near-duplicates inside one store (training, or test)",
     "leakage": "Leakage: test images with a near-duplicate in the training store",
     "outliers": "Outliers: far from every class (k-NN distance)",
 }

@@ -312,6 +312,10 @@ def finetune(
         summary.update(replicas=result["replicas"], distribute=distribution.kind)
         if options.fast_dev_run or not distribution.is_chief:
             return _without_files(summary, options.fast_dev_run, distribution.is_chief, start)
+        from . import finetune_trust
+
+        kept = finetune_trust.trust_record(model, data, options)  # ood_score, prediction sets
+        summary.update(finetune_trust.describe(kept))
         model.export(
             out / MODEL_FILE,
             extra={
@@ -321,6 +325,7 @@ def finetune(
                 "pooling": built.pooling,
                 **({"temperature": calibration["temperature"]} if options.calibrate else {}),
             },
+            files={finetune_trust.TRUST_FILE: finetune_trust.record_bytes(kept)} if kept else None,
         )
         from ..trainer.curves import plot_curves
 
@@ -509,25 +514,29 @@ def predict_finetuned(
     batch_size: int = 32,
     top: int = 1,
     runtime: str = "keras",
+    coverage: float | None = None,
 ) -> dict[str, Any]:
     """``transferkit predict`` for a fine-tuned classifier: the same output as for a classifier
     on features (one entry per image: label, probability, or the reason it was skipped).
-    ``runtime`` other than ``keras``/``auto`` runs the classifier on that inference runtime."""
+    ``runtime`` other than ``keras``/``auto`` runs the classifier on that inference runtime.
+    ``ood_score``, ``unfamiliar`` and, with ``coverage``, ``prediction_set`` come from the
+    file's trust record (:mod:`transferkit.jobs.finetune_trust`)."""
     from ..images import ImageRecord, ImageSource
     from ..pipeline import skip_reason
+    from .finetune_trust import trust_fields_of
 
     loaded = load_finetuned(model_path)
     names = loaded.label_names
     log.info(
         f"predicting {len(paths)} image(s) with the fine-tuned {loaded.metadata.get('backbone')}"
     )
-    probs, rows = loaded.predict_files(list(paths), batch_size=batch_size, runtime=runtime)
+    probs, rows, extra, said = trust_fields_of(loaded, list(paths), batch_size, runtime, coverage)
     if loaded.metadata.get("temperature") and len(probs):  # fitted by finetune --calibrate
         from ..trust import temper
 
         probs = temper(probs, float(loaded.metadata["temperature"]))
     by_row: dict[int, dict[str, Any]] = {}
-    for p, row in zip(probs, rows.tolist(), strict=True):
+    for i, (p, row) in enumerate(zip(probs, rows.tolist(), strict=True)):
         label = int(np.argmax(p))
         entry: dict[str, Any] = {
             "path": paths[row],
@@ -540,6 +549,7 @@ def predict_finetuned(
             entry["top"] = [
                 {"label": names[k], "probability": float(p[k])} for k in np.argsort(-p)[:top]
             ]
+        entry.update({key: values[i] for key, values in extra.items()})
         by_row[row] = entry
     source = ImageSource([ImageRecord(str(p), 0) for p in paths], names)
     results = [
@@ -552,6 +562,7 @@ def predict_finetuned(
         "backbone": loaded.metadata.get("backbone"),
         "label_names": list(names),
         "predictions": results,
+        **said,  # coverage, unfamiliar_threshold
     }
 
 

@@ -139,8 +139,20 @@ def predict(
     are made at the model's own precision, and a ``precision`` other than that is refused.
     Images under a labelled folder (one sub-folder per class, named as the model's classes) also
     get their ``true`` class, and the result the ``accuracy`` over them; ``out`` (a ``.png``)
-    then receives their confusion matrix with the class names.
+    then receives their confusion matrix with the class names. ``csv`` also writes one row per
+    image to that file (:func:`write_csv`); the result's ``csv`` is its path.
     """
+    if options.csv is not None:
+        check_csv(options.csv, images)
+    result = _predict(model_path, images, options)
+    if options.csv is not None:
+        result["csv"] = str(write_csv(result, options.csv))
+    return result
+
+
+def _predict(
+    model_path: str | Path, images: list[str] | tuple[str, ...], options: PredictOptions
+) -> dict[str, Any]:
     from ..trainer.saved import is_finetuned
 
     batch_size, top, runtime, precision = (
@@ -153,16 +165,12 @@ def predict(
     if is_finetuned(model_path) or (  # a classifier saved by `transferkit finetune`
         Path(model_path).is_file() and identify_file(model_path) == "keras"
     ):
-        if options.coverage is not None:
-            raise UsageError(
-                f"{model_path} is a fine-tuned model, which keeps no conformal scores; "
-                "--coverage needs a model saved by `transferkit train --out`"
-            )
         from .finetune import predict_finetuned
 
         result = predict_finetuned(
-            model_path, image_paths(images), batch_size=batch_size, top=top, runtime=runtime
-        )
+            model_path, image_paths(images), batch_size=batch_size, top=top, runtime=runtime,
+            coverage=options.coverage,
+        )  # fmt: skip
         return with_truth(result, images, options.out)
     saved = load_model(model_path, trust=options.trust)
     check_precision(saved, precision, model_path)
@@ -318,3 +326,51 @@ def with_truth(
         )  # fmt: skip
         result["confusion"] = str(path)
     return result
+
+
+CSV_FIELDS = ("path", "label", "probability", "ood_score", "unfamiliar", "prediction_set", "status")
+
+
+def check_csv(path: str | Path, images: list[str] | tuple[str, ...]) -> None:
+    """Before any work: refuse a ``--csv`` path that is or touches an input, or an existing file
+    that is not a predictions CSV transferkit wrote (its first line is :data:`CSV_FIELDS`)."""
+    from ..outputs import check_outside_inputs, check_writable, refuse_replacing
+
+    check_outside_inputs(path, list(images), "predictions file")
+    if os.path.lexists(path):
+        try:
+            with open(path, encoding="utf-8", newline="") as fh:
+                first = fh.readline().strip()
+        except (OSError, UnicodeDecodeError):
+            first = ""
+        if first != ",".join(CSV_FIELDS):
+            raise refuse_replacing(path, "predictions file", "a predictions CSV transferkit wrote")
+    check_writable(path)
+
+
+def write_csv(result: dict[str, Any], path: str | Path) -> Path:
+    """One row per image of ``result`` (:data:`CSV_FIELDS`; a field the model does not give is
+    empty, a skipped image has its reason as ``status``), written atomically."""
+    import csv
+    import io
+
+    from ..outputs import atomic_write_text
+
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(CSV_FIELDS))
+    writer.writeheader()
+    for p in result["predictions"]:
+        ok = p["status"] == "ok"
+        chosen = p.get("prediction_set")
+        writer.writerow(
+            {
+                "path": p["path"],
+                "label": p.get("label", ""),
+                "probability": "" if p.get("probability") is None else f"{p['probability']:.6f}",
+                "ood_score": f"{p['ood_score']:.6f}" if "ood_score" in p else "",
+                "unfamiliar": str(p["unfamiliar"]).lower() if "unfamiliar" in p else "",
+                "prediction_set": "|".join(chosen) if chosen is not None else "",
+                "status": "ok" if ok else f"skipped: {p.get('reason', '')}",
+            }
+        )
+    return atomic_write_text(path, table.getvalue())

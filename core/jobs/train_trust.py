@@ -6,8 +6,11 @@ Held-out probabilities come from stratified, seeded folds of the training rows (
 most the smallest class's count): each fold's rows are scored by a copy fitted on the others.
 ``temperature`` fits one temperature on them; ``sigmoid`` and ``isotonic`` are scikit-learn's
 ``CalibratedClassifierCV`` over the same folds, whose own held-out probabilities (for the
-conformal scores) take one more round of folds. Nothing here is computed unless it is asked for:
-the folds only when calibrating or when a saved model keeps conformal scores.
+conformal scores) take one more round of folds. A calibration is kept only when it lowers the
+expected calibration error of the held-out probabilities (measured on the folds, never on the
+test rows); otherwise the uncalibrated model is kept (``calibration_status: skipped``). Nothing
+here is computed unless it is asked for: the folds only when calibrating or when a saved model
+keeps conformal scores.
 """
 
 from __future__ import annotations
@@ -101,29 +104,18 @@ def add_trust(
         wants_sets = False
     kept = fitted
     held: np.ndarray | None = None
-    if calibrate == "temperature" or (wants_sets and not calibrate):
+    if calibrate or wants_sets:
         held = out_of_fold(model, X_train, y_train, classes, splitter)
-        if calibrate == "temperature":
-            temperature = fit_temperature(held, y_train)
-            kept = TemperatureScaled(fitted, temperature)
-            held = temper(held, temperature)
-            added["temperature"] = temperature
-    elif calibrate:
-        kept = _calibrated(model, calibrate, splitter).fit(X_train, y_train)
-        if wants_sets:
-            held = out_of_fold(
-                _calibrated(model, calibrate, _folds(y_train, 3, options.seed)),
-                X_train,
-                y_train,
-                classes,
-                splitter,
-            )
-    if calibrate:
+    if calibrate and held is not None:
+        kept, held = _calibrate(model, fitted, calibrate, held, (X_train, y_train, classes),
+                                splitter, options, added)  # fmt: skip
         added["ece_before"] = added["ece"]
         added["ece"] = ece(estimators.predict_proba(kept, X_test, classes), y_test)
         added["calibration"] = calibrate
-        log.info(f"calibrated ({calibrate}): ECE {added['ece_before']:.4f} -> {added['ece']:.4f}")
-        if added["ece"] > added["ece_before"]:
+        if kept is not fitted:
+            log.info(f"calibrated ({calibrate}): ECE {added['ece_before']:.4f} -> "
+                     f"{added['ece']:.4f}")  # fmt: skip
+        if kept is not fitted and added["ece"] > added["ece_before"]:
             log.warning(
                 f"warning: {calibrate} calibration raised the test rows' calibration error "
                 f"({added['ece_before']:.4f} -> {added['ece']:.4f}); with few rows a calibration "
@@ -134,6 +126,49 @@ def add_trust(
     if saving and options.reference_size > 0:
         trust.update(_reference(X_train, options))
     return kept, added, trust
+
+
+def _calibrate(
+    model: Any,
+    fitted: Any,
+    method: str,
+    held: np.ndarray,
+    rows: tuple[np.ndarray, np.ndarray, np.ndarray],
+    splitter: Any,
+    options: TrainOptions,
+    added: dict[str, Any],
+) -> tuple[Any, np.ndarray]:
+    """``(the estimator to keep, its held-out probabilities)``: the calibrated one when its
+    held-out probabilities' ECE is lower than the uncalibrated ones' (``held``), else
+    ``fitted`` itself. Both ECEs are measured on the held-out folds, never on the test rows:
+    the temperature of each fold is fitted on the other folds' held-out probabilities, and
+    sigmoid/isotonic are cross-validated inside each fold. ``added`` receives
+    ``calibration_status`` (``kept``/``skipped``), ``folds_ece_before`` and ``folds_ece``."""
+    X, y, classes = rows
+    if method == "temperature":
+        temperature = fit_temperature(held, y)
+        candidate: Any = TemperatureScaled(fitted, temperature)
+        crossed = np.empty_like(held)
+        for fit_rows, fold in splitter.split(X, y):
+            crossed[fold] = temper(held[fold], fit_temperature(held[fit_rows], y[fit_rows]))
+        calibrated_held = temper(held, temperature)  # the saved model's held-out probabilities
+        added["temperature"] = temperature
+    else:
+        candidate = _calibrated(model, method, splitter).fit(X, y)
+        inner = _folds(y, 3, options.seed)
+        crossed = out_of_fold(_calibrated(model, method, inner), X, y, classes, splitter)
+        calibrated_held = crossed
+    before, after = ece(held, y), ece(crossed, y)
+    added.update(folds_ece_before=before, folds_ece=after)
+    if after < before:
+        added["calibration_status"] = "kept"
+        return candidate, calibrated_held
+    added["calibration_status"] = "skipped"
+    log.warning(
+        f"calibration skipped: {method} did not lower the calibration error on held-out folds "
+        f"({before:.4f} -> {after:.4f}); the uncalibrated model is kept"
+    )
+    return fitted, held
 
 
 def _reference(X: np.ndarray, options: Any) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .. import trustvalues as tv
 from ..errors import UsageError
 from .fields import (
     Options,
@@ -67,7 +68,10 @@ class ServeOptions(Options):
         "Allow loading a pickled model (river), which can run code: only for your own files.",
     )
 
+    coverage: float | None = option(None, tv.COVERAGE_HELP)
+
     def __post_init__(self) -> None:
+        tv.check_coverage(self.coverage)
         for name in ("max_batch", "max_body", "max_pixels", "max_images", "top"):
             check_positive(getattr(self, name), f"--{name.replace('_', '-')}")
         check_positive(self.read_timeout, "--read-timeout")

@@ -223,6 +223,7 @@ class PredictOptions(Options):
         kind="file",
     )
     coverage: float | None = option(None, tv.COVERAGE_HELP)
+    csv: str | None = option(None, tv.CSV_HELP, kind="file")
 
     def __post_init__(self) -> None:
         if self.precision is not None:

@@ -162,6 +162,9 @@ class FinetuneOptions(Options):
                                      "(default), tensorboard, mlflow.", kind="many")  # fmt: skip
     logger_dir: str | None = option(None, "Where loggers write: a folder (default OUT), or a "
                                     "tracking URI for mlflow.")  # fmt: skip
+    conformal: bool = option(True, tv.FINETUNE_CONFORMAL_HELP, negatable=True)
+    reference_size: int = option(1000, tv.REFERENCE_HELP)
+    unfamiliar_quantile: float = option(0.99, tv.QUANTILE_HELP)
     calibrate: bool = option(False, "Fit the head's temperature on the validation split.")
     frozen_cache: bool = option(True, "Train on the frozen part's cached output where that is "
                                 "exact (augment none or flip).", negatable=True)  # fmt: skip
@@ -186,6 +189,7 @@ class FinetuneOptions(Options):
         self._set("split", tuple(float(v) for v in self.split))
         self._set("callbacks", tuple(self.callbacks))
         tv.check_calibrate_split(self.calibrate, self.split)
+        tv.check_trust(self)
         if self.pooling is not None:
             self._set("pooling", parse_pooling(self.pooling))
 

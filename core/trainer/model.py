@@ -236,7 +236,13 @@ class TransferModel:
 
     # ------------------------------------------------------------------ export
 
-    def export(self, path: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
+    def export(
+        self,
+        path: str | Path,
+        *,
+        extra: dict[str, Any] | None = None,
+        files: dict[str, bytes] | None = None,
+    ) -> Path:
         """Save a ``.keras`` classifier that takes float RGB 0..255 images at ``input_size`` and
         carries its label names and preprocessing (its reader:
         :func:`transferkit.trainer.saved.load_finetuned`).
@@ -245,7 +251,8 @@ class TransferModel:
         (when it is affine) as ``Rescaling`` or a frozen ``Dense(3)``, the head's pooling as
         ``GlobalAveragePooling2D``, no gradient scale, and an ``Identity`` named ``labels`` at the
         end. So ``keras.saving.load_model(path)`` loads it in safe mode without transferkit. The
-        label names and metadata travel in the file as ``transferkit.json`` next to Keras' own.
+        label names and metadata travel in the file as ``transferkit.json`` next to Keras' own;
+        ``files`` (name -> bytes) are written beside it in the same archive.
         """
         import zipfile
 
@@ -282,6 +289,8 @@ class TransferModel:
             sidecar = {"label_names": self.label_names, "metadata": metadata}
             with zipfile.ZipFile(tmp, "a") as archive:
                 archive.writestr(METADATA_FILE, json.dumps(sidecar, indent=2, default=str))
+                for name, data in (files or {}).items():
+                    archive.writestr(name, data)
         return path
 
     def _resize_metadata(self) -> dict[str, Any]:

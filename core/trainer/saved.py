@@ -73,23 +73,31 @@ class FinetunedModel:
         return [self.label_names[i] for i in self.predict_proba(images, batch_size).argmax(1)]
 
     def predict_files(
-        self, paths: Sequence[str], batch_size: int = 32, *, runtime: str = "keras"
+        self,
+        paths: Sequence[str],
+        batch_size: int = 32,
+        *,
+        runtime: str = "keras",
+        forward: Any = None,
+        width: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(probabilities, rows)`` for image files through the input pipeline; ``rows`` are the
         indices of the files that decoded (the others are skipped). ``runtime`` names an
         inference runtime (``openvino``, ``litert``, a plugin's) to run the whole classifier
-        on; ``keras`` and ``auto`` call the Keras model."""
+        on; ``keras`` and ``auto`` call the Keras model. ``forward`` (giving ``width`` values
+        per image) replaces the model's own."""
         from ..pipeline import map_files
 
-        forward: Any = lambda images: self.model(images, training=False)  # noqa: E731
-        if runtime not in ("keras", "auto", "", None):
+        if forward is None and runtime not in ("keras", "auto", "", None):
             forward = self.runtime_forward(runtime, len(paths), batch_size)
+        elif forward is None:
+            forward = lambda images: self.model(images, training=False)  # noqa: E731
         return map_files(
             forward,
             paths,
             input_size=self.input_size,
             preprocess=self._preprocess,
-            width=len(self.label_names),
+            width=width or len(self.label_names),
             batch_size=batch_size,
             resize=self.resize,
         )
