@@ -57,6 +57,30 @@ def test_sweep_suggests_a_rate_and_restores_the_model() -> None:
     assert result["epochs"] > 0
 
 
+def test_the_sweep_begins_at_the_start_state_and_restores_what_was_before_it() -> None:
+    from transferkit.trainer import ArrayDataModule, Trainer, TransferModel, seed_everything
+
+    seed_everything(0)
+    images, labels, names = digits(64, 4)
+    data = ArrayDataModule(images, labels, names, seed=0, batch_size=16, augment="none")
+    model = TransferModel(tiny_backbone(), "linear", num_classes=4, label_names=names)
+    before = [np.asarray(v.numpy()) for v in model.network.variables]
+    started = []
+
+    def start(trainer: Trainer) -> None:  # a head of zeros: every class 1/4, loss ln 4
+        started.append(trainer.strategy.phase.name)
+        for weight in model.head.layers[-1].weights:
+            weight.assign(np.zeros(weight.shape, np.float32))
+
+    found = Trainer(seed=0, enable_progress=False).lr_find(
+        model, data, "warmup-unfreeze", min_lr=1e-8, max_lr=1e-7, num_training=3, start=start
+    )
+    assert started == ["warmup"]
+    assert found.losses[0] == pytest.approx(math.log(4), rel=1e-4)
+    for a, b in zip(before, [np.asarray(v.numpy()) for v in model.network.variables], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def _folder(tmp_path: Path) -> Path:
     from imagefiles import make_folder
 
@@ -80,6 +104,18 @@ def test_lr_find_command_writes_the_plot_and_the_json(tiny: str, tmp_path: Path)
     assert len(saved["learning_rates"]) == len(saved["losses"]) <= 12
     assert (out / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
     assert not (out / "model.keras").exists()
+
+
+def test_lr_find_sweeps_from_the_probe_head_as_the_run_starts(tiny: str, tmp_path: Path) -> None:
+    folder, first = _folder(tmp_path), {}
+    for strategy in ("warmup-unfreeze", "head-only"):  # the first starts at the linear probe
+        out = tmp_path / strategy
+        result = invoke_cli("lr-find", str(folder), "-b", tiny, "-s", strategy, *SMALL,
+                            "--num-training", "3", "--min-lr", "1e-7", "--max-lr", "1e-6", "-o",
+                            str(out))  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        first[strategy] = json.loads((out / "lr_find.json").read_text())["losses"][0]
+    assert first["warmup-unfreeze"] < 0.9 * first["head-only"], first
 
 
 def test_finetune_learning_rate_auto_trains_with_the_suggestion(tiny: str, tmp_path: Path) -> None:

@@ -276,7 +276,7 @@ def finetune(
             **_trainer_options(options, distribution),
         )
         if auto_lr or isinstance(options, LrFindOptions):
-            found = _lr_find(trainer, model, data, strategy_obj, options, out)
+            found = _lr_find(trainer, model, data, strategy_obj, options, out, probe_init)
             if isinstance(options, LrFindOptions):
                 return {**found, "seconds": round(time.perf_counter() - start, 3)}
             strategy_options["learning_rate"] = found["phase_learning_rates"]
@@ -338,7 +338,13 @@ def finetune(
 
 
 def _lr_find(
-    trainer: Any, model: Any, data: Any, strategy: Any, options: FinetuneOptions, out: Path
+    trainer: Any,
+    model: Any,
+    data: Any,
+    strategy: Any,
+    options: FinetuneOptions,
+    out: Path,
+    probe_init: bool = False,
 ) -> dict[str, Any]:
     """The lr-find sweep of the first phase (``lr-find``, ``--learning-rate auto``), its plot
     and JSON in ``out``; ``phase_learning_rates``: the suggestion, then the later phases' rates (as
@@ -346,7 +352,10 @@ def _lr_find(
     from ..trainer.lr_find import save_lr_find
 
     sweep = options if isinstance(options, LrFindOptions) else LrFindOptions()
-    found = trainer.lr_find(model, data, strategy, **{k: getattr(sweep, k) for k in SWEEP_KEYS})
+    start = (lambda t: _probe_head(t.model, t.data)) if probe_init else None  # as fit starts
+    found = trainer.lr_find(
+        model, data, strategy, start=start, **{k: getattr(sweep, k) for k in SWEEP_KEYS}
+    )
     if found.suggestion is None:
         raise UsageError(
             "lr-find found no learning rate where the loss falls; widen --min-lr/--max-lr or "

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -106,9 +107,12 @@ def run_lr_find(
     num_training: int = 100,
     early_stop_threshold: float | None = 4.0,
     beta: float = 0.98,
+    start: Callable[[Trainer], Any] | None = None,
 ) -> LrFindResult:
     """The sweep on ``trainer.model`` and ``trainer.data`` with ``trainer.strategy``'s first
-    phase (the Trainer set them; :meth:`Trainer.lr_find` is the entry point)."""
+    phase (the Trainer set them; :meth:`Trainer.lr_find` is the entry point). ``start`` puts the
+    model in the run's start state once the phase's layers are frozen (``finetune`` starts the
+    head at the linear probe, as its ``fit`` does); the model is restored from before it."""
     import keras
 
     check_sweep(min_lr, max_lr, num_training)
@@ -121,6 +125,8 @@ def run_lr_find(
         strategy.freeze_before_training(model)
         strategy.skip_empty_phases(0)
         strategy.on_epoch_start(model, 0)
+        if start is not None:
+            start(trainer)
         phase = strategy.phase
         model.set_base_lr_multiplier(phase.base_lr_multiplier)
         optimizer = gradient_options(

@@ -178,7 +178,8 @@ class Trainer:
     ) -> Any:
         """The learning-rate range test for the first phase of ``strategy`` (see
         :mod:`transferkit.trainer.lr_find`: ``min_lr``, ``max_lr``, ``num_training``,
-        ``early_stop_threshold``); the model is put back as it was. Returns an
+        ``early_stop_threshold``, and ``start``, called with the Trainer to set the run's start
+        state before the sweep); the model is put back as it was. Returns an
         :class:`~transferkit.trainer.lr_find.LrFindResult` (``.suggestion``, the curve)."""
         self._reset_state()
         self.model, self.data = model, data
