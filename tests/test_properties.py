@@ -58,8 +58,8 @@ def test_any_text_parses_to_a_size_in_range_or_is_refused(text: str) -> None:
         return
     h, w = size
     assert min(h, w) >= MIN_INPUT_SIDE and max(h, w) <= MAX_INPUT_SIDE
-    # what was accepted is N or HxW, nothing more: digits, one separator, spaces
-    canonical = text.strip().lower().replace(" ", "")
+    # what was accepted is N or HxW, nothing more: digits, one separator, ASCII white space
+    canonical = re.sub(r"[ \t\n\r\f\v]", "", text).lower()
     assert set(canonical) <= set(string.digits + "x,"), text
     parts = [int(p) for p in re.split("[x,]", canonical)]
     assert parts in ([h, w], [h]) and (len(parts) == 2 or h == w), text
