@@ -265,20 +265,7 @@ class Trainer:
 
     def _run_fit(self, ckpt_path: str | Path | None) -> dict[str, Any]:
         model, data, strategy = self.model, self.data, self.strategy
-        self._check_precision(model)
-        if self.reseed:
-            seed_everything(self.seed, deterministic=self.deterministic)
-        elif self.deterministic:
-            deterministic_ops()
-        self._setup_data()
-        self.distribution.check_model(model.network)
-        if data.num_classes != model.num_classes:
-            raise UsageError(
-                f"the data has {data.num_classes} classes but the model's head has "
-                f"{model.num_classes}; build the model with num_classes={data.num_classes}"
-            )
-        model.set_augmentation(data.augmentation_layer(seed=self.seed))
-        strategy.setup(model)
+        self._prepare_run(model, data, strategy)
         if self.limits.fast_dev_run:  # one epoch per phase
             for phase in strategy.phases:
                 phase.epochs = min(int(phase.epochs), 1)
@@ -318,13 +305,15 @@ class Trainer:
         self._call_callback_hooks("on_fit_end", result)
         return result
 
-    def _run_lr_find(self, sweep: dict[str, Any]) -> Any:
-        from .lr_find import run_lr_find
-
-        model, data = self.model, self.data
+    def _prepare_run(self, model: TransferModel, data: DataModule, strategy: Any) -> None:
+        """What ``fit`` and ``lr_find`` do before their first step: the precision check, the
+        seed, the data set up, the model checked against the devices and the data's classes,
+        the augmentation, the strategy's setup."""
         self._check_precision(model)
         if self.reseed:
             seed_everything(self.seed, deterministic=self.deterministic)
+        elif self.deterministic:
+            deterministic_ops()
         self._setup_data()
         self.distribution.check_model(model.network)
         if data.num_classes != model.num_classes:
@@ -333,7 +322,12 @@ class Trainer:
                 f"{model.num_classes}; build the model with num_classes={data.num_classes}"
             )
         model.set_augmentation(data.augmentation_layer(seed=self.seed))
-        self.strategy.setup(model)
+        strategy.setup(model)
+
+    def _run_lr_find(self, sweep: dict[str, Any]) -> Any:
+        from .lr_find import run_lr_find
+
+        self._prepare_run(self.model, self.data, self.strategy)
         return run_lr_find(self, **sweep)
 
     def _phase_begins_now(self) -> bool:
