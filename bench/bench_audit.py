@@ -368,6 +368,25 @@ def run_scale(rows: int, args: argparse.Namespace) -> dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def target_lines(found: dict[str, Any], coverage: float) -> list[str]:
+    """Each of the issue's targets against what this set gave: met or NOT met."""
+
+    def said(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    eces = [v for k, v in found.items() if k.startswith("ece_") and k != "ece_before"]
+    ece = min(eces) if eces else float("nan")
+    cover = found.get("random_coverage_clean", float("nan"))
+    return [
+        f"label-issue recall at 2k >= 0.8: {said(found['labels_recall_at_2k'] >= 0.8)}",
+        f"exact-copy leakage recall 1.0: {said(found['leakage_recall_exact'] == 1.0)}",
+        f"ECE after calibration <= 0.05 and <= before: "
+        f"{said(ece <= 0.05 and ece <= found.get('ece_before', 0.0))} ({ece:.4f})",
+        f"foreign OOD AUROC >= 0.98: {said(found['ood_auroc_foreign'] >= 0.98)}",
+        f"coverage within 0.02 of {coverage}: {said(abs(cover - coverage) <= 0.02)} ({cover:.4f})",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sets", default="digits,photos")
@@ -407,6 +426,8 @@ def main() -> None:
             print(
                 f"  {key:<28} {value:.4f}" if isinstance(value, float) else f"  {key:<28} {value}"
             )
+        for line in target_lines(found, args.coverage):
+            print(f"  target: {line}")
     for rows in [int(r) for r in args.rows.split(",") if r]:
         found = run_scale(rows, args)
         print(f"\nscale, {rows} rows x 1280: {json.dumps(found)}", flush=True)

@@ -160,6 +160,9 @@ def main() -> None:
                     flush=True,
                 )
                 rows.append({"runtime": runtime, "concurrency": c, **m, "ratio": ratio})
+                if c == 32:
+                    met = "met" if ratio >= 0.8 else "NOT met"
+                    print(f"{runtime:9s} target at c32: at least 0.8x of predict: {met}")
             rows.append({"runtime": runtime, "predict_before": before, "predict_after": after})
     print(f"load after: {load()}")
     print(json.dumps(rows))

@@ -224,6 +224,10 @@ def main() -> None:
             f"{statistics.median(busy):.0%} ({', '.join(f'{x:.0%}' for x in busy)}); "
             f"identical scores: {same}"
         )
+        if variant == "default":
+            met = statistics.median(ratios) >= 1.8 and same
+            print(f"{'':14} target: at least 1.8x with identical scores: "
+                  f"{'met' if met else 'NOT met'}")  # fmt: skip
     print(f"best: {first['best']}")
     if "serial" in results:
         serial_pairs = [
