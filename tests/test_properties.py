@@ -271,9 +271,10 @@ def store_schemas(draw: Any) -> dict[str, Any]:
             arrays["labels"] = arrays["labels"].astype(np.float64)
         elif fault == "labels-2d" and "labels" in arrays:
             arrays["labels"] = arrays["labels"].reshape(-1, 1)
-        elif fault in ("label-outside-names", "label-negative") and n and "labels" in arrays:
-            arrays["labels"] = arrays["labels"].copy()
-            arrays["labels"][draw(st.integers(0, n - 1))] = k if fault[6] == "o" else -1
+        elif fault in ("label-outside-names", "label-negative") and len(arrays.get("labels", ())):
+            arrays["labels"] = arrays["labels"].copy()  # (an earlier fault may have emptied it)
+            row = draw(st.integers(0, len(arrays["labels"]) - 1))
+            arrays["labels"][row] = k if fault[6] == "o" else -1
         elif fault == "rows-attr-more":
             attrs["rows"] = n + draw(st.integers(1, 3))
         elif fault == "rows-attr-less":
