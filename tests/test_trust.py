@@ -81,6 +81,19 @@ def test_train_calibrates_and_reports_ece(digits_store: Path, tmp_path: Path, me
         assert result["folds_ece"] < result["folds_ece_before"]
 
 
+def test_a_calibration_kept_needs_its_least_gain_on_held_out_folds(
+    digits_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the temperature that lowers the logistic regression's held-out error above is not kept
+    # when the least gain asked for is larger than what it gives
+    from transferkit.jobs import train_trust
+
+    monkeypatch.setattr(train_trust, "MIN_GAIN", 0.5)
+    result = api.train(digits_store, classifier="logistic-regression", calibrate="temperature")
+    assert result["folds_ece"] < result["folds_ece_before"]
+    assert result["calibration_status"] == "skipped" and result["ece"] == result["ece_before"]
+
+
 def test_a_calibration_that_does_not_help_on_held_out_folds_is_skipped(
     digits_store: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
