@@ -421,7 +421,7 @@ def map_files(
         )
 
     # the files are read when the dataset is iterated, so inside a `with reuse.kept():` block a
-    # caller that writes new images under the same names (a server's slots) reuses the pipeline
+    # caller that writes new images under the same names reuses the pipeline
     # instead of tracing it again; ``preprocess`` is then a kept backbone's (its id is stable)
     key = ("map-files", tuple(map(str, paths)), tuple(input_size), id(preprocess), batch_size,
            str(resize))  # fmt: skip

@@ -19,16 +19,18 @@ image, empty or truncated gets 400; a body over ``max_body`` bytes or an image o
 body 408; an unknown route 404, a wrong method 405; another content type 415. The server keeps
 serving after each.
 
-Images are predicted by :func:`transferkit.jobs.predict.predict` itself, so an answer is the
-same as the command line's: the request handlers check an image's header (and its pixel count)
-and write its bytes into the server's own temporary folder under a name the server chooses
-(nothing in a request names a file on the server, and only the model given at start is ever
-loaded, never a pickle that a request brings); the :class:`Batcher` collects the images of
-concurrent requests, up to ``max_batch``, or until ``max_wait_ms`` pass without a new one,
-and one thread runs each batch through ``predict``: one forward pass of the network for the
-batch. The network and the model are built once (:func:`transferkit.reuse.kept`), and so is the
-input pipeline of each bucket of batch sizes (1, 2, 4, ... ``max_batch``: a batch's images go by
-fixed slot names, padded with empty files that the pipeline skips unread), at start.
+An answer is the one ``transferkit predict`` gives, made by the same functions: the request
+handler decodes and resizes its image off the event loop, as ``predict``'s input pipeline does
+(:func:`transferkit.pipeline.decode_resized`: the same header check, decoders and resize; its
+pixel count checked first), so nothing in a request names a file on the server, and only the
+model given at start is ever loaded, never a pickle that a request brings. The
+:class:`Batcher` collects the images of concurrent requests, up to ``max_batch``, or until
+``max_wait_ms`` pass without a new one, and one thread runs each batch: the arrays stacked and
+preprocessed, one forward pass of the network on the runtime (its ``tf.function``, compiled
+model or interpreter, built and warmed up once at start inside
+:func:`transferkit.reuse.kept`), and each image's answer made by ``predict``'s own functions
+(label, probability, top-k, ``ood_score``, ``unfamiliar``, ``prediction_set``). While a batch
+runs, the next requests are decoded.
 
 SIGINT and SIGTERM stop the server: it stops accepting, lets the requests in flight finish,
 and returns (no traceback).
