@@ -203,9 +203,9 @@ class ServedModel:
 
 class Batcher:
     """Collects the images of concurrent requests into batches: up to ``max_batch`` images, or
-    until ``max_wait`` seconds pass without a new one (at most ``10 * max_wait`` after the
-    first), whichever comes first; ``run`` (a list of decoded images -> their answers) runs
-    each batch in one worker thread, so batches never overlap."""
+    until ``max_wait`` seconds pass without a new one while none is being decoded (at most
+    ``10 * max_wait`` after the first), whichever comes first; ``run`` (a list of decoded
+    images -> their answers) runs each batch in one worker thread, so batches never overlap."""
 
     def __init__(
         self, run: Callable[[list[Any]], list[dict[str, Any]]], max_batch: int, max_wait: float
@@ -215,6 +215,7 @@ class Batcher:
         self.max_wait = max_wait
         self.sizes: list[int] = []  # the size of each batch run
         self.in_flight = 0  # images submitted and not yet answered
+        self.decoding = 0  # images of requests read and still being decoded
         self._queue: asyncio.Queue[tuple[Any, asyncio.Future[dict[str, Any]]]] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="transferkit-batch")
         self._task: asyncio.Task[None] | None = None
@@ -249,7 +250,9 @@ class Batcher:
             # server parses one after the other still makes one batch
             cap = loop.time() + 10 * self.max_wait
             while len(batch) < self.max_batch:
-                left = min(cap, loop.time() + self.max_wait) - loop.time()
+                # images still being decoded are on their way: wait for them up to the cap
+                until = cap if self.decoding else min(cap, loop.time() + self.max_wait)
+                left = until - loop.time()
                 try:
                     if left <= 0:
                         batch.append(self._queue.get_nowait())
@@ -354,9 +357,21 @@ def build_app(served: ServedModel) -> Any:
             raise RequestError(413, f"the body is over the limit of {options.max_body} bytes")
         body = await read_body(request.stream(), options)
         parts = [("", body)] if kind.startswith("image/") else await _parts(request, body)
-        # decoded and resized here, off the event loop, while the network runs other batches
-        images = [await run_in_threadpool(served.decode, data, name) for name, data in parts]
-        answers = await state["batcher"].submit(images)
+        # decoded and resized here, off the event loop (the parts of a multipart body at once),
+        # while the network runs other batches; the first part refused, in order, answers
+        batcher = state["batcher"]
+        batcher.decoding += len(parts)
+        try:
+            decoded = await asyncio.gather(
+                *(run_in_threadpool(served.decode, data, name) for name, data in parts),
+                return_exceptions=True,
+            )
+        finally:
+            batcher.decoding -= len(parts)
+        for image in decoded:
+            if isinstance(image, BaseException):
+                raise image
+        answers = await batcher.submit(list(decoded))
         for (name, _), answer in zip(parts, answers, strict=True):
             if "error" in answer:
                 raise RequestError(400, answer["error"] + (f" ({name})" if name else ""))

@@ -310,6 +310,16 @@ def test_bad_input_gets_a_json_4xx_and_the_server_keeps_serving(
     assert good.status_code == 200 and good.json()["label"] in CLASSES
 
 
+def test_the_first_bad_part_of_a_multipart_body_is_named(server: Any) -> None:
+    client, _ = server()
+    parts = (("good.png", png()), ("bad.png", b"nope"), ("empty.png", b""))
+    files = [("images", (name, data, "image/png")) for name, data in parts]
+    answer = client.post("/predict", files=files)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"] == "not an image (bad.png)"
+    assert client.get("/health").json()["in_flight"] == 0
+
+
 def test_unknown_routes_and_methods_get_json(server: Any) -> None:
     client, _ = server()
     missing = client.get("/models/../../etc/passwd")
