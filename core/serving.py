@@ -42,6 +42,7 @@ import asyncio
 import contextlib
 import io
 import logging
+import os
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -169,15 +170,17 @@ class ServedModel:
             raise RequestError(status, f"{exc.reason}{where}") from None
 
     def warm_up(self) -> None:
-        """Run the network on a grey image, alone and in a full batch; a model that cannot
-        predict it stops the server here."""
+        """Run the network on a grey image in batches of 1 to 8 and in a full batch, so that a
+        runtime that compiles a network per shape (OpenVINO, for the last, shorter slice of a
+        batch) does so before the first request; a model that cannot predict it stops the
+        server here."""
         import numpy as np
         from PIL import Image
 
         grey = io.BytesIO()
         Image.fromarray(np.full((*self.input_size, 3), 128, np.uint8)).save(grey, format="PNG")
         image = self.decode(grey.getvalue())
-        for rows in sorted({1, self.options.max_batch}):
+        for rows in sorted({*range(1, min(8, self.options.max_batch) + 1), self.options.max_batch}):
             try:
                 self.answer([image] * rows)
             except TransferkitError:
@@ -315,6 +318,8 @@ def build_app(served: ServedModel) -> Any:
 
     options = served.options
     state: dict[str, Batcher] = {}
+    # decoding is CPU work: one thread per core, as the input pipeline's parallel map has
+    decoders: list[ThreadPoolExecutor] = []
 
     def error(status: int, message: str, **extra: Any) -> JSONResponse:
         return JSONResponse({"error": message, "status": status, **extra}, status_code=status)
@@ -345,8 +350,6 @@ def build_app(served: ServedModel) -> Any:
         )
 
     async def predict(request: Request) -> JSONResponse:
-        from starlette.concurrency import run_in_threadpool
-
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if not (kind.startswith("image/") or kind == "multipart/form-data"):
             raise RequestError(
@@ -359,11 +362,11 @@ def build_app(served: ServedModel) -> Any:
         parts = [("", body)] if kind.startswith("image/") else await _parts(request, body)
         # decoded and resized here, off the event loop (the parts of a multipart body at once),
         # while the network runs other batches; the first part refused, in order, answers
-        batcher = state["batcher"]
+        batcher, pool, loop = state["batcher"], decoders[0], asyncio.get_running_loop()
         batcher.decoding += len(parts)
         try:
             decoded = await asyncio.gather(
-                *(run_in_threadpool(served.decode, data, name) for name, data in parts),
+                *(loop.run_in_executor(pool, served.decode, data, name) for name, data in parts),
                 return_exceptions=True,
             )
         finally:
@@ -430,10 +433,12 @@ def build_app(served: ServedModel) -> Any:
         batcher = Batcher(served.answer, options.max_batch, options.max_wait_ms / 1000)
         batcher.start()
         state["batcher"] = batcher
+        decoders.append(ThreadPoolExecutor(os.cpu_count() or 1, "transferkit-decode"))
         try:
             yield
         finally:
             await batcher.close()
+            decoders.pop().shutdown(wait=True)
 
     app = Starlette(
         routes=[
