@@ -152,13 +152,17 @@ def decode_image(path_or_bytes: Any, *, max_pixels: int | None = None) -> np.nda
 _PNG_END = b"IEND\xaeB`\x82"
 
 
-def _ends_whole(path: str, fmt: str) -> bool:
-    """Whether a JPEG ends with its EOI marker, or a PNG with its IEND chunk."""
-    with open(path, "rb") as fh:
-        fh.seek(0, os.SEEK_END)
-        size = fh.tell()
-        fh.seek(max(0, size - 8))
-        tail = fh.read()
+def _ends_whole(path: Any, fmt: str) -> bool:
+    """Whether a JPEG ends with its EOI marker, or a PNG with its IEND chunk (``path`` may be
+    the file's bytes)."""
+    if isinstance(path, bytes | bytearray | memoryview):
+        tail = bytes(path[-8:])
+    else:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 8))
+            tail = fh.read()
     return tail.endswith(b"\xff\xd9") if fmt == "JPEG" else tail.endswith(_PNG_END)
 
 
@@ -173,8 +177,9 @@ def probe_image(path: str, *, max_pixels: int | None = None) -> str:
     return probe_image_size(path, max_pixels=max_pixels)[0]
 
 
-def probe_image_size(path: str, *, max_pixels: int | None = None) -> tuple[str, int, int]:
-    """:func:`probe_image`'s answer with the stored width and height."""
+def probe_image_size(path: Any, *, max_pixels: int | None = None) -> tuple[str, int, int]:
+    """:func:`probe_image`'s answer with the stored width and height (``path`` may be the
+    file's bytes, as :func:`decode_image` takes them)."""
     im, name = _open(path)
     try:
         _check_pixels(im, name, max_pixels)

@@ -74,7 +74,7 @@ def _probe_and_load(
     return probe
 
 
-def _header_code(path: str, max_pixels: int | None, target: int, fast_jpeg: bool) -> int:
+def _header_code(path: Any, max_pixels: int | None, target: int, fast_jpeg: bool) -> int:
     """How the file at ``path`` is decoded, from its header: a JPEG scale's index, ``PNG``,
     ``PILLOW`` or ``SKIP``. The one header check of every pass (ordered or shuffled, ahead or
     inline). Never raises: a header check that fails for any other reason than the file being
@@ -263,20 +263,12 @@ def image_dataset(
         def jpeg(ratio: int) -> Callable[[], Any]:
             def decode_jpeg() -> Any:
                 data = tf.io.read_file(tf.gather(paths_t, index))
-                # the accurate integer DCT is what Pillow (libjpeg's default) uses
-                img = tf.io.decode_jpeg(
-                    data, channels=3, ratio=ratio, dct_method="INTEGER_ACCURATE"
-                )
-                img.set_shape([None, None, 3])
-                return img
+                return decode_native(data, JPEG_RATIOS.index(ratio))
 
             return decode_jpeg
 
         def png() -> Any:
-            data = tf.io.read_file(tf.gather(paths_t, index))
-            img = tf.io.decode_png(data, channels=3, dtype=tf.uint8)
-            img.set_shape([None, None, 3])
-            return img
+            return decode_native(tf.io.read_file(tf.gather(paths_t, index)), PNG)
 
         def nothing() -> Any:
             return tf.zeros((0, 0, 3), tf.uint8)
@@ -330,6 +322,54 @@ def image_dataset(
     return ds.with_options(dataset_options()).prefetch(tf.data.AUTOTUNE)
 
 
+def decode_native(data: Any, code: int) -> Any:
+    """The bytes of a JPEG (``code``: the index of its scale in :data:`JPEG_RATIOS`) or a PNG
+    (``PNG``) decoded by TensorFlow, uint8 ``(h, w, 3)``: the input pipeline's decoders."""
+    import tensorflow as tf
+
+    if code == PNG:
+        img = tf.io.decode_png(data, channels=3, dtype=tf.uint8)
+    else:  # the accurate integer DCT is what Pillow (libjpeg's default) uses
+        img = tf.io.decode_jpeg(
+            data, channels=3, ratio=JPEG_RATIOS[code], dct_method="INTEGER_ACCURATE"
+        )
+    img.set_shape([None, None, 3])
+    return img
+
+
+def decode_resized(
+    data: bytes,
+    input_size: Sequence[int],
+    *,
+    resize: str | Resize = "auto",
+    max_pixels: int | None = None,
+) -> np.ndarray:
+    """One image's bytes as :func:`image_dataset` makes a file of them (its header check, its
+    decoders, :func:`resize_image`): float32 ``(H, W, 3)``, 0..255, before ``preprocess``.
+    Raises :class:`~transferkit.images.SkipImage` with the reason where the pipeline would
+    skip the image. Runs eagerly, so a server can decode each request as it arrives."""
+    import tensorflow as tf
+
+    height, width = int(input_size[0]), int(input_size[1])
+    method = _as_resize(resize)
+    code = _header_code(data, max_pixels, max(height, width), method.scaled_jpeg)
+    if code == SKIP:  # the header check's own reason
+        probe_image_size(data, max_pixels=max_pixels)
+        raise SkipImage("not an image")
+    if code == PILLOW:
+        img = tf.constant(decode_image(data, max_pixels=max_pixels))
+    else:
+        try:
+            img = decode_native(tf.constant(data), code)
+        except tf.errors.OpError:  # dropped by the pipeline; Pillow says why, as skip_reason
+            decode_image(data, max_pixels=max_pixels)
+            raise SkipImage("corrupt image (TensorFlow could not decode it)") from None
+    if img.shape[0] == 0 or img.shape[1] == 0:
+        raise SkipImage("empty image")
+    resized = resize_image(img, (height, width), method=method)
+    return np.asarray(tf.cast(resized, tf.float32), np.float32).reshape(height, width, 3)
+
+
 def dataset_options() -> Any:
     """The ``tf.data.Options`` of every transferkit input pipeline: deterministic order, and
     tf.data's autotuning model turned off.
@@ -381,7 +421,7 @@ def map_files(
         )
 
     # the files are read when the dataset is iterated, so inside a `with reuse.kept():` block a
-    # caller that writes new images under the same names (a server's slots) reuses the pipeline
+    # caller that writes new images under the same names reuses the pipeline
     # instead of tracing it again; ``preprocess`` is then a kept backbone's (its id is stable)
     key = ("map-files", tuple(map(str, paths)), tuple(input_size), id(preprocess), batch_size,
            str(resize))  # fmt: skip

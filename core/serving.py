@@ -19,16 +19,18 @@ image, empty or truncated gets 400; a body over ``max_body`` bytes or an image o
 body 408; an unknown route 404, a wrong method 405; another content type 415. The server keeps
 serving after each.
 
-Images are predicted by :func:`transferkit.jobs.predict.predict` itself, so an answer is the
-same as the command line's: the request handlers check an image's header (and its pixel count)
-and write its bytes into the server's own temporary folder under a name the server chooses
-(nothing in a request names a file on the server, and only the model given at start is ever
-loaded, never a pickle that a request brings); the :class:`Batcher` collects the images of
-concurrent requests, up to ``max_batch``, or until ``max_wait_ms`` pass without a new one,
-and one thread runs each batch through ``predict``: one forward pass of the network for the
-batch. The network and the model are built once (:func:`transferkit.reuse.kept`), and so is the
-input pipeline of each bucket of batch sizes (1, 2, 4, ... ``max_batch``: a batch's images go by
-fixed slot names, padded with empty files that the pipeline skips unread), at start.
+An answer is the one ``transferkit predict`` gives, made by the same functions: the request
+handler decodes and resizes its image off the event loop, as ``predict``'s input pipeline does
+(:func:`transferkit.pipeline.decode_resized`: the same header check, decoders and resize; its
+pixel count checked first), so nothing in a request names a file on the server, and only the
+model given at start is ever loaded, never a pickle that a request brings. The
+:class:`Batcher` collects the images of concurrent requests, up to ``max_batch``, or until
+``max_wait_ms`` pass without a new one, and one thread runs each batch: the arrays stacked and
+preprocessed, one forward pass of the network on the runtime (its ``tf.function``, compiled
+model or interpreter, built and warmed up once at start inside
+:func:`transferkit.reuse.kept`), and each image's answer made by ``predict``'s own functions
+(label, probability, top-k, ``ood_score``, ``unfamiliar``, ``prediction_set``). While a batch
+runs, the next requests are decoded.
 
 SIGINT and SIGTERM stop the server: it stops accepting, lets the requests in flight finish,
 and returns (no traceback).
@@ -39,11 +41,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import itertools
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -51,7 +50,7 @@ from typing import Any
 
 from . import registry
 from .errors import TransferkitError, UsageError
-from .options import PredictOptions, ServeOptions
+from .options import ServeOptions
 
 log = logging.getLogger(__name__)
 
@@ -71,29 +70,51 @@ class RequestError(Exception):
 
 class ServedModel:
     """The model a server answers with: checked and warmed up when made, so a model that
-    cannot be loaded stops ``serve`` before it binds."""
+    cannot be loaded stops ``serve`` before it binds.
 
-    def __init__(self, model_path: str | Path, options: ServeOptions, folder: Path) -> None:
+    :meth:`decode` turns one request's bytes into the network's input as ``predict``'s input
+    pipeline would (:func:`transferkit.pipeline.decode_resized`), and :meth:`answer` runs a
+    batch of them: stacked, preprocessed, one forward pass of the network on the runtime, and
+    each image's answer made by ``predict``'s own functions
+    (:func:`transferkit.jobs.predict.answers`, or for a fine-tuned model
+    :func:`transferkit.jobs.finetune.finetuned_answers` over
+    :func:`transferkit.jobs.finetune_trust.batch_fields`)."""
+
+    def __init__(self, model_path: str | Path, options: ServeOptions) -> None:
         self.path = Path(model_path)
         self.options = options
-        self.folder = folder
-        self.predict_options = PredictOptions(
-            top=options.top, batch_size=options.max_batch, runtime=options.runtime,
-            trust=options.trust, coverage=options.coverage,
-        )  # fmt: skip
-        self.calls = 0  # batches run through predict
-        self._names = itertools.count()
-        self.info = self._describe()
+        self.calls = 0  # batches run through the network
+        self.input_size: tuple[int, ...] = (32, 32)
+        self.resize: Any = "auto"
+        self.preprocess: Callable[[Any], Any] | None = None
+        self._answer: Callable[[Any], list[dict[str, Any]]] = lambda images: []
+        self.info = self._load()
         self.warm_up()
 
-    def _describe(self) -> dict[str, Any]:
+    def _load(self) -> dict[str, Any]:
+        """Load the model and its network (built once: the server runs inside ``kept()``), and
+        say what it is."""
+        from .jobs.predict import answers, check_coverage, network
         from .models import identify_file, load_model
         from .trainer.saved import is_finetuned, load_finetuned
 
+        options = self.options
         if not self.path.exists():
             raise UsageError(f"model {self.path} does not exist")
         if is_finetuned(self.path) or identify_file(self.path) == "keras":
+            from .jobs.finetune import finetuned_answers
+            from .jobs.finetune_trust import batch_fields
+
             loaded = load_finetuned(self.path)
+            run = batch_fields(loaded, options.runtime, options.coverage, options.max_batch)
+
+            def answer_finetuned(images: Any) -> list[dict[str, Any]]:
+                probs, extra = run(images)
+                return finetuned_answers(loaded, probs, extra, options.top)
+
+            self.input_size, self.resize = tuple(loaded.input_size), loaded.resize
+            self.preprocess = loaded._preprocess
+            self._answer = answer_finetuned
             meta = loaded.metadata
             return {
                 "model": self.path.name,
@@ -106,7 +127,18 @@ class ServedModel:
                     "preprocessing": meta.get("preprocessing"),
                 },
             }  # fmt: skip
-        saved = load_model(self.path, trust=self.options.trust)
+        saved = load_model(self.path, trust=options.trust)
+        check_coverage(saved, options.coverage, self.path)
+        backbone, forward = network(
+            saved, runtime=options.runtime, images=options.max_batch, batch_size=options.max_batch
+        )
+
+        def answer_saved(images: Any) -> list[dict[str, Any]]:
+            return answers(saved, forward(images), options.top, options.coverage, self.path)
+
+        self.input_size, self.resize = tuple(backbone.input_size), backbone.resize
+        self.preprocess = backbone.preprocess
+        self._answer = answer_saved
         recipe = saved.recipe.to_metadata()
         size = recipe.get("input_size")
         if size is None and saved.recipe.backbone:  # the backbone's own size
@@ -119,82 +151,75 @@ class ServedModel:
             "recipe": recipe,
         }
 
-    def new_path(self) -> Path:
-        """A fresh name in the server's folder (the server's own counter, nothing of a request)."""
-        return self.folder / f"{next(self._names):08d}.img"
+    def decode(self, data: bytes, name: str = "") -> Any:
+        """One image's bytes as the network's input before ``preprocess``: float32
+        ``(H, W, 3)``, decoded and resized as ``predict``'s input pipeline does; a
+        :class:`RequestError` (400, or 413 over ``max_pixels``) for what it would skip."""
+        from .images import SkipImage
+        from .pipeline import decode_resized
 
-    def buckets(self) -> list[int]:
-        """The batch sizes the input pipeline is built for: powers of two up to ``max_batch``,
-        and ``max_batch``."""
-        sizes, n = [], 1
-        while n < self.options.max_batch:
-            sizes.append(n)
-            n *= 2
-        return [*sizes, self.options.max_batch]
+        where = f" ({name})" if name else ""
+        if not data:
+            raise RequestError(400, f"empty body{where}: send the image's bytes")
+        try:
+            return decode_resized(
+                data, self.input_size, resize=self.resize, max_pixels=self.options.max_pixels
+            )
+        except SkipImage as exc:
+            status = 413 if exc.reason.startswith("too many pixels") else 400
+            raise RequestError(status, f"{exc.reason}{where}") from None
 
     def warm_up(self) -> None:
-        """Build the network, and the input pipeline of each bucket of batch sizes, on a grey
-        image; a model that cannot predict it stops the server here."""
+        """Run the network on a grey image in batches of 1 to 8 and in a full batch, so that a
+        runtime that compiles a network per shape (OpenVINO, for the last, shorter slice of a
+        batch) does so before the first request; a model that cannot predict it stops the
+        server here."""
         import numpy as np
         from PIL import Image
 
-        size = self.info.get("input_size") or [32, 32]
         grey = io.BytesIO()
-        Image.fromarray(np.full((*size, 3), 128, np.uint8)).save(grey, format="PNG")
-        for bucket in self.buckets():
-            path = self.new_path()
-            path.write_bytes(grey.getvalue())
+        Image.fromarray(np.full((*self.input_size, 3), 128, np.uint8)).save(grey, format="PNG")
+        image = self.decode(grey.getvalue())
+        for rows in sorted({*range(1, min(8, self.options.max_batch) + 1), self.options.max_batch}):
             try:
-                answers = self._run([str(path)], bucket)
-            finally:
-                path.unlink(missing_ok=True)
-            if "error" in answers[0]:
-                raise TransferkitError(f"{self.path} cannot predict a test image: {answers[0]}")
+                self.answer([image] * rows)
+            except TransferkitError:
+                raise
+            except Exception as exc:
+                raise TransferkitError(
+                    f"{self.path} cannot predict a test image: {type(exc).__name__}: {exc}"
+                ) from None
         self.calls = 0
 
-    def predict_paths(self, paths: list[str]) -> list[dict[str, Any]]:
-        """``predict``'s per-image answers for ``paths``, in order, without the path; an image
-        it skipped gets ``{"error": reason}``."""
-        bucket = next(b for b in self.buckets() if b >= len(paths))
-        return self._run(paths, bucket)
-
-    def _run(self, paths: list[str], bucket: int) -> list[dict[str, Any]]:
-        from .jobs.predict import predict
+    def answer(self, images: list[Any]) -> list[dict[str, Any]]:
+        """``predict``'s per-image answers (less path and status) for decoded ``images``, in
+        order, from one forward pass over them."""
+        import numpy as np
+        import tensorflow as tf
 
         self.calls += 1
-        # The i-th image of every batch goes by the same name, and a batch is padded with empty
-        # files (which the input pipeline skips from their size, before any decoding) to the
-        # next bucket: the pipeline of each bucket is built once and read again for each batch.
-        slots = [str(self.folder / f"slot-{i:04d}.img") for i in range(bucket)]
-        for path, slot in zip(paths, slots, strict=False):
-            os.replace(path, slot)
-        for slot in slots[len(paths) :]:
-            open(slot, "wb").close()
-        result = predict(self.path, slots, options=self.predict_options)
-        answers = []
-        for entry in result["predictions"][: len(paths)]:
-            if entry.get("status") != "ok":
-                answers.append({"error": entry.get("reason") or "the image could not be read"})
-                continue
-            answers.append({k: v for k, v in entry.items() if k not in ("path", "status")})
-        return answers
+        batch = tf.constant(np.stack(images).astype(np.float32, copy=False))
+        if self.preprocess is not None:
+            batch = tf.cast(self.preprocess(batch), tf.float32)
+        return self._answer(batch)
 
 
 class Batcher:
     """Collects the images of concurrent requests into batches: up to ``max_batch`` images, or
-    until ``max_wait`` seconds pass without a new one (at most ``10 * max_wait`` after the
-    first), whichever comes first; ``run`` (a list of image paths -> their answers) runs each
-    batch in one worker thread, so batches never overlap."""
+    until ``max_wait`` seconds pass without a new one while none is being decoded (at most
+    ``10 * max_wait`` after the first), whichever comes first; ``run`` (a list of decoded
+    images -> their answers) runs each batch in one worker thread, so batches never overlap."""
 
     def __init__(
-        self, run: Callable[[list[str]], list[dict[str, Any]]], max_batch: int, max_wait: float
+        self, run: Callable[[list[Any]], list[dict[str, Any]]], max_batch: int, max_wait: float
     ) -> None:
         self.run = run
         self.max_batch = max_batch
         self.max_wait = max_wait
         self.sizes: list[int] = []  # the size of each batch run
         self.in_flight = 0  # images submitted and not yet answered
-        self._queue: asyncio.Queue[tuple[str, asyncio.Future[dict[str, Any]]]] = asyncio.Queue()
+        self.decoding = 0  # images of requests read and still being decoded
+        self._queue: asyncio.Queue[tuple[Any, asyncio.Future[dict[str, Any]]]] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="transferkit-batch")
         self._task: asyncio.Task[None] | None = None
 
@@ -208,16 +233,16 @@ class Batcher:
                 await self._task
         self._executor.shutdown(wait=True)
 
-    async def submit(self, paths: list[str]) -> list[dict[str, Any]]:
+    async def submit(self, images: list[Any]) -> list[dict[str, Any]]:
         loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in paths]
-        for path, future in zip(paths, futures, strict=True):
-            self._queue.put_nowait((path, future))
-        self.in_flight += len(paths)
+        futures = [loop.create_future() for _ in images]
+        for image, future in zip(images, futures, strict=True):
+            self._queue.put_nowait((image, future))
+        self.in_flight += len(images)
         try:
             return list(await asyncio.gather(*futures))
         finally:
-            self.in_flight -= len(paths)
+            self.in_flight -= len(images)
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -228,7 +253,9 @@ class Batcher:
             # server parses one after the other still makes one batch
             cap = loop.time() + 10 * self.max_wait
             while len(batch) < self.max_batch:
-                left = min(cap, loop.time() + self.max_wait) - loop.time()
+                # images still being decoded are on their way: wait for them up to the cap
+                until = cap if self.decoding else min(cap, loop.time() + self.max_wait)
+                left = until - loop.time()
                 try:
                     if left <= 0:
                         batch.append(self._queue.get_nowait())
@@ -239,7 +266,7 @@ class Batcher:
             self.sizes.append(len(batch))
             try:
                 answers = await loop.run_in_executor(
-                    self._executor, self.run, [path for path, _ in batch]
+                    self._executor, self.run, [image for image, _ in batch]
                 )
             except Exception as exc:  # the batch failed as a whole: each request hears why
                 log.error(f"a batch of {len(batch)} image(s) failed: {type(exc).__name__}: {exc}")
@@ -278,24 +305,6 @@ async def read_body(receive_chunks: AsyncIterator[bytes], options: ServeOptions)
     return b"".join(chunks)
 
 
-def check_image(data: bytes, path: Path, options: ServeOptions, name: str = "") -> None:
-    """Write ``data`` to ``path`` and check its header: an image, within ``max_pixels``;
-    a :class:`RequestError` (400 or 413) otherwise."""
-    from .images import SkipImage, probe_image_size
-
-    where = f" ({name})" if name else ""
-    if not data:
-        raise RequestError(400, f"empty body{where}: send the image's bytes")
-    with open(path, "wb") as fh:
-        fh.write(data)
-    try:
-        probe_image_size(str(path), max_pixels=options.max_pixels)
-    except SkipImage as exc:
-        path.unlink(missing_ok=True)
-        status = 413 if exc.reason.startswith("too many pixels") else 400
-        raise RequestError(status, f"{exc.reason}{where}") from None
-
-
 # ---------------------------------------------------------------------- the application
 
 
@@ -309,6 +318,8 @@ def build_app(served: ServedModel) -> Any:
 
     options = served.options
     state: dict[str, Batcher] = {}
+    # decoding is CPU work: one thread per core, as the input pipeline's parallel map has
+    decoders: list[ThreadPoolExecutor] = []
 
     def error(status: int, message: str, **extra: Any) -> JSONResponse:
         return JSONResponse({"error": message, "status": status, **extra}, status_code=status)
@@ -339,8 +350,6 @@ def build_app(served: ServedModel) -> Any:
         )
 
     async def predict(request: Request) -> JSONResponse:
-        from starlette.concurrency import run_in_threadpool
-
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if not (kind.startswith("image/") or kind == "multipart/form-data"):
             raise RequestError(
@@ -351,16 +360,21 @@ def build_app(served: ServedModel) -> Any:
             raise RequestError(413, f"the body is over the limit of {options.max_body} bytes")
         body = await read_body(request.stream(), options)
         parts = [("", body)] if kind.startswith("image/") else await _parts(request, body)
-        paths: list[Path] = []
+        # decoded and resized here, off the event loop (the parts of a multipart body at once),
+        # while the network runs other batches; the first part refused, in order, answers
+        batcher, pool, loop = state["batcher"], decoders[0], asyncio.get_running_loop()
+        batcher.decoding += len(parts)
         try:
-            for name, data in parts:
-                path = served.new_path()
-                await run_in_threadpool(check_image, data, path, options, name)
-                paths.append(path)
-            answers = await state["batcher"].submit([str(p) for p in paths])
+            decoded = await asyncio.gather(
+                *(loop.run_in_executor(pool, served.decode, data, name) for name, data in parts),
+                return_exceptions=True,
+            )
         finally:
-            for path in paths:
-                path.unlink(missing_ok=True)
+            batcher.decoding -= len(parts)
+        for image in decoded:
+            if isinstance(image, BaseException):
+                raise image
+        answers = await batcher.submit(list(decoded))
         for (name, _), answer in zip(parts, answers, strict=True):
             if "error" in answer:
                 raise RequestError(400, answer["error"] + (f" ({name})" if name else ""))
@@ -416,13 +430,15 @@ def build_app(served: ServedModel) -> Any:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
-        batcher = Batcher(served.predict_paths, options.max_batch, options.max_wait_ms / 1000)
+        batcher = Batcher(served.answer, options.max_batch, options.max_wait_ms / 1000)
         batcher.start()
         state["batcher"] = batcher
+        decoders.append(ThreadPoolExecutor(os.cpu_count() or 1, "transferkit-decode"))
         try:
             yield
         finally:
             await batcher.close()
+            decoders.pop().shutdown(wait=True)
 
     app = Starlette(
         routes=[
@@ -459,23 +475,20 @@ def require_serving() -> None:
 
 @contextlib.contextmanager
 def serving(model_path: str | Path, options: ServeOptions) -> Iterator[ServedModel]:
-    """The :class:`ServedModel` of ``model_path`` with its network kept while the block runs, and
-    the server's own temporary folder (removed at the end)."""
+    """The :class:`ServedModel` of ``model_path`` with its network kept while the block runs."""
     from .reuse import kept
 
     require_serving()
-    folder = Path(tempfile.mkdtemp(prefix="transferkit-serve-"))
     quieted = [logging.getLogger(name) for name in _PER_CALL_LOGGERS]
     levels = [logger.level for logger in quieted]
     try:
         for logger in quieted:  # one line per batch would drown the server's own
             logger.setLevel(logging.WARNING)
         with kept():
-            yield ServedModel(model_path, options, folder)
+            yield ServedModel(model_path, options)
     finally:
         for logger, level in zip(quieted, levels, strict=True):
             logger.setLevel(level)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def serve(

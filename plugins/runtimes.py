@@ -11,7 +11,8 @@
   quantisation), run by ``ai_edge_litert``'s interpreter with its XNNPACK delegate.
 
 Both converting runtimes run a batch in **slices** of :data:`SLICE_ROWS` rows on a network
-compiled for exactly that many (the last slice padded with zeros, its padding dropped): a
+compiled for exactly that many (a last, shorter slice: OpenVINO runs it on a network compiled
+for its own rows, once, LiteRT pads it with zeros and drops the padding's outputs): a
 slice's activations stay in the CPU's caches, where a whole batch of 32 at 224 px (50 MB for
 one of efficientnet-lite0's early tensors) does not. What that gains against whole batches, per
 runtime, is in ``bench/RESULTS.md`` (extraction per inference runtime, run 3); Keras gains
@@ -48,9 +49,10 @@ def slice_rows() -> int:
     return rows
 
 
-def in_slices(run: Any, rows: int) -> Any:
+def in_slices(run: Any, rows: int, pad: bool = True) -> Any:
     """``run`` (a fixed batch of ``rows`` images -> their outputs) as a function of any batch:
-    the batch in slices of ``rows``, the last one padded with zeros and its padding dropped."""
+    the batch in slices of ``rows``, the last one padded with zeros and its padding dropped
+    (without ``pad``, ``run`` takes the last, shorter slice as it is)."""
     import numpy as np
 
     def forward(images: Any) -> Any:
@@ -59,11 +61,11 @@ def in_slices(run: Any, rows: int) -> Any:
         outs = []
         for start in range(0, n, rows):
             part = batch[start : start + rows]
-            if len(part) < rows:
+            if len(part) < rows and pad:
                 padded = np.zeros((rows, *batch.shape[1:]), np.float32)
                 padded[: len(part)] = part
                 part = padded
-            out = np.asarray(run(part), dtype=np.float32).reshape(rows, -1)
+            out = np.asarray(run(part), dtype=np.float32).reshape(len(part), -1)
             outs.append(out[: min(rows, n - start)].copy())
         return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
 
@@ -159,14 +161,24 @@ def openvino_forward(
     # them instead of compiling again
     core.set_property({"CACHE_DIR": os.path.join(converted, "compiled")})
     compiled = core.compile_model(network, "CPU", config)
-    request = compiled.create_infer_request()
+    requests = {rows: compiled.create_infer_request()}
+
+    def request_for(n: int) -> Any:
+        """The infer request of a slice of ``n`` rows: a last, shorter slice gets a network
+        compiled for its own rows (once), rather than compute spent on zero padding."""
+        if n not in requests:
+            shorter = core.read_model(os.path.join(converted, "model.xml"))
+            shorter.reshape([n, h, w, 3])
+            requests[n] = core.compile_model(shorter, "CPU", config).create_infer_request()
+        return requests[n]
 
     def run(batch: Any) -> Any:
+        request = request_for(len(batch)) if rows else requests[rows]
         request.infer({0: batch})
         return np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
 
     if rows:
-        return in_slices(run, rows)
+        return in_slices(run, rows, pad=False)
     return lambda images: run(np.ascontiguousarray(np.asarray(images, dtype=np.float32)))
 
 

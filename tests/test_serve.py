@@ -153,6 +153,96 @@ def test_served_answers_carry_ood_score_and_prediction_set(
     assert_fails_cleanly(refused, 2, "--coverage must be between 0 and 1")
 
 
+def _write_kinds(folder: Path) -> list[Path]:
+    """Images that take each of the input pipeline's ways: a large JPEG (decoded at a reduced
+    DCT scale), a grey JPEG, a small PNG (enlarged), an RGBA PNG and an EXIF-rotated JPEG
+    (both through Pillow)."""
+    rng = np.random.default_rng(3)
+    folder.mkdir(parents=True, exist_ok=True)
+    photo = rng.integers(0, 255, (180, 300, 3), np.uint8)
+    photo[:, :150] //= 3  # some structure, so that the scales differ
+    Image.fromarray(photo).save(folder / "large.jpg", quality=90)
+    Image.fromarray(photo[:60, :60, 0]).save(folder / "grey.jpg")
+    Image.fromarray(photo[:20, :24]).save(folder / "small.png")
+    rgba = np.dstack([photo[:40, :40], rng.integers(0, 255, (40, 40, 1), np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(folder / "alpha.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees
+    Image.fromarray(photo[:50, :70]).save(folder / "rotated.jpg", exif=exif)
+    return [folder / n for n in ("large.jpg", "grey.jpg", "small.png", "alpha.png", "rotated.jpg")]
+
+
+def _same_answers(served: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
+    """Every per-image field of predict but the path and status, equal within 1e-3."""
+    for got, want in zip(served, expected, strict=True):
+        assert set(got) - {"name"} == set(want) - {"path", "status"}, (got, want)
+        assert got["label"] == want["label"] and got["index"] == want["index"]
+        assert got["probability"] == pytest.approx(want["probability"], abs=1e-3)
+        for top, other in zip(got.get("top", []), want.get("top", []), strict=True):
+            assert top["probability"] == pytest.approx(other["probability"], abs=1e-3)
+        if "ood_score" in want:
+            assert got["ood_score"] == pytest.approx(want["ood_score"], abs=1e-3)
+        for key in ("unfamiliar", "prediction_set"):
+            assert got.get(key) == want.get(key)
+
+
+def test_every_way_of_decoding_gives_predicts_answer(
+    model: dict[str, Any], server: Any, tmp_path: Path
+) -> None:
+    client, _ = server(top=3)
+    paths = _write_kinds(tmp_path / "kinds")
+    files = [("images", (p.name, p.read_bytes(), "image/*")) for p in paths]
+    answer = client.post("/predict", files=files)
+    assert answer.status_code == 200, answer.text
+    expected = api.predict(model["model"], [str(p) for p in paths], top=3)["predictions"]
+    assert all(e["status"] == "ok" for e in expected)
+    _same_answers(answer.json()["predictions"], expected)
+
+
+@pytest.fixture(scope="module")
+def finetuned(model: dict[str, Any]) -> Iterator[Path]:
+    """tiny-cnn fine-tuned on the module's images (its head only), with a trust record."""
+    root = model["root"]
+    pm = plugin_manager.get_plugin_manager()
+    pm.register(tiny_backbone, name="tiny-backbone")
+    registry.clear_cache()
+    try:
+        api.finetune(root / "images", backbone="tiny-cnn", out=root / "run",
+                     strategy="head-only", epochs=1, batch_size=8, progress=False)  # fmt: skip
+    finally:
+        pm.unregister(tiny_backbone)
+        registry.clear_cache()
+    yield root / "run" / "model.keras"
+
+
+def test_a_finetuned_model_is_served_with_predicts_answers(
+    model: dict[str, Any], finetuned: Path, tiny: str, tmp_path: Path
+) -> None:
+    from starlette.testclient import TestClient
+
+    paths = [*model["paths"][::5], *_write_kinds(tmp_path / "kinds")[:3]]
+    options = ServeOptions(max_batch=4, top=3, coverage=0.9, max_wait_ms=200)
+    with serving(finetuned, options) as served, TestClient(build_app(served)) as client:
+        assert client.get("/metadata").json()["classifier"].startswith("finetuned")
+        answers: list[Any] = [None] * len(paths)
+
+        def ask(i: int) -> None:
+            answers[i] = client.post("/predict", content=paths[i].read_bytes(),
+                                     headers={"Content-Type": "image/*"})  # fmt: skip
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(paths))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+        sizes = client.app.state.batchers["batcher"].sizes
+        assert sum(sizes) == len(paths) and max(sizes) > 1  # batched, within max_batch
+    expected = api.predict(finetuned, [str(p) for p in paths], top=3, coverage=0.9)
+    assert "ood_score" in expected["predictions"][0]
+    _same_answers([a.json() for a in answers], expected["predictions"])
+
+
 class CountingRuntime:
     """A runtime that counts its forward passes (the Keras model called eagerly)."""
 
@@ -218,6 +308,16 @@ def test_bad_input_gets_a_json_4xx_and_the_server_keeps_serving(
     assert answer.json()["status"] == status and words in answer.json()["error"]
     good = client.post("/predict", content=png(), headers={"Content-Type": "image/png"})
     assert good.status_code == 200 and good.json()["label"] in CLASSES
+
+
+def test_the_first_bad_part_of_a_multipart_body_is_named(server: Any) -> None:
+    client, _ = server()
+    parts = (("good.png", png()), ("bad.png", b"nope"), ("empty.png", b""))
+    files = [("images", (name, data, "image/png")) for name, data in parts]
+    answer = client.post("/predict", files=files)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"] == "not an image (bad.png)"
+    assert client.get("/health").json()["in_flight"] == 0
 
 
 def test_unknown_routes_and_methods_get_json(server: Any) -> None:

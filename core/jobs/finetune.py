@@ -540,26 +540,10 @@ def predict_finetuned(
         f"predicting {len(paths)} image(s) with the fine-tuned {loaded.metadata.get('backbone')}"
     )
     probs, rows, extra, said = trust_fields_of(loaded, list(paths), batch_size, runtime, coverage)
-    if loaded.metadata.get("temperature") and len(probs):  # fitted by finetune --calibrate
-        from ..trust import temper
-
-        probs = temper(probs, float(loaded.metadata["temperature"]))
     by_row: dict[int, dict[str, Any]] = {}
-    for i, (p, row) in enumerate(zip(probs, rows.tolist(), strict=True)):
-        label = int(np.argmax(p))
-        entry: dict[str, Any] = {
-            "path": paths[row],
-            "status": "ok",
-            "label": names[label],
-            "index": label,
-            "probability": float(p[label]),
-        }
-        if top > 1:
-            entry["top"] = [
-                {"label": names[k], "probability": float(p[k])} for k in np.argsort(-p)[:top]
-            ]
-        entry.update({key: values[i] for key, values in extra.items()})
-        by_row[row] = entry
+    found = finetuned_answers(loaded, probs, extra, top)
+    for row, entry in zip(rows.tolist(), found, strict=True):
+        by_row[row] = {"path": paths[row], "status": "ok", **entry}
     source = ImageSource([ImageRecord(str(p), 0) for p in paths], names)
     results = [
         by_row.get(i) or {"path": path, "status": "skipped", "reason": skip_reason(source, i)}
@@ -573,6 +557,35 @@ def predict_finetuned(
         "predictions": results,
         **said,  # coverage, unfamiliar_threshold
     }
+
+
+def finetuned_answers(
+    loaded: Any, probs: np.ndarray, extra: dict[str, list[Any]], top: int
+) -> list[dict[str, Any]]:
+    """Each image's answer from a fine-tuned model's probabilities (before its ``--calibrate``
+    temperature, applied here) and the per-image ``extra`` fields of its trust record:
+    ``label``, ``index``, ``probability``, with ``top`` > 1 the ``top`` most probable classes
+    (what ``predict`` gives an image, less its path and status)."""
+    names = loaded.label_names
+    if loaded.metadata.get("temperature") and len(probs):  # fitted by finetune --calibrate
+        from ..trust import temper
+
+        probs = temper(probs, float(loaded.metadata["temperature"]))
+    found = []
+    for i, p in enumerate(probs):
+        label = int(np.argmax(p))
+        entry: dict[str, Any] = {
+            "label": names[label],
+            "index": label,
+            "probability": float(p[label]),
+        }
+        if top > 1:
+            entry["top"] = [
+                {"label": names[k], "probability": float(p[k])} for k in np.argsort(-p)[:top]
+            ]
+        entry.update({key: values[i] for key, values in extra.items()})
+        found.append(entry)
+    return found
 
 
 def _calibration(model: Any, data: Any, calibrate: bool) -> dict[str, Any]:

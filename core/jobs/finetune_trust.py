@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -257,15 +258,8 @@ def trust_fields_of(
     ``predict_files`` gives them, and :func:`fields` from its trust record, read in the same pass
     on Keras (another runtime runs the classifier, and Keras then reads the features). A model
     without conformal scores refuses ``coverage`` in one line."""
-    from ..errors import UsageError
-
     record = trust_of(loaded)
-    if coverage is not None and "conformal" not in record:
-        raise UsageError(
-            f"{loaded.path} is a fine-tuned model, which keeps no conformal scores (saved "
-            "without a validation split or with --no-conformal); fine-tune it again with a "
-            "validation fraction in --split to use --coverage"
-        )
+    check_coverage(loaded, record, coverage)
     said: dict[str, Any] = {}
     if coverage is not None:
         said["coverage"] = coverage
@@ -282,3 +276,61 @@ def trust_fields_of(
         probs, rows = loaded.predict_files(paths, batch_size=batch_size, runtime=runtime)
     names = list(loaded.label_names)
     return probs, rows, fields(record, feats, np.asarray(probs), names, coverage), said
+
+
+def check_coverage(loaded: Any, record: dict[str, Any], coverage: float | None) -> None:
+    """Refuse ``coverage`` for a fine-tuned model whose record keeps no conformal scores."""
+    from ..errors import UsageError
+
+    if coverage is not None and "conformal" not in record:
+        raise UsageError(
+            f"{loaded.path} is a fine-tuned model, which keeps no conformal scores (saved "
+            "without a validation split or with --no-conformal); fine-tune it again with a "
+            "validation fraction in --split to use --coverage"
+        )
+
+
+def batch_fields(
+    loaded: Any, runtime: str, coverage: float | None, batch_size: int
+) -> Callable[[Any], tuple[np.ndarray, dict[str, list[Any]]]]:
+    """:func:`trust_fields_of` as a function of one preprocessed batch (a server's): the
+    model's probabilities (before any temperature) and the per-image fields of its trust
+    record, from the same networks. The Keras part runs as one ``tf.function`` whose batch
+    size is left open, so no batch size traces it again."""
+    import tensorflow as tf
+
+    record = trust_of(loaded)
+    check_coverage(loaded, record, coverage)
+    names = list(loaded.label_names)
+    n = len(names)
+    other = None
+    if runtime not in ("keras", "auto", "", None):
+        other = loaded.runtime_forward(runtime, batch_size, batch_size)
+    keras_part, width = None, n
+    if record or other is None:
+        if record:
+            network, width = feature_forward(loaded, record)
+        else:
+            network = lambda images: loaded.model(images, training=False)  # noqa: E731
+        h, w = loaded.input_size
+        keras_part = tf.function(
+            network,
+            input_signature=[tf.TensorSpec((None, h, w, 3), tf.float32)],
+            reduce_retracing=True,
+        )
+
+    def run(images: Any) -> tuple[np.ndarray, dict[str, list[Any]]]:
+        rows = len(images)
+        both = None
+        if keras_part is not None:
+            both = np.asarray(keras_part(images), np.float32).reshape(rows, -1)
+        if other is not None:
+            probs = np.asarray(other(images), np.float32).reshape(rows, -1)
+        else:
+            assert both is not None
+            probs = both[:, width - n :]
+        if not record or both is None:
+            return probs, {}
+        return probs, fields(record, both[:, : width - n], probs, names, coverage)
+
+    return run

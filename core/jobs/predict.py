@@ -82,19 +82,17 @@ def feature_network(saved: SavedModel) -> tuple[str, Any]:
     return spec.name, backbone
 
 
-def extract_features(
+def network(
     saved: SavedModel,
-    paths: list[str],
-    batch_size: int = 32,
     *,
     runtime: str = "auto",
     precision: Any = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Features of ``paths`` made as the model's training features were: ``(X, rows)`` where
-    ``rows`` are the indices of the images that decoded. ``runtime`` runs the network at the
-    model's own precision (``precision`` other than that is refused)."""
-    from ..pipeline import map_files
-
+    images: int = 0,
+    batch_size: int = 32,
+) -> tuple[Any, inference.Forward]:
+    """The pooled backbone of ``saved``'s features and its forward function on ``runtime``, at
+    the model's own precision (``precision`` other than that is refused); ``images`` and
+    ``batch_size`` are what :func:`transferkit.inference.build_forward` weighs for ``auto``."""
     recipe = saved.recipe
     if not recipe.backbone:
         raise UsageError(
@@ -111,14 +109,33 @@ def extract_features(
             backbone=name,
             runtime=runtime,
             precision=precision,
-            images=len(paths),
+            images=images,
             batch_size=batch_size,
         )
         return backbone, forward
 
     # built once per recipe and runtime inside a `with reuse.kept():` (a server), else per call
     key = ("predict-network", recipe, recipe.runtime, saved.feature_dim, runtime, precision)
-    backbone, forward = reuse(key, build)
+    built: tuple[Any, inference.Forward] = reuse(key, build)
+    return built
+
+
+def extract_features(
+    saved: SavedModel,
+    paths: list[str],
+    batch_size: int = 32,
+    *,
+    runtime: str = "auto",
+    precision: Any = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features of ``paths`` made as the model's training features were: ``(X, rows)`` where
+    ``rows`` are the indices of the images that decoded. ``runtime`` runs the network at the
+    model's own precision (``precision`` other than that is refused)."""
+    from ..pipeline import map_files
+
+    backbone, forward = network(
+        saved, runtime=runtime, precision=precision, images=len(paths), batch_size=batch_size
+    )
     return map_files(
         forward,
         paths,
@@ -174,48 +191,20 @@ def _predict(
         return with_truth(result, images, options.out)
     saved = load_model(model_path, trust=options.trust)
     check_precision(saved, precision, model_path)
-    if options.coverage is not None and "conformal" not in saved.trust:
-        raise UsageError(
-            f"{model_path} keeps no conformal scores, so it cannot make prediction sets; "
-            "save it with `transferkit train --out` (without --no-conformal) to use --coverage"
-        )
+    check_coverage(saved, options.coverage, model_path)
     paths = image_paths(images)
     names = saved.label_names
-    classes = np.arange(len(names))
     log.info(
         f"predicting {len(paths)} image(s) with {saved.classifier} on {saved.recipe.backbone} "
         "features"
     )
     X, rows = extract_features(saved, paths, batch_size, runtime=runtime, precision=precision)
-    fitted = estimators.as_fitted(saved.estimator, classes)
     results: list[dict[str, Any]] = []
     by_row: dict[int, dict[str, Any]] = {}
     if len(X):
-        labels = estimators.predict(fitted, X)
-        outside = sorted({int(v) for v in labels} - set(range(len(names))))
-        if outside:  # an estimator without classes_ to check when it was loaded
-            raise TransferkitError(
-                f"{model_path} predicted class index {outside[0]} but names only "
-                f"{len(names)} classes; the model file is damaged or was not saved by transferkit"
-            )
-        proba = estimators.predict_proba(fitted, X, classes)
-        extra = trust_fields(saved, X, proba, options.coverage)
-        for i, row in enumerate(rows.tolist()):
-            label = int(labels[i])
-            ranked = np.argsort(-proba[i])[: max(1, top)]
-            entry: dict[str, Any] = {
-                "path": path_text(paths[row]),
-                "status": "ok",
-                "label": names[label] if 0 <= label < len(names) else str(label),
-                "index": label,
-                "probability": float(proba[i][label]) if 0 <= label < len(names) else None,
-            }
-            if top > 1:
-                entry["top"] = [
-                    {"label": names[k], "probability": float(proba[i][k])} for k in ranked
-                ]
-            entry.update({key: values[i] for key, values in extra.items()})
-            by_row[row] = entry
+        found = answers(saved, X, top, options.coverage, model_path)
+        for row, entry in zip(rows.tolist(), found, strict=True):
+            by_row[row] = {"path": path_text(paths[row]), "status": "ok", **entry}
     if len(by_row) < len(paths):
         from ..images import ImageRecord, ImageSource
         from ..pipeline import skip_reason
@@ -244,6 +233,49 @@ def _predict(
         images,
         options.out,
     )
+
+
+def check_coverage(saved: SavedModel, coverage: float | None, model_path: Any) -> None:
+    """Refuse ``coverage`` for a model that keeps no conformal scores."""
+    if coverage is not None and "conformal" not in saved.trust:
+        raise UsageError(
+            f"{model_path} keeps no conformal scores, so it cannot make prediction sets; "
+            "save it with `transferkit train --out` (without --no-conformal) to use --coverage"
+        )
+
+
+def answers(
+    saved: SavedModel, X: np.ndarray, top: int, coverage: float | None, model_path: Any
+) -> list[dict[str, Any]]:
+    """Each row of features ``X``'s answer from ``saved``'s classifier: ``label``, ``index``,
+    ``probability``, with ``top`` > 1 the ``top`` most probable classes, and
+    :func:`trust_fields` (what ``predict`` gives an image, less its path and status)."""
+    names = saved.label_names
+    classes = np.arange(len(names))
+    fitted = estimators.as_fitted(saved.estimator, classes)
+    labels = estimators.predict(fitted, X)
+    outside = sorted({int(v) for v in labels} - set(range(len(names))))
+    if outside:  # an estimator without classes_ to check when it was loaded
+        raise TransferkitError(
+            f"{model_path} predicted class index {outside[0]} but names only "
+            f"{len(names)} classes; the model file is damaged or was not saved by transferkit"
+        )
+    proba = estimators.predict_proba(fitted, X, classes)
+    extra = trust_fields(saved, X, proba, coverage)
+    found = []
+    for i in range(len(X)):
+        label = int(labels[i])
+        ranked = np.argsort(-proba[i])[: max(1, top)]
+        entry: dict[str, Any] = {
+            "label": names[label] if 0 <= label < len(names) else str(label),
+            "index": label,
+            "probability": float(proba[i][label]) if 0 <= label < len(names) else None,
+        }
+        if top > 1:
+            entry["top"] = [{"label": names[k], "probability": float(proba[i][k])} for k in ranked]
+        entry.update({key: values[i] for key, values in extra.items()})
+        found.append(entry)
+    return found
 
 
 def trust_fields(

@@ -53,8 +53,8 @@ class ServeOptions(Options):
     max_batch: int = option(32, "Images per forward pass at most (micro-batching).")
     max_wait_ms: float = option(
         5.0,
-        "A batch closes when no image joined it for this long (at most 10x this after its "
-        "first image), or when it is full.",
+        "A batch closes when no image joined it for this long and none is being decoded (at "
+        "most 10x this after its first image), or when it is full.",
     )
     top: int = option(5, "Classes in each answer's top list.")
     max_body: int = option(20_000_000, "Largest request body in bytes (larger: 413).")
