@@ -45,7 +45,15 @@ from ..recipe import FeatureRecipe
 from .feature_cache import cached_stores, parse_backbone
 from .spotcheck_journal import Journal, journal_key
 from .spotcheck_report import check_report_folder, write_report
-from .spotcheck_runner import ROW_FIELDS, FeatureSource, Task, WorkerPool, run_grid, save_split
+from .spotcheck_runner import (
+    ROW_FIELDS,
+    FeatureSource,
+    Task,
+    WorkerPool,
+    builtin_factory,
+    run_grid,
+    save_split,
+)
 
 log = logging.getLogger(__name__)
 
@@ -267,6 +275,7 @@ def spotcheck(inputs: list[str] | str, *, options: SpotcheckOptions) -> dict[str
         with tempfile.TemporaryDirectory(prefix="transferkit-spotcheck-") as scratch:
             tasks: list[Task] = []
             label_names: list[str] = []
+            factories = {n: None if n in own else builtin_factory(n) for n in names}
             for source, test_store in zip(sources, tests, strict=True):
                 folder, label_names = _prepare_split(
                     source, Path(scratch), test_size, seed, store, test_store
@@ -275,6 +284,7 @@ def spotcheck(inputs: list[str] | str, *, options: SpotcheckOptions) -> dict[str
                 for name in names:
                     task = Task(len(tasks), source.name, name, str(folder), seed, 1, own.get(name))
                     task.cost = _cost_hint(name, own) * rows_x_features
+                    task.factory = factories[name]
                     tasks.append(task)
             journal = (
                 Journal(Path(out), journal_key(sources, test_size, seed, store, tests))
