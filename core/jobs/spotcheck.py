@@ -53,6 +53,7 @@ from .spotcheck_runner import (
     builtin_factory,
     run_grid,
     save_split,
+    start_fork_server,
 )
 
 log = logging.getLogger(__name__)
@@ -255,6 +256,9 @@ def spotcheck(inputs: list[str] | str, *, options: SpotcheckOptions) -> dict[str
     if isinstance(inputs, str | os.PathLike):
         inputs = [inputs]
     inputs = [os.fspath(i) for i in inputs]  # paths as text from here on
+    if options.runner is None and options.isolate:
+        # the local workers' fork server imports scikit-learn while the grid is chosen
+        start_fork_server()
     test_size, seed, timeout, out, store = (
         options.test_size,
         options.seed,

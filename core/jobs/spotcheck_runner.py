@@ -8,10 +8,10 @@ not a fork of a parent that may hold TensorFlow threads), each limited to one BL
 so that results do not depend on the degree of parallelism. A pair that runs past ``timeout``
 seconds is killed with its worker (and whatever the worker started) and becomes a ``timeout``
 row; a worker that dies is a ``failed`` row; either is replaced by a fresh worker. The workers
-come from a :class:`WorkerPool`, which the job starts before it reads the stores (so that the
-fork server's imports overlap that work). Built-in classifiers travel to the workers as their
-factories (:func:`builtin_factory`): a worker loads no plugins unless some were registered at
-run time.
+come from a :class:`WorkerPool`, which the job starts before it reads the stores, after starting
+the fork server itself first thing (:func:`start_fork_server`), so that the fork server's imports
+overlap that work. Built-in classifiers travel to the workers as their factories
+(:func:`builtin_factory`): a worker loads no plugins unless some were registered at run time.
 Pairs are handed out by falling ``Task.cost`` (the classifier's ``cost`` hint x the split's
 size), so that the grid does not end on one long fit.
 
@@ -459,6 +459,18 @@ def _unguarded_main_hidden() -> Iterator[None]:
         yield
     finally:
         main.__file__ = path
+
+
+def start_fork_server() -> None:
+    """Start the fork server now, without waiting for it: its imports run while the caller goes
+    on (choosing the grid, reading the stores), and the workers fork from it when it is up."""
+    ctx = _mp_context()
+    if ctx.get_start_method() != "forkserver":
+        return
+    from multiprocessing import forkserver
+
+    with _unguarded_main_hidden():
+        forkserver.ensure_running()
 
 
 def _mp_context() -> Any:
