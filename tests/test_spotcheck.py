@@ -294,10 +294,17 @@ def test_the_first_pair_of_a_process_fits_on_one_thread_of_every_library() -> No
 def test_built_in_classifiers_go_to_workers_by_factory(register_plugin: Any) -> None:
     """Workers build a built-in classifier from its factory (no plugin loading there); a
     runtime plugin's classifier is built by name, where the plugin is registered again."""
+    import pickle
+
     from transferkit import registry
-    from transferkit.jobs.spotcheck_runner import builtin_factory
+    from transferkit.jobs.spotcheck_runner import Task, build_model, builtin_factory
 
     register_plugin(FaultyClassifiers(), "faulty")
     assert builtin_factory("random-forest") is registry.classifier("random-forest").factory
+    for name in ("knn-3", "linear-svc-0.001", "random-forest"):  # bound parameters travel too
+        factory = pickle.loads(pickle.dumps(builtin_factory(name)))
+        task = Task(0, "f", name, "", 7, factory=factory)
+        by_name = build_model(Task(0, "f", name, "", 7))
+        assert repr(build_model(task).get_params()) == repr(by_name.get_params())
     assert builtin_factory("explodes") is None
     assert builtin_factory("no-such-classifier") is None
