@@ -277,16 +277,23 @@ def softmax(
     )
 
 
+class _Bound:
+    """``factory`` with default ``params``; call-time parameters override them. A class rather
+    than a closure so that it pickles (the spot-check hands factories to its workers)."""
+
+    def __init__(self, factory: Callable[..., Any], params: dict[str, Any]) -> None:
+        self.factory, self.params = factory, params
+        self.__name__ = self.__qualname__ = factory.__name__
+        self.__module__ = factory.__module__
+        self.__doc__ = factory.__doc__
+
+    def __call__(self, **overrides: Any) -> Any:
+        return self.factory(**{**self.params, **overrides})
+
+
 def _bind(factory: Callable[..., Any], **params: Any) -> Callable[..., Any]:
     """``factory`` with default ``params``; call-time parameters override them."""
-
-    def bound(**overrides: Any) -> Any:
-        return factory(**{**params, **overrides})
-
-    bound.__name__ = bound.__qualname__ = factory.__name__
-    bound.__module__ = factory.__module__
-    bound.__doc__ = factory.__doc__
-    return bound
+    return _Bound(factory, params)
 
 
 # ---------------------------------------------------------------------- the table

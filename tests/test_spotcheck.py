@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -241,3 +242,69 @@ def test_workers_fit_the_costliest_pairs_first_and_rows_keep_the_grid_order(
     ]
     assert [r["classifier"] for r in report["rows"]] == grid.split(",")
     assert report["counts"]["ok"] == 4
+
+
+FIRST_PAIR = """
+import json, sys, tempfile
+from pathlib import Path
+
+import numpy as np
+from threadpoolctl import threadpool_info
+
+from transferkit.jobs.spotcheck_runner import Task, run_pair, save_split
+
+assert "sklearn" not in sys.modules and "scipy" not in sys.modules
+seen = []
+
+
+def factory():
+    from sklearn.linear_model import LogisticRegression  # SciPy's BLAS and OpenMP load now
+
+    class Probe(LogisticRegression):
+        def fit(self, X, y):
+            seen.extend((i["internal_api"], i["num_threads"]) for i in threadpool_info())
+            return super().fit(X, y)
+
+    return Probe(max_iter=200)
+
+
+rng = np.random.default_rng(0)
+X, y = rng.normal(size=(90, 8)), np.arange(90) % 3
+folder = save_split(Path(tempfile.mkdtemp()), X[:60], y[:60], X[60:], y[60:], 3)
+row = run_pair(Task(0, "noise", "probe", str(folder), 0, factory=factory))
+print(json.dumps({"status": row["status"], "error": row["error"], "seen": seen}))
+"""
+
+
+@pytest.mark.process
+def test_the_first_pair_of_a_process_fits_on_one_thread_of_every_library() -> None:
+    """The serial loop's first pair (the benchmark's baseline) imports scikit-learn as it builds
+    the estimator; the libraries that brings are limited for the fit too."""
+    done = subprocess.run(
+        [sys.executable, "-c", FIRST_PAIR], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["status"] == "ok", result["error"]
+    apis = {api for api, _ in result["seen"]}
+    assert {"openblas", "openmp"} <= apis  # the libraries scikit-learn brought were seen
+    assert {threads for _, threads in result["seen"]} == {1}
+
+
+def test_built_in_classifiers_go_to_workers_by_factory(register_plugin: Any) -> None:
+    """Workers build a built-in classifier from its factory (no plugin loading there); a
+    runtime plugin's classifier is built by name, where the plugin is registered again."""
+    import pickle
+
+    from transferkit import registry
+    from transferkit.jobs.spotcheck_runner import Task, build_model, builtin_factory
+
+    register_plugin(FaultyClassifiers(), "faulty")
+    assert builtin_factory("random-forest") is registry.classifier("random-forest").factory
+    for name in ("knn-3", "linear-svc-0.001", "random-forest"):  # bound parameters travel too
+        factory = pickle.loads(pickle.dumps(builtin_factory(name)))
+        task = Task(0, "f", name, "", 7, factory=factory)
+        by_name = build_model(Task(0, "f", name, "", 7))
+        assert repr(build_model(task).get_params()) == repr(by_name.get_params())
+    assert builtin_factory("explodes") is None
+    assert builtin_factory("no-such-classifier") is None

@@ -45,7 +45,16 @@ from ..recipe import FeatureRecipe
 from .feature_cache import cached_stores, parse_backbone
 from .spotcheck_journal import Journal, journal_key
 from .spotcheck_report import check_report_folder, write_report
-from .spotcheck_runner import ROW_FIELDS, FeatureSource, Task, WorkerPool, run_grid, save_split
+from .spotcheck_runner import (
+    ROW_FIELDS,
+    FeatureSource,
+    Task,
+    WorkerPool,
+    builtin_factory,
+    run_grid,
+    save_split,
+    start_fork_server,
+)
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +256,9 @@ def spotcheck(inputs: list[str] | str, *, options: SpotcheckOptions) -> dict[str
     if isinstance(inputs, str | os.PathLike):
         inputs = [inputs]
     inputs = [os.fspath(i) for i in inputs]  # paths as text from here on
+    if options.runner is None and options.isolate:
+        # the local workers' fork server imports scikit-learn while the grid is chosen
+        start_fork_server()
     test_size, seed, timeout, out, store = (
         options.test_size,
         options.seed,
@@ -267,6 +279,7 @@ def spotcheck(inputs: list[str] | str, *, options: SpotcheckOptions) -> dict[str
         with tempfile.TemporaryDirectory(prefix="transferkit-spotcheck-") as scratch:
             tasks: list[Task] = []
             label_names: list[str] = []
+            factories = {n: None if n in own else builtin_factory(n) for n in names}
             for source, test_store in zip(sources, tests, strict=True):
                 folder, label_names = _prepare_split(
                     source, Path(scratch), test_size, seed, store, test_store
@@ -275,6 +288,7 @@ def spotcheck(inputs: list[str] | str, *, options: SpotcheckOptions) -> dict[str
                 for name in names:
                     task = Task(len(tasks), source.name, name, str(folder), seed, 1, own.get(name))
                     task.cost = _cost_hint(name, own) * rows_x_features
+                    task.factory = factories[name]
                     tasks.append(task)
             journal = (
                 Journal(Path(out), journal_key(sources, test_size, seed, store, tests))

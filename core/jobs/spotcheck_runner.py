@@ -8,9 +8,12 @@ not a fork of a parent that may hold TensorFlow threads), each limited to one BL
 so that results do not depend on the degree of parallelism. A pair that runs past ``timeout``
 seconds is killed with its worker (and whatever the worker started) and becomes a ``timeout``
 row; a worker that dies is a ``failed`` row; either is replaced by a fresh worker. The workers
-come from a :class:`WorkerPool`, which the job starts before it reads the stores (so that the
-fork server's imports overlap that work), and pairs are handed out by falling ``Task.cost`` (the
-classifier's ``cost`` hint x the split's size), so that the grid does not end on one long fit.
+come from a :class:`WorkerPool`, which the job starts before it reads the stores, after starting
+the fork server itself first thing (:func:`start_fork_server`), so that the fork server's imports
+overlap that work. Built-in classifiers travel to the workers as their factories
+(:func:`builtin_factory`): a worker loads no plugins unless some were registered at run time.
+Pairs are handed out by falling ``Task.cost`` (the classifier's ``cost`` hint x the split's
+size), so that the grid does not end on one long fit.
 
 A script with an ``if __name__ == "__main__":`` guard is imported by the workers as usual (so
 classes it defines unpickle there); a plain script without one is not
@@ -104,6 +107,9 @@ class Task:
     threads: int = 1
     estimator: Any = None  # a caller's own estimator (cloned in the worker), else built by name
     cost: float = 1.0  # an estimate of the pair's time, relative to others (longest run first)
+    # a built-in classifier's factory (what ``estimators.build`` calls for the name): a worker
+    # builds it without loading the plugins
+    factory: Any = None
 
 
 def set_thread_env(threads: int) -> None:
@@ -158,13 +164,10 @@ def run_pair(task: Task, split: dict[str, np.ndarray] | None = None) -> dict[str
         warnings.simplefilter("ignore")
 
         data = split if split is not None else load_split(task.data)
+        # built before the thread limit: a library the build imports (scikit-learn's SciPy
+        # brings its own BLAS) is then limited too, also in the first pair of a process
+        model = build_model(task)
         with threadpool_limits(limits=task.threads):
-            if task.estimator is not None:
-                from ..user_objects import fresh_estimator
-
-                model = fresh_estimator(task.estimator)
-            else:
-                model = estimators.build(task.classifier, seed=task.seed)
             start = time.perf_counter()
             fitted = estimators.fit(
                 model, np.asarray(data["X_train"]), data["y_train"], classes=data["classes"]
@@ -193,6 +196,35 @@ def run_pair(task: Task, split: dict[str, np.ndarray] | None = None) -> dict[str
         row.update(empty_metrics(), status="failed", error=f"{type(exc).__name__}: {exc}")
         row["traceback"] = traceback.format_exc(limit=8)
     return row
+
+
+def build_model(task: Task) -> Any:
+    """The unfitted estimator of a pair: the caller's own (a fresh clone), the built-in
+    factory's, or the registered classifier's; seeded with ``task.seed``."""
+    if task.estimator is not None:
+        from ..user_objects import fresh_estimator
+
+        return fresh_estimator(task.estimator)
+    if task.factory is not None:
+        return estimators.seed_estimator(task.factory(), task.seed)
+    return estimators.build(task.classifier, seed=task.seed)
+
+
+def builtin_factory(name: str) -> Any:
+    """The factory of the classifier ``name`` when a built-in plugin registered it (a worker
+    then builds it by reference, without loading every plugin), else None."""
+    import pickle
+
+    from .. import plugin_manager
+
+    try:
+        spec = registry.classifier(name)
+        if not plugin_manager.is_builtin(spec.plugin):
+            return None
+        pickle.dumps(spec.factory)
+    except Exception:  # unknown here, or not picklable: the worker builds it by name
+        return None
+    return spec.factory
 
 
 def empty_metrics() -> dict[str, Any]:
@@ -285,7 +317,8 @@ def _worker(conn: Connection, env: dict[str, str], plugins: list[str], threads: 
     set_thread_env(threads)
     plugin_error: str | None = None
     try:
-        register_runtime_plugins(plugins)
+        if plugins:  # otherwise the plugins load on the first pair built by name, if any
+            register_runtime_plugins(plugins)
     except Exception as exc:
         plugin_error = f"cannot load plugin in worker: {exc}"
     try:
@@ -426,6 +459,18 @@ def _unguarded_main_hidden() -> Iterator[None]:
         yield
     finally:
         main.__file__ = path
+
+
+def start_fork_server() -> None:
+    """Start the fork server now, without waiting for it: its imports run while the caller goes
+    on (choosing the grid, reading the stores), and the workers fork from it when it is up."""
+    ctx = _mp_context()
+    if ctx.get_start_method() != "forkserver":
+        return
+    from multiprocessing import forkserver
+
+    with _unguarded_main_hidden():
+        forkserver.ensure_running()
 
 
 def _mp_context() -> Any:
