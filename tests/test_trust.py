@@ -183,11 +183,6 @@ def test_predict_reports_ood_scores_unfamiliar_and_prediction_sets(
     for p in ok:
         assert p["prediction_set"][:1] in ([], [p["label"]]) and set(p["prediction_set"]) <= names
         assert isinstance(p["unfamiliar"], bool) and p["ood_score"] >= 0
-    print(
-        sorted(p["ood_score"] for p in photos),
-        sorted(p["ood_score"] for p in digits),
-        result["unfamiliar_threshold"],
-    )
     assert min(p["ood_score"] for p in photos) > max(p["ood_score"] for p in digits)
     assert all(p["unfamiliar"] for p in photos)
     assert sum(p["unfamiliar"] for p in digits) <= 2
