@@ -178,7 +178,7 @@ def test_dask_cluster_gives_the_same_rows_with_failures_and_timeouts(
     register_plugin(FaultyClassifiers(), "faulty")
     common: dict[str, Any] = {
         "classifiers": "logistic-regression,nearest-centroid,explodes,sleeps",
-        "timeout": 20,  # room for a loaded machine; the sleepers hang for 120 s
+        "timeout": 10,  # room for a loaded machine; the sleepers hang for 120 s
         "progress": False,
     }
     # the reference: the same grid on local workers, without the sleepers (whose timeouts on

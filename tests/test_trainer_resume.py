@@ -54,10 +54,20 @@ def _weights(model: Any) -> list[np.ndarray]:
     return [v.numpy() for v in model.network.variables]
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], list[Any]]:
+    """The run without a kill, once for every kill point: its result and its weights."""
+    build = _load_run()
+    trainer, model, data, strategy = build(tmp_path_factory.mktemp("reference"))
+    return trainer.fit(model, data, strategy), _weights(model)
+
+
 @pytest.mark.process
 @pytest.mark.slow
 @pytest.mark.parametrize("kill_after", [3, 2], ids=["mid-phase", "at-phase-change"])
-def test_killed_run_resumes_to_the_same_result(tmp_path: Path, kill_after: int) -> None:
+def test_killed_run_resumes_to_the_same_result(
+    tmp_path: Path, kill_after: int, uninterrupted: tuple[dict[str, Any], list[Any]]
+) -> None:
     build = _load_run()
     ckpt = tmp_path / "ckpt"
     env = {
@@ -80,14 +90,12 @@ def test_killed_run_resumes_to_the_same_result(tmp_path: Path, kill_after: int) 
     resumed = trainer.fit(model, data, strategy, ckpt_path="last")
     assert resumed["history"][kill_after + 1]["epoch"] == kill_after + 1
 
-    ref_trainer, ref_model, ref_data, ref_strategy = build(tmp_path / "reference")
-    reference = ref_trainer.fit(ref_model, ref_data, ref_strategy)
-
+    reference, reference_weights = uninterrupted
     assert [r["phase"] for r in resumed["history"]] == [r["phase"] for r in reference["history"]]
     for got, want in zip(resumed["history"], reference["history"], strict=True):
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
             assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), (got, want)
-    for got_w, want_w in zip(_weights(model), _weights(ref_model), strict=True):
+    for got_w, want_w in zip(_weights(model), reference_weights, strict=True):
         np.testing.assert_allclose(got_w, want_w, rtol=1e-5, atol=1e-6)
     assert [p["test_accuracy"] for p in resumed["phases"]] == pytest.approx(
         [p["test_accuracy"] for p in reference["phases"]]
