@@ -33,6 +33,7 @@ Nothing here imports scikit-learn at module level: listing classifiers stays fas
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -277,23 +278,11 @@ def softmax(
     )
 
 
-class _Bound:
-    """``factory`` with default ``params``; call-time parameters override them. A class rather
-    than a closure so that it pickles (the spot-check hands factories to its workers)."""
-
-    def __init__(self, factory: Callable[..., Any], params: dict[str, Any]) -> None:
-        self.factory, self.params = factory, params
-        self.__name__ = self.__qualname__ = factory.__name__
-        self.__module__ = factory.__module__
-        self.__doc__ = factory.__doc__
-
-    def __call__(self, **overrides: Any) -> Any:
-        return self.factory(**{**self.params, **overrides})
-
-
 def _bind(factory: Callable[..., Any], **params: Any) -> Callable[..., Any]:
-    """``factory`` with default ``params``; call-time parameters override them."""
-    return _Bound(factory, params)
+    """``factory`` with default ``params``; call-time parameters override them. A
+    ``functools.partial`` of a module-level function, so that it pickles (the spot-check hands
+    factories to its workers)."""
+    return functools.partial(factory, **params)
 
 
 # ---------------------------------------------------------------------- the table
