@@ -30,9 +30,18 @@ def test_demo_runs_the_whole_flow(tmp_path: Path) -> None:
     assert report["best_model"] == data["spotcheck"]["best_model"]
     assert (out / "report" / "heatmap.png").stat().st_size > 1000
     assert Path(data["model_path"]).exists()
-    # a second run reuses the images and the cached features
+    # a second run reuses the images and the cached features (one classifier is enough here)
     again = CliRunner().invoke(
-        build_cli(), ["demo", "--out", str(out), "--backbones", "efficientnet-lite0@64"]
+        build_cli(),
+        [
+            "demo",
+            "--out",
+            str(out),
+            "--backbones",
+            "efficientnet-lite0@64",
+            "-c",
+            "logistic-regression",
+        ],
     )
     assert again.exit_code == 0, again.output
     assert "reused from cache" in again.stderr and "Open the report" in again.stdout
