@@ -510,6 +510,9 @@ def serve(
             log_config=None,
             access_log=False,
             lifespan="on",
+            # httptools and uvloop where installed (the serve extra has them), else h11, asyncio
+            http="auto",
+            loop="auto",
             timeout_graceful_shutdown=30,
         )
         server = _server_class()(config, served, ready)
