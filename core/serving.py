@@ -113,7 +113,7 @@ class ServedModel:
                 return finetuned_answers(loaded, probs, extra, options.top)
 
             self.input_size, self.resize = tuple(loaded.input_size), loaded.resize
-            self.preprocess = loaded._preprocess
+            self.preprocess = loaded.preprocess
             self._answer = answer_finetuned
             meta = loaded.metadata
             return {
