@@ -47,6 +47,7 @@ import contextlib
 import io
 import logging
 import os
+import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -88,6 +89,7 @@ class ServedModel:
         self.path = Path(model_path)
         self.options = options
         self.calls = 0  # batches run through the network
+        self._counting = threading.Lock()  # lanes count their batches from their own threads
         self.input_size: tuple[int, ...] = (32, 32)
         self.resize: Any = "auto"
         self.preprocess: Callable[[Any], Any] | None = None
@@ -211,7 +213,8 @@ class ServedModel:
         import numpy as np
         import tensorflow as tf
 
-        self.calls += 1
+        with self._counting:
+            self.calls += 1
         batch = tf.constant(np.stack(images).astype(np.float32, copy=False))
         if self.preprocess is not None:
             batch = tf.cast(self.preprocess(batch), tf.float32)
