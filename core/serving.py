@@ -25,12 +25,16 @@ handler decodes and resizes its image off the event loop, as ``predict``'s input
 pixel count checked first), so nothing in a request names a file on the server, and only the
 model given at start is ever loaded, never a pickle that a request brings. The
 :class:`Batcher` collects the images of concurrent requests, up to ``max_batch``, or until
-``max_wait_ms`` pass without a new one, and one thread runs each batch: the arrays stacked and
-preprocessed, one forward pass of the network on the runtime (its ``tf.function``, compiled
-model or interpreter, built and warmed up once at start inside
+``max_wait_ms`` pass without a new one, and the thread of a free lane runs each batch: the
+arrays stacked and preprocessed, one forward pass of the network on the runtime (its
+``tf.function``, compiled model or interpreter, built and warmed up once at start inside
 :func:`transferkit.reuse.kept`), and each image's answer made by ``predict``'s own functions
 (label, probability, top-k, ``ood_score``, ``unfamiliar``, ``prediction_set``). While a batch
-runs, the next requests are decoded.
+runs, the next requests are decoded. Keras has one lane; a runtime with a compiled network of
+its own (OpenVINO, LiteRT) has two on two cores or more, each with its own copy of the network
+on half of the cores (:func:`lane_forwards`), so that the next batch runs beside the one
+running rather than after it. BLAS runs on one thread in the server (the head's products are
+small).
 
 SIGINT and SIGTERM stop the server: it stops accepting, lets the requests in flight finish,
 and returns (no traceback).
@@ -43,6 +47,7 @@ import contextlib
 import io
 import logging
 import os
+import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -84,10 +89,12 @@ class ServedModel:
         self.path = Path(model_path)
         self.options = options
         self.calls = 0  # batches run through the network
+        self._counting = threading.Lock()  # lanes count their batches from their own threads
         self.input_size: tuple[int, ...] = (32, 32)
         self.resize: Any = "auto"
         self.preprocess: Callable[[Any], Any] | None = None
-        self._answer: Callable[[Any], list[dict[str, Any]]] = lambda images: []
+        # one answering function per lane: batches that may run at the same time (see lanes())
+        self._answers: list[Callable[[Any], list[dict[str, Any]]]] = []
         self.info = self._load()
         self.warm_up()
 
@@ -113,8 +120,8 @@ class ServedModel:
                 return finetuned_answers(loaded, probs, extra, options.top)
 
             self.input_size, self.resize = tuple(loaded.input_size), loaded.resize
-            self.preprocess = loaded._preprocess
-            self._answer = answer_finetuned
+            self.preprocess = loaded.preprocess
+            self._answers = [answer_finetuned]
             meta = loaded.metadata
             return {
                 "model": self.path.name,
@@ -133,12 +140,15 @@ class ServedModel:
             saved, runtime=options.runtime, images=options.max_batch, batch_size=options.max_batch
         )
 
-        def answer_saved(images: Any) -> list[dict[str, Any]]:
-            return answers(saved, forward(images), options.top, options.coverage, self.path)
+        def answer_with(forward: Callable[[Any], Any]) -> Callable[[Any], list[dict[str, Any]]]:
+            def answer_saved(images: Any) -> list[dict[str, Any]]:
+                return answers(saved, forward(images), options.top, options.coverage, self.path)
+
+            return answer_saved
 
         self.input_size, self.resize = tuple(backbone.input_size), backbone.resize
         self.preprocess = backbone.preprocess
-        self._answer = answer_saved
+        self._answers = [answer_with(f) for f in lane_forwards(saved, backbone, forward, options)]
         recipe = saved.recipe.to_metadata()
         size = recipe.get("input_size")
         if size is None and saved.recipe.backbone:  # the backbone's own size
@@ -180,9 +190,10 @@ class ServedModel:
         grey = io.BytesIO()
         Image.fromarray(np.full((*self.input_size, 3), 128, np.uint8)).save(grey, format="PNG")
         image = self.decode(grey.getvalue())
-        for rows in sorted({*range(1, min(8, self.options.max_batch) + 1), self.options.max_batch}):
+        every = sorted({*range(1, min(8, self.options.max_batch) + 1), self.options.max_batch})
+        for lane, rows in ((lane, rows) for lane in range(self.lanes) for rows in every):
             try:
-                self.answer([image] * rows)
+                self.answer([image] * rows, lane)
             except TransferkitError:
                 raise
             except Exception as exc:
@@ -191,27 +202,73 @@ class ServedModel:
                 ) from None
         self.calls = 0
 
-    def answer(self, images: list[Any]) -> list[dict[str, Any]]:
+    @property
+    def lanes(self) -> int:
+        """How many batches may run at the same time, each on its own network."""
+        return len(self._answers)
+
+    def answer(self, images: list[Any], lane: int = 0) -> list[dict[str, Any]]:
         """``predict``'s per-image answers (less path and status) for decoded ``images``, in
-        order, from one forward pass over them."""
+        order, from one forward pass over them on the network of ``lane``."""
         import numpy as np
         import tensorflow as tf
 
-        self.calls += 1
+        with self._counting:
+            self.calls += 1
         batch = tf.constant(np.stack(images).astype(np.float32, copy=False))
         if self.preprocess is not None:
             batch = tf.cast(self.preprocess(batch), tf.float32)
-        return self._answer(batch)
+        return self._answers[lane](batch)
+
+
+# batches a server runs at the same time on a runtime with a compiled network of its own
+LANES = 2
+
+
+def lane_forwards(saved: Any, backbone: Any, forward: Any, options: ServeOptions) -> list[Any]:
+    """The networks of the server's lanes, one per batch that may run at the same time.
+
+    ``forward`` alone (one lane) on Keras, whose forward passes share TensorFlow's thread pools,
+    or with fewer than two cores. A runtime that converts the network (OpenVINO, LiteRT) runs
+    its own compiled copy with threads of its own, so it gets :data:`LANES` copies, each on
+    ``cores // LANES`` threads: while one batch runs the next fills and runs beside it, and no
+    copy's threads wait for each other in every layer (one thread per copy on two cores). The
+    copies are the same network at the same precision, compiled for fewer threads, and give
+    the same features."""
+    from .inference import build_forward
+
+    cores = os.cpu_count() or 1
+    spec = registry.runtime(forward.runtime)
+    if cores < 2 or spec.convert is None:
+        return [forward]
+    return [
+        build_forward(
+            backbone,
+            backbone=registry.backbone(saved.recipe.backbone).name,
+            runtime=forward.runtime,
+            precision=forward.precision,
+            images=options.max_batch,
+            batch_size=options.max_batch,
+            threads=max(1, cores // LANES),
+        )
+        for _ in range(LANES)
+    ]
 
 
 class Batcher:
     """Collects the images of concurrent requests into batches: up to ``max_batch`` images, or
     until ``max_wait`` seconds pass without a new one while none is being decoded (at most
     ``10 * max_wait`` after the first), whichever comes first; ``run`` (a list of decoded
-    images -> their answers) runs each batch in one worker thread, so batches never overlap."""
+    images and a lane -> their answers) runs each batch in the worker thread of a free lane.
+    A batch starts filling when a lane is free, so with one lane batches never overlap, and
+    with ``lanes`` of them at most that many run at once."""
 
     def __init__(
-        self, run: Callable[[list[Any]], list[dict[str, Any]]], max_batch: int, max_wait: float
+        self,
+        run: Callable[[list[Any], int], list[dict[str, Any]]],
+        max_batch: int,
+        max_wait: float,
+        lanes: int = 1,
     ) -> None:
         self.run = run
         self.max_batch = max_batch
@@ -220,7 +277,14 @@ class Batcher:
         self.in_flight = 0  # images submitted and not yet answered
         self.decoding = 0  # images of requests read and still being decoded
         self._queue: asyncio.Queue[tuple[Any, asyncio.Future[dict[str, Any]]]] = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="transferkit-batch")
+        self._executors = [
+            ThreadPoolExecutor(1, thread_name_prefix=f"transferkit-batch-{lane}")
+            for lane in range(lanes)
+        ]
+        self._free: asyncio.Queue[int] = asyncio.Queue()
+        for lane in range(lanes):
+            self._free.put_nowait(lane)
+        self._running: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -231,7 +295,11 @@ class Batcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self._executor.shutdown(wait=True)
+        for task in list(self._running):
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
+        for executor in self._executors:
+            executor.shutdown(wait=True)
 
     async def submit(self, images: list[Any]) -> list[dict[str, Any]]:
         loop = asyncio.get_running_loop()
@@ -247,6 +315,7 @@ class Batcher:
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            lane = await self._free.get()
             batch = [await self._queue.get()]
             # open while images keep coming: until max_wait passes without one (or the batch
             # is full, or 10 x max_wait after the first), so that a burst of requests that the
@@ -264,19 +333,29 @@ class Batcher:
                 except (asyncio.QueueEmpty, asyncio.TimeoutError):
                     break
             self.sizes.append(len(batch))
-            try:
-                answers = await loop.run_in_executor(
-                    self._executor, self.run, [image for image, _ in batch]
-                )
-            except Exception as exc:  # the batch failed as a whole: each request hears why
-                log.error(f"a batch of {len(batch)} image(s) failed: {type(exc).__name__}: {exc}")
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future), answer in zip(batch, answers, strict=True):
+            task = loop.create_task(self._run(batch, lane))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _run(
+        self, batch: list[tuple[Any, asyncio.Future[dict[str, Any]]]], lane: int
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            answers = await loop.run_in_executor(
+                self._executors[lane], self.run, [image for image, _ in batch], lane
+            )
+        except Exception as exc:  # the batch failed as a whole: each request hears why
+            log.error(f"a batch of {len(batch)} image(s) failed: {type(exc).__name__}: {exc}")
+            for _, future in batch:
                 if not future.done():
-                    future.set_result(answer)
+                    future.set_exception(exc)
+            return
+        finally:
+            self._free.put_nowait(lane)
+        for (_, future), answer in zip(batch, answers, strict=True):
+            if not future.done():
+                future.set_result(answer)
 
 
 # ---------------------------------------------------------------------- reading requests
@@ -430,7 +509,9 @@ def build_app(served: ServedModel) -> Any:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
-        batcher = Batcher(served.answer, options.max_batch, options.max_wait_ms / 1000)
+        batcher = Batcher(
+            served.answer, options.max_batch, options.max_wait_ms / 1000, served.lanes
+        )
         batcher.start()
         state["batcher"] = batcher
         decoders.append(ThreadPoolExecutor(os.cpu_count() or 1, "transferkit-decode"))
@@ -476,6 +557,8 @@ def require_serving() -> None:
 @contextlib.contextmanager
 def serving(model_path: str | Path, options: ServeOptions) -> Iterator[ServedModel]:
     """The :class:`ServedModel` of ``model_path`` with its network kept while the block runs."""
+    from threadpoolctl import threadpool_limits
+
     from .reuse import kept
 
     require_serving()
@@ -484,7 +567,9 @@ def serving(model_path: str | Path, options: ServeOptions) -> Iterator[ServedMod
     try:
         for logger in quieted:  # one line per batch would drown the server's own
             logger.setLevel(logging.WARNING)
-        with kept():
+        # the head's and trust record's products are small (a batch's rows by the features):
+        # BLAS threads would only wake, and spin between batches on the cores the network needs
+        with kept(), threadpool_limits(1, user_api="blas"):
             yield ServedModel(model_path, options)
     finally:
         for logger, level in zip(quieted, levels, strict=True):
@@ -510,6 +595,9 @@ def serve(
             log_config=None,
             access_log=False,
             lifespan="on",
+            # httptools and uvloop where installed (the serve extra has them), else h11, asyncio
+            http="auto",
+            loop="auto",
             timeout_graceful_shutdown=30,
         )
         server = _server_class()(config, served, ready)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -286,6 +287,55 @@ def test_concurrent_requests_share_one_forward_pass(
     assert CountingRuntime.calls == [6]  # one forward pass for the six requests
     assert served.calls == 1 and client.app.state.batchers["batcher"].sizes == [6]
     assert time.perf_counter() - started < 3.0  # a full batch does not wait for max_wait_ms
+
+
+def test_each_lane_runs_a_batch_at_the_same_time() -> None:
+    from transferkit.serving import Batcher
+
+    both = threading.Barrier(2, timeout=10)  # passes only when two batches run at once
+    threads: list[str] = []
+
+    def run(images: list[Any], lane: int) -> list[dict[str, Any]]:
+        threads.append(threading.current_thread().name)
+        both.wait()
+        return [{"value": image, "lane": lane} for image in images]
+
+    async def ask() -> tuple[list[Any], list[int]]:
+        batcher = Batcher(run, max_batch=2, max_wait=0.01, lanes=2)
+        batcher.start()
+        try:
+            answers = await asyncio.gather(batcher.submit([1, 2]), batcher.submit([3, 4]))
+        finally:
+            await batcher.close()
+        return answers, batcher.sizes
+
+    answers, sizes = asyncio.run(ask())
+    assert sizes == [2, 2] and len(set(threads)) == 2
+    assert [[a["value"] for a in batch] for batch in answers] == [[1, 2], [3, 4]]
+    assert {a["lane"] for batch in answers for a in batch} == {0, 1}
+
+
+@pytest.mark.slow
+def test_a_converting_runtime_serves_on_lanes_with_predicts_answers(
+    model: dict[str, Any], server: Any
+) -> None:
+    client, served = server(runtime="openvino", top=3, max_wait_ms=50)
+    assert served.lanes == (2 if (os.cpu_count() or 1) >= 2 else 1)
+    paths = model["paths"][:8]
+    answers: list[Any] = [None] * len(paths)
+
+    def ask(i: int) -> None:
+        answers[i] = client.post("/predict", content=paths[i].read_bytes(),
+                                 headers={"Content-Type": "image/png"})  # fmt: skip
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(paths))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    expected = api.predict(model["model"], [str(p) for p in paths], top=3, runtime="openvino")
+    _same_answers([a.json() for a in answers], expected["predictions"])
 
 
 @pytest.mark.parametrize(

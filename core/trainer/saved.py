@@ -49,6 +49,12 @@ class FinetunedModel:
             built = spec.factory(weights=None, input_size=self.input_size)
             self._preprocess = built.preprocess
 
+    @property
+    def preprocess(self) -> Any:
+        """The backbone's preprocessing where the network does not hold it (None where it
+        does): what a batch of RGB images 0..255 goes through before :attr:`model`."""
+        return self._preprocess
+
     def _prepare(self, images: Any) -> Any:
         import tensorflow as tf
 
