@@ -154,6 +154,7 @@ def random_split_coverage(
     Xa, ya, pa = np.concatenate([X, Xt]), np.concatenate([y, yt]), paths + tpaths
     found: dict[str, list[tuple[float, float]]] = {"clean": [], "noisy": []}
     eces: list[tuple[float, float]] = []
+    checks: list[str] = []  # per split: the folds' ECE, the bootstrap support, kept?
     for repeat in range(args.repeats):
         seed = args.seed + repeat
         a, b = train_test_split(np.arange(len(ya)), test_size=len(yt), stratify=ya,
@@ -173,12 +174,18 @@ def random_split_coverage(
                 calibrated = api.train(store, classifier="logistic-regression", test=held,
                                        calibrate="temperature")  # fmt: skip
                 eces.append((calibrated["ece_before"], calibrated["ece"]))
+                checks.append(f"{calibrated['folds_ece_before']:.4f}->"
+                              f"{calibrated['folds_ece']:.4f} "
+                              f"({calibrated['calibration_support']:.2f}, "
+                              f"{calibrated['calibration_status']})")  # fmt: skip
     out: dict[str, Any] = {
         "random_ece_before": float(np.mean([b for b, _ in eces])),
         "random_ece_temperature": float(np.mean([a for _, a in eces])),
         "random_ece_temperature_range": f"{min(e[1] for e in eces):.4f}-"
         f"{max(e[1] for e in eces):.4f}",
         "random_ece_splits_above_before": sum(a > b for b, a in eces),
+        "random_ece_checks": "; ".join(checks),
+        "random_ece_test": "; ".join(f"{b:.4f}->{a:.4f}" for b, a in eces),
     }
     for kind, runs in found.items():
         covered = [c for c, _ in runs]

@@ -16,7 +16,12 @@ CALIBRATE_HELP = (
 )
 CONFORMAL_HELP = (
     "With --out, keep conformal scores from held-out folds so that `predict --coverage` gives "
-    "prediction sets (--folds more fits)."
+    "prediction sets (--conformal-folds more fits)."
+)
+CONFORMAL_FOLDS_HELP = (
+    "Folds of the held-out probabilities behind the conformal scores: more folds, copies closer "
+    "to the saved model (fitted on (k - 1) / k of the rows) and sets closer to the coverage asked "
+    "for; fewer, fewer fits and larger sets."
 )
 FINETUNE_CONFORMAL_HELP = (
     "Keep conformal scores of the validation split in model.keras so that `predict --coverage` "
@@ -47,7 +52,7 @@ def _flag(name: str) -> str:
 
 def check_trust(options: Any) -> None:
     """``reference_size`` (0 or more), ``unfamiliar_quantile`` (0 to 1) and, where the options
-    have it, ``folds`` (at least 2)."""
+    have them, ``folds`` and ``conformal_folds`` (at least 2)."""
     if options.reference_size < 0:
         raise UsageError(f"--reference-size must be 0 or more, got {options.reference_size}")
     if not 0 < options.unfamiliar_quantile < 1:
@@ -55,11 +60,12 @@ def check_trust(options: Any) -> None:
             f"--unfamiliar-quantile must be between 0 and 1, got {options.unfamiliar_quantile}"
         )
     check_folds(getattr(options, "folds", 2))
+    check_folds(getattr(options, "conformal_folds", 2), "--conformal-folds")
 
 
-def check_folds(folds: int) -> None:
+def check_folds(folds: int, flag: str = "--folds") -> None:
     if folds < 2:
-        raise UsageError(f"--folds must be at least 2, got {folds}")
+        raise UsageError(f"{flag} must be at least 2, got {folds}")
 
 
 def check_coverage(coverage: float | None) -> None:

@@ -79,6 +79,7 @@ def test_train_calibrates_and_reports_ece(digits_store: Path, tmp_path: Path, me
         assert result["accuracy"] == result["accuracy_before"] and result["temperature"] > 0
         assert result["calibration_status"] == "kept"
         assert result["folds_ece"] < result["folds_ece_before"]
+        assert result["calibration_support"] >= 0.9  # the fall holds in 9 resamples of 10
 
 
 def test_a_calibration_kept_needs_its_least_gain_on_held_out_folds(
@@ -335,6 +336,10 @@ def test_a_damaged_trust_record_fails_in_one_line(digits_store: Path, tmp_path: 
             "--coverage must be between 0 and 1",
         ),
         (["train", "s.h5", "-c", "knn-3", "--folds", "1"], "--folds must be at least 2"),
+        (
+            ["train", "s.h5", "-c", "knn-3", "--conformal-folds", "1"],
+            "--conformal-folds must be at least 2",
+        ),
         (["train", "s.h5", "-c", "knn-3", "--reference-size", "-1"], "--reference-size must be 0"),
         (["stream", "s.h5", "--unfamiliar-quantile", "1"], "--unfamiliar-quantile must be between"),
         (["audit", "s.h5", "--duplicate-similarity", "2"], "is a cosine similarity, -1 to 1"),
@@ -352,3 +357,72 @@ def test_spotcheck_rows_report_the_ece_train_reports(digits_store: Path) -> None
     for row in report["rows"]:
         alone = api.train(digits_store, classifier=row["classifier"])
         assert row["ece"] == pytest.approx(alone["ece"]) and 0 <= row["ece"] < 0.2
+
+
+@pytest.fixture(scope="module")
+def digits_held_out() -> tuple[np.ndarray, np.ndarray]:
+    """Held-out probabilities of the 1,797 digits: a logistic regression over 5 folds."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = load_digits(return_X_y=True)
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    folds = StratifiedKFold(5, shuffle=True, random_state=0)
+    return cross_val_predict(model, X, y, cv=folds, method="predict_proba"), y
+
+
+def test_the_support_of_a_fall_of_the_error_counts_resamples_of_the_rows(
+    digits_held_out: tuple[np.ndarray, np.ndarray],
+) -> None:
+    proba, y = digits_held_out
+    # each round is the error of the same resample of the rows, before and after
+    rng = np.random.default_rng(3)
+    sharper = trust.temper(proba, 0.8)
+    draws = [rng.integers(0, len(y), len(y)) for _ in range(40)]
+    by_hand = np.mean([trust.ece(sharper[r], y[r]) < trust.ece(proba[r], y[r]) for r in draws])
+    assert trust.ece_gain_support(proba, sharper, y, rounds=40, seed=3) == by_hand
+    # no change is never a fall; a large one is one in every resample
+    assert trust.ece_gain_support(proba, proba, y) == 0.0
+    unsure = trust.temper(proba, 3.0)
+    assert trust.ece(unsure, y) > trust.ece(proba, y) + 0.1
+    assert trust.ece_gain_support(unsure, proba, y) == 1.0
+    assert trust.ece_gain_support(proba, unsure, y) == 0.0
+    # a temperature of 0.5 lowers the 1,797 rows' error by about 0.001, a fall that many
+    # resamples of the same rows do not show; 0.8 lowers it by about 0.008, and nearly all do
+    halved = trust.temper(proba, 0.5)
+    assert trust.ece(halved, y) < trust.ece(proba, y)
+    assert (
+        trust.ece_gain_support(proba, halved, y) < 0.9 < trust.ece_gain_support(proba, sharper, y)
+    )
+
+
+def test_a_calibration_kept_needs_its_fall_in_most_resamples_of_the_rows(
+    digits_store: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the temperature that lowers the held-out folds' error of the digits by more than the least
+    # gain is skipped when the share of resamples asked for is more than the rows show
+    from transferkit.jobs import train_trust
+
+    monkeypatch.setattr(train_trust, "MIN_SUPPORT", 1.01)
+    result = api.train(digits_store, classifier="logistic-regression", calibrate="temperature")
+    assert result["folds_ece"] <= result["folds_ece_before"] - train_trust.MIN_GAIN
+    assert result["calibration_status"] == "skipped" and result["ece"] == result["ece_before"]
+    assert 0.9 <= result["calibration_support"] <= 1
+    skipped = [r.getMessage() for r in caplog.records if "calibration skipped" in r.getMessage()]
+    assert len(skipped) == 1 and "resamples of their rows" in skipped[0]
+
+
+def test_conformal_scores_come_from_folds_closer_to_the_saved_model(
+    digits_store: Path, tmp_path: Path
+) -> None:
+    # copies fitted on 9/10 of the rows are surer than copies fitted on 4/5, as the saved model
+    # (fitted on all) is: their scores are lower on the whole
+    scores = {}
+    for folds in (5, 10):
+        result = api.train(digits_store, classifier="logistic-regression", reference_size=0,
+                           conformal_folds=folds, out=tmp_path / f"lr{folds}")  # fmt: skip
+        scores[folds] = load_model(result["model_path"]).trust["conformal"]
+        assert scores[folds].shape == (result["n_train"],)
+    assert scores[10].mean() < scores[5].mean()

@@ -154,8 +154,9 @@ class TrainOptions(Options):
     params: Any = params_option("--param C=0.1")
     store: str | None = store_option()
     calibrate: str | None = option(None, tv.CALIBRATE_HELP, choices=tv.CALIBRATIONS)
-    folds: int = option(5, "Folds of the held-out probabilities (calibration, conformal scores).")
+    folds: int = option(5, "Folds of the held-out probabilities of the calibration.")
     conformal: bool = option(True, tv.CONFORMAL_HELP, negatable=True)
+    conformal_folds: int = option(10, tv.CONFORMAL_FOLDS_HELP)
     reference_size: int = option(1000, tv.REFERENCE_HELP)
     unfamiliar_quantile: float = option(0.99, tv.QUANTILE_HELP)
 
