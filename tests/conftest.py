@@ -23,12 +23,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 # Each xdist worker gets its share of the cores for its libraries' thread pools (TensorFlow's
-# intra- and inter-op pools, OpenMP), as a spot-check worker does: the workers' pools would
-# otherwise contend for every core. A run in one process (`-n 0`) keeps the libraries' defaults.
+# intra- and inter-op pools, OpenMP, OpenBLAS), as a spot-check worker does: the workers' pools
+# would otherwise contend for every core. A run in one process (`-n 0`) keeps the defaults.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     _threads = str(max(1, (os.cpu_count() or 1) // _workers))
-    for _var in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+    for _var in (
+        "TF_NUM_INTRAOP_THREADS",
+        "TF_NUM_INTEROP_THREADS",
+        "OMP_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+    ):
         os.environ.setdefault(_var, _threads)
 
 
