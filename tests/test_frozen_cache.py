@@ -104,16 +104,19 @@ def test_the_default_recipe_trains_to_the_same_weights_with_and_without_the_cach
     from transferkit.trainer import frozen_cache
 
     register_plugin(TinyThreeBlocks(), "tiny-three")
-    forwarded: list[list[int]] = []  # per cut, the batch size of each forward pass
+    # per pass made (its model's name), the batch size of each forward call
+    forwarded: list[tuple[str, list[int]]] = []
     make = frozen_cache._forward_fn
 
     def counted(lower: Any, pooling: Any = None) -> Any:
         forward = make(lower, pooling)
-        forwarded.append([])
+        sizes: list[int] = []
+        forwarded.append((lower.name, sizes))
 
-        def run(images: Any) -> Any:
-            forwarded[-1].append(int(images.shape[0]))
-            return forward(images)
+        def run(inputs: Any) -> Any:
+            first = inputs[0] if isinstance(inputs, list | tuple) else inputs
+            sizes.append(int(first.shape[0]))
+            return forward(inputs)
 
         return run
 
@@ -139,11 +142,14 @@ def test_the_default_recipe_trains_to_the_same_weights_with_and_without_the_cach
     )  # fmt: skip
     data = cached["data"]
     assert data["train"] + data["val"] + data["test"] == 73  # 72 PNGs and the broken file
-    # two cuts (the whole base, then below block2): each run once over the decodable
-    # training images as they are and mirrored, the validation and the test images
+    # two cuts (the whole base, then below block2), one pass of the frozen part: the layers
+    # below block2 run once over the decodable training images as they are and mirrored, the
+    # validation and the test images; block2 then runs once over those cached rows for the
+    # warm-up's pooled vectors, and the fine-tune phase reuses the rows below block2
     n = {p: data[p] - _broken_in(digit_folder, p) for p in ("train", "val", "test")}
     batches = 2 * -(-n["train"] // 8) + -(-n["val"] // 8) + -(-n["test"] // 8)
-    assert forwarded == [[8] * batches] * 2  # the last batch of each part padded: one trace
+    # the last batch of each part padded: one trace each
+    assert forwarded == [("frozen_part", [8] * batches), ("frozen_between_cuts", [8] * batches)]
     assert probes[0] is None and probes[1] is not None and len(probes[1][0]) == n["train"]
     # with no memory, every row spilled to the run folder during training, and none is left
     assert watch.callback.seen and all(watch.callback.seen)
@@ -224,7 +230,9 @@ def test_rows_beyond_the_memory_bound_spill_to_a_file_that_is_deleted(tmp_path: 
     bound_mb = 30 * row_bytes / 2**20  # the validation rows and some of the training rows
     cache = FrozenCache(memory_mb=bound_mb, spill_dir=spill)
     model, trainer, _ = _fit(tmp_path / "cached", cache=cache, extra=[watch.callback])
-    cut = cache.builds[-1]
+    # the fine-tune's cut, built first from the images; the warm-up's pooled vectors from it
+    assert [(b["cut"], b["from_cut"]) for b in cache.builds] == [(5, None), (10, 5)]
+    cut = cache.builds[0]
     assert cut["cut"] == 5 and cut["variants"] == 2
     assert 0 < cut["memory_bytes"] <= bound_mb * 2**20 and cut["spilled_bytes"] > 0
     data = trainer.data
@@ -252,7 +260,10 @@ def test_a_resumed_fit_builds_the_cache_again_and_ends_where_an_uninterrupted_on
     plain, _, _ = _fit(tmp_path / "plain")
     first = FrozenCache()
     _fit(tmp_path / "run", cache=first, max_epochs=3)  # stops in the fine-tune phase
-    assert [b["cut"] for b in first.builds] == [10, 5]  # the whole base, then block2 up
+    # block2's input from the images, for the fine-tune phase ahead; the warm-up's (the whole
+    # base) from those rows
+    assert [(b["cut"], b["from_cut"]) for b in first.builds] == [(5, None), (10, 5)]
+    assert first.builds[1]["images"] == 0 and first.builds[0]["images"] > 0
     again = FrozenCache()
     model, trainer, result = _fit(tmp_path / "run", cache=again, ckpt_path="last")
     assert trainer.ckpt_path is not None and result["epochs"] == 4
@@ -292,8 +303,12 @@ def test_augment_light_falls_back_with_one_line_and_no_frozen_cache_says_nothing
     on = invoke_cli("finetune", *common, "-o", tmp_path / "on")
     assert on.returncode == 0, on.stderr
     built = [line for line in on.stderr.splitlines() if line.startswith("frozen-part cache:")]
-    assert len(built) == 2 and "pooled features below layer 13 of 13" in built[0], built
-    assert "activations [(8, 8, 4)] below layer 5 of 13" in built[1]
+    # the fine-tune's cut from the images, then the warm-up's pooled vectors from its rows
+    assert len(built) == 2 and "activations [(8, 8, 4)] below layer 5 of 13," in built[0], built
+    assert (
+        "pooled features below layer 13 of 13, from the cached activations below layer 5"
+        in (built[1])
+    )
 
 
 def test_a_frozen_part_with_dropout_trains_the_whole_network(tmp_path: Path, caplog: Any) -> None:
