@@ -131,10 +131,30 @@ def test_the_default_recipe_trains_to_the_same_weights_with_and_without_the_cach
         return probe(model, data, features)
 
     monkeypatch.setattr(finetune_job, "_probe_head", noted_probe)
+    # the passes over images after the fit (test scores and ECE, the trust record's reference
+    # and conformal scores), counted in images
+    from transferkit.jobs import finetune_trust
+    from transferkit.trainer import Trainer
+
+    after: list[int] = []
+    features, run_score = finetune_trust.head_features, Trainer._run_score
+
+    def noted_features(model: Any, images: Any) -> Any:
+        after.append(int(images.shape[0]))
+        return features(model, images)
+
+    def noted_score(self: Any, *args: Any) -> Any:
+        after.append(len(self.data.test_indices))
+        return run_score(self, *args)
+
+    monkeypatch.setattr(finetune_trust, "head_features", noted_features)
+    monkeypatch.setattr(Trainer, "_run_score", noted_score)
     common: dict[str, Any] = {"backbone": "tiny-three", "epochs": [2, 2], "batch_size": 8}
     common.update(progress=False, learning_rate=[1e-2, 1e-2])
     plain = api.finetune(digit_folder, out=tmp_path / "plain", frozen_cache=False, **common)
     assert forwarded == [] and probes == [None]
+    assert sum(after) > 0
+    after.clear()
     watch = SpillWatch(tmp_path / "cached")
     cached = api.finetune(
         digit_folder, out=tmp_path / "cached", frozen_cache_memory=0,
@@ -159,6 +179,21 @@ def test_the_default_recipe_trains_to_the_same_weights_with_and_without_the_cach
         assert a["epochs"] == b["epochs"] and a["test_accuracy"] == b["test_accuracy"]
     assert cached["test_accuracy"] == plain["test_accuracy"]
     assert cached["restored_best_epoch"] == plain["restored_best_epoch"]
+    # after the fit, the kept rows give the final scores and the trust record: no image pass
+    assert after == []
+    assert cached["test_ece"] == pytest.approx(plain["test_ece"], abs=TOLERANCE)
+    assert cached["reference_rows"] == plain["reference_rows"] > 0
+    assert cached["conformal_scores"] == plain["conformal_scores"] > 0
+    records = [finetune_trust.read_record(tmp_path / name / "model.keras")
+               for name in ("plain", "cached")]  # fmt: skip
+    assert sorted(records[0]) == sorted(records[1])
+    for key, value in records[0].items():
+        if key == "layer":  # a layer name, numbered by Keras per process
+            continue
+        if np.asarray(value).dtype.kind == "f":
+            np.testing.assert_allclose(records[1][key], value, atol=1e-4, err_msg=key)
+        else:
+            assert np.array_equal(np.asarray(records[1][key]), np.asarray(value)), key
     history = [api_history(tmp_path / name) for name in ("plain", "cached")]
     np.testing.assert_allclose(history[0], history[1], atol=TOLERANCE)
     weights = [_arrays(tmp_path / name) for name in ("plain", "cached")]

@@ -29,14 +29,23 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .callbacks import Callback
-from .frozen_rows import SPILL_PREFIX, _dataset, _fill, _fill_above, _pick_class, _Rows
+from .frozen_rows import (
+    SPILL_PREFIX,
+    _base_outputs,
+    _dataset,
+    _fill,
+    _fill_above,
+    _fingerprint,
+    _pick_class,
+    _Rows,
+)
 from .model import iter_layers
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -206,6 +215,7 @@ class _Cut:
         self.compiled_for: Any = None
         self.tensors: list[Any] = []  # the symbolic tensors crossing the cut
         self.source: _Cut | None = None  # the deeper cut whose rows this one's came from
+        self.fingerprint = ""  # of the weights below the cut when it was built
         self.figures: dict[str, Any] = {}
 
     def parts(self) -> list[_Rows]:
@@ -224,10 +234,15 @@ class FrozenCache(Callback):
     callbacks; ``Trainer.fit`` then trains each stretch of epochs on it where it applies.
     ``memory_mb``: the MiB of activations kept in memory, beyond which rows spill to a file in
     ``spill_dir`` (default: a temporary folder). ``builds`` lists each cut built: its layer
-    index, the images run through the frozen part, the bytes in memory and spilled."""
+    index, the images run through the frozen part, the bytes in memory and spilled.
+    ``keep_after_fit``: keep the rows when the fit ends, for :meth:`base_batches` (the caller
+    then calls :meth:`release`; a fit that fails releases them still)."""
 
     def __init__(
-        self, memory_mb: float = DEFAULT_MEMORY_MB, spill_dir: str | Path | None = None
+        self,
+        memory_mb: float = DEFAULT_MEMORY_MB,
+        spill_dir: str | Path | None = None,
+        keep_after_fit: bool = False,
     ) -> None:
         from ..errors import UsageError
 
@@ -235,6 +250,7 @@ class FrozenCache(Callback):
             raise UsageError(f"the frozen-part cache's memory must be 0 MiB or more: {memory_mb}")
         self.memory_mb = float(memory_mb)
         self.spill_dir = Path(spill_dir) if spill_dir is not None else None
+        self.keep_after_fit = bool(keep_after_fit)
         self.builds: list[dict[str, Any]] = []
         self._cut: _Cut | None = None  # the cut of the model's trainable state
         self._deep: _Cut | None = None  # the deepest cut of the phases ahead, its rows from images
@@ -252,7 +268,8 @@ class FrozenCache(Callback):
                 stale.unlink(missing_ok=True)
 
     def on_fit_end(self, trainer: Trainer, result: dict[str, Any]) -> None:
-        self.release()
+        if not self.keep_after_fit:
+            self.release()
 
     def on_exception(self, trainer: Trainer, exception: BaseException) -> None:
         self.release()
@@ -329,6 +346,38 @@ class FrozenCache(Callback):
         if x.ndim == 4:
             x = x.mean(axis=(1, 2))
         return x, trainer.data.labels[cut.train_rows[kept]]
+
+    def base_batches(
+        self, trainer: Trainer, split: str, rows: Any = None
+    ) -> Iterator[tuple[Any, np.ndarray]] | None:
+        """Batches ``(the base's output, labels)`` in inference mode for the images of
+        ``split`` (``val``, ``test``, or ``train`` with ``rows``, sorted training rows), in the
+        order the data module's batches give them (images that do not decode left out): the
+        rows of the fit's last cut through the layers above it, where the head pools first the
+        pooled vectors. None where the cache holds no such rows, or the weights below the cut
+        are no longer those it was built with (a restored checkpoint from a deeper phase)."""
+        cut, data = self._cut, trainer.data
+        if cut is None or cut.training_model is None or data is None:
+            return None
+        if _fingerprint(trainer.model.base_layers[: cut.key[0]]) != cut.fingerprint:
+            return None
+        if split == "train":
+            wanted = np.asarray(rows, np.int64)
+            positions = np.searchsorted(cut.train_rows, wanted)
+            if (positions >= len(cut.train_rows)).any() or (
+                cut.train_rows[positions] != wanted
+            ).any():
+                return None
+        else:
+            if getattr(cut, split) is None:
+                if not len(data.test_indices if split == "test" else data.val_indices):
+                    return None
+                self._fill_part(trainer, cut, split)
+            positions = np.arange(len(getattr(cut, f"{split}_rows")))
+        stored, kept = getattr(cut, split), getattr(cut, f"{split}_kept")
+        positions = positions[kept[positions]]
+        labels = data.labels[getattr(cut, f"{split}_rows")]
+        return _base_outputs(stored, positions, labels, cut.upper, data.batch_size)
 
     # ------------------------------------------------------------------ deciding and building
 
@@ -490,6 +539,7 @@ class FrozenCache(Callback):
             dtypes = [np.dtype(keras.backend.standardize_dtype(pooling.compute_dtype))]
         cut.pooled = pooling is not None
         cut.shapes, cut.dtypes, cut.forward = shapes, dtypes, _forward_fn(lower, pooling)
+        cut.fingerprint = _fingerprint(model.base_layers[:cut_at])
         variants = 2 if flip is not None else 1
         cut.figures = figures = {
             "cut": cut_at, "whole_base": whole, "variants": variants, "images": 0,

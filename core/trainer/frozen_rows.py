@@ -8,6 +8,7 @@ of each image."""
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,9 @@ class _Rows:
                         path, mode="w+", dtype=dtype, shape=(n - self.in_memory, variants, *shape)
                     )
                 )
+        # the spill files go with these rows even where nobody releases them (an error after
+        # a fit that kept its rows): when they are collected, or when the process ends
+        self._unlink = weakref.finalize(self, _unlink_all, list(self.files))
 
     @property
     def memory_bytes(self) -> int:
@@ -79,9 +83,13 @@ class _Rows:
 
     def release(self) -> None:
         self.memory, self.spilled = [], []
-        for path in self.files:
-            path.unlink(missing_ok=True)
+        self._unlink()
         self.files = []
+
+
+def _unlink_all(paths: Sequence[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 def _dataset(rows: _Rows, epochs: Sequence[np.ndarray], labels: np.ndarray, batch_size: int) -> Any:
@@ -230,3 +238,43 @@ def _fill_above(rows: _Rows, source: _Rows, kept: np.ndarray, forward: Any, batc
             rows.write(chosen, variant, [np.asarray(t)[:n] for t in outputs])
             done += n
     return done
+
+
+def _fingerprint(layers: Sequence[Any]) -> str:
+    """A digest of the weights of ``layers`` (whether a cut's rows still hold)."""
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=16)
+    for layer in layers:
+        for weight in layer.weights:
+            digest.update(np.ascontiguousarray(np.asarray(weight)).tobytes())
+    return digest.hexdigest()
+
+
+def _base_outputs(
+    rows: _Rows, positions: np.ndarray, labels: np.ndarray, upper: Any, batch_size: int
+) -> Iterator[tuple[Any, np.ndarray]]:
+    """Batches ``(the base's output, labels)`` of the rows at ``positions`` (their first
+    version), through ``upper`` (the layers above the cut, in inference mode; None: the rows
+    are the base's output already) as one graph, the last batch padded: one trace."""
+    import tensorflow as tf
+
+    forward = None
+    if upper is not None:
+
+        @tf.function
+        def forward(inputs: Any) -> Any:
+            return upper(inputs, training=False)
+
+    for b in range(0, len(positions), batch_size):
+        chosen = positions[b : b + batch_size]
+        arrays = [a[:, 0] for a in rows.gather(chosen)]
+        n = len(chosen)
+        if forward is None:
+            yield tf.convert_to_tensor(arrays[0]), labels[chosen]
+            continue
+        if n < batch_size:
+            arrays = [np.concatenate([a, np.zeros((batch_size - n, *a.shape[1:]), a.dtype)])
+                      for a in arrays]  # fmt: skip
+        out = forward(arrays[0] if len(arrays) == 1 else arrays)
+        yield (out[0] if isinstance(out, list | tuple) else out)[:n], labels[chosen]
