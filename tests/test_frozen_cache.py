@@ -247,7 +247,9 @@ def _fit(
     max_epochs = fit.pop("max_epochs", None)
     trainer = Trainer(callbacks=callbacks, enable_progress=False, reseed=False,
                       max_epochs=max_epochs)  # fmt: skip
-    strategy = resolve_strategy("warmup-unfreeze", epochs=[2, 2], unfreeze_from=5)
+    strategy = fit.pop("strategy", None) or resolve_strategy(
+        "warmup-unfreeze", epochs=[2, 2], unfreeze_from=5
+    )
     result = trainer.fit(model, data, strategy, **fit)
     return model, trainer, result
 
@@ -303,6 +305,48 @@ def test_a_resumed_fit_builds_the_cache_again_and_ends_where_an_uninterrupted_on
     model, trainer, result = _fit(tmp_path / "run", cache=again, ckpt_path="last")
     assert trainer.ckpt_path is not None and result["epochs"] == 4
     assert [b["cut"] for b in again.builds] == [5]  # rebuilt for the phase it resumed in
+    weights = [v.numpy() for v in model.network.weights]
+    assert _close([v.numpy() for v in plain.network.weights], weights) < TOLERANCE
+
+
+def test_gradual_runs_the_frozen_part_once_for_its_cuts_and_drops_rows_a_deeper_phase_trains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``gradual`` over two blocks: the head, then block2, then block1 too. The frozen part
+    runs once, below block2 (the deepest cut with something frozen below it); the head's rows
+    come from those; when block1 trains, nothing is frozen below it and the rows go. The
+    weights are those of the uncached run."""
+    from transferkit.trainer import frozen_cache, resolve_strategy
+    from transferkit.trainer.frozen_cache import FrozenCache
+
+    def gradual() -> Any:
+        return resolve_strategy("gradual", epochs=[1, 1], blocks=2)
+
+    plain, _, _ = _fit(tmp_path / "plain", strategy=gradual())
+    made: list[str] = []
+    make = frozen_cache._forward_fn
+
+    def counted(lower: Any, pooling: Any = None) -> Any:
+        made.append(lower.name)
+        return make(lower, pooling)
+
+    monkeypatch.setattr(frozen_cache, "_forward_fn", counted)
+    from transferkit.trainer import Callback
+
+    held: list[tuple[Any, Any]] = []  # after each epoch: the cuts whose rows the cache holds
+
+    class Held(Callback):
+        def on_epoch_end(self, trainer: Any, epoch: int, logs: dict[str, float]) -> None:
+            cut, deep = cache._cut, cache._deep
+            held.append((cut and cut.key[0], deep and deep.key[0]))
+
+    cache = FrozenCache()
+    model, _, result = _fit(tmp_path / "cached", cache=cache, extra=[Held()], strategy=gradual())
+    assert [p["phase"] for p in result["phases"]] == ["head", "unfreeze-1", "unfreeze-2"]
+    assert [(b["cut"], b["from_cut"]) for b in cache.builds] == [(5, None), (10, 5)]
+    assert made == ["frozen_part", "frozen_between_cuts"]
+    # the head on rows from below block2; block2 on those rows; block1 trains: none kept
+    assert held == [(10, 5), (5, 5), (None, None)]
     weights = [v.numpy() for v in model.network.weights]
     assert _close([v.numpy() for v in plain.network.weights], weights) < TOLERANCE
 
