@@ -45,6 +45,7 @@ from .frozen_rows import (
     _fingerprint,
     _pick_class,
     _Rows,
+    _upper_fn,
 )
 from .model import iter_layers
 
@@ -216,6 +217,7 @@ class _Cut:
         self.tensors: list[Any] = []  # the symbolic tensors crossing the cut
         self.source: _Cut | None = None  # the deeper cut whose rows this one's came from
         self.fingerprint = ""  # of the weights below the cut when it was built
+        self.upper_forward: Any = None  # the part above the cut as a graph, after the fit
         self.figures: dict[str, Any] = {}
 
     def parts(self) -> list[_Rows]:
@@ -377,7 +379,9 @@ class FrozenCache(Callback):
         stored, kept = getattr(cut, split), getattr(cut, f"{split}_kept")
         positions = positions[kept[positions]]
         labels = data.labels[getattr(cut, f"{split}_rows")]
-        return _base_outputs(stored, positions, labels, cut.upper, data.batch_size)
+        if cut.upper is not None and cut.upper_forward is None:
+            cut.upper_forward = _upper_fn(cut.upper)
+        return _base_outputs(stored, positions, labels, cut.upper_forward, data.batch_size)
 
     # ------------------------------------------------------------------ deciding and building
 

@@ -251,20 +251,24 @@ def _fingerprint(layers: Sequence[Any]) -> str:
     return digest.hexdigest()
 
 
-def _base_outputs(
-    rows: _Rows, positions: np.ndarray, labels: np.ndarray, upper: Any, batch_size: int
-) -> Iterator[tuple[Any, np.ndarray]]:
-    """Batches ``(the base's output, labels)`` of the rows at ``positions`` (their first
-    version), through ``upper`` (the layers above the cut, in inference mode; None: the rows
-    are the base's output already) as one graph, the last batch padded: one trace."""
+def _upper_fn(upper: Any) -> Any:
+    """``upper`` (the layers above a cut) in inference mode as a graph."""
     import tensorflow as tf
 
-    forward = None
-    if upper is not None:
+    @tf.function
+    def forward(inputs: Any) -> Any:
+        return upper(inputs, training=False)
 
-        @tf.function
-        def forward(inputs: Any) -> Any:
-            return upper(inputs, training=False)
+    return forward
+
+
+def _base_outputs(
+    rows: _Rows, positions: np.ndarray, labels: np.ndarray, forward: Any, batch_size: int
+) -> Iterator[tuple[Any, np.ndarray]]:
+    """Batches ``(the base's output, labels)`` of the rows at ``positions`` (their first
+    version), through ``forward`` (:func:`_upper_fn` of the layers above the cut; None: the
+    rows are the base's output already), the last batch padded: one trace per cut."""
+    import tensorflow as tf
 
     for b in range(0, len(positions), batch_size):
         chosen = positions[b : b + batch_size]
