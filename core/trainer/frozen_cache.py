@@ -1,4 +1,4 @@
-"""The frozen-part cache of fine-tuning: what cannot change is computed once per phase cut.
+"""The frozen-part cache of fine-tuning: what cannot change is computed once.
 
 While a phase trains only the head, the base's output for an image is fixed; while it trains the
 top blocks, everything below the first trainable layer is. :class:`FrozenCache` (a Trainer
@@ -6,8 +6,13 @@ callback that the Trainer asks for each stretch of epochs) runs the frozen part 
 training and validation images (and the test images when a phase ends), keeps its output (the
 *cut*: the tensors entering the first trainable layer, or the base's output, pooled where the
 head pools first), and trains a model made of the part above the cut and the head, sharing
-their layers and the optimizer with the full network. A deeper unfreeze moves the cut, and the
-cache is rebuilt from there.
+their layers and the optimizer with the full network. Where the phases ahead will cut deeper
+(a built-in strategy's ``unfreeze_from``), the frozen part runs once, to the deepest of their
+cuts, and a shallower cut's rows (the warm-up's pooled vectors) are made from those rows by the
+frozen layers between the two cuts; the deeper phase then reuses them. An unfreeze below the
+rows kept drops them, and the cache is rebuilt from the new cut. With ``keep_after_fit`` the
+rows outlive the fit, for the base's output on the images (:meth:`FrozenCache.base_batches`:
+``finetune``'s final scores and trust record).
 
 The computation is the uncached one, so the cache is only used where that holds:
 
