@@ -453,7 +453,12 @@ def _probe_head(model: Any, data: Any, features: tuple[Any, Any] | None = None) 
         X, y = np.concatenate(pooled), np.concatenate(labels).astype(np.int64)
     if len(np.unique(y)) < 2 or X.shape[1] != dense.kernel.shape[0]:
         return False
-    probe = LogisticRegression(C=1.0, max_iter=1000).fit(X, y)
+    from threadpoolctl import threadpool_limits
+
+    # one BLAS thread: the products of a few hundred rows gain nothing from a second one, and
+    # on 2 busy cores a fit of this size took 20 s with OpenBLAS's two threads, 0.14 s with one
+    with threadpool_limits(limits=1, user_api="blas"):
+        probe = LogisticRegression(C=1.0, max_iter=1000).fit(X, y)
     coef = probe.coef_ if len(probe.classes_) > 2 else np.vstack([-probe.coef_, probe.coef_]) / 2
     intercept = (
         probe.intercept_
