@@ -104,16 +104,19 @@ def test_the_default_recipe_trains_to_the_same_weights_with_and_without_the_cach
     from transferkit.trainer import frozen_cache
 
     register_plugin(TinyThreeBlocks(), "tiny-three")
-    forwarded: list[list[int]] = []  # per cut, the batch size of each forward pass
+    # per pass made (its model's name), the batch size of each forward call
+    forwarded: list[tuple[str, list[int]]] = []
     make = frozen_cache._forward_fn
 
     def counted(lower: Any, pooling: Any = None) -> Any:
         forward = make(lower, pooling)
-        forwarded.append([])
+        sizes: list[int] = []
+        forwarded.append((lower.name, sizes))
 
-        def run(images: Any) -> Any:
-            forwarded[-1].append(int(images.shape[0]))
-            return forward(images)
+        def run(inputs: Any) -> Any:
+            first = inputs[0] if isinstance(inputs, list | tuple) else inputs
+            sizes.append(int(first.shape[0]))
+            return forward(inputs)
 
         return run
 
@@ -128,10 +131,30 @@ def test_the_default_recipe_trains_to_the_same_weights_with_and_without_the_cach
         return probe(model, data, features)
 
     monkeypatch.setattr(finetune_job, "_probe_head", noted_probe)
+    # the passes over images after the fit (test scores and ECE, the trust record's reference
+    # and conformal scores), counted in images
+    from transferkit.jobs import finetune_trust
+    from transferkit.trainer import Trainer
+
+    after: list[int] = []
+    features, run_score = finetune_trust.head_features, Trainer._run_score
+
+    def noted_features(model: Any, images: Any) -> Any:
+        after.append(int(images.shape[0]))
+        return features(model, images)
+
+    def noted_score(self: Any, *args: Any) -> Any:
+        after.append(len(self.data.test_indices))
+        return run_score(self, *args)
+
+    monkeypatch.setattr(finetune_trust, "head_features", noted_features)
+    monkeypatch.setattr(Trainer, "_run_score", noted_score)
     common: dict[str, Any] = {"backbone": "tiny-three", "epochs": [2, 2], "batch_size": 8}
     common.update(progress=False, learning_rate=[1e-2, 1e-2])
     plain = api.finetune(digit_folder, out=tmp_path / "plain", frozen_cache=False, **common)
     assert forwarded == [] and probes == [None]
+    assert sum(after) > 0
+    after.clear()
     watch = SpillWatch(tmp_path / "cached")
     cached = api.finetune(
         digit_folder, out=tmp_path / "cached", frozen_cache_memory=0,
@@ -139,11 +162,14 @@ def test_the_default_recipe_trains_to_the_same_weights_with_and_without_the_cach
     )  # fmt: skip
     data = cached["data"]
     assert data["train"] + data["val"] + data["test"] == 73  # 72 PNGs and the broken file
-    # two cuts (the whole base, then below block2): each run once over the decodable
-    # training images as they are and mirrored, the validation and the test images
+    # two cuts (the whole base, then below block2), one pass of the frozen part: the layers
+    # below block2 run once over the decodable training images as they are and mirrored, the
+    # validation and the test images; block2 then runs once over those cached rows for the
+    # warm-up's pooled vectors, and the fine-tune phase reuses the rows below block2
     n = {p: data[p] - _broken_in(digit_folder, p) for p in ("train", "val", "test")}
     batches = 2 * -(-n["train"] // 8) + -(-n["val"] // 8) + -(-n["test"] // 8)
-    assert forwarded == [[8] * batches] * 2  # the last batch of each part padded: one trace
+    # the last batch of each part padded: one trace each
+    assert forwarded == [("frozen_part", [8] * batches), ("frozen_between_cuts", [8] * batches)]
     assert probes[0] is None and probes[1] is not None and len(probes[1][0]) == n["train"]
     # with no memory, every row spilled to the run folder during training, and none is left
     assert watch.callback.seen and all(watch.callback.seen)
@@ -153,6 +179,21 @@ def test_the_default_recipe_trains_to_the_same_weights_with_and_without_the_cach
         assert a["epochs"] == b["epochs"] and a["test_accuracy"] == b["test_accuracy"]
     assert cached["test_accuracy"] == plain["test_accuracy"]
     assert cached["restored_best_epoch"] == plain["restored_best_epoch"]
+    # after the fit, the kept rows give the final scores and the trust record: no image pass
+    assert after == []
+    assert cached["test_ece"] == pytest.approx(plain["test_ece"], abs=TOLERANCE)
+    assert cached["reference_rows"] == plain["reference_rows"] > 0
+    assert cached["conformal_scores"] == plain["conformal_scores"] > 0
+    records = [finetune_trust.read_record(tmp_path / name / "model.keras")
+               for name in ("plain", "cached")]  # fmt: skip
+    assert sorted(records[0]) == sorted(records[1])
+    for key, value in records[0].items():
+        if key == "layer":  # a layer name, numbered by Keras per process
+            continue
+        if np.asarray(value).dtype.kind == "f":
+            np.testing.assert_allclose(records[1][key], value, atol=1e-4, err_msg=key)
+        else:
+            assert np.array_equal(np.asarray(records[1][key]), np.asarray(value)), key
     history = [api_history(tmp_path / name) for name in ("plain", "cached")]
     np.testing.assert_allclose(history[0], history[1], atol=TOLERANCE)
     weights = [_arrays(tmp_path / name) for name in ("plain", "cached")]
@@ -206,7 +247,9 @@ def _fit(
     max_epochs = fit.pop("max_epochs", None)
     trainer = Trainer(callbacks=callbacks, enable_progress=False, reseed=False,
                       max_epochs=max_epochs)  # fmt: skip
-    strategy = resolve_strategy("warmup-unfreeze", epochs=[2, 2], unfreeze_from=5)
+    strategy = fit.pop("strategy", None) or resolve_strategy(
+        "warmup-unfreeze", epochs=[2, 2], unfreeze_from=5
+    )
     result = trainer.fit(model, data, strategy, **fit)
     return model, trainer, result
 
@@ -224,7 +267,9 @@ def test_rows_beyond_the_memory_bound_spill_to_a_file_that_is_deleted(tmp_path: 
     bound_mb = 30 * row_bytes / 2**20  # the validation rows and some of the training rows
     cache = FrozenCache(memory_mb=bound_mb, spill_dir=spill)
     model, trainer, _ = _fit(tmp_path / "cached", cache=cache, extra=[watch.callback])
-    cut = cache.builds[-1]
+    # the fine-tune's cut, built first from the images; the warm-up's pooled vectors from it
+    assert [(b["cut"], b["from_cut"]) for b in cache.builds] == [(5, None), (10, 5)]
+    cut = cache.builds[0]
     assert cut["cut"] == 5 and cut["variants"] == 2
     assert 0 < cut["memory_bytes"] <= bound_mb * 2**20 and cut["spilled_bytes"] > 0
     data = trainer.data
@@ -252,11 +297,56 @@ def test_a_resumed_fit_builds_the_cache_again_and_ends_where_an_uninterrupted_on
     plain, _, _ = _fit(tmp_path / "plain")
     first = FrozenCache()
     _fit(tmp_path / "run", cache=first, max_epochs=3)  # stops in the fine-tune phase
-    assert [b["cut"] for b in first.builds] == [10, 5]  # the whole base, then block2 up
+    # block2's input from the images, for the fine-tune phase ahead; the warm-up's (the whole
+    # base) from those rows
+    assert [(b["cut"], b["from_cut"]) for b in first.builds] == [(5, None), (10, 5)]
+    assert first.builds[1]["images"] == 0 and first.builds[0]["images"] > 0
     again = FrozenCache()
     model, trainer, result = _fit(tmp_path / "run", cache=again, ckpt_path="last")
     assert trainer.ckpt_path is not None and result["epochs"] == 4
     assert [b["cut"] for b in again.builds] == [5]  # rebuilt for the phase it resumed in
+    weights = [v.numpy() for v in model.network.weights]
+    assert _close([v.numpy() for v in plain.network.weights], weights) < TOLERANCE
+
+
+def test_gradual_runs_the_frozen_part_once_for_its_cuts_and_drops_rows_a_deeper_phase_trains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``gradual`` over two blocks: the head, then block2, then block1 too. The frozen part
+    runs once, below block2 (the deepest cut with something frozen below it); the head's rows
+    come from those; when block1 trains, nothing is frozen below it and the rows go. The
+    weights are those of the uncached run."""
+    from transferkit.trainer import frozen_cache, resolve_strategy
+    from transferkit.trainer.frozen_cache import FrozenCache
+
+    def gradual() -> Any:
+        return resolve_strategy("gradual", epochs=[1, 1], blocks=2)
+
+    plain, _, _ = _fit(tmp_path / "plain", strategy=gradual())
+    made: list[str] = []
+    make = frozen_cache._forward_fn
+
+    def counted(lower: Any, pooling: Any = None) -> Any:
+        made.append(lower.name)
+        return make(lower, pooling)
+
+    monkeypatch.setattr(frozen_cache, "_forward_fn", counted)
+    from transferkit.trainer import Callback
+
+    held: list[tuple[Any, Any]] = []  # after each epoch: the cuts whose rows the cache holds
+
+    class Held(Callback):
+        def on_epoch_end(self, trainer: Any, epoch: int, logs: dict[str, float]) -> None:
+            cut, deep = cache._cut, cache._deep
+            held.append((cut and cut.key[0], deep and deep.key[0]))
+
+    cache = FrozenCache()
+    model, _, result = _fit(tmp_path / "cached", cache=cache, extra=[Held()], strategy=gradual())
+    assert [p["phase"] for p in result["phases"]] == ["head", "unfreeze-1", "unfreeze-2"]
+    assert [(b["cut"], b["from_cut"]) for b in cache.builds] == [(5, None), (10, 5)]
+    assert made == ["frozen_part", "frozen_between_cuts"]
+    # the head on rows from below block2; block2 on those rows; block1 trains: none kept
+    assert held == [(10, 5), (5, 5), (None, None)]
     weights = [v.numpy() for v in model.network.weights]
     assert _close([v.numpy() for v in plain.network.weights], weights) < TOLERANCE
 
@@ -292,8 +382,12 @@ def test_augment_light_falls_back_with_one_line_and_no_frozen_cache_says_nothing
     on = invoke_cli("finetune", *common, "-o", tmp_path / "on")
     assert on.returncode == 0, on.stderr
     built = [line for line in on.stderr.splitlines() if line.startswith("frozen-part cache:")]
-    assert len(built) == 2 and "pooled features below layer 13 of 13" in built[0], built
-    assert "activations [(8, 8, 4)] below layer 5 of 13" in built[1]
+    # the fine-tune's cut from the images, then the warm-up's pooled vectors from its rows
+    assert len(built) == 2 and "activations [(8, 8, 4)] below layer 5 of 13," in built[0], built
+    assert (
+        "pooled features below layer 13 of 13, from the cached activations below layer 5"
+        in (built[1])
+    )
 
 
 def test_a_frozen_part_with_dropout_trains_the_whole_network(tmp_path: Path, caplog: Any) -> None:

@@ -258,10 +258,13 @@ def finetune(
             own.insert(0, EarlyStopping(patience=patience))
         if probe_init:
             own.insert(0, ProbeHead())
+        cache = None
         if options.frozen_cache:
             from ..trainer.frozen_cache import FrozenCache
 
-            own.insert(0, FrozenCache(options.frozen_cache_memory, spill_dir=out))
+            # kept after the fit: the final scores and trust record read the base's outputs
+            cache = FrozenCache(options.frozen_cache_memory, spill_dir=out, keep_after_fit=True)
+            own.insert(0, cache)
         if distribution.is_chief:
             config = run_config(images, backbone, out, options)
             save_run_config(out, config, recipe.to_metadata(), loggers)
@@ -288,8 +291,10 @@ def finetune(
             model.network.load_weights(best)
             restored = checkpoint.best_epoch
         # the final model's test scores, computed as train and spotcheck compute theirs
-        scores = trainer.score(model, data) if len(data.test_indices) else {}
-        calibration = _calibration(model, data, options.calibrate)
+        cached = _CachedOutputs(cache, trainer)
+        test_probs = cached("test") if len(data.test_indices) else None
+        scores = _test_scores(trainer, model, data, test_probs) if len(data.test_indices) else {}
+        calibration = _calibration(model, data, options.calibrate, cached)
         summary: dict[str, Any] = {
             "model_path": str(out / MODEL_FILE),
             "backbone": built.name,
@@ -311,10 +316,14 @@ def finetune(
         }
         summary.update(replicas=result["replicas"], distribute=distribution.kind)
         if options.fast_dev_run or not distribution.is_chief:
+            if cache is not None:
+                cache.release()
             return _without_files(summary, options.fast_dev_run, distribution.is_chief, start)
         from . import finetune_trust
 
-        kept = finetune_trust.trust_record(model, data, options)  # ood_score, prediction sets
+        kept = finetune_trust.trust_record(model, data, options, cached.batches)
+        if cache is not None:  # ood_score, prediction sets made: the rows go
+            cache.release()
         summary.update(finetune_trust.describe(kept))
         model.export(
             out / MODEL_FILE,
@@ -444,7 +453,12 @@ def _probe_head(model: Any, data: Any, features: tuple[Any, Any] | None = None) 
         X, y = np.concatenate(pooled), np.concatenate(labels).astype(np.int64)
     if len(np.unique(y)) < 2 or X.shape[1] != dense.kernel.shape[0]:
         return False
-    probe = LogisticRegression(C=1.0, max_iter=1000).fit(X, y)
+    from threadpoolctl import threadpool_limits
+
+    # one BLAS thread: the products of a few hundred rows gain nothing from a second one, and
+    # on 2 busy cores a fit of this size took 20 s with OpenBLAS's two threads, 0.14 s with one
+    with threadpool_limits(limits=1, user_api="blas"):
+        probe = LogisticRegression(C=1.0, max_iter=1000).fit(X, y)
     coef = probe.coef_ if len(probe.classes_) > 2 else np.vstack([-probe.coef_, probe.coef_]) / 2
     intercept = (
         probe.intercept_
@@ -588,10 +602,11 @@ def finetuned_answers(
     return found
 
 
-def _calibration(model: Any, data: Any, calibrate: bool) -> dict[str, Any]:
+def _calibration(model: Any, data: Any, calibrate: bool, cached: Any = None) -> dict[str, Any]:
     """``test_ece`` of the exported model's test probabilities (15 bins, as ``train`` reports
     it); with ``calibrate``, the head's ``temperature`` fitted on the validation split, the
-    test ECE with it, and the one before as ``test_ece_before``."""
+    test ECE with it, and the one before as ``test_ece_before``. ``cached``: a
+    :class:`_CachedOutputs` giving them from the frozen-part cache where it holds them."""
     from ..trainer.bridge import quiet_end_of_data
     from ..trust import ece, fit_temperature, temper
 
@@ -604,15 +619,60 @@ def _calibration(model: Any, data: Any, calibrate: bool) -> dict[str, Any]:
         return np.concatenate(probs), np.concatenate(truth).astype(int)
 
     found: dict[str, Any] = {}
-    test = probabilities(data.test_dataset()) if len(data.test_indices) else None
+    test = None
+    if len(data.test_indices):
+        test = (cached and cached("test")) or probabilities(data.test_dataset())
     if test is not None:
         found["test_ece"] = ece(*test)
     if calibrate:
         if not len(data.val_indices):
             raise UsageError("--calibrate fits the temperature on the validation split; give it "
                              "a validation fraction (--split)")  # fmt: skip
-        found["temperature"] = fit_temperature(*probabilities(data.val_dataset()))
+        val = (cached and cached("val")) or probabilities(data.val_dataset())
+        found["temperature"] = fit_temperature(*val)
         if test is not None:
             found["test_ece_before"] = found["test_ece"]
             found["test_ece"] = ece(temper(test[0], found["temperature"]), test[1])
     return found
+
+
+class _CachedOutputs:
+    """The final model's probabilities on a split (``cached("test")``: ``(probabilities,
+    labels)``, each split computed once) and the base's output batches
+    (:meth:`batches`, for the trust record) from the frozen-part cache's rows, which the fit
+    kept; None where the cache holds none (then the network runs over the images)."""
+
+    def __init__(self, cache: Any, trainer: Any) -> None:
+        self.cache, self.trainer = cache, trainer
+        self.found: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
+
+    def batches(self, split: str, rows: Any = None) -> Any:
+        if self.cache is None:
+            return None
+        return self.cache.base_batches(self.trainer, split, rows)
+
+    def __call__(self, split: str) -> tuple[np.ndarray, np.ndarray] | None:
+        if split not in self.found:
+            batches = self.batches(split)
+            if batches is None:
+                self.found[split] = None
+            else:
+                head = self.trainer.model.head
+                probs, truth = [], []
+                for x, y in batches:
+                    probs.append(np.asarray(head(x, training=False), dtype=float))
+                    truth.append(np.asarray(y).reshape(-1))
+                self.found[split] = (np.concatenate(probs), np.concatenate(truth).astype(int))
+        return self.found[split]
+
+
+def _test_scores(
+    trainer: Any, model: Any, data: Any, test: tuple[np.ndarray, np.ndarray] | None
+) -> dict[str, float]:
+    """The final model's test scores (as ``Trainer.score`` computes them), from ``test``,
+    its probabilities and labels where the frozen-part cache gave them."""
+    if test is None:
+        return dict(trainer.score(model, data))
+    from ..metrics import score
+
+    return dict(score(test[1], test[0].argmax(-1), labels=range(data.num_classes)))

@@ -62,11 +62,16 @@ def head_features(model: Any, images: Any) -> tuple[np.ndarray, np.ndarray]:
     """``(features, probabilities)`` of preprocessed ``images`` through ``model`` (a
     ``TransferModel``) in inference mode: the head walked layer by layer as ``export`` lays it
     out, so the features are the ones :func:`feature_forward` reads from the saved file."""
+    return head_outputs(model, model.base(images, training=False))
+
+
+def head_outputs(model: Any, x: Any) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`head_features` from the base's output ``x`` (or the vectors the head's pooling
+    makes of it)."""
     import keras
 
     from ..trainer.layers import PoolIfMap
 
-    x = model.base(images, training=False)
     cut = _head_cut(model.head)
     if cut is None:
         probs = model.head(x, training=False)
@@ -84,24 +89,36 @@ def head_features(model: Any, images: Any) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(as_numpy(feats), np.float32), np.asarray(as_numpy(probs), np.float64)
 
 
-def _pass(model: Any, dataset: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _pass(
+    model: Any, dataset: Any, from_base: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     from ..trainer.bridge import quiet_end_of_data
 
     feats, probs, truth = [], [], []
     with quiet_end_of_data():
         for images, y in dataset:
-            f, p = head_features(model, images)
+            f, p = head_outputs(model, images) if from_base else head_features(model, images)
             feats.append(f)
             probs.append(p)
             truth.append(np.asarray(y).reshape(-1))
     return np.concatenate(feats), np.concatenate(probs), np.concatenate(truth).astype(int)
 
 
-def trust_record(model: Any, data: Any, options: Any) -> dict[str, Any]:
+def trust_record(
+    model: Any, data: Any, options: Any, cached: Callable[..., Any] | None = None
+) -> dict[str, Any]:
     """The record ``finetune`` saves (see the module docstring): ``reference``, ``mean``, ``k``,
     ``threshold``, ``quantile`` (with ``reference_size`` > 0), ``conformal`` (with
     ``conformal`` and a validation split), and ``layer``/``pool`` (where the features are
-    read). Empty when neither is asked for."""
+    read). Empty when neither is asked for. ``cached(split, rows)``: batches of the base's
+    output for those images (the frozen-part cache's ``base_batches``), or None."""
+
+    def passed(split: str, rows: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        batches = cached(split, rows) if cached is not None else None
+        if batches is not None:
+            return _pass(model, batches, from_base=True)
+        return _pass(model, data.dataset(rows) if split == "train" else data.val_dataset())
+
     from ..trust import conformal_scores, make_reference
 
     record: dict[str, Any] = {}
@@ -110,12 +127,12 @@ def trust_record(model: Any, data: Any, options: Any) -> dict[str, Any]:
         rows = np.sort(data.train_indices)
         if len(rows) > options.reference_size:
             rows = np.sort(rng.choice(rows, options.reference_size, replace=False))
-        X = _pass(model, data.dataset(rows))[0]
+        X = passed("train", rows)[0]
         record.update(make_reference(X, size=len(X), quantile=options.unfamiliar_quantile,
                                      seed=options.seed))  # fmt: skip
     if options.conformal:
         if len(data.val_indices):
-            _, probs, y = _pass(model, data.val_dataset())
+            _, probs, y = passed("val")
             record["conformal"] = conformal_scores(probs, y, options.seed)
         else:
             log.warning("warning: no validation split, so no conformal scores; predict "

@@ -1,4 +1,4 @@
-"""The frozen-part cache of fine-tuning: what cannot change is computed once per phase cut.
+"""The frozen-part cache of fine-tuning: what cannot change is computed once.
 
 While a phase trains only the head, the base's output for an image is fixed; while it trains the
 top blocks, everything below the first trainable layer is. :class:`FrozenCache` (a Trainer
@@ -6,8 +6,13 @@ callback that the Trainer asks for each stretch of epochs) runs the frozen part 
 training and validation images (and the test images when a phase ends), keeps its output (the
 *cut*: the tensors entering the first trainable layer, or the base's output, pooled where the
 head pools first), and trains a model made of the part above the cut and the head, sharing
-their layers and the optimizer with the full network. A deeper unfreeze moves the cut, and the
-cache is rebuilt from there.
+their layers and the optimizer with the full network. Where the phases ahead will cut deeper
+(a built-in strategy's ``unfreeze_from``), the frozen part runs once, to the deepest of their
+cuts, and a shallower cut's rows (the warm-up's pooled vectors) are made from those rows by the
+frozen layers between the two cuts; the deeper phase then reuses them. An unfreeze below the
+rows kept drops them, and the cache is rebuilt from the new cut. With ``keep_after_fit`` the
+rows outlive the fit, for the base's output on the images (:meth:`FrozenCache.base_batches`:
+``finetune``'s final scores and trust record).
 
 The computation is the uncached one, so the cache is only used where that holds:
 
@@ -26,7 +31,6 @@ folder), deleted when the fit ends. A resumed fit builds the cache again from it
 
 from __future__ import annotations
 
-import functools
 import logging
 import shutil
 import tempfile
@@ -37,6 +41,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .callbacks import Callback
+from .frozen_rows import (
+    SPILL_PREFIX,
+    _base_outputs,
+    _dataset,
+    _fill,
+    _fill_above,
+    _fingerprint,
+    _pick_class,
+    _Rows,
+    _upper_fn,
+)
 from .model import iter_layers
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -47,7 +62,6 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 DEFAULT_MEMORY_MB = 2048
-SPILL_PREFIX = "frozen-cache-"
 # layers whose output depends on ``training`` only through a rate or a noise level
 _RATES = {
     "Dropout": "rate",
@@ -181,70 +195,6 @@ def _frontier(base: Any, cut: int) -> list[Any]:
     return found
 
 
-class _Rows:
-    """``n`` rows of one part (train or validation) of the cache: one array per cut tensor,
-    each ``(n, variants, *shape)``; the first rows in memory up to ``budget`` bytes, the rest in
-    a memory-mapped ``.npy`` file under ``folder``."""
-
-    def __init__(
-        self, n: int, shapes: Sequence[tuple[int, ...]], dtypes: Sequence[Any], variants: int,
-        budget: int, folder: Path, name: str,
-    ) -> None:  # fmt: skip
-        self.n, self.variants = n, variants
-        self.row_bytes = sum(
-            variants * int(np.prod(s)) * np.dtype(d).itemsize
-            for s, d in zip(shapes, dtypes, strict=True)
-        )
-        self.in_memory = n if self.row_bytes == 0 else min(n, max(0, budget) // self.row_bytes)
-        self.memory: list[np.ndarray] = []
-        self.spilled: list[np.ndarray] = []
-        self.files: list[Path] = []
-        for j, (shape, dtype) in enumerate(zip(shapes, dtypes, strict=True)):
-            self.memory.append(np.empty((self.in_memory, variants, *shape), dtype))
-            if self.in_memory < n:
-                path = folder / f"{SPILL_PREFIX}{name}-{j}.npy"
-                self.files.append(path)
-                self.spilled.append(
-                    np.lib.format.open_memmap(
-                        path, mode="w+", dtype=dtype, shape=(n - self.in_memory, variants, *shape)
-                    )
-                )
-
-    @property
-    def memory_bytes(self) -> int:
-        return self.in_memory * self.row_bytes
-
-    @property
-    def spilled_bytes(self) -> int:
-        return (self.n - self.in_memory) * self.row_bytes
-
-    def write(self, positions: np.ndarray, variant: int, values: Sequence[np.ndarray]) -> None:
-        ram = positions < self.in_memory
-        for j, value in enumerate(values):
-            self.memory[j][positions[ram], variant] = value[ram]
-            if not ram.all():
-                self.spilled[j][positions[~ram] - self.in_memory, variant] = value[~ram]
-
-    def gather(self, positions: np.ndarray) -> list[np.ndarray]:
-        """One array ``(len(positions), variants, *shape)`` per cut tensor."""
-        ram = positions < self.in_memory
-        if ram.all():
-            return [m[positions] for m in self.memory]
-        out = []
-        for memory, spilled in zip(self.memory, self.spilled, strict=True):
-            part = np.empty((len(positions), *memory.shape[1:]), memory.dtype)
-            part[ram] = memory[positions[ram]]
-            part[~ram] = spilled[positions[~ram] - self.in_memory]
-            out.append(part)
-        return out
-
-    def release(self) -> None:
-        self.memory, self.spilled = [], []
-        for path in self.files:
-            path.unlink(missing_ok=True)
-        self.files = []
-
-
 class _Cut:
     """The cache of one cut: the rows of the training and validation images (positions in
     their sorted row numbers), the model trained on them, and the build's figures."""
@@ -269,6 +219,14 @@ class _Cut:
         self.pooled = False  # the base's map pooled by the head's first layer
         self.training_model: Any = None
         self.compiled_for: Any = None
+        self.tensors: list[Any] = []  # the symbolic tensors crossing the cut
+        self.source: _Cut | None = None  # the deeper cut whose rows this one's came from
+        self.fingerprint = ""  # of the weights below the cut when it was built
+        self.upper_forward: Any = None  # the part above the cut as a graph, after the fit
+        self.figures: dict[str, Any] = {}
+
+    def parts(self) -> list[_Rows]:
+        return [p for p in (self.train, self.val, self.test) if p is not None]
 
     def release(self) -> None:
         for rows in (self.train, self.val, self.test):
@@ -283,10 +241,15 @@ class FrozenCache(Callback):
     callbacks; ``Trainer.fit`` then trains each stretch of epochs on it where it applies.
     ``memory_mb``: the MiB of activations kept in memory, beyond which rows spill to a file in
     ``spill_dir`` (default: a temporary folder). ``builds`` lists each cut built: its layer
-    index, the images run through the frozen part, the bytes in memory and spilled."""
+    index, the images run through the frozen part, the bytes in memory and spilled.
+    ``keep_after_fit``: keep the rows when the fit ends, for :meth:`base_batches` (the caller
+    then calls :meth:`release`; a fit that fails releases them still)."""
 
     def __init__(
-        self, memory_mb: float = DEFAULT_MEMORY_MB, spill_dir: str | Path | None = None
+        self,
+        memory_mb: float = DEFAULT_MEMORY_MB,
+        spill_dir: str | Path | None = None,
+        keep_after_fit: bool = False,
     ) -> None:
         from ..errors import UsageError
 
@@ -294,8 +257,10 @@ class FrozenCache(Callback):
             raise UsageError(f"the frozen-part cache's memory must be 0 MiB or more: {memory_mb}")
         self.memory_mb = float(memory_mb)
         self.spill_dir = Path(spill_dir) if spill_dir is not None else None
+        self.keep_after_fit = bool(keep_after_fit)
         self.builds: list[dict[str, Any]] = []
-        self._cut: _Cut | None = None
+        self._cut: _Cut | None = None  # the cut of the model's trainable state
+        self._deep: _Cut | None = None  # the deepest cut of the phases ahead, its rows from images
         self._said: set[str] = set()
         self._temp: Path | None = None
 
@@ -310,16 +275,18 @@ class FrozenCache(Callback):
                 stale.unlink(missing_ok=True)
 
     def on_fit_end(self, trainer: Trainer, result: dict[str, Any]) -> None:
-        self.release()
+        if not self.keep_after_fit:
+            self.release()
 
     def on_exception(self, trainer: Trainer, exception: BaseException) -> None:
         self.release()
 
     def release(self) -> None:
         """Drop the cached rows and delete the spill files."""
-        if self._cut is not None:
-            self._cut.release()
-            self._cut = None
+        for cut in (self._cut, self._deep):
+            if cut is not None:
+                cut.release()
+        self._cut = self._deep = None
         if self._temp is not None:
             shutil.rmtree(self._temp, ignore_errors=True)
             self._temp = None
@@ -359,21 +326,10 @@ class FrozenCache(Callback):
             return None
         data = trainer.data
         if cut.test is None:
-            cut.test_rows = np.asarray(data.test_indices, np.int64)
-            if not len(cut.test_rows):
+            if not len(data.test_indices):
                 return None
-            used = sum(p.memory_bytes for p in (cut.train, cut.val) if p is not None)
-            budget = int(self.memory_mb * 2**20) - used
-            cut.test = _Rows(len(cut.test_rows), cut.shapes, cut.dtypes, 1, budget,
-                             self._folder(), "test")  # fmt: skip
-            cut.test_kept, n = _fill(cut.test, data, cut.test_rows, cut.forward, False)
-            figures = self.builds[-1]
-            figures["images"] += n
-            figures["memory_bytes"] += cut.test.memory_bytes
-            figures["spilled_bytes"] += cut.test.spilled_bytes
-            figures["files"] += [str(f) for f in cut.test.files]
-            figures["spilled"]["test"] = cut.test.spilled_bytes
-        if not cut.test_kept.any():
+            self._fill_part(trainer, cut, "test")
+        if cut.test is None or not cut.test_kept.any():
             return None
         kept = np.flatnonzero(cut.test_kept)
         batches = _dataset(cut.test, [kept], data.labels[cut.test_rows], data.batch_size)
@@ -397,6 +353,40 @@ class FrozenCache(Callback):
         if x.ndim == 4:
             x = x.mean(axis=(1, 2))
         return x, trainer.data.labels[cut.train_rows[kept]]
+
+    def base_batches(
+        self, trainer: Trainer, split: str, rows: Any = None
+    ) -> Iterator[tuple[Any, np.ndarray]] | None:
+        """Batches ``(the base's output, labels)`` in inference mode for the images of
+        ``split`` (``val``, ``test``, or ``train`` with ``rows``, sorted training rows), in the
+        order the data module's batches give them (images that do not decode left out): the
+        rows of the fit's last cut through the layers above it, where the head pools first the
+        pooled vectors. None where the cache holds no such rows, or the weights below the cut
+        are no longer those it was built with (a restored checkpoint from a deeper phase)."""
+        cut, data = self._cut, trainer.data
+        if cut is None or cut.training_model is None or data is None:
+            return None
+        if _fingerprint(trainer.model.base_layers[: cut.key[0]]) != cut.fingerprint:
+            return None
+        if split == "train":
+            wanted = np.asarray(rows, np.int64)
+            positions = np.searchsorted(cut.train_rows, wanted)
+            if (positions >= len(cut.train_rows)).any() or (
+                cut.train_rows[positions] != wanted
+            ).any():
+                return None
+        else:
+            if getattr(cut, split) is None:
+                if not len(data.test_indices if split == "test" else data.val_indices):
+                    return None
+                self._fill_part(trainer, cut, split)
+            positions = np.arange(len(getattr(cut, f"{split}_rows")))
+        stored, kept = getattr(cut, split), getattr(cut, f"{split}_kept")
+        positions = positions[kept[positions]]
+        labels = data.labels[getattr(cut, f"{split}_rows")]
+        if cut.upper is not None and cut.upper_forward is None:
+            cut.upper_forward = _upper_fn(cut.upper)
+        return _base_outputs(stored, positions, labels, cut.upper_forward, data.batch_size)
 
     # ------------------------------------------------------------------ deciding and building
 
@@ -433,7 +423,9 @@ class FrozenCache(Callback):
 
     def _current(self, trainer: Trainer) -> _Cut | None:
         """The cache for the model's trainable state, built when needed; None where it does
-        not apply (said once, with the reason)."""
+        not apply (said once, with the reason). Where the phases ahead will cut deeper, the
+        frozen part runs once, to the deepest of their cuts, and this cut's rows come from
+        those rows through the frozen layers between (:meth:`_planned_cut`)."""
         model = trainer.model
         flip, reason = self._why_not(trainer)
         if reason is not None:
@@ -441,6 +433,8 @@ class FrozenCache(Callback):
             return None
         layers = model.base_layers
         cut = _cut_index(layers)
+        if self._deep is not None and cut < self._deep.key[0]:
+            self.release()  # a layer below the deeper cut trains: its rows would go stale
         if cut == 0 or all(not layer.weights for layer in layers[:cut]):
             return None  # nothing frozen below the first trainable layer: nothing to cache
         problem = inference_problem(layers[:cut])
@@ -450,33 +444,102 @@ class FrozenCache(Callback):
         key = (cut, id(model.base), id(trainer.data), flip is not None)
         if self._cut is not None and self._cut.key == key:
             return self._cut
-        self.release()
+        if self._cut is not None and self._cut is not self._deep:
+            self._cut.release()
+        self._cut = None
+        deep = self._deep
+        if deep is None or deep.key[1:] != key[1:]:
+            self.release()
+            problem_text = ""
+            for at in dict.fromkeys((self._planned_cut(trainer, cut), cut)):
+                try:
+                    deep = self._build(trainer, (at, *key[1:]), flip, None)
+                    break
+                except _NoGraph as exc:
+                    problem_text = str(exc)
+            else:
+                self._say(f"frozen-part cache off below layer {cut}: {problem_text}; "
+                          "the whole network runs")  # fmt: skip
+                return None
+            self._deep = deep
+        assert deep is not None
+        if deep.key == key:
+            self._cut = deep
+            return deep
         try:
-            self._cut = self._build(trainer, key, flip)
-        except _NoGraph as exc:
-            self._say(f"frozen-part cache off below layer {cut}: {exc}; the whole network runs")
-            return None
+            self._cut = self._build(trainer, key, flip, deep)
+        except _NoGraph as exc:  # the layers between the two cuts make no graph of their own
+            self.release()
+            try:
+                self._cut = self._deep = self._build(trainer, key, flip, None)
+            except _NoGraph:
+                self._say(f"frozen-part cache off below layer {cut}: {exc}; the whole network runs")
+                return None
         return self._cut
 
-    def _build(self, trainer: Trainer, key: tuple[Any, ...], flip: Any) -> _Cut:
+    def _planned_cut(self, trainer: Trainer, cut: int) -> int:
+        """The deepest cut of this phase and those ahead that will run (within the planned
+        epochs), where a built-in :class:`~transferkit.trainer.strategy.FinetuneStrategy` sets
+        the trainable state from each phase's ``unfreeze_from``; ``cut`` where none is deeper
+        or the strategy decides by itself."""
+        from .model import _is_batchnorm
+        from .strategy import FinetuneStrategy
+
+        strategy = getattr(trainer, "strategy", None)
+        kind: Any = type(strategy)
+        if (
+            not isinstance(strategy, FinetuneStrategy)
+            or kind.on_epoch_start is not FinetuneStrategy.on_epoch_start
+            or kind.on_phase_start is not FinetuneStrategy.on_phase_start
+            or strategy.finished
+        ):
+            return cut
+        model = trainer.model
+        layers = model.base_layers
+        train_bn = bool(getattr(model, "train_bn", False))
+        best, start, limit = cut, strategy.phase_start_epoch, trainer.planned_epochs
+        for phase in strategy.phases[strategy.phase_index :]:
+            if start >= limit:
+                break
+            if int(phase.epochs) > 0 and phase.unfreeze_from is not None:
+                at = int(phase.unfreeze_from)  # the first layer unfreeze_base makes trainable
+                while at < len(layers) and not (
+                    layers[at].weights and (train_bn or not _is_batchnorm(layers[at]))
+                ):
+                    at += 1
+                if 0 < at < best and any(layer.weights for layer in layers[:at]):
+                    best = at
+            start += int(phase.epochs)
+        return best
+
+    def _build(
+        self, trainer: Trainer, key: tuple[Any, ...], flip: Any, source: _Cut | None
+    ) -> _Cut:
+        """The cache of cut ``key[0]``: the frozen part below it run over the images
+        (``source`` None), or the frozen layers between ``source``'s cut and this one run over
+        ``source``'s rows."""
         import keras
 
-        model, data = trainer.model, trainer.data
+        model = trainer.model
         base, cut_at = model.base, key[0]
         whole = cut_at >= len(model.base_layers)
-        if whole:
-            lower, tensors, upper = base, list(base.outputs), None
-        else:
-            try:
-                tensors = _frontier(base, cut_at)
-                lower = keras.Model(base.inputs, tensors, name="frozen_part")
-                upper = keras.Model(tensors, base.outputs, name="trained_part")
-            except Exception as exc:  # not a functional graph that can be cut
-                raise _NoGraph(f"the base cannot be cut at layer {cut_at} ({exc})") from exc
+        start = list(base.inputs) if source is None else source.tensors
+        try:
+            tensors = list(base.outputs) if whole else _frontier(base, cut_at)
+            if source is None and whole:
+                lower = base
+            else:
+                ins = start[0] if len(start) == 1 else start
+                name = "frozen_part" if source is None else "frozen_between_cuts"
+                lower = keras.Model(ins, tensors, name=name)
+            upper = None if whole else keras.Model(tensors, base.outputs, name="trained_part")
+        except Exception as exc:  # not a functional graph that can be cut
+            raise _NoGraph(f"the base cannot be cut at layer {cut_at} ({exc})") from exc
         shapes = [tuple(int(d) for d in t.shape[1:]) for t in tensors]
         dtypes = [np.dtype(keras.backend.standardize_dtype(t.dtype)) for t in tensors]
         cut = _Cut(key)
         cut.lower, cut.upper, cut.flip = lower, upper, flip
+        cut.tensors, cut.source = tensors, source
         pooling = None
         if whole and len(shapes) == 1 and len(shapes[0]) == 3 and _pools_first(model.head):
             # the head pools the map first (the linear head): cache the pooled vectors
@@ -484,42 +547,74 @@ class FrozenCache(Callback):
             shapes = [shapes[0][-1:]]
             dtypes = [np.dtype(keras.backend.standardize_dtype(pooling.compute_dtype))]
         cut.pooled = pooling is not None
+        cut.shapes, cut.dtypes, cut.forward = shapes, dtypes, _forward_fn(lower, pooling)
+        cut.fingerprint = _fingerprint(model.base_layers[:cut_at])
         variants = 2 if flip is not None else 1
-        folder = self._folder()
-        budget = int(self.memory_mb * 2**20)
-        forward = _forward_fn(lower, pooling)
-        cut.shapes, cut.dtypes, cut.forward = shapes, dtypes, forward
-        figures = {"cut": cut_at, "whole_base": whole, "variants": variants, "images": 0}
-        cut.val_rows = np.asarray(data.val_indices, np.int64)
-        if len(cut.val_rows):
-            cut.val = _Rows(len(cut.val_rows), shapes, dtypes, 1, budget, folder, "val")
-            budget -= cut.val.memory_bytes
-            cut.val_kept, n = _fill(cut.val, data, cut.val_rows, forward, False)
-            figures["images"] += n
-        cut.train_rows = np.unique(np.asarray(data.train_indices, np.int64))
-        cut.train = _Rows(len(cut.train_rows), shapes, dtypes, variants, budget, folder, "train")
-        cut.train_kept, n = _fill(cut.train, data, cut.train_rows, forward, flip is not None)
-        figures["images"] += n
-        parts = [p for p in (cut.train, cut.val) if p is not None]
-        figures["memory_bytes"] = sum(p.memory_bytes for p in parts)
-        figures["spilled_bytes"] = sum(p.spilled_bytes for p in parts)
-        figures["files"] = [str(f) for p in parts for f in p.files]
-        figures["spilled"] = {"train": cut.train.spilled_bytes, "val": 0}
-        if cut.val is not None:
-            figures["spilled"]["val"] = cut.val.spilled_bytes
+        cut.figures = figures = {
+            "cut": cut_at, "whole_base": whole, "variants": variants, "images": 0,
+            "from_cut": None if source is None else source.key[0], "cached_rows": 0,
+            "memory_bytes": 0, "spilled_bytes": 0, "files": [], "spilled": {},
+        }  # fmt: skip
         self.builds.append(figures)
+        self._fill_part(trainer, cut, "val")
+        self._fill_part(trainer, cut, "train")
         what = "pooled features" if cut.pooled else f"activations {shapes}"
+        origin = (
+            "" if source is None else f", from the cached activations below layer {source.key[0]}"
+        )
         spilled = (
-            f", {figures['spilled_bytes'] / 2**20:.1f} MiB spilled to {folder}"
+            f", {figures['spilled_bytes'] / 2**20:.1f} MiB spilled to {self._folder()}"
             if figures["spilled_bytes"]
             else ""
         )
         log.info(
-            f"frozen-part cache: {what} below layer {cut_at} of {len(model.base_layers)}, "
+            f"frozen-part cache: {what} below layer {cut_at} of {len(model.base_layers)}{origin}, "
             f"{len(cut.train_rows)} training image(s) x {variants}, {len(cut.val_rows)} "
             f"validation; {figures['memory_bytes'] / 2**20:.1f} MiB in memory{spilled}"
         )
         return cut
+
+    def _fill_part(self, trainer: Trainer, cut: _Cut, part: str) -> None:
+        """Fill ``part`` (``train``, ``val``, ``test``) of ``cut``: its images through the frozen
+        part, or (a cut made from a deeper one) that cut's rows, filled first where they are not,
+        through the layers between; in memory up to what the bound leaves, the rest spilled."""
+        data = trainer.data
+        wanted = {"train": data.train_indices, "val": data.val_indices, "test": data.test_indices}
+        rows = np.asarray(wanted[part], np.int64)
+        if part == "train":
+            rows = np.unique(rows)
+        setattr(cut, f"{part}_rows", rows)
+        if not len(rows) and part != "train":
+            return
+        variants = cut.figures["variants"] if part == "train" else 1
+        name = part if cut.source is None else f"{part}-cut{cut.key[0]}"
+        budget = self._budget_left(cut)
+        stored = _Rows(len(rows), cut.shapes, cut.dtypes, variants, budget, self._folder(), name)
+        setattr(cut, part, stored)
+        figures = cut.figures
+        if cut.source is None:
+            kept, n = _fill(stored, data, rows, cut.forward, variants == 2)
+            figures["images"] += n
+        else:
+            source = cut.source
+            if getattr(source, part) is None:
+                self._fill_part(trainer, source, part)
+            kept = getattr(source, f"{part}_kept")
+            n = _fill_above(stored, getattr(source, part), kept, cut.forward, data.batch_size)
+            figures["cached_rows"] += n
+        setattr(cut, f"{part}_kept", kept)
+        figures["memory_bytes"] += stored.memory_bytes
+        figures["spilled_bytes"] += stored.spilled_bytes
+        figures["files"] += [str(f) for f in stored.files]
+        figures["spilled"][part] = stored.spilled_bytes
+
+    def _budget_left(self, building: _Cut) -> int:
+        """The bytes of the memory bound that the rows of the cuts kept (and of ``building``
+        and its source) leave."""
+        kept = (self._deep, self._cut, building, building.source)
+        cuts = {id(c): c for c in kept if c is not None}
+        used = sum(p.memory_bytes for c in cuts.values() for p in c.parts())
+        return int(self.memory_mb * 2**20) - used
 
     def _folder(self) -> Path:
         if self.spill_dir is not None:
@@ -593,30 +688,6 @@ class CachedBatches:
         return _dataset(cut.train, epochs, labels, self.data.batch_size)
 
 
-def _dataset(rows: _Rows, epochs: Sequence[np.ndarray], labels: np.ndarray, batch_size: int) -> Any:
-    """Batches ``((version 0 tensors..., version 1 tensors...), labels)`` of the positions of
-    each epoch in turn (the training model's inputs; validation: version 0 twice), of unknown
-    length as the input pipeline's are."""
-    import tensorflow as tf
-
-    from ..pipeline import dataset_options
-
-    specs = [tf.TensorSpec((None, *m.shape[2:]), tf.as_dtype(m.dtype)) for m in rows.memory]
-
-    def batches() -> Iterator[Any]:
-        for positions in epochs:
-            for b in range(0, len(positions), batch_size):
-                chosen = positions[b : b + batch_size]
-                arrays = rows.gather(chosen)
-                first = [a[:, 0] for a in arrays]
-                second = [a[:, -1] for a in arrays]
-                yield tuple(first + second), labels[chosen].astype(np.int32)
-
-    signature = (tuple(specs * 2), tf.TensorSpec((None,), tf.int32))
-    ds = tf.data.Dataset.from_generator(batches, output_signature=signature)
-    return ds.with_options(dataset_options()).prefetch(2)
-
-
 class _NoGraph(Exception):
     """The base is no functional graph that can be cut there."""
 
@@ -647,102 +718,3 @@ def _forward_fn(lower: Any, pooling: Any = None) -> Any:
         return [pooling(outs[0])] if pooling is not None else outs
 
     return forward
-
-
-def _batches_with_rows(data: DataModule, rows: np.ndarray) -> Iterator[tuple[Any, np.ndarray]]:
-    """The preprocessed images of ``rows`` as the data module batches them, each batch with the
-    rows it holds (an image folder leaves out the images it cannot decode)."""
-    from .data import ImageDataModule
-
-    if isinstance(data, ImageDataModule):
-        from ..pipeline import image_dataset
-
-        assert data.input_size is not None
-        ds = image_dataset(
-            data.source,
-            rows,
-            input_size=tuple(data.input_size),
-            batch_size=data.batch_size,
-            preprocess=data.preprocess,
-            shuffle=False,
-            resize=data.resize or "auto",
-            with_index=True,
-        )  # fmt: skip  (ImageDataModule.dataset, with the rows)
-        for images, _labels, index in ds:
-            yield images, np.asarray(index, np.int64)
-        return
-    done = 0
-    for images, _labels in data.dataset(rows):
-        n = int(images.shape[0])
-        yield images, rows[done : done + n]
-        done += n
-
-
-def _fill(
-    rows: _Rows, data: DataModule, wanted: np.ndarray, forward: Any, flip: bool
-) -> tuple[np.ndarray, int]:
-    """Run the frozen part over the images of ``wanted`` (sorted or in order; positions are
-    their places in ``wanted``), and with ``flip`` over their mirror images too; returns which
-    rows the data gave and how many images went through the frozen part."""
-    import tensorflow as tf
-
-    from .bridge import quiet_end_of_data
-
-    place = {int(r): i for i, r in enumerate(wanted)}
-    kept = np.zeros(len(wanted), bool)
-    images_run = 0
-
-    def run(images: Any) -> list[np.ndarray]:
-        n = int(images.shape[0])
-        if n < data.batch_size:  # one batch size, one trace
-            pad = tf.zeros((data.batch_size - n, *images.shape[1:]), images.dtype)
-            images = tf.concat([images, pad], axis=0)
-        return [np.asarray(t)[:n] for t in forward(images)]
-
-    with quiet_end_of_data():
-        for images, got in _batches_with_rows(data, wanted):
-            positions = np.array([place[int(r)] for r in got], np.int64)
-            kept[positions] = True
-            rows.write(positions, 0, run(images))
-            images_run += len(positions)
-            if flip:
-                rows.write(positions, 1, run(tf.reverse(images, axis=[2])))
-                images_run += len(positions)
-    return kept, images_run
-
-
-@functools.cache
-def _pick_class() -> Any:
-    import keras
-    from keras import ops
-
-    class PickVersion(keras.layers.Layer):  # type: ignore[misc]
-        """Takes the cached tensors of both versions of each image (as is, mirrored) and, in
-        training, returns those of the version ``flip`` chose, by calling ``flip`` on a probe
-        ``[0, 1]`` one pixel high per image: its draw depends on the batch size only, so it
-        consumes the random state as on the images and flips the same images. Outside
-        training (validation), the images as they are."""
-
-        def __init__(self, flip: Any, count: int, **kwargs: Any) -> None:
-            super().__init__(**kwargs)
-            self.flip = flip
-            self.count = count
-
-        def call(self, inputs: Any, training: Any = None) -> Any:
-            first, second = list(inputs[: self.count]), list(inputs[self.count :])
-            if not training or self.flip is None:
-                return first
-            batch = ops.shape(first[0])[0]
-            probe = ops.tile(ops.reshape(ops.arange(2, dtype="float32"), (1, 1, 2, 1)),
-                             (batch, 1, 1, 1))  # fmt: skip
-            turned = ops.reshape(self.flip(probe, training=True)[:, 0, 0, 0], (-1,))
-            chosen = ops.greater(ops.cast(turned, "float32"), 0.5)
-            return [
-                ops.where(ops.reshape(chosen, (-1,) + (1,) * (len(a.shape) - 1)), b, a)
-                for a, b in zip(first, second, strict=True)
-            ]
-
-        def compute_output_shape(self, input_shape: Any) -> Any:
-            return list(input_shape[: self.count])
-
-    return PickVersion
