@@ -190,7 +190,11 @@ class ServedModel:
         grey = io.BytesIO()
         Image.fromarray(np.full((*self.input_size, 3), 128, np.uint8)).save(grey, format="PNG")
         image = self.decode(grey.getvalue())
-        every = sorted({*range(1, min(8, self.options.max_batch) + 1), self.options.max_batch})
+        most = self.options.max_batch
+        # a full batch, and a full batch shared among the lanes (see Batcher)
+        every = sorted(
+            {*range(1, min(8, most) + 1), most, *(-(-most // n) for n in range(1, self.lanes + 1))}
+        )
         for lane, rows in ((lane, rows) for lane in range(self.lanes) for rows in every):
             try:
                 self.answer([image] * rows, lane)
@@ -261,7 +265,9 @@ class Batcher:
     ``10 * max_wait`` after the first), whichever comes first; ``run`` (a list of decoded
     images and a lane -> their answers) runs each batch in the worker thread of a free lane.
     A batch starts filling when a lane is free, so with one lane batches never overlap, and
-    with ``lanes`` of them at most that many run at once."""
+    with ``lanes`` of them at most that many run at once; a batch that closes while other lanes
+    are free too is shared among them (a contiguous part each), so no lane's cores stay idle.
+    ``sizes`` counts each batch once, however many lanes ran it."""
 
     def __init__(
         self,
@@ -333,9 +339,19 @@ class Batcher:
                 except (asyncio.QueueEmpty, asyncio.TimeoutError):
                     break
             self.sizes.append(len(batch))
-            task = loop.create_task(self._run(batch, lane))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            # lanes left idle would leave their cores idle: the batch is shared among the
+            # lanes free now, each running a contiguous part of it on its own network
+            lanes = [lane]
+            while len(lanes) < len(batch) and not self._free.empty():
+                lanes.append(self._free.get_nowait())
+            step = -(-len(batch) // len(lanes))
+            parts = [batch[at : at + step] for at in range(0, len(batch), step)]
+            for unused in lanes[len(parts) :]:
+                self._free.put_nowait(unused)
+            for part, part_lane in zip(parts, lanes, strict=False):
+                task = loop.create_task(self._run(part, part_lane))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
 
     async def _run(
         self, batch: list[tuple[Any, asyncio.Future[dict[str, Any]]]], lane: int

@@ -157,6 +157,9 @@ def openvino_forward(
     }
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
+        # a network on fewer threads than cores runs beside others (a server's lanes): pinned,
+        # each copy's threads would take the same first cores
+        config["ENABLE_CPU_PINNING"] = False
     # OpenVINO's own cache of compiled kernels, beside the converted model: a second run loads
     # them instead of compiling again
     core.set_property({"CACHE_DIR": os.path.join(converted, "compiled")})

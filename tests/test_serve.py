@@ -315,6 +315,34 @@ def test_each_lane_runs_a_batch_at_the_same_time() -> None:
     assert {a["lane"] for batch in answers for a in batch} == {0, 1}
 
 
+def test_a_batch_that_closes_with_lanes_free_is_shared_among_them() -> None:
+    """One batch of four images and two free lanes: two halves, run at the same time, and the
+    answers in the order of the images."""
+    from transferkit.serving import Batcher
+
+    both = threading.Barrier(2, timeout=10)
+    parts: list[tuple[list[Any], int]] = []
+
+    def run(images: list[Any], lane: int) -> list[dict[str, Any]]:
+        parts.append((list(images), lane))
+        both.wait()
+        return [{"value": image, "lane": lane} for image in images]
+
+    async def ask() -> tuple[list[Any], list[int]]:
+        batcher = Batcher(run, max_batch=4, max_wait=0.05, lanes=2)
+        batcher.start()
+        try:
+            answers = await batcher.submit([1, 2, 3, 4])
+        finally:
+            await batcher.close()
+        return answers, batcher.sizes
+
+    answers, sizes = asyncio.run(ask())
+    assert sizes == [4]  # one batch, however many lanes ran it
+    assert sorted(parts) == [([1, 2], 0), ([3, 4], 1)]
+    assert [(a["value"], a["lane"]) for a in answers] == [(1, 0), (2, 0), (3, 1), (4, 1)]
+
+
 @pytest.mark.slow
 def test_a_converting_runtime_serves_on_lanes_with_predicts_answers(
     model: dict[str, Any], server: Any
