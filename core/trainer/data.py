@@ -261,7 +261,9 @@ class ImageDataModule(DataModule):
         labels = [r.label for r in source.records]
         super().__init__(labels, list(source.label_names), **options)
 
-    def dataset(self, indices: np.ndarray) -> Any:
+    def dataset(self, indices: np.ndarray, *, with_index: bool = False) -> Any:
+        """The preprocessed images of ``indices`` in order, batched; ``with_index`` adds each
+        batch's row numbers (the folder leaves out images it cannot decode)."""
         from ..pipeline import image_dataset
 
         self._require_setup()
@@ -274,4 +276,5 @@ class ImageDataModule(DataModule):
             preprocess=self.preprocess,
             shuffle=False,
             resize=self.resize or "auto",
+            with_index=with_index,
         )

@@ -122,20 +122,7 @@ def _batches_with_rows(data: DataModule, rows: np.ndarray) -> Iterator[tuple[Any
     from .data import ImageDataModule
 
     if isinstance(data, ImageDataModule):
-        from ..pipeline import image_dataset
-
-        assert data.input_size is not None
-        ds = image_dataset(
-            data.source,
-            rows,
-            input_size=tuple(data.input_size),
-            batch_size=data.batch_size,
-            preprocess=data.preprocess,
-            shuffle=False,
-            resize=data.resize or "auto",
-            with_index=True,
-        )  # fmt: skip  (ImageDataModule.dataset, with the rows)
-        for images, _labels, index in ds:
+        for images, _labels, index in data.dataset(rows, with_index=True):
             yield images, np.asarray(index, np.int64)
         return
     done = 0
