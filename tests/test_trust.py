@@ -244,6 +244,7 @@ def test_finetune_reports_ece_and_fits_the_heads_temperature(
     assert shown["probability"] == pytest.approx(float(expected.max()), abs=1e-5)
     with pytest.raises(UsageError, match="validation split"):
         api.finetune(folder, out=tmp_path / "x", calibrate=True, split=(0.8, 0, 0.2), **common)
+    assert not (tmp_path / "x" / "history.csv").exists()  # refused before any epoch
 
     # the trust record in model.keras: every training row is in the reference (90 images, at
     # most 1000 kept), so each training image predicted from its file is at distance ~0 from

@@ -247,6 +247,9 @@ def finetune(
             label_smoothing=label_smoothing,
         )
         has_val = bool(len(data.val_indices)) and options.limit_val_batches != 0
+        if options.calibrate and not len(data.val_indices):  # said before the fit, not after
+            raise UsageError("--calibrate fits the temperature on the validation split; give it "
+                             "a validation fraction (--split)")  # fmt: skip
         checkpoint = ModelCheckpoint(out / CHECKPOINT_DIR, save_best=has_val)
         loggers = (
             make_loggers(options.logger, out, options.logger_dir, options.tensorboard)
@@ -284,46 +287,49 @@ def finetune(
                 return {**found, "seconds": round(time.perf_counter() - start, 3)}
             strategy_options["learning_rate"] = found["phase_learning_rates"]
             strategy_obj = resolve_strategy(strategy_spec.name, **strategy_options)
-        result = trainer.fit(model, data, strategy_obj, ckpt_path="last" if resume else None)
-        best = out / CHECKPOINT_DIR / ModelCheckpoint.BEST
-        restored = None
-        if restore_best and has_val and best.exists():
-            model.network.load_weights(best)
-            restored = checkpoint.best_epoch
-        # the final model's test scores, computed as train and spotcheck compute theirs
-        cached = _CachedOutputs(cache, trainer)
-        test_probs = cached("test") if len(data.test_indices) else None
-        scores = _test_scores(trainer, model, data, test_probs) if len(data.test_indices) else {}
-        calibration = _calibration(model, data, options.calibrate, cached)
-        summary: dict[str, Any] = {
-            "model_path": str(out / MODEL_FILE),
-            "backbone": built.name,
-            "head": head,
-            "strategy": strategy_obj.name,
-            "label_names": data.label_names,
-            "data": data.describe(),
-            "epochs": result["epochs"],
-            "phases": result["phases"],
-            "test_accuracy": scores.get("accuracy"),
-            "test_macro_f1": scores.get("macro_f1"),
-            "test_balanced_accuracy": scores.get("balanced_accuracy"),
-            "restored_best_epoch": restored,  # numbered as in history.csv
-            **calibration,
-            "input_size": list(built.input_size),
-            "preprocessing": built.preprocessing,
-            "checkpoint": str(out / CHECKPOINT_DIR / ModelCheckpoint.LAST),
-            "history": str(out / "history.csv"),
-        }
-        summary.update(replicas=result["replicas"], distribute=distribution.kind)
-        if options.fast_dev_run or not distribution.is_chief:
+        try:  # the cache's rows (memory, spill files) go once the scores and trust record are
+            # made, or when anything in between fails
+            result = trainer.fit(model, data, strategy_obj, ckpt_path="last" if resume else None)
+            best = out / CHECKPOINT_DIR / ModelCheckpoint.BEST
+            restored = None
+            if restore_best and has_val and best.exists():
+                model.network.load_weights(best)
+                restored = checkpoint.best_epoch
+            # the final model's test scores, computed as train and spotcheck compute theirs
+            cached = _CachedOutputs(cache, trainer)
+            test_probs = cached("test") if len(data.test_indices) else None
+            scores = (
+                _test_scores(trainer, model, data, test_probs) if len(data.test_indices) else {}
+            )
+            calibration = _calibration(model, data, options.calibrate, cached)
+            summary: dict[str, Any] = {
+                "model_path": str(out / MODEL_FILE),
+                "backbone": built.name,
+                "head": head,
+                "strategy": strategy_obj.name,
+                "label_names": data.label_names,
+                "data": data.describe(),
+                "epochs": result["epochs"],
+                "phases": result["phases"],
+                "test_accuracy": scores.get("accuracy"),
+                "test_macro_f1": scores.get("macro_f1"),
+                "test_balanced_accuracy": scores.get("balanced_accuracy"),
+                "restored_best_epoch": restored,  # numbered as in history.csv
+                **calibration,
+                "input_size": list(built.input_size),
+                "preprocessing": built.preprocessing,
+                "checkpoint": str(out / CHECKPOINT_DIR / ModelCheckpoint.LAST),
+                "history": str(out / "history.csv"),
+            }
+            summary.update(replicas=result["replicas"], distribute=distribution.kind)
+            if options.fast_dev_run or not distribution.is_chief:
+                return _without_files(summary, options.fast_dev_run, distribution.is_chief, start)
+            from . import finetune_trust
+
+            kept = finetune_trust.trust_record(model, data, options, cached.batches)
+        finally:
             if cache is not None:
                 cache.release()
-            return _without_files(summary, options.fast_dev_run, distribution.is_chief, start)
-        from . import finetune_trust
-
-        kept = finetune_trust.trust_record(model, data, options, cached.batches)
-        if cache is not None:  # ood_score, prediction sets made: the rows go
-            cache.release()
         summary.update(finetune_trust.describe(kept))
         model.export(
             out / MODEL_FILE,
