@@ -229,6 +229,15 @@ class ServedModel:
 LANES = 2
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, as a container or ``taskset`` sets
+    it), not every core of the machine."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no affinity on this platform
+        return os.cpu_count() or 1
+
+
 def lane_forwards(saved: Any, backbone: Any, forward: Any, options: ServeOptions) -> list[Any]:
     """The networks of the server's lanes, one per batch that may run at the same time.
 
@@ -241,7 +250,7 @@ def lane_forwards(saved: Any, backbone: Any, forward: Any, options: ServeOptions
     the same features."""
     from .inference import build_forward
 
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     spec = registry.runtime(forward.runtime)
     if cores < 2 or spec.convert is None:
         return [forward]
@@ -304,6 +313,9 @@ class Batcher:
         for task in list(self._running):
             task.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
+        while not self._queue.empty():  # images no batch took: their requests hear it
+            _, future = self._queue.get_nowait()
+            future.cancel()
         for executor in self._executors:
             executor.shutdown(wait=True)
 
@@ -361,12 +373,18 @@ class Batcher:
             answers = await loop.run_in_executor(
                 self._executors[lane], self.run, [image for image, _ in batch], lane
             )
+            if len(answers) != len(batch):
+                raise RuntimeError(f"{len(answers)} answer(s) for {len(batch)} image(s)")
         except Exception as exc:  # the batch failed as a whole: each request hears why
             log.error(f"a batch of {len(batch)} image(s) failed: {type(exc).__name__}: {exc}")
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             return
+        except BaseException:  # cancelled (the server closing): no request waits for it
+            for _, future in batch:
+                future.cancel()
+            raise
         finally:
             self._free.put_nowait(lane)
         for (_, future), answer in zip(batch, answers, strict=True):
@@ -530,7 +548,7 @@ def build_app(served: ServedModel) -> Any:
         )
         batcher.start()
         state["batcher"] = batcher
-        decoders.append(ThreadPoolExecutor(os.cpu_count() or 1, "transferkit-decode"))
+        decoders.append(ThreadPoolExecutor(usable_cores(), "transferkit-decode"))
         try:
             yield
         finally:

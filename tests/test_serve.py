@@ -344,6 +344,24 @@ def test_a_batch_that_closes_with_lanes_free_is_shared_among_them() -> None:
     assert [(a["value"], a["lane"]) for a in answers] == [(1, 0), (2, 0), (3, 1), (4, 1)]
 
 
+def test_a_batch_answered_short_fails_its_requests_instead_of_leaving_them_waiting() -> None:
+    from transferkit.serving import Batcher
+
+    def run(images: list[Any], lane: int) -> list[dict[str, Any]]:
+        return [{"value": image} for image in images[1:]]  # one answer short
+
+    async def ask() -> None:
+        batcher = Batcher(run, max_batch=4, max_wait=0.01)
+        batcher.start()
+        try:
+            await asyncio.wait_for(batcher.submit([1, 2, 3]), timeout=10)
+        finally:
+            await batcher.close()
+
+    with pytest.raises(RuntimeError, match="2 answer"):
+        asyncio.run(ask())
+
+
 @pytest.mark.slow
 def test_a_converting_runtime_serves_on_lanes_with_predicts_answers(
     model: dict[str, Any], server: Any
