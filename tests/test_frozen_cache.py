@@ -289,6 +289,30 @@ def test_rows_beyond_the_memory_bound_spill_to_a_file_that_is_deleted(tmp_path: 
     assert _close([v.numpy() for v in plain.network.weights], weights) < TOLERANCE
 
 
+def test_rows_kept_after_the_fit_serve_the_base_until_a_weight_below_the_cut_changes(
+    tmp_path: Path,
+) -> None:
+    """``keep_after_fit``: the validation rows through the layers above the cut are the base's
+    own outputs; once a weight below the cut changes (a restored checkpoint, say) the cache
+    serves nothing, and the caller runs the network over the images."""
+    from transferkit.trainer.frozen_cache import FrozenCache
+
+    cache = FrozenCache(spill_dir=tmp_path / "spill", keep_after_fit=True)
+    model, trainer, _ = _fit(tmp_path / "cached", cache=cache)
+    batches = cache.base_batches(trainer, "val")
+    assert batches is not None
+    outputs = np.concatenate([np.asarray(out) for out, _ in batches])
+    images = np.concatenate([np.asarray(x) for x, _ in trainer.data.val_dataset()])
+    direct = np.asarray(model.base(images, training=False))
+    assert outputs.shape[0] == len(trainer.data.val_indices)
+    assert _close([direct], [outputs.reshape(direct.shape)]) < TOLERANCE
+    below = next(layer for layer in model.base_layers if layer.weights)
+    below.weights[0].assign(below.weights[0] + 1.0)
+    assert cache.base_batches(trainer, "val") is None
+    cache.release()
+    assert not list((tmp_path / "spill").glob("*"))
+
+
 def test_a_resumed_fit_builds_the_cache_again_and_ends_where_an_uninterrupted_one_does(
     tmp_path: Path,
 ) -> None:
