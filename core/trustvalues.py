@@ -21,7 +21,8 @@ CONFORMAL_HELP = (
 CONFORMAL_FOLDS_HELP = (
     "Folds of the held-out probabilities behind the conformal scores: more folds, copies closer "
     "to the saved model (fitted on (k - 1) / k of the rows) and sets closer to the coverage asked "
-    "for; fewer, fewer fits and larger sets."
+    "for; fewer, fewer fits and larger sets. A kept sigmoid or isotonic calibration scores on "
+    "its own --folds instead."
 )
 FINETUNE_CONFORMAL_HELP = (
     "Keep conformal scores of the validation split in model.keras so that `predict --coverage` "
