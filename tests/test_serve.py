@@ -29,7 +29,7 @@ from PIL import Image
 
 from transferkit import api, hookimpl, plugin_manager, registry
 from transferkit.options import ServeOptions
-from transferkit.serving import build_app, serving
+from transferkit.serving import build_app, serving, usable_cores
 from transferkit.specs import RuntimeSpec
 
 CLASSES = ("bright", "dark", "mid")
@@ -173,6 +173,23 @@ def _write_kinds(folder: Path) -> list[Path]:
     return [folder / n for n in ("large.jpg", "grey.jpg", "small.png", "alpha.png", "rotated.jpg")]
 
 
+def _post_at_once(client: Any, paths: list[Path], content_type: str) -> list[Any]:
+    """Each image POSTed to /predict from a thread of its own, all at once; every answer 200."""
+    answers: list[Any] = [None] * len(paths)
+
+    def ask(i: int) -> None:
+        answers[i] = client.post("/predict", content=paths[i].read_bytes(),
+                                 headers={"Content-Type": content_type})  # fmt: skip
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(paths))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    return answers
+
+
 def _same_answers(served: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
     """Every per-image field of predict but the path and status, equal within 1e-3."""
     for got, want in zip(served, expected, strict=True):
@@ -225,18 +242,7 @@ def test_a_finetuned_model_is_served_with_predicts_answers(
     options = ServeOptions(max_batch=4, top=3, coverage=0.9, max_wait_ms=200)
     with serving(finetuned, options) as served, TestClient(build_app(served)) as client:
         assert client.get("/metadata").json()["classifier"].startswith("finetuned")
-        answers: list[Any] = [None] * len(paths)
-
-        def ask(i: int) -> None:
-            answers[i] = client.post("/predict", content=paths[i].read_bytes(),
-                                     headers={"Content-Type": "image/*"})  # fmt: skip
-
-        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(paths))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+        answers = _post_at_once(client, paths, "image/*")
         sizes = client.app.state.batchers["batcher"].sizes
         assert sum(sizes) == len(paths) and max(sizes) > 1  # batched, within max_batch
     expected = api.predict(finetuned, [str(p) for p in paths], top=3, coverage=0.9)
@@ -367,20 +373,9 @@ def test_a_converting_runtime_serves_on_lanes_with_predicts_answers(
     model: dict[str, Any], server: Any
 ) -> None:
     client, served = server(runtime="openvino", top=3, max_wait_ms=50)
-    assert served.lanes == (2 if (os.cpu_count() or 1) >= 2 else 1)
+    assert served.lanes == (2 if usable_cores() >= 2 else 1)
     paths = model["paths"][:8]
-    answers: list[Any] = [None] * len(paths)
-
-    def ask(i: int) -> None:
-        answers[i] = client.post("/predict", content=paths[i].read_bytes(),
-                                 headers={"Content-Type": "image/png"})  # fmt: skip
-
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(paths))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    answers = _post_at_once(client, paths, "image/png")
     expected = api.predict(model["model"], [str(p) for p in paths], top=3, runtime="openvino")
     _same_answers([a.json() for a in answers], expected["predictions"])
 
@@ -491,8 +486,6 @@ def test_a_signal_stops_the_server_after_the_request_in_flight(
 ) -> None:
     site = write_entry_points(tmp_path / "site", {"tiny": "tiny_backbone"}, name="tiny-backbone")
     env = {**QUIET_ENV, **plugin_env(site, "tiny")}
-    import os
-
     process = subprocess.Popen(
         [sys.executable, "-m", "transferkit", "serve", str(model["model"]), "--port", "0",
          "--max-wait-ms", "1500"],
