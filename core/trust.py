@@ -63,15 +63,9 @@ def ece(proba: Any, y: Any, bins: int = ECE_BINS) -> float:
     y = np.asarray(y).reshape(-1)
     if proba.ndim != 2 or len(proba) != len(y) or not len(y):
         raise ValueError(f"ece needs one row of probabilities per label, got {proba.shape}")
-    confidence = proba.max(axis=1)
-    correct = proba.argmax(axis=1) == y
-    which = np.minimum((confidence * bins).astype(int), bins - 1)
-    total = 0.0
-    for b in range(bins):
-        inside = which == b
-        if inside.any():
-            total += abs(correct[inside].mean() - confidence[inside].mean()) * inside.sum()
-    return float(total / len(y))
+    # per bin, |accuracy - mean confidence| x rows = |sum of (correct - confidence)|
+    which, gap = _ece_terms(proba, y, bins)
+    return float(np.abs(np.bincount(which, gap, minlength=bins)).sum() / len(y))
 
 
 def _ece_terms(proba: Any, y: Any, bins: int) -> tuple[np.ndarray, np.ndarray]:
